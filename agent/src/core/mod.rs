@@ -1,0 +1,250 @@
+//! The agent's state machine.
+//!
+//! Calling order, for drivers: after a connection to the master is up, call
+//! [`Agent::handle_connected`]; feed each message, each task event from the
+//! executor and each expired timeout through its `handle_*` method; after
+//! every call drain [`Agent::poll_transmit`] (to the master) and
+//! [`Agent::poll_action`] (to the executor), then sleep until
+//! [`Agent::poll_timeout`]. Messages are only produced while connected.
+
+mod status_updates;
+
+use status_updates::StatusUpdates;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use stoa_proto::messages::RunningTask;
+use stoa_proto::{
+    AgentId, AgentInfo, AgentToMaster, FrameworkId, MasterToAgent, Reason, Resources, TaskId,
+    TaskInfo, TaskState, TaskStatus, Time,
+};
+
+/// Work for the executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Launch { framework_id: FrameworkId, task: TaskInfo },
+    Kill { framework_id: FrameworkId, task_id: TaskId },
+}
+
+/// What the executor reports about a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskEvent {
+    Running,
+    Finished { output: Vec<u8> },
+    /// Ended badly; `state` is FAILED, KILLED or ERROR.
+    Ended { state: TaskState, reason: Reason, message: String },
+}
+
+#[derive(Debug)]
+struct TaskRecord {
+    resources: Resources,
+    state: TaskState,
+}
+
+/// The agent's state machine. See the module docs for the calling order.
+#[derive(Debug)]
+pub struct Agent {
+    info: AgentInfo,
+    agent_id: Option<AgentId>,
+    connected: bool,
+    registered: bool,
+    refused: Option<String>,
+    heartbeat_interval: Duration,
+    next_heartbeat: Option<Time>,
+    tasks: BTreeMap<(FrameworkId, TaskId), TaskRecord>,
+    updates: StatusUpdates,
+    outbox: VecDeque<AgentToMaster>,
+    actions: VecDeque<Action>,
+}
+
+impl Agent {
+    /// `agent_id` is the id from an earlier registration, if any.
+    pub fn new(info: AgentInfo, agent_id: Option<AgentId>) -> Self {
+        Agent {
+            info,
+            agent_id,
+            connected: false,
+            registered: false,
+            refused: None,
+            heartbeat_interval: Duration::from_secs(1),
+            next_heartbeat: None,
+            tasks: BTreeMap::new(),
+            updates: StatusUpdates::default(),
+            outbox: VecDeque::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn agent_id(&self) -> Option<&AgentId> {
+        self.agent_id.as_ref()
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
+
+    /// Why the master refused this agent, if it did; the agent should stop.
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
+    /// Tasks not yet terminal.
+    pub fn active_tasks(&self) -> usize {
+        self.tasks.values().filter(|t| !t.state.is_terminal()).count()
+    }
+
+    /// Status updates not yet acknowledged.
+    pub fn pending_updates(&self) -> usize {
+        self.updates.len()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<AgentToMaster> {
+        self.outbox.pop_front()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Time> {
+        if !self.registered {
+            return None;
+        }
+        self.next_heartbeat.into_iter().chain(self.updates.next_retry()).min()
+    }
+
+    /// A connection to the master is up: register (again).
+    pub fn handle_connected(&mut self, _now: Time) {
+        self.connected = true;
+        self.registered = false;
+        self.outbox.clear();
+        let tasks = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.state.is_terminal())
+            .map(|((framework_id, task_id), t)| RunningTask {
+                framework_id: framework_id.clone(),
+                task_id: task_id.clone(),
+                resources: t.resources.clone(),
+                state: t.state,
+            })
+            .collect();
+        self.outbox.push_back(AgentToMaster::Register {
+            info: self.info.clone(),
+            agent_id: self.agent_id.clone(),
+            tasks,
+        });
+    }
+
+    pub fn handle_disconnected(&mut self, _now: Time) {
+        self.connected = false;
+        self.registered = false;
+        self.next_heartbeat = None;
+        self.outbox.clear();
+    }
+
+    pub fn handle_master_message(&mut self, now: Time, msg: MasterToAgent) {
+        match msg {
+            MasterToAgent::Registered { agent_id, heartbeat_interval_ms } => {
+                self.agent_id = Some(agent_id);
+                self.registered = true;
+                self.heartbeat_interval = Duration::from_millis(heartbeat_interval_ms.clamp(10, 60_000));
+                self.next_heartbeat = Some(now + self.heartbeat_interval);
+                // Everything unacknowledged goes out again on the new connection.
+                for msg in self.updates.resend_all(now) {
+                    self.outbox.push_back(msg);
+                }
+            }
+            MasterToAgent::Refused { message } => {
+                self.refused = Some(message);
+            }
+            MasterToAgent::RunTask { framework_id, task } => self.run_task(now, framework_id, task),
+            MasterToAgent::KillTask { framework_id, task_id } => {
+                let key = (framework_id.clone(), task_id.clone());
+                match self.tasks.get(&key) {
+                    Some(t) if !t.state.is_terminal() => {
+                        self.actions.push_back(Action::Kill { framework_id, task_id })
+                    }
+                    Some(_) => {}
+                    None => {
+                        let status = TaskStatus::new(task_id, TaskState::Lost)
+                            .because(Reason::TaskUnknown, "this agent does not run the task");
+                        self.send_update(now, framework_id, status);
+                    }
+                }
+            }
+            MasterToAgent::AcknowledgeUpdate { task_id, update_id } => {
+                if let Some((framework_id, next)) = self.updates.acknowledge(now, &task_id, update_id) {
+                    if let Some(msg) = next {
+                        self.push_if_registered(msg);
+                    }
+                    let key = (framework_id, task_id);
+                    let done = self.tasks.get(&key).is_some_and(|t| t.state.is_terminal());
+                    if done && !self.updates.has_pending(&key.0, &key.1) {
+                        self.tasks.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The executor reports on a task.
+    pub fn handle_task_event(&mut self, now: Time, framework_id: FrameworkId, task_id: TaskId, event: TaskEvent) {
+        let key = (framework_id.clone(), task_id.clone());
+        let Some(task) = self.tasks.get_mut(&key) else { return };
+        if task.state.is_terminal() {
+            return;
+        }
+        let status = match event {
+            TaskEvent::Running => TaskStatus::new(task_id, TaskState::Running),
+            TaskEvent::Finished { output } => {
+                let mut s = TaskStatus::new(task_id, TaskState::Finished);
+                s.output = Some(output);
+                s
+            }
+            TaskEvent::Ended { state, reason, message } => TaskStatus::new(task_id, state).because(reason, message),
+        };
+        task.state = status.state;
+        self.send_update(now, framework_id, status);
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        if !self.registered {
+            return;
+        }
+        if self.next_heartbeat.is_some_and(|t| t <= now) {
+            self.outbox.push_back(AgentToMaster::Heartbeat);
+            self.next_heartbeat = Some(now + self.heartbeat_interval);
+        }
+        for msg in self.updates.due(now) {
+            self.outbox.push_back(msg);
+        }
+    }
+
+    fn run_task(&mut self, now: Time, framework_id: FrameworkId, task: TaskInfo) {
+        let key = (framework_id.clone(), task.task_id.clone());
+        if self.tasks.contains_key(&key) {
+            tracing::warn!(task = %task.task_id, "ignoring a second launch of a task this agent already has");
+            return;
+        }
+        self.tasks.insert(key, TaskRecord { resources: task.resources.clone(), state: TaskState::Starting });
+        let status = TaskStatus::new(task.task_id.clone(), TaskState::Starting);
+        self.send_update(now, framework_id.clone(), status);
+        self.actions.push_back(Action::Launch { framework_id, task });
+    }
+
+    fn send_update(&mut self, now: Time, framework_id: FrameworkId, mut status: TaskStatus) {
+        status.agent_id = self.agent_id.clone();
+        if let Some(msg) = self.updates.push(now, framework_id, status) {
+            self.push_if_registered(msg);
+        }
+    }
+
+    fn push_if_registered(&mut self, msg: AgentToMaster) {
+        if self.registered {
+            self.outbox.push_back(msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! Status updates in flight: each task's updates go out in order, one at a
+//! time; the head is resent with exponential backoff until the master relays
+//! the scheduler's acknowledgement, and only then does the next one go out.
+//! This is Mesos's status update manager, without the checkpoint (that is
+//! the agent recovery's job).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use stoa_proto::{AgentToMaster, FrameworkId, TaskId, TaskStatus, Time, UpdateId};
+
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Stream {
+    framework_id: FrameworkId,
+    queue: VecDeque<(UpdateId, TaskStatus)>,
+    /// When the head is due again, and the wait after that.
+    retry_at: Time,
+    backoff: Duration,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct StatusUpdates {
+    next_id: u64,
+    streams: BTreeMap<(FrameworkId, TaskId), Stream>,
+}
+
+impl StatusUpdates {
+    pub fn len(&self) -> usize {
+        self.streams.values().map(|s| s.queue.len()).sum()
+    }
+
+    pub fn has_pending(&self, fw: &FrameworkId, task: &TaskId) -> bool {
+        self.streams.contains_key(&(fw.clone(), task.clone()))
+    }
+
+    /// Queues an update; returns the message to send if it is at the head.
+    pub fn push(&mut self, now: Time, framework_id: FrameworkId, status: TaskStatus) -> Option<AgentToMaster> {
+        self.next_id += 1;
+        let id = UpdateId(self.next_id);
+        let key = (framework_id.clone(), status.task_id.clone());
+        let stream = self.streams.entry(key).or_insert_with(|| Stream {
+            framework_id,
+            queue: VecDeque::new(),
+            retry_at: now + FIRST_RETRY,
+            backoff: FIRST_RETRY,
+        });
+        stream.queue.push_back((id, status));
+        (stream.queue.len() == 1).then(|| head(stream)).flatten()
+    }
+
+    /// Pops the head if `update_id` names it; returns its framework and the
+    /// next head to send, if any.
+    pub fn acknowledge(
+        &mut self,
+        now: Time,
+        task_id: &TaskId,
+        update_id: UpdateId,
+    ) -> Option<(FrameworkId, Option<AgentToMaster>)> {
+        let key = self
+            .streams
+            .iter()
+            .find(|((_, t), s)| t == task_id && s.queue.front().is_some_and(|(id, _)| *id == update_id))
+            .map(|(k, _)| k.clone())?;
+        let stream = self.streams.get_mut(&key)?;
+        stream.queue.pop_front();
+        stream.retry_at = now + FIRST_RETRY;
+        stream.backoff = FIRST_RETRY;
+        let next = head(stream);
+        let fw = stream.framework_id.clone();
+        if stream.queue.is_empty() {
+            self.streams.remove(&key);
+        }
+        Some((fw, next))
+    }
+
+    pub fn next_retry(&self) -> Option<Time> {
+        self.streams.values().map(|s| s.retry_at).min()
+    }
+
+    /// Heads whose retry time has come, with their backoff doubled.
+    pub fn due(&mut self, now: Time) -> Vec<AgentToMaster> {
+        let mut out = Vec::new();
+        for stream in self.streams.values_mut().filter(|s| s.retry_at <= now) {
+            stream.backoff = (stream.backoff * 2).min(MAX_RETRY);
+            stream.retry_at = now + stream.backoff;
+            out.extend(head(stream));
+        }
+        out
+    }
+
+    /// Every head, now (after re-registering on a new connection).
+    pub fn resend_all(&mut self, now: Time) -> Vec<AgentToMaster> {
+        self.streams
+            .values_mut()
+            .filter_map(|s| {
+                s.retry_at = now + s.backoff;
+                head(s)
+            })
+            .collect()
+    }
+}
+
+fn head(stream: &Stream) -> Option<AgentToMaster> {
+    stream.queue.front().map(|(id, status)| AgentToMaster::StatusUpdate {
+        framework_id: stream.framework_id.clone(),
+        update_id: *id,
+        status: status.clone(),
+    })
+}

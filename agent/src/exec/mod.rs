@@ -1,0 +1,3 @@
+//! Running tasks. `wasm` runs `stoa:task` components under wasmtime.
+
+pub mod wasm;

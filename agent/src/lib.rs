@@ -1,0 +1,9 @@
+//! The Stoa agent: registers one machine's resources with the master and
+//! runs the tasks launched on it.
+//!
+//! [`core`] is a sans-IO state machine (no sockets, no clock, no wasmtime);
+//! [`exec`] runs tasks; [`driver`] connects the two to the master over QUIC.
+
+pub mod core;
+pub mod driver;
+pub mod exec;

@@ -1,0 +1,29 @@
+//! What framework authors import to write Stoa tasks in Rust.
+//!
+//! ```ignore
+//! struct Hello;
+//! impl stoa_guest::Task for Hello {
+//!     fn run(input: Vec<u8>) -> Result<Vec<u8>, String> {
+//!         Ok([b"hello, ".as_slice(), &input].concat())
+//!     }
+//! }
+//! stoa_guest::export_task!(Hello);
+//! ```
+//!
+//! Build with `cargo build --target wasm32-wasip2 --release`; the `.wasm`
+//! file is a component of the `stoa:task` world (see `wit/task`).
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit/task",
+        world: "task",
+        pub_export_macro: true,
+        export_macro_name: "export_task",
+        default_bindings_module: "stoa_guest::bindings",
+    });
+}
+
+/// A task: input bytes in, output bytes or an error message out. Standard
+/// output and standard error go to the task's sandbox logs.
+pub use bindings::Guest as Task;

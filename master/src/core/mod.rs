@@ -1,0 +1,723 @@
+//! The master's state machine.
+//!
+//! Calling order, for drivers: feed every input through a `handle_*`
+//! method with the current time, then drain [`Master::poll_transmit`]
+//! until it returns `None`, then sleep until [`Master::poll_timeout`] (or
+//! the next input) and call [`Master::handle_timeout`]. The core never
+//! reads a clock, so the same inputs at the same times give the same
+//! outputs — which is what the simulator relies on.
+
+mod accept;
+mod books;
+
+use books::Books;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+use stoa_allocator::{AgentSlot, Filter, FrameworkSlot, Snapshot};
+use stoa_proto::messages::RunningTask;
+use stoa_proto::{
+    AgentId, AgentInfo, AgentToMaster, Call, Event, FrameworkId, FrameworkInfo, MasterToAgent,
+    Offer, OfferId, Reason, Resources, TaskId, TaskState, TaskStatus, Time, UpdateId,
+};
+
+/// A connection, as numbered by the driver. Never reused within a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// The channel a connection was opened on (its ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Agent,
+    Scheduler,
+}
+
+/// Something for the driver to do on a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transmit {
+    ToAgent(ConnId, MasterToAgent),
+    ToScheduler(ConnId, Event),
+    /// Close the connection, telling the peer why.
+    Close(ConnId, String),
+}
+
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// An agent silent for this long is unreachable.
+    pub agent_timeout: Duration,
+    /// Changes arriving within this window share one allocation run.
+    pub allocation_delay: Duration,
+    /// How long declined resources stay away from a framework by default.
+    pub default_refuse: Duration,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            agent_timeout: Duration::from_secs(5),
+            allocation_delay: Duration::from_millis(1),
+            default_refuse: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// Connected, first message not yet seen.
+    Pending(Channel),
+    Agent,
+    Framework,
+}
+
+#[derive(Debug)]
+struct AgentEntry {
+    conn: Option<ConnId>,
+    info: AgentInfo,
+    /// Held by tasks.
+    used: Resources,
+    /// In outstanding offers.
+    offered: Resources,
+    last_heartbeat: Time,
+}
+
+#[derive(Debug)]
+struct FrameworkEntry {
+    conn: Option<ConnId>,
+    info: FrameworkInfo,
+    used: Resources,
+    offered: Resources,
+    /// Set while the scheduler is away; the framework is torn down once
+    /// `failover_timeout_ms` has passed since.
+    disconnected_at: Option<Time>,
+}
+
+#[derive(Debug)]
+struct TaskEntry {
+    agent: AgentId,
+    resources: Resources,
+    state: TaskState,
+    /// The update that made the task terminal; its acknowledgement ends the
+    /// task's life in the master.
+    terminal_update: Option<UpdateId>,
+}
+
+/// The master's state machine. See the module docs for the calling order.
+#[derive(Debug)]
+pub struct Master {
+    config: MasterConfig,
+    /// Prefix of ids this master run assigns, unique across runs.
+    instance: String,
+    next_id: u64,
+    peers: HashMap<ConnId, Peer>,
+    agent_of: HashMap<ConnId, AgentId>,
+    framework_of: HashMap<ConnId, FrameworkId>,
+    agents: BTreeMap<AgentId, AgentEntry>,
+    frameworks: BTreeMap<FrameworkId, FrameworkEntry>,
+    tasks: BTreeMap<(FrameworkId, TaskId), TaskEntry>,
+    offers: BTreeMap<OfferId, Offer>,
+    filters: Vec<Filter>,
+    allocation_due: Option<Time>,
+    outbox: VecDeque<Transmit>,
+}
+
+/// Counts for operators and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub agents: usize,
+    pub connected_agents: usize,
+    pub frameworks: usize,
+    pub tasks: usize,
+    pub offers: usize,
+}
+
+impl Master {
+    /// `instance` prefixes every id this master assigns; give each master
+    /// run a different one (the driver uses its start time).
+    pub fn new(config: MasterConfig, instance: &str) -> Self {
+        Master {
+            config,
+            instance: instance.to_string(),
+            next_id: 1,
+            peers: HashMap::new(),
+            agent_of: HashMap::new(),
+            framework_of: HashMap::new(),
+            agents: BTreeMap::new(),
+            frameworks: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            offers: BTreeMap::new(),
+            filters: Vec::new(),
+            allocation_due: None,
+            outbox: VecDeque::new(),
+        }
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary {
+            agents: self.agents.len(),
+            connected_agents: self.agents.values().filter(|a| a.conn.is_some()).count(),
+            frameworks: self.frameworks.len(),
+            tasks: self.tasks.len(),
+            offers: self.offers.len(),
+        }
+    }
+
+    /// Next output for the driver, in the order produced.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    /// When [`Master::handle_timeout`] must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let agent_deadlines = self
+            .agents
+            .values()
+            .filter(|a| a.conn.is_some())
+            .map(|a| a.last_heartbeat + self.config.agent_timeout);
+        let failovers = self.frameworks.values().filter_map(|f| {
+            f.disconnected_at
+                .map(|t| t + Duration::from_millis(f.info.failover_timeout_ms))
+        });
+        let filters = self.filters.iter().map(|f| f.until);
+        agent_deadlines
+            .chain(failovers)
+            .chain(filters)
+            .chain(self.allocation_due)
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Time) {
+        let silent: Vec<AgentId> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.conn.is_some() && a.last_heartbeat + self.config.agent_timeout <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in silent {
+            if let Some(conn) = self.agents.get(&id).and_then(|a| a.conn) {
+                tracing::warn!(agent = %id, "agent missed its heartbeats; marking it unreachable");
+                self.outbox.push_back(Transmit::Close(conn, "missed heartbeats".into()));
+                self.handle_disconnected(now, conn);
+            }
+        }
+        let expired: Vec<FrameworkId> = self
+            .frameworks
+            .iter()
+            .filter(|(_, f)| {
+                f.disconnected_at
+                    .is_some_and(|t| t + Duration::from_millis(f.info.failover_timeout_ms) <= now)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(framework = %id, "failover timeout passed; tearing the framework down");
+            self.remove_framework(now, &id);
+        }
+        let before = self.filters.len();
+        self.filters.retain(|f| f.until > now);
+        if self.filters.len() != before {
+            self.request_allocation(now);
+        }
+        if self.allocation_due.is_some_and(|t| t <= now) {
+            self.allocation_due = None;
+            self.allocate(now);
+        }
+    }
+
+    pub fn handle_connected(&mut self, _now: Time, conn: ConnId, channel: Channel) {
+        self.peers.insert(conn, Peer::Pending(channel));
+    }
+
+    pub fn handle_disconnected(&mut self, now: Time, conn: ConnId) {
+        match self.peers.remove(&conn) {
+            Some(Peer::Agent) => {
+                if let Some(id) = self.agent_of.remove(&conn) {
+                    self.agent_lost(now, &id);
+                }
+            }
+            Some(Peer::Framework) => {
+                if let Some(id) = self.framework_of.remove(&conn) {
+                    self.scheduler_lost(now, &id);
+                }
+            }
+            Some(Peer::Pending(_)) | None => {}
+        }
+    }
+
+    /// A message from an agent. `conn` must have been opened on
+    /// [`Channel::Agent`].
+    pub fn handle_agent_message(&mut self, now: Time, conn: ConnId, msg: AgentToMaster) {
+        let peer = self.peers.get(&conn).copied();
+        match (peer, msg) {
+            (Some(Peer::Pending(Channel::Agent)), AgentToMaster::Register { info, agent_id, tasks }) => {
+                self.register_agent(now, conn, info, agent_id, tasks)
+            }
+            (Some(Peer::Agent), AgentToMaster::Heartbeat) => {
+                if let Some(agent) = self.agent_of.get(&conn).and_then(|id| self.agents.get_mut(id)) {
+                    agent.last_heartbeat = now;
+                }
+            }
+            (Some(Peer::Agent), AgentToMaster::StatusUpdate { framework_id, update_id, status }) => {
+                if let Some(agent_id) = self.agent_of.get(&conn).cloned() {
+                    if let Some(agent) = self.agents.get_mut(&agent_id) {
+                        agent.last_heartbeat = now;
+                    }
+                    self.status_update(now, conn, agent_id, framework_id, update_id, status);
+                }
+            }
+            (Some(Peer::Agent), AgentToMaster::Register { .. }) => {
+                self.outbox.push_back(Transmit::Close(conn, "already registered on this connection".into()));
+            }
+            (_, _) => {
+                self.outbox.push_back(Transmit::Close(conn, "an agent must register first".into()));
+            }
+        }
+    }
+
+    /// A call from a scheduler. `conn` must have been opened on
+    /// [`Channel::Scheduler`].
+    pub fn handle_scheduler_call(&mut self, now: Time, conn: ConnId, call: Call) {
+        let peer = self.peers.get(&conn).copied();
+        match (peer, call) {
+            (Some(Peer::Pending(Channel::Scheduler)), Call::Subscribe { framework }) => {
+                self.subscribe(now, conn, framework)
+            }
+            (Some(Peer::Framework), Call::Subscribe { .. }) => {
+                self.to_scheduler(conn, Event::Error { message: "already subscribed on this connection".into() });
+            }
+            (Some(Peer::Framework), call) => {
+                let Some(fw) = self.framework_of.get(&conn).cloned() else { return };
+                match call {
+                    Call::Accept { offer_ids, operations, refuse_ms } => {
+                        self.accept(now, &fw, offer_ids, operations, refuse_ms)
+                    }
+                    Call::Decline { offer_ids, refuse_ms } => self.decline(now, &fw, offer_ids, refuse_ms),
+                    Call::Kill { task_id } => self.kill(&fw, task_id),
+                    Call::Acknowledge { agent_id, task_id, update_id } => {
+                        self.acknowledge(&fw, agent_id, task_id, update_id)
+                    }
+                    Call::Teardown => {
+                        self.remove_framework(now, &fw);
+                        self.outbox.push_back(Transmit::Close(conn, "framework torn down".into()));
+                    }
+                    Call::Subscribe { .. } => {}
+                }
+            }
+            (_, _) => {
+                self.to_scheduler(conn, Event::Error { message: "the first call must be SUBSCRIBE".into() });
+                self.outbox.push_back(Transmit::Close(conn, "not subscribed".into()));
+            }
+        }
+    }
+
+    fn fresh_id(&mut self, kind: &str) -> String {
+        let n = self.next_id;
+        self.next_id += 1;
+        format!("{}-{kind}{n}", self.instance)
+    }
+
+    fn to_scheduler(&mut self, conn: ConnId, event: Event) {
+        self.outbox.push_back(Transmit::ToScheduler(conn, event));
+    }
+
+    /// Sends an event to a framework's scheduler if it is connected.
+    fn to_framework(&mut self, fw: &FrameworkId, event: Event) {
+        if let Some(conn) = self.frameworks.get(fw).and_then(|f| f.conn) {
+            self.to_scheduler(conn, event);
+        }
+    }
+
+    fn request_allocation(&mut self, now: Time) {
+        if self.allocation_due.is_none() {
+            self.allocation_due = Some(now + self.config.allocation_delay);
+        }
+    }
+
+    fn register_agent(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        info: AgentInfo,
+        agent_id: Option<AgentId>,
+        tasks: Vec<RunningTask>,
+    ) {
+        if let Err(message) = check_hostname(&info.hostname) {
+            self.outbox.push_back(Transmit::ToAgent(conn, MasterToAgent::Refused { message: message.clone() }));
+            self.outbox.push_back(Transmit::Close(conn, message));
+            return;
+        }
+        let id = match agent_id {
+            Some(id) => id,
+            None => match AgentId::new(self.fresh_id("a")) {
+                Ok(id) => id,
+                Err(e) => {
+                    self.outbox.push_back(Transmit::Close(conn, format!("cannot name agent: {e}")));
+                    return;
+                }
+            },
+        };
+        // A second connection for the same agent replaces the first.
+        if let Some(old) = self.agents.get(&id).and_then(|a| a.conn) {
+            self.peers.remove(&old);
+            self.agent_of.remove(&old);
+            self.outbox.push_back(Transmit::Close(old, "agent registered on a new connection".into()));
+        }
+        self.peers.insert(conn, Peer::Agent);
+        self.agent_of.insert(conn, id.clone());
+        let entry = self.agents.entry(id.clone()).or_insert_with(|| AgentEntry {
+            conn: None,
+            info: info.clone(),
+            used: Resources::new(),
+            offered: Resources::new(),
+            last_heartbeat: now,
+        });
+        entry.conn = Some(conn);
+        entry.info = info;
+        entry.last_heartbeat = now;
+        tracing::info!(agent = %id, hostname = %self.agents[&id].info.hostname, resources = %self.agents[&id].info.resources, "agent registered");
+        self.outbox.push_back(Transmit::ToAgent(
+            conn,
+            MasterToAgent::Registered {
+                agent_id: id.clone(),
+                heartbeat_interval_ms: u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
+            },
+        ));
+        self.reconcile_agent_tasks(&id, tasks);
+        self.request_allocation(now);
+    }
+
+    /// Brings the books for `agent` in line with what it reports running.
+    fn reconcile_agent_tasks(&mut self, agent: &AgentId, reported: Vec<RunningTask>) {
+        let known: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| &t.agent == agent && !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in known {
+            if !reported.iter().any(|r| r.framework_id == key.0 && r.task_id == key.1) {
+                let status = TaskStatus::new(key.1.clone(), TaskState::Lost)
+                    .because(Reason::AgentRestarted, "the agent came back without this task")
+                    .on(agent.clone());
+                self.release_task(&key, TaskState::Lost, None);
+                self.tasks.remove(&key);
+                self.to_framework(&key.0, Event::Update { status, ack: None });
+            }
+        }
+        for r in reported {
+            let key = (r.framework_id.clone(), r.task_id.clone());
+            match self.tasks.get_mut(&key) {
+                Some(task) => {
+                    if task.state == TaskState::Unreachable {
+                        task.state = r.state;
+                        let status = TaskStatus::new(r.task_id, r.state).on(agent.clone());
+                        self.to_framework(&r.framework_id, Event::Update { status, ack: None });
+                    }
+                }
+                None => {
+                    // A task from before this master started: take it into the books.
+                    self.tasks.insert(
+                        key,
+                        TaskEntry { agent: agent.clone(), resources: r.resources.clone(), state: r.state, terminal_update: None },
+                    );
+                    self.books().hold(agent, &r.framework_id, &r.resources);
+                }
+            }
+        }
+    }
+
+    fn agent_lost(&mut self, now: Time, id: &AgentId) {
+        let Some(agent) = self.agents.get_mut(id) else { return };
+        agent.conn = None;
+        tracing::warn!(agent = %id, "agent disconnected; its tasks are unreachable");
+        let offers: Vec<OfferId> = self.offers.values().filter(|o| &o.agent_id == id).map(|o| o.id).collect();
+        for offer in offers {
+            self.rescind(offer);
+        }
+        let keys: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| &t.agent == id && !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if let Some(task) = self.tasks.get_mut(&key) {
+                task.state = TaskState::Unreachable;
+            }
+            let status = TaskStatus::new(key.1.clone(), TaskState::Unreachable)
+                .because(Reason::AgentDisconnected, "lost contact with the agent")
+                .on(id.clone());
+            self.to_framework(&key.0, Event::Update { status, ack: None });
+        }
+        self.request_allocation(now);
+    }
+
+    fn subscribe(&mut self, now: Time, conn: ConnId, info: FrameworkInfo) {
+        if let Err(message) = check_framework(&info) {
+            self.to_scheduler(conn, Event::Error { message: message.clone() });
+            self.outbox.push_back(Transmit::Close(conn, message));
+            return;
+        }
+        let id = match FrameworkId::new(self.fresh_id("f")) {
+            Ok(id) => id,
+            Err(e) => {
+                self.outbox.push_back(Transmit::Close(conn, format!("cannot name framework: {e}")));
+                return;
+            }
+        };
+        tracing::info!(framework = %id, name = %info.name, role = %info.role, "framework subscribed");
+        self.peers.insert(conn, Peer::Framework);
+        self.framework_of.insert(conn, id.clone());
+        self.frameworks.insert(
+            id.clone(),
+            FrameworkEntry {
+                conn: Some(conn),
+                info,
+                used: Resources::new(),
+                offered: Resources::new(),
+                disconnected_at: None,
+            },
+        );
+        let heartbeat_interval_ms = u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
+        self.to_scheduler(conn, Event::Subscribed { framework_id: id, heartbeat_interval_ms });
+        self.request_allocation(now);
+    }
+
+    fn scheduler_lost(&mut self, now: Time, id: &FrameworkId) {
+        let Some(fw) = self.frameworks.get_mut(id) else { return };
+        fw.conn = None;
+        fw.disconnected_at = Some(now);
+        tracing::info!(framework = %id, failover_timeout_ms = fw.info.failover_timeout_ms, "scheduler disconnected");
+        let offers: Vec<OfferId> = self.offers.values().filter(|o| &o.framework_id == id).map(|o| o.id).collect();
+        for offer in offers {
+            self.rescind(offer);
+        }
+        if fw_failover_now(self.frameworks.get(id)) {
+            self.remove_framework(now, id);
+        }
+        self.request_allocation(now);
+    }
+
+    /// Forgets a framework: its offers go back, its tasks are killed.
+    fn remove_framework(&mut self, now: Time, id: &FrameworkId) {
+        let offers: Vec<OfferId> = self.offers.values().filter(|o| &o.framework_id == id).map(|o| o.id).collect();
+        for offer in offers {
+            self.rescind(offer);
+        }
+        let keys: Vec<(FrameworkId, TaskId)> = self.tasks.keys().filter(|(f, _)| f == id).cloned().collect();
+        for key in keys {
+            let Some(task) = self.tasks.get(&key) else { continue };
+            if !task.state.is_terminal() {
+                let agent_conn = self.agents.get(&task.agent).and_then(|a| a.conn);
+                if let Some(conn) = agent_conn {
+                    self.outbox.push_back(Transmit::ToAgent(
+                        conn,
+                        MasterToAgent::KillTask { framework_id: key.0.clone(), task_id: key.1.clone() },
+                    ));
+                }
+            }
+        }
+        // Tasks stay in the books until their agents report them terminal,
+        // so their resources are not offered while still in use.
+        let finished: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|((f, _), t)| f == id && t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in finished {
+            self.tasks.remove(&key);
+        }
+        self.frameworks.remove(id);
+        self.filters.retain(|f| &f.framework != id);
+        self.request_allocation(now);
+    }
+
+    /// Withdraws an offer, returning its resources to the pool.
+    fn rescind(&mut self, offer_id: OfferId) {
+        let Some(offer) = self.offers.remove(&offer_id) else { return };
+        self.books().unoffer(&offer.agent_id, &offer.framework_id, &offer.resources);
+        self.to_framework(&offer.framework_id, Event::Rescind { offer_id });
+    }
+
+    fn status_update(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        agent: AgentId,
+        framework_id: FrameworkId,
+        update_id: UpdateId,
+        mut status: TaskStatus,
+    ) {
+        status.agent_id = Some(agent.clone());
+        let key = (framework_id.clone(), status.task_id.clone());
+        if let Some(task) = self.tasks.get(&key)
+            && task.agent == agent
+            && !task.state.is_terminal()
+        {
+            let state = status.state;
+            self.release_task(&key, state, Some(update_id));
+            if state.is_terminal() {
+                self.request_allocation(now);
+            }
+        }
+        if self.frameworks.contains_key(&framework_id) {
+            self.to_framework(&framework_id, Event::Update { status, ack: Some(update_id) });
+        } else {
+            // Nobody will acknowledge an update for a framework that is gone;
+            // acknowledge it here so the agent stops resending it.
+            if self.tasks.get(&key).is_some_and(|t| t.state.is_terminal()) {
+                self.tasks.remove(&key);
+            }
+            self.outbox.push_back(Transmit::ToAgent(
+                conn,
+                MasterToAgent::AcknowledgeUpdate { task_id: status.task_id, update_id },
+            ));
+        }
+    }
+
+    /// Moves a task to `state`, freeing its resources if that is terminal.
+    fn release_task(&mut self, key: &(FrameworkId, TaskId), state: TaskState, update: Option<UpdateId>) {
+        let Some(task) = self.tasks.get_mut(key) else { return };
+        let was_terminal = task.state.is_terminal();
+        task.state = state;
+        if state.is_terminal() && !was_terminal {
+            task.terminal_update = update;
+            let (agent, resources) = (task.agent.clone(), task.resources.clone());
+            self.books().release(&agent, &key.0, &resources);
+        }
+    }
+
+    fn kill(&mut self, fw: &FrameworkId, task_id: TaskId) {
+        let key = (fw.clone(), task_id.clone());
+        match self.tasks.get(&key) {
+            Some(task) if !task.state.is_terminal() => {
+                if let Some(conn) = self.agents.get(&task.agent).and_then(|a| a.conn) {
+                    self.outbox.push_back(Transmit::ToAgent(
+                        conn,
+                        MasterToAgent::KillTask { framework_id: fw.clone(), task_id },
+                    ));
+                }
+            }
+            Some(_) => {}
+            None => {
+                let status = TaskStatus::new(task_id, TaskState::Unknown)
+                    .because(Reason::TaskUnknown, "the master does not know this task");
+                self.to_framework(fw, Event::Update { status, ack: None });
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, fw: &FrameworkId, agent: AgentId, task_id: TaskId, update_id: UpdateId) {
+        let key = (fw.clone(), task_id.clone());
+        if self.tasks.get(&key).is_some_and(|t| t.terminal_update == Some(update_id)) {
+            self.tasks.remove(&key);
+        }
+        if let Some(conn) = self.agents.get(&agent).and_then(|a| a.conn) {
+            self.outbox.push_back(Transmit::ToAgent(conn, MasterToAgent::AcknowledgeUpdate { task_id, update_id }));
+        }
+    }
+
+    fn decline(&mut self, now: Time, fw: &FrameworkId, offer_ids: Vec<OfferId>, refuse_ms: Option<u64>) {
+        for id in offer_ids {
+            if self.offers.get(&id).is_some_and(|o| &o.framework_id == fw)
+                && let Some(offer) = self.offers.remove(&id)
+            {
+                self.books().unoffer(&offer.agent_id, fw, &offer.resources);
+                self.add_filter(now, fw, &offer.agent_id, refuse_ms);
+            }
+        }
+        self.request_allocation(now);
+    }
+
+    fn add_filter(&mut self, now: Time, fw: &FrameworkId, agent: &AgentId, refuse_ms: Option<u64>) {
+        let refuse = refuse_ms.map(Duration::from_millis).unwrap_or(self.config.default_refuse);
+        if refuse.is_zero() {
+            return;
+        }
+        self.filters.retain(|f| !(&f.framework == fw && &f.agent == agent));
+        self.filters.push(Filter { framework: fw.clone(), agent: agent.clone(), until: now + refuse });
+    }
+
+    fn allocate(&mut self, now: Time) {
+        let mut total = Resources::new();
+        let mut agents = Vec::new();
+        for (id, a) in &self.agents {
+            if a.conn.is_none() {
+                continue;
+            }
+            total = total.checked_add(&a.info.resources).unwrap_or(total);
+            let held = a.used.checked_add(&a.offered);
+            match held.and_then(|h| a.info.resources.checked_sub(&h)) {
+                Some(available) => agents.push(AgentSlot { id: id.clone(), available }),
+                None => tracing::error!(agent = %id, "books hold more than the agent has; not offering it"),
+            }
+        }
+        let frameworks = self
+            .frameworks
+            .iter()
+            .filter(|(_, f)| f.conn.is_some())
+            .map(|(id, f)| FrameworkSlot {
+                id: id.clone(),
+                allocated: f.used.checked_add(&f.offered).unwrap_or_else(|| f.used.clone()),
+            })
+            .collect();
+        let snapshot = Snapshot { total, agents, frameworks, filters: self.filters.clone() };
+        let mut batches: BTreeMap<FrameworkId, Vec<Offer>> = BTreeMap::new();
+        for plan in stoa_allocator::allocate(now, &snapshot) {
+            let Some(agent) = self.agents.get(&plan.agent) else { continue };
+            let offer = Offer {
+                id: OfferId(self.next_id),
+                framework_id: plan.framework.clone(),
+                agent_id: plan.agent.clone(),
+                hostname: agent.info.hostname.clone(),
+                resources: plan.resources.clone(),
+                attributes: agent.info.attributes.clone(),
+            };
+            self.next_id += 1;
+            self.books().offer(&plan.agent, &plan.framework, &plan.resources);
+            self.offers.insert(offer.id, offer.clone());
+            batches.entry(plan.framework).or_default().push(offer);
+        }
+        for (fw, offers) in batches {
+            self.to_framework(&fw, Event::Offers { offers });
+        }
+    }
+
+    fn books(&mut self) -> Books<'_> {
+        Books { agents: &mut self.agents, frameworks: &mut self.frameworks }
+    }
+}
+
+fn fw_failover_now(fw: Option<&FrameworkEntry>) -> bool {
+    fw.is_some_and(|f| f.info.failover_timeout_ms == 0)
+}
+
+fn check_hostname(h: &str) -> Result<(), String> {
+    if h.is_empty() || h.len() > 253 || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("invalid hostname {h:?}: give 1-253 printable characters without spaces"));
+    }
+    Ok(())
+}
+
+fn check_framework(info: &FrameworkInfo) -> Result<(), String> {
+    if info.name.is_empty() || info.name.len() > 256 {
+        return Err("a framework needs a name of 1-256 bytes".into());
+    }
+    let role_ok = !info.role.is_empty()
+        && info.role.len() <= 128
+        && info.role.split('/').all(|p| {
+            !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    if !role_ok {
+        return Err(format!(
+            "invalid role {:?}: use path segments of letters, digits, '-', '_', '.' separated by '/', e.g. eng/ml",
+            info.role
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,228 @@
+//! The master's I/O: accepts QUIC connections, decodes frames into the
+//! core's `handle_*` calls and sends what the core emits. It holds no
+//! cluster state of its own.
+
+use crate::core::{Channel, ConnId, Master, MasterConfig, Transmit};
+use anyhow::Context as _;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use stoa_proto::{AgentToMaster, Call, Time, framing};
+use stoa_transport::{ALPN_AGENT, ALPN_SCHEDULER, FrameReceiver, FrameSender, Identity, close};
+use tokio::sync::mpsc;
+
+/// Frames queued for one peer before it counts as too slow and is dropped.
+const PEER_QUEUE: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub listen: SocketAddr,
+    /// Directory with `ca.pem`, `master.pem`, `master.key`.
+    pub certs: PathBuf,
+    /// Where to write the bound address (useful with port 0).
+    pub addr_file: Option<PathBuf>,
+    pub core: MasterConfig,
+}
+
+enum Input {
+    Connected(ConnId, Channel, Peer),
+    Agent(ConnId, AgentToMaster),
+    Scheduler(ConnId, Call),
+    /// The peer broke the protocol; close it with this reason.
+    Failed(ConnId, String),
+    Disconnected(ConnId),
+}
+
+enum Outgoing {
+    Frame(Vec<u8>),
+    /// Flush what is queued, then close with this reason.
+    Close(String),
+}
+
+struct Peer {
+    out: mpsc::Sender<Outgoing>,
+    conn: quinn::Connection,
+}
+
+/// Runs a master until `shutdown` resolves.
+pub async fn run(config: DriverConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let identity = Identity::load(&config.certs, "master")?;
+    let server = stoa_transport::server_config(&identity, &[ALPN_AGENT, ALPN_SCHEDULER])?;
+    let endpoint = quinn::Endpoint::server(server, config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = endpoint.local_addr()?;
+    if let Some(path) = &config.addr_file {
+        std::fs::write(path, addr.to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    tracing::info!(%addr, "master listening");
+
+    let start = Instant::now();
+    let now = move || Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+    let instance = format!(
+        "{:x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    );
+    let mut master = Master::new(config.core.clone(), &instance);
+    let (tx, mut rx) = mpsc::channel::<Input>(PEER_QUEUE);
+    let acceptor = tokio::spawn(accept_loop(endpoint.clone(), tx));
+    let mut peers: HashMap<ConnId, Peer> = HashMap::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let deadline = master.poll_timeout().map(|t| start + Duration::from_micros(t.as_micros()));
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { break };
+                match input {
+                    Input::Connected(id, channel, peer) => {
+                        peers.insert(id, peer);
+                        master.handle_connected(now(), id, channel);
+                    }
+                    Input::Agent(id, msg) => master.handle_agent_message(now(), id, msg),
+                    Input::Scheduler(id, call) => master.handle_scheduler_call(now(), id, call),
+                    Input::Failed(id, reason) => {
+                        tracing::warn!(conn = id.0, %reason, "closing connection: protocol error");
+                        if let Some(peer) = peers.remove(&id) {
+                            peer.conn.close(close::PROTOCOL_ERROR, reason.as_bytes());
+                        }
+                        master.handle_disconnected(now(), id);
+                    }
+                    Input::Disconnected(id) => {
+                        peers.remove(&id);
+                        master.handle_disconnected(now(), id);
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => master.handle_timeout(now()),
+            _ = &mut shutdown => break,
+        }
+        flush(&mut master, &mut peers, now);
+    }
+    acceptor.abort();
+    endpoint.close(close::SHUTDOWN, b"master shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends everything the core has emitted.
+fn flush(master: &mut Master, peers: &mut HashMap<ConnId, Peer>, now: impl Fn() -> Time) {
+    while let Some(t) = master.poll_transmit() {
+        let (id, out) = match t {
+            Transmit::ToAgent(id, msg) => (id, encode(&msg)),
+            Transmit::ToScheduler(id, event) => (id, encode(&event)),
+            Transmit::Close(id, reason) => (id, Outgoing::Close(reason)),
+        };
+        let Some(peer) = peers.get(&id) else { continue };
+        let closing = matches!(out, Outgoing::Close(_));
+        if peer.out.try_send(out).is_err() && !closing {
+            tracing::warn!(conn = id.0, "peer is not reading; dropping it");
+            if let Some(peer) = peers.remove(&id) {
+                peer.conn.close(close::REFUSED, b"too slow");
+            }
+            master.handle_disconnected(now(), id);
+        } else if closing {
+            peers.remove(&id);
+        }
+    }
+}
+
+fn encode<T: Serialize>(msg: &T) -> Outgoing {
+    match framing::encode(msg) {
+        Ok(frame) => Outgoing::Frame(frame),
+        // Only a message beyond the frame limit fails to encode; the peer
+        // cannot be told anything useful on this stream, so close it.
+        Err(e) => Outgoing::Close(format!("cannot send a message: {e}")),
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>) {
+    let mut next = 1u64;
+    while let Some(incoming) = endpoint.accept().await {
+        let id = ConnId(next);
+        next += 1;
+        tokio::spawn(serve(incoming, id, tx.clone()));
+    }
+}
+
+/// One connection: handshake, then read frames until it ends.
+async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::info!(conn = id.0, error = %e, "handshake refused");
+            return;
+        }
+    };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    let channel = match alpn.as_deref() {
+        Some(ALPN_AGENT) => Channel::Agent,
+        Some(ALPN_SCHEDULER) => Channel::Scheduler,
+        // rustls already refuses unknown ALPNs; this is defence in depth.
+        _ => {
+            conn.close(close::REFUSED, b"unknown channel");
+            return;
+        }
+    };
+    let (send, recv) = match conn.accept_bi().await {
+        Ok(streams) => streams,
+        Err(e) => {
+            tracing::debug!(conn = id.0, error = %e, "connection ended before opening a stream");
+            return;
+        }
+    };
+    let (out_tx, out_rx) = mpsc::channel(PEER_QUEUE);
+    tokio::spawn(write_loop(conn.clone(), FrameSender::new(send), out_rx));
+    if tx.send(Input::Connected(id, channel, Peer { out: out_tx, conn: conn.clone() })).await.is_err() {
+        return;
+    }
+    let mut recv = FrameReceiver::new(recv);
+    let end = loop {
+        let input = match channel {
+            Channel::Agent => recv.recv::<AgentToMaster>().await.map(|m| m.map(|m| Input::Agent(id, m))),
+            Channel::Scheduler => recv.recv::<Call>().await.map(|m| m.map(|c| Input::Scheduler(id, c))),
+        };
+        match input {
+            Ok(Some(input)) => {
+                if tx.send(input).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break Input::Disconnected(id),
+            Err(stoa_transport::RecvError::Read(e)) => {
+                tracing::debug!(conn = id.0, error = %e, "connection lost");
+                break Input::Disconnected(id);
+            }
+            Err(e) => break Input::Failed(id, e.to_string()),
+        }
+    };
+    let _ = tx.send(end).await;
+}
+
+async fn write_loop(conn: quinn::Connection, mut send: FrameSender, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outgoing::Frame(frame) => {
+                if send.send_raw(&frame).await.is_err() {
+                    return;
+                }
+            }
+            Outgoing::Close(reason) => {
+                send.finish_and_flush(Duration::from_millis(500)).await;
+                conn.close(close::REFUSED, reason.as_bytes());
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Stoa's wire vocabulary: identifiers, resources, tasks and every message that
+//! crosses a link between agent, master and scheduler, plus the frame format
+//! they travel in.
+//!
+//! This crate does no I/O, reads no clock and starts no threads. Types here
+//! cannot hold bad values: ids are never empty, [`Resources`] never go
+//! negative, and every decoder returns an error value instead of panicking
+//! on malformed peer data.
+
+pub mod framing;
+pub mod ids;
+pub mod messages;
+pub mod resources;
+pub mod task;
+pub mod time;
+
+pub use framing::{FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
+pub use ids::{AgentId, FrameworkId, IdError, OfferId, TaskId, UpdateId};
+pub use messages::{
+    RunningTask,
+    AgentInfo, AgentToMaster, Call, Event, FrameworkInfo, MasterToAgent, Offer, Operation,
+};
+pub use resources::{Attributes, ParseError, PortRange, Resources};
+pub use task::{Artifact, Digest, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus, Reason};
+pub use time::Time;

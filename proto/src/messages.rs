@@ -1,0 +1,103 @@
+//! Every message between agent and master (channel `stoa-agent/1`) and
+//! between scheduler and master (channel `stoa-sched/1`), in the Mesos v1
+//! vocabulary.
+
+use crate::ids::{AgentId, FrameworkId, OfferId, TaskId, UpdateId};
+use crate::resources::{Attributes, Resources};
+use crate::task::{TaskInfo, TaskState, TaskStatus};
+use serde::{Deserialize, Serialize};
+
+/// What an agent tells the master about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub hostname: String,
+    pub resources: Resources,
+    pub attributes: Attributes,
+}
+
+/// A task an agent is running, reported when it re-registers so that a
+/// master can rebuild its books.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningTask {
+    pub framework_id: FrameworkId,
+    pub task_id: TaskId,
+    pub resources: Resources,
+    pub state: TaskState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentToMaster {
+    /// First message on every connection. `agent_id` is set when the agent
+    /// registered before (re-registration), with the tasks it still runs.
+    Register { info: AgentInfo, agent_id: Option<AgentId>, tasks: Vec<RunningTask> },
+    Heartbeat,
+    /// A task's state changed. Resent until acknowledged.
+    StatusUpdate { framework_id: FrameworkId, update_id: UpdateId, status: TaskStatus },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterToAgent {
+    Registered { agent_id: AgentId, heartbeat_interval_ms: u64 },
+    /// Registration refused; the agent should not retry with the same data.
+    Refused { message: String },
+    RunTask { framework_id: FrameworkId, task: TaskInfo },
+    KillTask { framework_id: FrameworkId, task_id: TaskId },
+    /// The scheduler acknowledged this update; stop resending it.
+    AcknowledgeUpdate { task_id: TaskId, update_id: UpdateId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameworkInfo {
+    pub name: String,
+    pub role: String,
+    pub principal: Option<String>,
+    /// How long the master keeps the framework's tasks after its scheduler
+    /// disconnects; 0 tears it down at once.
+    pub failover_timeout_ms: u64,
+}
+
+/// Resources of one agent offered to one framework.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    pub id: OfferId,
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub hostname: String,
+    pub resources: Resources,
+    pub attributes: Attributes,
+}
+
+/// What an ACCEPT does with the offered resources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    Launch { tasks: Vec<TaskInfo> },
+}
+
+/// Scheduler → master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Call {
+    Subscribe { framework: FrameworkInfo },
+    /// Use offers (all of one agent). Resources not used return to the pool
+    /// and are not offered to this framework again on that agent for
+    /// `refuse_ms` (default 5 s).
+    Accept { offer_ids: Vec<OfferId>, operations: Vec<Operation>, refuse_ms: Option<u64> },
+    Decline { offer_ids: Vec<OfferId>, refuse_ms: Option<u64> },
+    Kill { task_id: TaskId },
+    Acknowledge { agent_id: AgentId, task_id: TaskId, update_id: UpdateId },
+    /// Ends the framework: kills its tasks and forgets it.
+    Teardown,
+}
+
+/// Master → scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Subscribed { framework_id: FrameworkId, heartbeat_interval_ms: u64 },
+    Offers { offers: Vec<Offer> },
+    Rescind { offer_id: OfferId },
+    /// A task's state. When `ack` is set the scheduler must ACKNOWLEDGE it,
+    /// or it is delivered again.
+    Update { status: TaskStatus, ack: Option<UpdateId> },
+    /// The master refused a call; the connection stays open.
+    Error { message: String },
+    Heartbeat,
+}

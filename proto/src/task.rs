@@ -1,0 +1,208 @@
+//! Tasks: what a framework asks an agent to run, and the states it goes
+//! through (the Mesos 1.x set, partition-aware).
+
+use crate::ids::{AgentId, TaskId};
+use crate::resources::Resources;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::fmt;
+
+/// Largest task output carried back in a status update.
+pub const MAX_TASK_OUTPUT: usize = 1 << 20;
+
+/// A sha256 content address.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+/// The binary a task runs, named by its digest and carried inline.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub digest: Digest,
+    pub bytes: Vec<u8>,
+}
+
+impl Artifact {
+    pub fn inline(bytes: Vec<u8>) -> Artifact {
+        Artifact { digest: Digest::of(&bytes), bytes }
+    }
+
+    /// True when the bytes hash to the digest they claim.
+    pub fn verify(&self) -> bool {
+        Digest::of(&self.bytes) == self.digest
+    }
+}
+
+impl fmt::Debug for Artifact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Artifact({}, {} bytes)", self.digest, self.bytes.len())
+    }
+}
+
+/// What kind of program a task is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// A component of the `stoa:task` world: `input` in, output bytes out.
+    WasmComponent { artifact: Artifact, input: Vec<u8> },
+}
+
+/// Limits beyond the task's resources. Memory is always the task's `mem`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TaskLimits {
+    /// Deterministic instruction budget; unlimited when `None`.
+    pub fuel: Option<u64>,
+    /// Wall-clock limit in milliseconds; unlimited when `None`.
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub task_id: TaskId,
+    pub name: String,
+    pub resources: Resources,
+    pub kind: TaskKind,
+    pub limits: TaskLimits,
+}
+
+/// Task states of Mesos 1.x (`mesos.proto`), partition-aware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    Staging,
+    Starting,
+    Running,
+    Killing,
+    Finished,
+    Failed,
+    Killed,
+    Error,
+    Lost,
+    Dropped,
+    Unreachable,
+    Gone,
+    Unknown,
+}
+
+impl TaskState {
+    /// A terminal state is final: the task's resources are free again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Finished
+                | TaskState::Failed
+                | TaskState::Killed
+                | TaskState::Error
+                | TaskState::Lost
+                | TaskState::Dropped
+                | TaskState::Gone
+        )
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = format!("{self:?}").to_uppercase();
+        write!(f, "TASK_{s}")
+    }
+}
+
+/// Why a task reached its state. Every terminal state carries one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Reason {
+    /// The task's own code reported an error.
+    TaskFailed,
+    /// The task tried to use more memory than its `mem`.
+    MemoryLimit,
+    /// The task spent its fuel budget.
+    FuelExhausted,
+    /// The task ran past its wall-clock limit.
+    Timeout,
+    /// The task trapped (e.g. `unreachable`, out-of-bounds access).
+    Trap,
+    /// The task's output exceeded the limit carried in a status update.
+    OutputTooLarge,
+    /// The artifact did not match its digest or is not a valid binary.
+    InvalidArtifact,
+    /// An accept named an offer that does not exist (any more).
+    InvalidOffers,
+    /// The task description was invalid (duplicate id, resources not offered).
+    TaskInvalid,
+    /// The scheduler asked for the kill.
+    KilledByScheduler,
+    /// The framework was torn down or failed over past its timeout.
+    FrameworkRemoved,
+    /// The agent lost its connection to the master.
+    AgentDisconnected,
+    /// The agent was removed from the cluster.
+    AgentRemoved,
+    /// The agent restarted and did not find the task.
+    AgentRestarted,
+    /// The master does not know the task (reconciliation).
+    TaskUnknown,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Reason::TaskFailed => "task-failed",
+            Reason::MemoryLimit => "memory-limit",
+            Reason::FuelExhausted => "fuel-exhausted",
+            Reason::Timeout => "timeout",
+            Reason::Trap => "trap",
+            Reason::OutputTooLarge => "output-too-large",
+            Reason::InvalidArtifact => "invalid-artifact",
+            Reason::InvalidOffers => "invalid-offers",
+            Reason::TaskInvalid => "task-invalid",
+            Reason::KilledByScheduler => "killed-by-scheduler",
+            Reason::FrameworkRemoved => "framework-removed",
+            Reason::AgentDisconnected => "agent-disconnected",
+            Reason::AgentRemoved => "agent-removed",
+            Reason::AgentRestarted => "agent-restarted",
+            Reason::TaskUnknown => "task-unknown",
+        };
+        f.write_str(s)
+    }
+}
+
+/// A task's state as reported to its scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub task_id: TaskId,
+    pub state: TaskState,
+    pub reason: Option<Reason>,
+    /// Human-readable detail: the trap message, the error the task returned.
+    pub message: String,
+    /// The task's output, on FINISHED.
+    pub output: Option<Vec<u8>>,
+    pub agent_id: Option<AgentId>,
+}
+
+impl TaskStatus {
+    pub fn new(task_id: TaskId, state: TaskState) -> Self {
+        TaskStatus { task_id, state, reason: None, message: String::new(), output: None, agent_id: None }
+    }
+    pub fn because(mut self, reason: Reason, message: impl Into<String>) -> Self {
+        self.reason = Some(reason);
+        self.message = message.into();
+        self
+    }
+    pub fn on(mut self, agent_id: AgentId) -> Self {
+        self.agent_id = Some(agent_id);
+        self
+    }
+}

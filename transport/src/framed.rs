@@ -1,0 +1,85 @@
+//! Length-prefixed postcard frames over a QUIC stream.
+
+use serde::{Serialize, de::DeserializeOwned};
+use stoa_proto::framing::{self, FrameError, HEADER_LEN};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+    #[error("connection: {0}")]
+    Read(#[from] quinn::ReadError),
+}
+
+/// Reads whole messages, refusing oversized or malformed frames.
+#[derive(Debug)]
+pub struct FrameReceiver {
+    recv: quinn::RecvStream,
+    max: usize,
+}
+
+impl FrameReceiver {
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        FrameReceiver { recv, max: framing::MAX_FRAME_LEN }
+    }
+
+    /// Returns the next message, `Ok(None)` at a clean end of stream.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RecvError> {
+        let mut header = [0u8; HEADER_LEN];
+        match self.recv.read_exact(&mut header).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(RecvError::Truncated),
+            Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+        }
+        // Checked before allocating: a peer cannot make us reserve memory by
+        // announcing a large frame.
+        let len = framing::body_len(header, self.max)?;
+        let mut body = vec![0u8; len];
+        match self.recv.read_exact(&mut body).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(RecvError::Truncated),
+            Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+        }
+        Ok(Some(framing::decode_body(&body)?))
+    }
+}
+
+/// Writes whole messages.
+#[derive(Debug)]
+pub struct FrameSender {
+    send: quinn::SendStream,
+}
+
+impl FrameSender {
+    pub fn new(send: quinn::SendStream) -> Self {
+        FrameSender { send }
+    }
+
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> anyhow::Result<()> {
+        let frame = framing::encode(msg)?;
+        self.send_raw(&frame).await
+    }
+
+    /// Writes bytes as they are; for already-encoded frames (and for tests
+    /// that must send malformed ones).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.send.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Ends the stream cleanly.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// Ends the stream and waits, at most `limit`, until the peer has read
+    /// everything sent: use before closing a connection on purpose, so the
+    /// last message (an ERROR, say) is not lost with it.
+    pub async fn finish_and_flush(&mut self, limit: std::time::Duration) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(limit, self.send.stopped()).await;
+    }
+}

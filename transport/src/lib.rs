@@ -1,0 +1,58 @@
+//! QUIC links between Stoa's processes: the cluster's certificates, TLS
+//! configuration with mutual verification against the cluster CA, and
+//! framed message streams (see `stoa_proto::framing`).
+//!
+//! Every connection carries one bidirectional stream opened by the
+//! connecting side; the ALPN names the channel (`stoa-agent/1`,
+//! `stoa-sched/1`), and a peer offering any other is refused in the
+//! handshake.
+
+pub mod certs;
+pub mod framed;
+pub mod tls;
+
+pub use framed::{FrameReceiver, FrameSender, RecvError};
+pub use tls::{Identity, client_config, server_config};
+
+/// Channel of agents talking to the master.
+pub const ALPN_AGENT: &[u8] = b"stoa-agent/1";
+/// Channel of schedulers talking to the master.
+pub const ALPN_SCHEDULER: &[u8] = b"stoa-sched/1";
+/// The name every master certificate carries and every client verifies.
+pub const MASTER_NAME: &str = "master.stoa";
+
+/// Application close codes, so a peer can tell why it was dropped.
+pub mod close {
+    use quinn::VarInt;
+    pub const NORMAL: VarInt = VarInt::from_u32(0);
+    /// The peer sent a frame that failed to decode or was too large.
+    pub const PROTOCOL_ERROR: VarInt = VarInt::from_u32(1);
+    /// The peer broke the protocol's order (e.g. a call before SUBSCRIBE).
+    pub const REFUSED: VarInt = VarInt::from_u32(2);
+    /// The process is shutting down.
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(3);
+}
+
+/// Opens a client endpoint on the unspecified address of `remote`'s family.
+pub fn client_endpoint(remote: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: std::net::SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(std::io::Error::other)?;
+    quinn::Endpoint::client(bind)
+}
+
+/// Connects to the master on one channel and opens the connection's stream.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    master: std::net::SocketAddr,
+    config: quinn::ClientConfig,
+) -> anyhow::Result<(quinn::Connection, FrameSender, FrameReceiver)> {
+    use anyhow::Context as _;
+    let conn = endpoint
+        .connect_with(config, master, MASTER_NAME)
+        .context("cannot start a connection")?
+        .await
+        .with_context(|| format!("QUIC handshake with the master at {master} failed"))?;
+    let (send, recv) = conn.open_bi().await.context("cannot open a stream to the master")?;
+    Ok((conn, FrameSender::new(send), FrameReceiver::new(recv)))
+}

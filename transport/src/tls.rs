@@ -1,0 +1,91 @@
+//! TLS 1.3 for QUIC with the cluster CA: servers require client
+//! certificates signed by it, clients verify the master's certificate
+//! against it under [`crate::MASTER_NAME`]. Nothing skips verification.
+
+use anyhow::{Context as _, bail};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A node's certificate chain and key, and the CA it trusts.
+#[derive(Debug)]
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<RootCertStore>,
+}
+
+impl Identity {
+    /// Loads `ca.pem`, `NAME.pem` and `NAME.key` from `dir` (as written by
+    /// `stoa certs`).
+    pub fn load(dir: &Path, name: &str) -> anyhow::Result<Identity> {
+        let hint = || format!("create them with `stoa certs --dir {}`", dir.display());
+        let ca_path = dir.join("ca.pem");
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&ca_path)
+            .with_context(|| format!("cannot read {}; {}", ca_path.display(), hint()))?
+        {
+            roots.add(cert.with_context(|| format!("bad certificate in {}", ca_path.display()))?)?;
+        }
+        let cert_path = dir.join(format!("{name}.pem"));
+        let chain = CertificateDer::pem_file_iter(&cert_path)
+            .with_context(|| format!("cannot read {}; {}", cert_path.display(), hint()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("bad certificate in {}", cert_path.display()))?;
+        if chain.is_empty() {
+            bail!("{} holds no certificate; {}", cert_path.display(), hint());
+        }
+        let key_path = dir.join(format!("{name}.key"));
+        let key = PrivateKeyDer::from_pem_file(&key_path)
+            .with_context(|| format!("cannot read a private key from {}; {}", key_path.display(), hint()))?;
+        Ok(Identity { chain, key, roots: Arc::new(roots) })
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(15)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
+/// A server that accepts only clients holding a certificate from the
+/// cluster CA, on the given channels.
+pub fn server_config(id: &Identity, alpns: &[&[u8]]) -> anyhow::Result<quinn::ServerConfig> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider())
+        .build()
+        .context("cannot build the client certificate verifier")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .context("the node's certificate and key do not match")?;
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// A client on one channel that verifies the master against the cluster CA.
+pub fn client_config(id: &Identity, alpn: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(id.roots.clone())
+        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+        .context("the node's certificate and key do not match")?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
