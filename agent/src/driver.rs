@@ -28,9 +28,16 @@ pub struct DriverConfig {
 type TaskKey = (FrameworkId, TaskId);
 
 /// Runs an agent until `shutdown` resolves or the master refuses it.
-pub async fn run(config: DriverConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.work_dir)
-        .with_context(|| format!("cannot create the work directory {}", config.work_dir.display()))?;
+pub async fn run(
+    config: DriverConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.work_dir).with_context(|| {
+        format!(
+            "cannot create the work directory {}",
+            config.work_dir.display()
+        )
+    })?;
     let identity = Identity::load(&config.certs, "agent")?;
     let client = stoa_transport::client_config(&identity, ALPN_AGENT)?;
     let endpoint = stoa_transport::client_endpoint(config.master)?;
@@ -38,9 +45,11 @@ pub async fn run(config: DriverConfig, shutdown: impl std::future::Future<Output
     let known_id = std::fs::read_to_string(&id_file)
         .ok()
         .and_then(|s| AgentId::new(s.trim()).ok());
-    let runtime = Arc::new(WasmRuntime::new().map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?);
+    let runtime =
+        Arc::new(WasmRuntime::new().map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?);
     let start = Instant::now();
-    let now = move || Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+    let now =
+        move || Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
     let mut agent = Agent::new(config.info.clone(), known_id);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<(TaskKey, TaskEvent)>();
     let mut kills: HashMap<TaskKey, Arc<AtomicBool>> = HashMap::new();
@@ -79,10 +88,13 @@ pub async fn run(config: DriverConfig, shutdown: impl std::future::Future<Output
             if let Some(id) = agent.agent_id()
                 && std::fs::read_to_string(&id_file).ok().as_deref() != Some(id.as_str())
             {
-                std::fs::write(&id_file, id.as_str()).with_context(|| format!("cannot write {}", id_file.display()))?;
+                std::fs::write(&id_file, id.as_str())
+                    .with_context(|| format!("cannot write {}", id_file.display()))?;
                 tracing::info!(agent = %id, "registered with the master");
             }
-            let deadline = agent.poll_timeout().map(|t| start + Duration::from_micros(t.as_micros()));
+            let deadline = agent
+                .poll_timeout()
+                .map(|t| start + Duration::from_micros(t.as_micros()));
             tokio::select! {
                 msg = msgs_rx.recv() => match msg {
                     Some(msg) => agent.handle_master_message(now(), msg),
@@ -155,7 +167,10 @@ async fn flush(
                     let _ = events.send((key, end));
                 });
             }
-            Action::Kill { framework_id, task_id } => {
+            Action::Kill {
+                framework_id,
+                task_id,
+            } => {
                 if let Some(flag) = kills.get(&(framework_id, task_id)) {
                     flag.store(true, Ordering::Relaxed);
                 }

@@ -25,8 +25,14 @@ mod tests {
     #[test]
     fn share_is_the_largest_fraction() {
         let total: Resources = "cpus:10;mem:1000".parse().expect("r");
-        assert_eq!(dominant_share(&"cpus:1;mem:500".parse().expect("r"), &total), 0.5);
-        assert_eq!(dominant_share(&"cpus:5;mem:100".parse().expect("r"), &total), 0.5);
+        assert_eq!(
+            dominant_share(&"cpus:1;mem:500".parse().expect("r"), &total),
+            0.5
+        );
+        assert_eq!(
+            dominant_share(&"cpus:5;mem:100".parse().expect("r"), &total),
+            0.5
+        );
         assert_eq!(dominant_share(&"gpus:1".parse().expect("r"), &total), 0.0);
     }
 }

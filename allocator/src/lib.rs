@@ -62,7 +62,11 @@ pub struct OfferPlan {
 /// resources are exactly that agent's available resources, and no plan
 /// goes to a framework filtered from that agent at `now`.
 pub fn allocate(now: Time, snapshot: &Snapshot) -> Vec<OfferPlan> {
-    let mut allocated: Vec<Resources> = snapshot.frameworks.iter().map(|f| f.allocated.clone()).collect();
+    let mut allocated: Vec<Resources> = snapshot
+        .frameworks
+        .iter()
+        .map(|f| f.allocated.clone())
+        .collect();
     let mut plans = Vec::new();
     for agent in &snapshot.agents {
         if agent.available.is_empty() {
@@ -87,7 +91,11 @@ pub fn allocate(now: Time, snapshot: &Snapshot) -> Vec<OfferPlan> {
         if let Some(sum) = allocated[i].checked_add(&agent.available) {
             allocated[i] = sum;
         }
-        plans.push(OfferPlan { framework: id.clone(), agent: agent.id.clone(), resources: agent.available.clone() });
+        plans.push(OfferPlan {
+            framework: id.clone(),
+            agent: agent.id.clone(),
+            resources: agent.available.clone(),
+        });
     }
     plans
 }
@@ -97,17 +105,26 @@ mod tests {
     use super::*;
 
     fn agent(id: &str, r: &str) -> AgentSlot {
-        AgentSlot { id: AgentId::new(id).expect("id"), available: r.parse().expect("resources") }
+        AgentSlot {
+            id: AgentId::new(id).expect("id"),
+            available: r.parse().expect("resources"),
+        }
     }
     fn fw(id: &str, r: &str) -> FrameworkSlot {
-        FrameworkSlot { id: FrameworkId::new(id).expect("id"), allocated: r.parse().expect("resources") }
+        FrameworkSlot {
+            id: FrameworkId::new(id).expect("id"),
+            allocated: r.parse().expect("resources"),
+        }
     }
 
     #[test]
     fn lowest_dominant_share_gets_the_next_agent() {
         let snap = Snapshot {
             total: "cpus:4;mem:4096".parse().expect("r"),
-            agents: vec![agent("a1", "cpus:1;mem:1024"), agent("a2", "cpus:1;mem:1024")],
+            agents: vec![
+                agent("a1", "cpus:1;mem:1024"),
+                agent("a2", "cpus:1;mem:1024"),
+            ],
             frameworks: vec![fw("f1", "cpus:1"), fw("f2", "mem:512")],
             filters: vec![],
         };

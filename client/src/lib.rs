@@ -1,0 +1,154 @@
+//! Talking to a Stoa master from native Rust: the scheduler session used by
+//! native frameworks and the CLI.
+//!
+//! A [`SchedulerSession`] is one subscribed framework on one QUIC
+//! connection (channel `stoa-sched/1`): read [`Event`]s with
+//! [`SchedulerSession::next_event`], send [`Call`]s with
+//! [`SchedulerSession::call`].
+
+use anyhow::{Context as _, bail};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use stoa_proto::{
+    AgentId, Call, Event, FrameworkId, FrameworkInfo, OfferId, Operation, TaskId, UpdateId,
+};
+use stoa_transport::{ALPN_SCHEDULER, FrameReceiver, FrameSender, Identity};
+
+/// Where the master is and which certificates to present.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub master: SocketAddr,
+    /// Directory with `ca.pem` and the client's `NAME.pem`/`NAME.key`.
+    pub certs: PathBuf,
+    /// Certificate name in `certs` (default `client`).
+    pub identity: String,
+}
+
+impl ClientConfig {
+    pub fn new(master: SocketAddr, certs: impl Into<PathBuf>) -> Self {
+        ClientConfig {
+            master,
+            certs: certs.into(),
+            identity: "client".into(),
+        }
+    }
+}
+
+/// A subscribed framework.
+#[derive(Debug)]
+pub struct SchedulerSession {
+    // Kept so the endpoint's socket lives as long as the session.
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    sender: FrameSender,
+    receiver: FrameReceiver,
+    framework_id: FrameworkId,
+}
+
+impl SchedulerSession {
+    /// Connects and subscribes; returns once SUBSCRIBED arrives.
+    pub async fn subscribe(
+        config: &ClientConfig,
+        framework: FrameworkInfo,
+    ) -> anyhow::Result<Self> {
+        let identity = Identity::load(&config.certs, &config.identity)?;
+        let tls = stoa_transport::client_config(&identity, ALPN_SCHEDULER)?;
+        let endpoint = stoa_transport::client_endpoint(config.master)?;
+        let (conn, mut sender, mut receiver) =
+            stoa_transport::connect(&endpoint, config.master, tls).await?;
+        sender
+            .send(&Call::Subscribe { framework })
+            .await
+            .context("cannot send SUBSCRIBE")?;
+        match receiver.recv::<Event>().await {
+            Ok(Some(Event::Subscribed { framework_id, .. })) => Ok(SchedulerSession {
+                _endpoint: endpoint,
+                conn,
+                sender,
+                receiver,
+                framework_id,
+            }),
+            Ok(Some(Event::Error { message })) => {
+                bail!("the master refused the subscription: {message}")
+            }
+            Ok(Some(other)) => bail!("expected SUBSCRIBED, the master sent {other:?}"),
+            Ok(None) => bail!(
+                "the master closed the connection during SUBSCRIBE ({:?})",
+                conn.close_reason()
+            ),
+            Err(e) => bail!("SUBSCRIBE failed: {e}"),
+        }
+    }
+
+    pub fn framework_id(&self) -> &FrameworkId {
+        &self.framework_id
+    }
+
+    /// The next event; `None` once the master has closed the connection.
+    pub async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
+        match self.receiver.recv::<Event>().await {
+            Ok(event) => Ok(event),
+            Err(stoa_transport::RecvError::Read(quinn::ReadError::ConnectionLost(e))) => {
+                tracing::debug!(error = %e, "connection to the master ended");
+                Ok(None)
+            }
+            Err(e) => Err(e).context("bad data from the master"),
+        }
+    }
+
+    pub async fn call(&mut self, call: &Call) -> anyhow::Result<()> {
+        self.sender
+            .send(call)
+            .await
+            .context("cannot send a call to the master")
+    }
+
+    pub async fn launch(
+        &mut self,
+        offer_ids: Vec<OfferId>,
+        tasks: Vec<stoa_proto::TaskInfo>,
+    ) -> anyhow::Result<()> {
+        self.call(&Call::Accept {
+            offer_ids,
+            operations: vec![Operation::Launch { tasks }],
+            refuse_ms: None,
+        })
+        .await
+    }
+
+    pub async fn decline(
+        &mut self,
+        offer_ids: Vec<OfferId>,
+        refuse_ms: Option<u64>,
+    ) -> anyhow::Result<()> {
+        self.call(&Call::Decline {
+            offer_ids,
+            refuse_ms,
+        })
+        .await
+    }
+
+    pub async fn acknowledge(
+        &mut self,
+        agent_id: AgentId,
+        task_id: TaskId,
+        update_id: UpdateId,
+    ) -> anyhow::Result<()> {
+        self.call(&Call::Acknowledge {
+            agent_id,
+            task_id,
+            update_id,
+        })
+        .await
+    }
+
+    /// Ends the framework (its tasks are killed) and closes the connection.
+    pub async fn teardown(mut self) -> anyhow::Result<()> {
+        self.call(&Call::Teardown).await?;
+        self.sender
+            .finish_and_flush(std::time::Duration::from_secs(1))
+            .await;
+        self.conn.close(stoa_transport::close::NORMAL, b"teardown");
+        Ok(())
+    }
+}

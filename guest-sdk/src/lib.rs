@@ -27,3 +27,6 @@ pub mod bindings {
 /// A task: input bytes in, output bytes or an error message out. Standard
 /// output and standard error go to the task's sandbox logs.
 pub use bindings::Guest as Task;
+
+/// Exports a type implementing [`Task`] as the component's `run`.
+pub use bindings::export_task;

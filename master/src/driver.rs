@@ -47,22 +47,30 @@ struct Peer {
 }
 
 /// Runs a master until `shutdown` resolves.
-pub async fn run(config: DriverConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: DriverConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let identity = Identity::load(&config.certs, "master")?;
     let server = stoa_transport::server_config(&identity, &[ALPN_AGENT, ALPN_SCHEDULER])?;
     let endpoint = quinn::Endpoint::server(server, config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = endpoint.local_addr()?;
     if let Some(path) = &config.addr_file {
-        std::fs::write(path, addr.to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, addr.to_string())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     tracing::info!(%addr, "master listening");
 
     let start = Instant::now();
-    let now = move || Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+    let now =
+        move || Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
     let instance = format!(
         "{:x}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
     );
     let mut master = Master::new(config.core.clone(), &instance);
     let (tx, mut rx) = mpsc::channel::<Input>(PEER_QUEUE);
@@ -71,7 +79,9 @@ pub async fn run(config: DriverConfig, shutdown: impl std::future::Future<Output
     tokio::pin!(shutdown);
 
     loop {
-        let deadline = master.poll_timeout().map(|t| start + Duration::from_micros(t.as_micros()));
+        let deadline = master
+            .poll_timeout()
+            .map(|t| start + Duration::from_micros(t.as_micros()));
         tokio::select! {
             input = rx.recv() => {
                 let Some(input) = input else { break };
@@ -184,14 +194,31 @@ async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
     };
     let (out_tx, out_rx) = mpsc::channel(PEER_QUEUE);
     tokio::spawn(write_loop(conn.clone(), FrameSender::new(send), out_rx));
-    if tx.send(Input::Connected(id, channel, Peer { out: out_tx, conn: conn.clone() })).await.is_err() {
+    if tx
+        .send(Input::Connected(
+            id,
+            channel,
+            Peer {
+                out: out_tx,
+                conn: conn.clone(),
+            },
+        ))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut recv = FrameReceiver::new(recv);
     let end = loop {
         let input = match channel {
-            Channel::Agent => recv.recv::<AgentToMaster>().await.map(|m| m.map(|m| Input::Agent(id, m))),
-            Channel::Scheduler => recv.recv::<Call>().await.map(|m| m.map(|c| Input::Scheduler(id, c))),
+            Channel::Agent => recv
+                .recv::<AgentToMaster>()
+                .await
+                .map(|m| m.map(|m| Input::Agent(id, m))),
+            Channel::Scheduler => recv
+                .recv::<Call>()
+                .await
+                .map(|m| m.map(|c| Input::Scheduler(id, c))),
         };
         match input {
             Ok(Some(input)) => {
@@ -210,7 +237,11 @@ async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
     let _ = tx.send(end).await;
 }
 
-async fn write_loop(conn: quinn::Connection, mut send: FrameSender, mut rx: mpsc::Receiver<Outgoing>) {
+async fn write_loop(
+    conn: quinn::Connection,
+    mut send: FrameSender,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
     while let Some(out) = rx.recv().await {
         match out {
             Outgoing::Frame(frame) => {

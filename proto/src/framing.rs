@@ -35,9 +35,15 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = postcard::to_extend(msg, out)?;
     let body_len = out.len() - HEADER_LEN;
     if body_len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len: body_len, max: MAX_FRAME_LEN });
+        return Err(FrameError::TooLarge {
+            len: body_len,
+            max: MAX_FRAME_LEN,
+        });
     }
-    let len = u32::try_from(body_len).map_err(|_| FrameError::TooLarge { len: body_len, max: MAX_FRAME_LEN })?;
+    let len = u32::try_from(body_len).map_err(|_| FrameError::TooLarge {
+        len: body_len,
+        max: MAX_FRAME_LEN,
+    })?;
     out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(out)
 }
@@ -61,7 +67,9 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     }
     let (msg, rest) = postcard::take_from_bytes(payload)?;
     if !rest.is_empty() {
-        return Err(FrameError::Malformed(postcard::Error::DeserializeBadEncoding));
+        return Err(FrameError::Malformed(
+            postcard::Error::DeserializeBadEncoding,
+        ));
     }
     Ok(msg)
 }
@@ -75,7 +83,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, FrameE
     let len = body_len(header, max)?;
     let body = &bytes[HEADER_LEN..];
     if body.len() != len {
-        return Err(FrameError::Malformed(postcard::Error::DeserializeUnexpectedEnd));
+        return Err(FrameError::Malformed(
+            postcard::Error::DeserializeUnexpectedEnd,
+        ));
     }
     decode_body(body)
 }
@@ -89,23 +99,38 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let call = Call::Kill { task_id: TaskId::new("t1").expect("id") };
+        let call = Call::Kill {
+            task_id: TaskId::new("t1").expect("id"),
+        };
         let frame = encode(&call).expect("encode");
         assert_eq!(decode::<Call>(&frame, MAX_FRAME_LEN).expect("decode"), call);
     }
 
     #[test]
     fn refuses_oversized_and_old_frames() {
-        assert!(matches!(body_len((MAX_FRAME_LEN as u32 + 1).to_be_bytes(), MAX_FRAME_LEN), Err(FrameError::TooLarge { .. })));
-        assert!(matches!(body_len([0; 4], MAX_FRAME_LEN), Err(FrameError::Empty)));
+        assert!(matches!(
+            body_len((MAX_FRAME_LEN as u32 + 1).to_be_bytes(), MAX_FRAME_LEN),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            body_len([0; 4], MAX_FRAME_LEN),
+            Err(FrameError::Empty)
+        ));
         let mut frame = encode(&Call::Teardown).expect("encode");
         frame[HEADER_LEN] = 99;
-        assert!(matches!(decode::<Call>(&frame, MAX_FRAME_LEN), Err(FrameError::UnsupportedVersion { got: 99 })));
+        assert!(matches!(
+            decode::<Call>(&frame, MAX_FRAME_LEN),
+            Err(FrameError::UnsupportedVersion { got: 99 })
+        ));
     }
 
     #[test]
     fn trailing_bytes_are_malformed() {
-        let mut frame = encode(&Call::Decline { offer_ids: vec![OfferId(1)], refuse_ms: None }).expect("encode");
+        let mut frame = encode(&Call::Decline {
+            offer_ids: vec![OfferId(1)],
+            refuse_ms: None,
+        })
+        .expect("encode");
         frame.push(0);
         let len = (frame.len() - HEADER_LEN) as u32;
         frame[..4].copy_from_slice(&len.to_be_bytes());

@@ -127,8 +127,14 @@ mod tests {
         assert_eq!(TaskId::new(""), Err(IdError::Empty));
         assert_eq!(TaskId::new("a/b"), Err(IdError::BadChar('/')));
         assert_eq!(TaskId::new(".."), Err(IdError::BadChar('.')));
-        assert!(matches!(TaskId::new("x".repeat(129)), Err(IdError::TooLong(129))));
-        assert_eq!(TaskId::new("task-1.a_b").map(|t| t.to_string()), Ok("task-1.a_b".into()));
+        assert!(matches!(
+            TaskId::new("x".repeat(129)),
+            Err(IdError::TooLong(129))
+        ));
+        assert_eq!(
+            TaskId::new("task-1.a_b").map(|t| t.to_string()),
+            Ok("task-1.a_b".into())
+        );
     }
 
     #[test]
@@ -136,6 +142,9 @@ mod tests {
         let bytes = postcard::to_stdvec(&"bad id".to_string()).expect("encode");
         assert!(postcard::from_bytes::<TaskId>(&bytes).is_err());
         let bytes = postcard::to_stdvec(&"ok".to_string()).expect("encode");
-        assert_eq!(postcard::from_bytes::<TaskId>(&bytes).ok(), TaskId::new("ok").ok());
+        assert_eq!(
+            postcard::from_bytes::<TaskId>(&bytes).ok(),
+            TaskId::new("ok").ok()
+        );
     }
 }

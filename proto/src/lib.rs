@@ -17,9 +17,9 @@ pub mod time;
 pub use framing::{FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use ids::{AgentId, FrameworkId, IdError, OfferId, TaskId, UpdateId};
 pub use messages::{
-    RunningTask,
     AgentInfo, AgentToMaster, Call, Event, FrameworkInfo, MasterToAgent, Offer, Operation,
+    RunningTask,
 };
 pub use resources::{Attributes, ParseError, PortRange, Resources};
-pub use task::{Artifact, Digest, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus, Reason};
+pub use task::{Artifact, Digest, Reason, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus};
 pub use time::Time;

@@ -29,21 +29,41 @@ pub struct RunningTask {
 pub enum AgentToMaster {
     /// First message on every connection. `agent_id` is set when the agent
     /// registered before (re-registration), with the tasks it still runs.
-    Register { info: AgentInfo, agent_id: Option<AgentId>, tasks: Vec<RunningTask> },
+    Register {
+        info: AgentInfo,
+        agent_id: Option<AgentId>,
+        tasks: Vec<RunningTask>,
+    },
     Heartbeat,
     /// A task's state changed. Resent until acknowledged.
-    StatusUpdate { framework_id: FrameworkId, update_id: UpdateId, status: TaskStatus },
+    StatusUpdate {
+        framework_id: FrameworkId,
+        update_id: UpdateId,
+        status: TaskStatus,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasterToAgent {
-    Registered { agent_id: AgentId, heartbeat_interval_ms: u64 },
+    Registered {
+        agent_id: AgentId,
+        heartbeat_interval_ms: u64,
+    },
     /// Registration refused; the agent should not retry with the same data.
     Refused { message: String },
-    RunTask { framework_id: FrameworkId, task: TaskInfo },
-    KillTask { framework_id: FrameworkId, task_id: TaskId },
+    RunTask {
+        framework_id: FrameworkId,
+        task: TaskInfo,
+    },
+    KillTask {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+    },
     /// The scheduler acknowledged this update; stop resending it.
-    AcknowledgeUpdate { task_id: TaskId, update_id: UpdateId },
+    AcknowledgeUpdate {
+        task_id: TaskId,
+        update_id: UpdateId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,14 +96,29 @@ pub enum Operation {
 /// Scheduler → master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Call {
-    Subscribe { framework: FrameworkInfo },
+    Subscribe {
+        framework: FrameworkInfo,
+    },
     /// Use offers (all of one agent). Resources not used return to the pool
     /// and are not offered to this framework again on that agent for
     /// `refuse_ms` (default 5 s).
-    Accept { offer_ids: Vec<OfferId>, operations: Vec<Operation>, refuse_ms: Option<u64> },
-    Decline { offer_ids: Vec<OfferId>, refuse_ms: Option<u64> },
-    Kill { task_id: TaskId },
-    Acknowledge { agent_id: AgentId, task_id: TaskId, update_id: UpdateId },
+    Accept {
+        offer_ids: Vec<OfferId>,
+        operations: Vec<Operation>,
+        refuse_ms: Option<u64>,
+    },
+    Decline {
+        offer_ids: Vec<OfferId>,
+        refuse_ms: Option<u64>,
+    },
+    Kill {
+        task_id: TaskId,
+    },
+    Acknowledge {
+        agent_id: AgentId,
+        task_id: TaskId,
+        update_id: UpdateId,
+    },
     /// Ends the framework: kills its tasks and forgets it.
     Teardown,
 }
@@ -91,13 +126,24 @@ pub enum Call {
 /// Master → scheduler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    Subscribed { framework_id: FrameworkId, heartbeat_interval_ms: u64 },
-    Offers { offers: Vec<Offer> },
-    Rescind { offer_id: OfferId },
+    Subscribed {
+        framework_id: FrameworkId,
+        heartbeat_interval_ms: u64,
+    },
+    Offers {
+        offers: Vec<Offer>,
+    },
+    Rescind {
+        offer_id: OfferId,
+    },
     /// A task's state. When `ack` is set the scheduler must ACKNOWLEDGE it,
     /// or it is delivered again.
-    Update { status: TaskStatus, ack: Option<UpdateId> },
+    Update {
+        status: TaskStatus,
+        ack: Option<UpdateId>,
+    },
     /// The master refused a call; the connection stays open.
-    Error { message: String },
-    Heartbeat,
+    Error {
+        message: String,
+    },
 }

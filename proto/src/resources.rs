@@ -40,7 +40,11 @@ fn check_name(name: &str) -> Result<(), ParseError> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    if ok { Ok(()) } else { Err(ParseError::BadName(name.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ParseError::BadName(name.to_string()))
+    }
 }
 
 /// An inclusive range of ports, `begin <= end` always.
@@ -137,10 +141,16 @@ impl Ports {
                             left.push(p);
                         } else {
                             if o.begin > p.begin {
-                                left.push(PortRange { begin: p.begin, end: o.begin - 1 });
+                                left.push(PortRange {
+                                    begin: p.begin,
+                                    end: o.begin - 1,
+                                });
                             }
                             if o.end < p.end {
-                                left.push(PortRange { begin: o.end + 1, end: p.end });
+                                left.push(PortRange {
+                                    begin: o.end + 1,
+                                    end: p.end,
+                                });
                             }
                         }
                         left
@@ -206,7 +216,14 @@ impl TryFrom<WireResources> for Resources {
                 return Err(ParseError::Duplicate(name));
             }
         }
-        Ok(Resources { cpus: w.cpus, mem: w.mem, disk: w.disk, gpus: w.gpus, ports: w.ports, scalars })
+        Ok(Resources {
+            cpus: w.cpus,
+            mem: w.mem,
+            disk: w.disk,
+            gpus: w.gpus,
+            ports: w.ports,
+            scalars,
+        })
     }
 }
 
@@ -386,26 +403,40 @@ impl std::str::FromStr for Resources {
 }
 
 fn parse_milli(name: &str, value: &str) -> Result<u64, ParseError> {
-    let bad = || ParseError::BadNumber { name: name.to_string(), value: value.to_string() };
+    let bad = || ParseError::BadNumber {
+        name: name.to_string(),
+        value: value.to_string(),
+    };
     let (int, frac) = value.split_once('.').unwrap_or((value, ""));
-    if int.is_empty() || frac.len() > 3 || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+    if int.is_empty()
+        || frac.len() > 3
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
         return Err(bad());
     }
     let int: u64 = int.parse().map_err(|_| bad())?;
     let frac: u64 = format!("{frac:0<3}").parse().map_err(|_| bad())?;
-    int.checked_mul(1000).and_then(|i| i.checked_add(frac)).ok_or(ParseError::Overflow)
+    int.checked_mul(1000)
+        .and_then(|i| i.checked_add(frac))
+        .ok_or(ParseError::Overflow)
 }
 
 fn whole_units(name: &str, value: &str, milli: u64) -> Result<u64, ParseError> {
     if milli % 1000 != 0 {
-        return Err(ParseError::BadNumber { name: name.to_string(), value: value.to_string() });
+        return Err(ParseError::BadNumber {
+            name: name.to_string(),
+            value: value.to_string(),
+        });
     }
     Ok(milli / 1000)
 }
 
 fn parse_ports(value: &str) -> Result<Ports, ParseError> {
     let bad = || ParseError::BadPorts(value.to_string());
-    let inner = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')).ok_or_else(bad)?;
+    let inner = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .ok_or_else(bad)?;
     let mut ranges = Vec::new();
     for piece in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (b, e) = piece.split_once('-').unwrap_or((piece, piece));
@@ -419,7 +450,13 @@ fn parse_ports(value: &str) -> Result<Ports, ParseError> {
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let milli = |m: u64| {
-            if m % 1000 == 0 { format!("{}", m / 1000) } else { format!("{}.{:03}", m / 1000, m % 1000).trim_end_matches('0').to_string() }
+            if m % 1000 == 0 {
+                format!("{}", m / 1000)
+            } else {
+                format!("{}.{:03}", m / 1000, m % 1000)
+                    .trim_end_matches('0')
+                    .to_string()
+            }
         };
         let mut parts = Vec::new();
         if self.cpus > 0 {
@@ -435,7 +472,12 @@ impl fmt::Display for Resources {
             parts.push(format!("gpus:{}", self.gpus));
         }
         if !self.ports.0.is_empty() {
-            let r: Vec<String> = self.ports.0.iter().map(|r| format!("{}-{}", r.begin, r.end)).collect();
+            let r: Vec<String> = self
+                .ports
+                .0
+                .iter()
+                .map(|r| format!("{}-{}", r.begin, r.end))
+                .collect();
             parts.push(format!("ports:[{}]", r.join(",")));
         }
         for (k, v) in &self.scalars {
@@ -514,8 +556,14 @@ mod tests {
     fn parses_and_prints_mesos_syntax() {
         let x = r("cpus:1.5;mem:1024;disk:10;gpus:1;ports:[31000-31009,31010-31020];fpga:0.25");
         assert_eq!(x.millicpus(), 1500);
-        assert_eq!(x.ports().ranges(), &[PortRange::new(31000, 31020).expect("range")]);
-        assert_eq!(x.to_string(), "cpus:1.5;mem:1024;disk:10;gpus:1;ports:[31000-31020];fpga:0.25");
+        assert_eq!(
+            x.ports().ranges(),
+            &[PortRange::new(31000, 31020).expect("range")]
+        );
+        assert_eq!(
+            x.to_string(),
+            "cpus:1.5;mem:1024;disk:10;gpus:1;ports:[31000-31020];fpga:0.25"
+        );
         assert_eq!(r(&x.to_string()), x);
     }
 

@@ -40,7 +40,10 @@ pub struct Artifact {
 
 impl Artifact {
     pub fn inline(bytes: Vec<u8>) -> Artifact {
-        Artifact { digest: Digest::of(&bytes), bytes }
+        Artifact {
+            digest: Digest::of(&bytes),
+            bytes,
+        }
     }
 
     /// True when the bytes hash to the digest they claim.
@@ -194,7 +197,14 @@ pub struct TaskStatus {
 
 impl TaskStatus {
     pub fn new(task_id: TaskId, state: TaskState) -> Self {
-        TaskStatus { task_id, state, reason: None, message: String::new(), output: None, agent_id: None }
+        TaskStatus {
+            task_id,
+            state,
+            reason: None,
+            message: String::new(),
+            output: None,
+            agent_id: None,
+        }
     }
     pub fn because(mut self, reason: Reason, message: impl Into<String>) -> Self {
         self.reason = Some(reason);

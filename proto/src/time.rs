@@ -7,7 +7,9 @@ use std::time::Duration;
 /// chooses (process start in real drivers, zero in the simulator).
 ///
 /// Cores never read a clock; they are given a `Time` with every input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Time(u64);
 
 impl Time {

@@ -1,0 +1,176 @@
+//! Harness for end-to-end tests: starts real `stoa master` and `stoa agent`
+//! processes on loopback with fresh certificates, and stops them on drop.
+//!
+//! Needs the `stoa` binary (`cargo build --workspace`) and the hello task
+//! component (`cargo build --release --target wasm32-wasip2 -p hello-task`);
+//! `.ci/run` builds both first.
+
+use anyhow::{Context as _, bail};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use stoa_client::ClientConfig;
+
+/// The directory holding this test binary's sibling executables
+/// (`target/debug`).
+fn profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/TEST-HASH → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("cannot locate the target directory")
+}
+
+pub fn stoa_bin() -> anyhow::Result<PathBuf> {
+    let bin = profile_dir()?.join("stoa");
+    if !bin.exists() {
+        bail!(
+            "{} is missing; run `cargo build --workspace` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The hello task component, built for wasm32-wasip2.
+pub fn hello_wasm() -> anyhow::Result<Vec<u8>> {
+    let path = match std::env::var_os("STOA_HELLO_WASM") {
+        Some(p) => PathBuf::from(p),
+        None => profile_dir()?
+            .parent()
+            .context("no target directory")?
+            .join("wasm32-wasip2/release/hello_task.wasm"),
+    };
+    std::fs::read(&path).with_context(|| {
+        format!(
+            "cannot read {}; build it with `cargo build --release --target wasm32-wasip2 -p hello-task`",
+            path.display()
+        )
+    })
+}
+
+/// A master and agents, each a real process.
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub certs: PathBuf,
+    master: Child,
+    agents: Vec<Child>,
+}
+
+impl Cluster {
+    /// Starts a master and `agents` agents offering `resources` each, and
+    /// waits until every agent has registered.
+    pub fn start(agents: usize, resources: &str) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let certs = dir.path().join("certs");
+        stoa_transport::certs::init(&certs, "test")?;
+        let bin = stoa_bin()?;
+        let addr_file = dir.path().join("master.addr");
+        let root = dir.path().to_path_buf();
+        let log = move |name: &str| -> anyhow::Result<Stdio> {
+            Ok(std::fs::File::create(root.join(format!("{name}.log")))?.into())
+        };
+        let master = Command::new(&bin)
+            .args(["master", "--listen", "127.0.0.1:0", "--agent-timeout", "3"])
+            .arg("--certs")
+            .arg(&certs)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .stdout(Stdio::null())
+            .stderr(log("master")?)
+            .spawn()?;
+        let mut cluster = Cluster {
+            addr: "127.0.0.1:0".parse()?,
+            certs,
+            master,
+            agents: Vec::new(),
+            dir,
+        };
+        let addr = wait_for_file(&addr_file, Duration::from_secs(20))?;
+        cluster.addr = addr.parse()?;
+        for i in 1..=agents {
+            let work = cluster.dir.path().join(format!("agent-{i}"));
+            let child = Command::new(&bin)
+                .args([
+                    "agent",
+                    "--master",
+                    &addr,
+                    "--resources",
+                    resources,
+                    "--hostname",
+                    &format!("host-{i}"),
+                ])
+                .arg("--certs")
+                .arg(&cluster.certs)
+                .arg("--work-dir")
+                .arg(&work)
+                .stdout(Stdio::null())
+                .stderr(log(&format!("agent-{i}"))?)
+                .spawn()?;
+            cluster.agents.push(child);
+        }
+        for i in 1..=agents {
+            wait_for_file(
+                &cluster.dir.path().join(format!("agent-{i}/agent_id")),
+                Duration::from_secs(20),
+            )
+            .with_context(|| format!("agent-{i} did not register; logs:\n{}", cluster.logs()))?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn client(&self) -> ClientConfig {
+        ClientConfig::new(self.addr, &self.certs)
+    }
+
+    /// True while the master process runs.
+    pub fn master_alive(&mut self) -> bool {
+        matches!(self.master.try_wait(), Ok(None))
+    }
+
+    /// Every process's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    out.push_str(&format!("--- {}\n", e.path().display()));
+                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self
+            .agents
+            .iter_mut()
+            .chain(std::iter::once(&mut self.master))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for_file(path: &Path, limit: Duration) -> anyhow::Result<String> {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return Ok(s.trim().to_string());
+        }
+        if start.elapsed() > limit {
+            bail!("{} did not appear within {limit:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

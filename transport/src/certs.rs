@@ -33,13 +33,22 @@ pub fn create_ca(dir: &Path, cluster: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let ca_pem = dir.join("ca.pem");
     if ca_pem.exists() {
-        anyhow::bail!("{} already exists; remove it to make a new CA", ca_pem.display());
+        anyhow::bail!(
+            "{} already exists; remove it to make a new CA",
+            ca_pem.display()
+        );
     }
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, format!("stoa cluster CA ({cluster})"));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("stoa cluster CA ({cluster})"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let cert = params.self_signed(&key)?;
     write_private(&dir.join("ca.key"), &key.serialize_pem())?;
     std::fs::write(&ca_pem, cert.pem())?;
@@ -49,11 +58,22 @@ pub fn create_ca(dir: &Path, cluster: &str) -> anyhow::Result<()> {
 /// Issues `NAME.pem`/`NAME.key` from the CA in `dir`. The master's
 /// certificate also names [`crate::MASTER_NAME`], which clients verify.
 pub fn issue(dir: &Path, name: &str, extra_names: &[String]) -> anyhow::Result<PathBuf> {
-    let ca_key = std::fs::read_to_string(dir.join("ca.key"))
-        .with_context(|| format!("cannot read the CA key in {}; run `stoa certs --dir {}` first", dir.display(), dir.display()))?;
+    let ca_key = std::fs::read_to_string(dir.join("ca.key")).with_context(|| {
+        format!(
+            "cannot read the CA key in {}; run `stoa certs --dir {}` first",
+            dir.display(),
+            dir.display()
+        )
+    })?;
     let ca_pem = std::fs::read_to_string(dir.join("ca.pem"))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key)?).context("cannot load the CA")?;
-    let mut names = vec![format!("{name}.stoa"), "localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key)?)
+        .context("cannot load the CA")?;
+    let mut names = vec![
+        format!("{name}.stoa"),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if name == "master" {
         names.push(crate::MASTER_NAME.to_string());
     }
@@ -63,7 +83,10 @@ pub fn issue(dir: &Path, name: &str, extra_names: &[String]) -> anyhow::Result<P
     params.distinguished_name.push(DnType::CommonName, name);
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     let path = dir.join(format!("{name}.pem"));
@@ -91,7 +114,10 @@ mod tests {
     use crate::{ALPN_AGENT, ALPN_SCHEDULER, Identity, client_config, server_config};
 
     async fn handshake(server: &Identity, client: &Identity, alpn: &[u8]) -> anyhow::Result<()> {
-        let endpoint = quinn::Endpoint::server(server_config(server, &[ALPN_AGENT, ALPN_SCHEDULER])?, "127.0.0.1:0".parse()?)?;
+        let endpoint = quinn::Endpoint::server(
+            server_config(server, &[ALPN_AGENT, ALPN_SCHEDULER])?,
+            "127.0.0.1:0".parse()?,
+        )?;
         let addr = endpoint.local_addr()?;
         let accept = tokio::spawn({
             let endpoint = endpoint.clone();
@@ -102,7 +128,9 @@ mod tests {
             }
         });
         let client_ep = crate::client_endpoint(addr)?;
-        let result = client_ep.connect_with(client_config(client, alpn)?, addr, crate::MASTER_NAME)?.await;
+        let result = client_ep
+            .connect_with(client_config(client, alpn)?, addr, crate::MASTER_NAME)?
+            .await;
         accept.abort();
         result.map(|_| ()).map_err(Into::into)
     }
@@ -117,8 +145,14 @@ mod tests {
         let client = Identity::load(ours.path(), "client")?;
         let stranger = Identity::load(theirs.path(), "client")?;
         handshake(&master, &client, ALPN_AGENT).await?;
-        assert!(handshake(&master, &client, b"h3").await.is_err(), "unknown ALPN must be refused");
-        assert!(handshake(&master, &stranger, ALPN_AGENT).await.is_err(), "another CA must be refused");
+        assert!(
+            handshake(&master, &client, b"h3").await.is_err(),
+            "unknown ALPN must be refused"
+        );
+        assert!(
+            handshake(&master, &stranger, ALPN_AGENT).await.is_err(),
+            "another CA must be refused"
+        );
         Ok(())
     }
 

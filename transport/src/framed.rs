@@ -22,7 +22,10 @@ pub struct FrameReceiver {
 
 impl FrameReceiver {
     pub fn new(recv: quinn::RecvStream) -> Self {
-        FrameReceiver { recv, max: framing::MAX_FRAME_LEN }
+        FrameReceiver {
+            recv,
+            max: framing::MAX_FRAME_LEN,
+        }
     }
 
     /// Returns the next message, `Ok(None)` at a clean end of stream.

@@ -35,9 +35,13 @@ pub mod close {
 
 /// Opens a client endpoint on the unspecified address of `remote`'s family.
 pub fn client_endpoint(remote: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let bind: std::net::SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .map_err(std::io::Error::other)?;
+    let bind: std::net::SocketAddr = if remote.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(std::io::Error::other)?;
     quinn::Endpoint::client(bind)
 }
 
@@ -53,6 +57,9 @@ pub async fn connect(
         .context("cannot start a connection")?
         .await
         .with_context(|| format!("QUIC handshake with the master at {master} failed"))?;
-    let (send, recv) = conn.open_bi().await.context("cannot open a stream to the master")?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .context("cannot open a stream to the master")?;
     Ok((conn, FrameSender::new(send), FrameReceiver::new(recv)))
 }

@@ -28,7 +28,8 @@ impl Identity {
         for cert in CertificateDer::pem_file_iter(&ca_path)
             .with_context(|| format!("cannot read {}; {}", ca_path.display(), hint()))?
         {
-            roots.add(cert.with_context(|| format!("bad certificate in {}", ca_path.display()))?)?;
+            roots
+                .add(cert.with_context(|| format!("bad certificate in {}", ca_path.display()))?)?;
         }
         let cert_path = dir.join(format!("{name}.pem"));
         let chain = CertificateDer::pem_file_iter(&cert_path)
@@ -39,9 +40,18 @@ impl Identity {
             bail!("{} holds no certificate; {}", cert_path.display(), hint());
         }
         let key_path = dir.join(format!("{name}.key"));
-        let key = PrivateKeyDer::from_pem_file(&key_path)
-            .with_context(|| format!("cannot read a private key from {}; {}", key_path.display(), hint()))?;
-        Ok(Identity { chain, key, roots: Arc::new(roots) })
+        let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| {
+            format!(
+                "cannot read a private key from {}; {}",
+                key_path.display(),
+                hint()
+            )
+        })?;
+        Ok(Identity {
+            chain,
+            key,
+            roots: Arc::new(roots),
+        })
     }
 }
 
@@ -61,9 +71,10 @@ fn transport() -> Arc<quinn::TransportConfig> {
 /// A server that accepts only clients holding a certificate from the
 /// cluster CA, on the given channels.
 pub fn server_config(id: &Identity, alpns: &[&[u8]]) -> anyhow::Result<quinn::ServerConfig> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider())
-        .build()
-        .context("cannot build the client certificate verifier")?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider())
+            .build()
+            .context("cannot build the client certificate verifier")?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

@@ -21,17 +21,29 @@ use stoa_proto::{
 /// Work for the executor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Launch { framework_id: FrameworkId, task: TaskInfo },
-    Kill { framework_id: FrameworkId, task_id: TaskId },
+    Launch {
+        framework_id: FrameworkId,
+        task: TaskInfo,
+    },
+    Kill {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+    },
 }
 
 /// What the executor reports about a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskEvent {
     Running,
-    Finished { output: Vec<u8> },
+    Finished {
+        output: Vec<u8>,
+    },
     /// Ended badly; `state` is FAILED, KILLED or ERROR.
-    Ended { state: TaskState, reason: Reason, message: String },
+    Ended {
+        state: TaskState,
+        reason: Reason,
+        message: String,
+    },
 }
 
 #[derive(Debug)]
@@ -89,7 +101,10 @@ impl Agent {
 
     /// Tasks not yet terminal.
     pub fn active_tasks(&self) -> usize {
-        self.tasks.values().filter(|t| !t.state.is_terminal()).count()
+        self.tasks
+            .values()
+            .filter(|t| !t.state.is_terminal())
+            .count()
     }
 
     /// Status updates not yet acknowledged.
@@ -109,7 +124,10 @@ impl Agent {
         if !self.registered {
             return None;
         }
-        self.next_heartbeat.into_iter().chain(self.updates.next_retry()).min()
+        self.next_heartbeat
+            .into_iter()
+            .chain(self.updates.next_retry())
+            .min()
     }
 
     /// A connection to the master is up: register (again).
@@ -144,10 +162,14 @@ impl Agent {
 
     pub fn handle_master_message(&mut self, now: Time, msg: MasterToAgent) {
         match msg {
-            MasterToAgent::Registered { agent_id, heartbeat_interval_ms } => {
+            MasterToAgent::Registered {
+                agent_id,
+                heartbeat_interval_ms,
+            } => {
                 self.agent_id = Some(agent_id);
                 self.registered = true;
-                self.heartbeat_interval = Duration::from_millis(heartbeat_interval_ms.clamp(10, 60_000));
+                self.heartbeat_interval =
+                    Duration::from_millis(heartbeat_interval_ms.clamp(10, 60_000));
                 self.next_heartbeat = Some(now + self.heartbeat_interval);
                 // Everything unacknowledged goes out again on the new connection.
                 for msg in self.updates.resend_all(now) {
@@ -158,12 +180,16 @@ impl Agent {
                 self.refused = Some(message);
             }
             MasterToAgent::RunTask { framework_id, task } => self.run_task(now, framework_id, task),
-            MasterToAgent::KillTask { framework_id, task_id } => {
+            MasterToAgent::KillTask {
+                framework_id,
+                task_id,
+            } => {
                 let key = (framework_id.clone(), task_id.clone());
                 match self.tasks.get(&key) {
-                    Some(t) if !t.state.is_terminal() => {
-                        self.actions.push_back(Action::Kill { framework_id, task_id })
-                    }
+                    Some(t) if !t.state.is_terminal() => self.actions.push_back(Action::Kill {
+                        framework_id,
+                        task_id,
+                    }),
                     Some(_) => {}
                     None => {
                         let status = TaskStatus::new(task_id, TaskState::Lost)
@@ -173,7 +199,9 @@ impl Agent {
                 }
             }
             MasterToAgent::AcknowledgeUpdate { task_id, update_id } => {
-                if let Some((framework_id, next)) = self.updates.acknowledge(now, &task_id, update_id) {
+                if let Some((framework_id, next)) =
+                    self.updates.acknowledge(now, &task_id, update_id)
+                {
                     if let Some(msg) = next {
                         self.push_if_registered(msg);
                     }
@@ -188,9 +216,17 @@ impl Agent {
     }
 
     /// The executor reports on a task.
-    pub fn handle_task_event(&mut self, now: Time, framework_id: FrameworkId, task_id: TaskId, event: TaskEvent) {
+    pub fn handle_task_event(
+        &mut self,
+        now: Time,
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        event: TaskEvent,
+    ) {
         let key = (framework_id.clone(), task_id.clone());
-        let Some(task) = self.tasks.get_mut(&key) else { return };
+        let Some(task) = self.tasks.get_mut(&key) else {
+            return;
+        };
         if task.state.is_terminal() {
             return;
         }
@@ -201,7 +237,11 @@ impl Agent {
                 s.output = Some(output);
                 s
             }
-            TaskEvent::Ended { state, reason, message } => TaskStatus::new(task_id, state).because(reason, message),
+            TaskEvent::Ended {
+                state,
+                reason,
+                message,
+            } => TaskStatus::new(task_id, state).because(reason, message),
         };
         task.state = status.state;
         self.send_update(now, framework_id, status);
@@ -226,10 +266,17 @@ impl Agent {
             tracing::warn!(task = %task.task_id, "ignoring a second launch of a task this agent already has");
             return;
         }
-        self.tasks.insert(key, TaskRecord { resources: task.resources.clone(), state: TaskState::Starting });
+        self.tasks.insert(
+            key,
+            TaskRecord {
+                resources: task.resources.clone(),
+                state: TaskState::Starting,
+            },
+        );
         let status = TaskStatus::new(task.task_id.clone(), TaskState::Starting);
         self.send_update(now, framework_id.clone(), status);
-        self.actions.push_back(Action::Launch { framework_id, task });
+        self.actions
+            .push_back(Action::Launch { framework_id, task });
     }
 
     fn send_update(&mut self, now: Time, framework_id: FrameworkId, mut status: TaskStatus) {

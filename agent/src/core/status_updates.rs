@@ -36,7 +36,12 @@ impl StatusUpdates {
     }
 
     /// Queues an update; returns the message to send if it is at the head.
-    pub fn push(&mut self, now: Time, framework_id: FrameworkId, status: TaskStatus) -> Option<AgentToMaster> {
+    pub fn push(
+        &mut self,
+        now: Time,
+        framework_id: FrameworkId,
+        status: TaskStatus,
+    ) -> Option<AgentToMaster> {
         self.next_id += 1;
         let id = UpdateId(self.next_id);
         let key = (framework_id.clone(), status.task_id.clone());
@@ -61,7 +66,9 @@ impl StatusUpdates {
         let key = self
             .streams
             .iter()
-            .find(|((_, t), s)| t == task_id && s.queue.front().is_some_and(|(id, _)| *id == update_id))
+            .find(|((_, t), s)| {
+                t == task_id && s.queue.front().is_some_and(|(id, _)| *id == update_id)
+            })
             .map(|(k, _)| k.clone())?;
         let stream = self.streams.get_mut(&key)?;
         stream.queue.pop_front();
@@ -103,9 +110,12 @@ impl StatusUpdates {
 }
 
 fn head(stream: &Stream) -> Option<AgentToMaster> {
-    stream.queue.front().map(|(id, status)| AgentToMaster::StatusUpdate {
-        framework_id: stream.framework_id.clone(),
-        update_id: *id,
-        status: status.clone(),
-    })
+    stream
+        .queue
+        .front()
+        .map(|(id, status)| AgentToMaster::StatusUpdate {
+            framework_id: stream.framework_id.clone(),
+            update_id: *id,
+            status: status.clone(),
+        })
 }

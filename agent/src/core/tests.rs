@@ -6,11 +6,24 @@ fn t(ms: u64) -> Time {
 }
 
 fn registered() -> Agent {
-    let info = AgentInfo { hostname: "h".into(), resources: "cpus:1;mem:64".parse().expect("r"), attributes: Attributes::default() };
+    let info = AgentInfo {
+        hostname: "h".into(),
+        resources: "cpus:1;mem:64".parse().expect("r"),
+        attributes: Attributes::default(),
+    };
     let mut a = Agent::new(info, None);
     a.handle_connected(t(0));
-    assert!(matches!(a.poll_transmit(), Some(AgentToMaster::Register { agent_id: None, .. })));
-    a.handle_master_message(t(0), MasterToAgent::Registered { agent_id: AgentId::new("a1").expect("id"), heartbeat_interval_ms: 1000 });
+    assert!(matches!(
+        a.poll_transmit(),
+        Some(AgentToMaster::Register { agent_id: None, .. })
+    ));
+    a.handle_master_message(
+        t(0),
+        MasterToAgent::Registered {
+            agent_id: AgentId::new("a1").expect("id"),
+            heartbeat_interval_ms: 1000,
+        },
+    );
     a
 }
 
@@ -23,15 +36,26 @@ fn launch(a: &mut Agent, id: &str) {
         task_id: TaskId::new(id).expect("id"),
         name: id.into(),
         resources: "cpus:0.5;mem:32".parse().expect("r"),
-        kind: TaskKind::WasmComponent { artifact: Artifact::inline(vec![1]), input: vec![] },
+        kind: TaskKind::WasmComponent {
+            artifact: Artifact::inline(vec![1]),
+            input: vec![],
+        },
         limits: TaskLimits::default(),
     };
-    a.handle_master_message(t(1), MasterToAgent::RunTask { framework_id: fw(), task });
+    a.handle_master_message(
+        t(1),
+        MasterToAgent::RunTask {
+            framework_id: fw(),
+            task,
+        },
+    );
 }
 
 fn update(msg: Option<AgentToMaster>) -> (UpdateId, TaskState) {
     match msg {
-        Some(AgentToMaster::StatusUpdate { update_id, status, .. }) => (update_id, status.state),
+        Some(AgentToMaster::StatusUpdate {
+            update_id, status, ..
+        }) => (update_id, status.state),
         other => panic!("expected a status update, got {other:?}"),
     }
 }
@@ -45,7 +69,14 @@ fn updates_go_out_in_order_one_at_a_time_until_acknowledged() {
     assert_eq!(state, TaskState::Starting);
     let tid = TaskId::new("t1").expect("id");
     a.handle_task_event(t(2), fw(), tid.clone(), TaskEvent::Running);
-    a.handle_task_event(t(3), fw(), tid.clone(), TaskEvent::Finished { output: b"ok".to_vec() });
+    a.handle_task_event(
+        t(3),
+        fw(),
+        tid.clone(),
+        TaskEvent::Finished {
+            output: b"ok".to_vec(),
+        },
+    );
     // RUNNING and FINISHED wait behind the unacknowledged STARTING.
     assert_eq!(a.poll_transmit(), None);
     // Unacknowledged: resent after the backoff.
@@ -54,15 +85,36 @@ fn updates_go_out_in_order_one_at_a_time_until_acknowledged() {
         .filter(|m| !matches!(m, AgentToMaster::Heartbeat))
         .collect();
     assert_eq!(resent.len(), 1);
-    assert_eq!(update(resent.into_iter().next()), (starting, TaskState::Starting));
-    a.handle_master_message(t(2002), MasterToAgent::AcknowledgeUpdate { task_id: tid.clone(), update_id: starting });
+    assert_eq!(
+        update(resent.into_iter().next()),
+        (starting, TaskState::Starting)
+    );
+    a.handle_master_message(
+        t(2002),
+        MasterToAgent::AcknowledgeUpdate {
+            task_id: tid.clone(),
+            update_id: starting,
+        },
+    );
     let (running, state) = update(a.poll_transmit());
     assert_eq!(state, TaskState::Running);
-    a.handle_master_message(t(2003), MasterToAgent::AcknowledgeUpdate { task_id: tid.clone(), update_id: running });
+    a.handle_master_message(
+        t(2003),
+        MasterToAgent::AcknowledgeUpdate {
+            task_id: tid.clone(),
+            update_id: running,
+        },
+    );
     let (finished, state) = update(a.poll_transmit());
     assert_eq!(state, TaskState::Finished);
     assert_eq!(a.active_tasks(), 0);
-    a.handle_master_message(t(2004), MasterToAgent::AcknowledgeUpdate { task_id: tid, update_id: finished });
+    a.handle_master_message(
+        t(2004),
+        MasterToAgent::AcknowledgeUpdate {
+            task_id: tid,
+            update_id: finished,
+        },
+    );
     assert_eq!(a.pending_updates(), 0);
 }
 
@@ -74,20 +126,36 @@ fn reconnect_resends_unacknowledged_updates_and_reports_running_tasks() {
     a.handle_disconnected(t(5));
     a.handle_connected(t(6));
     match a.poll_transmit() {
-        Some(AgentToMaster::Register { agent_id: Some(id), tasks, .. }) => {
+        Some(AgentToMaster::Register {
+            agent_id: Some(id),
+            tasks,
+            ..
+        }) => {
             assert_eq!(id.as_str(), "a1");
             assert_eq!(tasks.len(), 1);
         }
         other => panic!("expected re-registration, got {other:?}"),
     }
-    a.handle_master_message(t(7), MasterToAgent::Registered { agent_id: AgentId::new("a1").expect("id"), heartbeat_interval_ms: 1000 });
+    a.handle_master_message(
+        t(7),
+        MasterToAgent::Registered {
+            agent_id: AgentId::new("a1").expect("id"),
+            heartbeat_interval_ms: 1000,
+        },
+    );
     assert_eq!(update(a.poll_transmit()).0, starting);
 }
 
 #[test]
 fn kill_of_an_unknown_task_reports_it_lost() {
     let mut a = registered();
-    a.handle_master_message(t(1), MasterToAgent::KillTask { framework_id: fw(), task_id: TaskId::new("nope").expect("id") });
+    a.handle_master_message(
+        t(1),
+        MasterToAgent::KillTask {
+            framework_id: fw(),
+            task_id: TaskId::new("nope").expect("id"),
+        },
+    );
     assert_eq!(update(a.poll_transmit()).1, TaskState::Lost);
     assert_eq!(a.poll_action(), None);
 }

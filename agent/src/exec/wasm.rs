@@ -48,7 +48,10 @@ struct TaskCtx {
 
 impl WasiView for TaskCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -57,14 +60,28 @@ struct MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
-            return Err(Stopped::Memory { limit: self.limit, desired }.into());
+            return Err(Stopped::Memory {
+                limit: self.limit,
+                desired,
+            }
+            .into());
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(true)
     }
 }
@@ -94,22 +111,32 @@ impl Drop for WasmRuntime {
 impl WasmRuntime {
     pub fn new() -> wasmtime::Result<Self> {
         let mut config = Config::new();
-        config.wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak, stop) = (engine.weak(), ticker_stop.clone());
-        std::thread::Builder::new().name("stoa-epoch".into()).spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
+        std::thread::Builder::new()
+            .name("stoa-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
                 }
-            }
-        })?;
-        Ok(WasmRuntime { engine, linker, compiled: Mutex::new(HashMap::new()), ticker_stop })
+            })?;
+        Ok(WasmRuntime {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+            ticker_stop,
+        })
     }
 
     /// Compiles `artifact` once per runtime; concurrent callers for the same
@@ -129,7 +156,8 @@ impl WasmRuntime {
                 .linker
                 .instantiate_pre(&component)
                 .map_err(|e| format!("the component needs imports Stoa does not provide: {e:#}"))?;
-            TaskPre::new(pre).map_err(|e| format!("the component is not of the stoa:task world: {e:#}"))
+            TaskPre::new(pre)
+                .map_err(|e| format!("the component is not of the stoa:task world: {e:#}"))
         })
         .clone()
     }
@@ -137,24 +165,42 @@ impl WasmRuntime {
     /// Runs a task to its end on the calling thread (a blocking thread in
     /// the driver). `on_running` is called once the instance is up.
     /// Setting `kill` stops the task within one epoch tick.
-    pub fn run(&self, task: &TaskInfo, kill: Arc<AtomicBool>, on_running: impl FnOnce()) -> TaskEvent {
+    pub fn run(
+        &self,
+        task: &TaskInfo,
+        kill: Arc<AtomicBool>,
+        on_running: impl FnOnce(),
+    ) -> TaskEvent {
         let TaskKind::WasmComponent { artifact, input } = &task.kind;
         let pre = match self.prepare(artifact) {
             Ok(pre) => pre,
             Err(message) => {
-                return TaskEvent::Ended { state: TaskState::Error, reason: Reason::InvalidArtifact, message };
+                return TaskEvent::Ended {
+                    state: TaskState::Error,
+                    reason: Reason::InvalidArtifact,
+                    message,
+                };
             }
         };
-        let limit = usize::try_from(task.resources.mem_mib().saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let limit =
+            usize::try_from(task.resources.mem_mib().saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let wasi = WasiCtxBuilder::new()
             .stdout(MemoryOutputPipe::new(LOG_CAPACITY))
             .stderr(MemoryOutputPipe::new(LOG_CAPACITY))
             .build();
-        let ctx = TaskCtx { wasi, table: ResourceTable::new(), limiter: MemoryLimiter { limit } };
+        let ctx = TaskCtx {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit },
+        };
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         if let Err(e) = store.set_fuel(task.limits.fuel.unwrap_or(u64::MAX)) {
-            return ended(TaskState::Error, Reason::TaskInvalid, format!("cannot set fuel: {e:#}"));
+            return ended(
+                TaskState::Error,
+                Reason::TaskInvalid,
+                format!("cannot set fuel: {e:#}"),
+            );
         }
         let timeout = task.limits.timeout_ms.map(Duration::from_millis);
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -179,7 +225,10 @@ impl WasmRuntime {
             Ok(Ok(output)) if output.len() > MAX_TASK_OUTPUT => ended(
                 TaskState::Failed,
                 Reason::OutputTooLarge,
-                format!("output of {} bytes exceeds the {MAX_TASK_OUTPUT}-byte limit", output.len()),
+                format!(
+                    "output of {} bytes exceeds the {MAX_TASK_OUTPUT}-byte limit",
+                    output.len()
+                ),
             ),
             Ok(Ok(output)) => TaskEvent::Finished { output },
             Ok(Err(message)) => ended(TaskState::Failed, Reason::TaskFailed, message),
@@ -196,7 +245,11 @@ fn ended(state: TaskState, reason: Reason, mut message: String) -> TaskEvent {
         }
         message.truncate(cut);
     }
-    TaskEvent::Ended { state, reason, message }
+    TaskEvent::Ended {
+        state,
+        reason,
+        message,
+    }
 }
 
 /// Maps a wasmtime error to the task's terminal state by its type.
@@ -205,7 +258,11 @@ fn classify(e: wasmtime::Error) -> TaskEvent {
     if let Some(stopped) = e.downcast_ref::<Stopped>() {
         return match stopped {
             Stopped::Memory { .. } => ended(TaskState::Failed, Reason::MemoryLimit, message),
-            Stopped::Killed => ended(TaskState::Killed, Reason::KilledByScheduler, "killed".into()),
+            Stopped::Killed => ended(
+                TaskState::Killed,
+                Reason::KilledByScheduler,
+                "killed".into(),
+            ),
             Stopped::Timeout(_) => ended(TaskState::Failed, Reason::Timeout, message),
         };
     }

@@ -49,12 +49,18 @@ impl Master {
         for task in tasks {
             let key = (fw.clone(), task.task_id.clone());
             let verdict = if self.tasks.contains_key(&key) {
-                Err(format!("task id {} is already in use by this framework", task.task_id))
+                Err(format!(
+                    "task id {} is already in use by this framework",
+                    task.task_id
+                ))
             } else if task.resources.mem_mib() == 0 {
                 Err("a task needs mem (its memory limit), e.g. mem:32".to_string())
             } else {
                 remaining.checked_sub(&task.resources).ok_or_else(|| {
-                    format!("task asks for {} but only {} is left in the offers", task.resources, remaining)
+                    format!(
+                        "task asks for {} but only {} is left in the offers",
+                        task.resources, remaining
+                    )
                 })
             };
             match (verdict, agent_conn) {
@@ -72,7 +78,10 @@ impl Master {
                     );
                     self.outbox.push_back(Transmit::ToAgent(
                         conn,
-                        MasterToAgent::RunTask { framework_id: fw.clone(), task },
+                        MasterToAgent::RunTask {
+                            framework_id: fw.clone(),
+                            task,
+                        },
                     ));
                 }
                 (Ok(_), None) => {
@@ -99,7 +108,11 @@ impl Master {
     /// resources, or why they cannot be used. Valid offers are consumed
     /// even when another one is invalid, as in Mesos: their resources go
     /// back to the pool.
-    fn take_offers(&mut self, fw: &FrameworkId, ids: &[OfferId]) -> Result<Option<(AgentId, Resources)>, String> {
+    fn take_offers(
+        &mut self,
+        fw: &FrameworkId,
+        ids: &[OfferId],
+    ) -> Result<Option<(AgentId, Resources)>, String> {
         let mut problem = None;
         let mut taken = Vec::new();
         for id in ids {
@@ -110,7 +123,11 @@ impl Master {
                     }
                 }
                 Some(_) => problem = Some(format!("{id} was made to another framework")),
-                None => problem = Some(format!("{id} is not outstanding (unknown, used, declined or rescinded)")),
+                None => {
+                    problem = Some(format!(
+                        "{id} is not outstanding (unknown, used, declined or rescinded)"
+                    ))
+                }
             }
         }
         for o in &taken {
@@ -125,7 +142,9 @@ impl Master {
         if let Some(p) = problem {
             return Err(p);
         }
-        let Some(first) = taken.first() else { return Ok(None) };
+        let Some(first) = taken.first() else {
+            return Ok(None);
+        };
         let agent = first.agent_id.clone();
         let mut pool = Resources::new();
         for o in &taken {

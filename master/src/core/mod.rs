@@ -191,13 +191,16 @@ impl Master {
         let silent: Vec<AgentId> = self
             .agents
             .iter()
-            .filter(|(_, a)| a.conn.is_some() && a.last_heartbeat + self.config.agent_timeout <= now)
+            .filter(|(_, a)| {
+                a.conn.is_some() && a.last_heartbeat + self.config.agent_timeout <= now
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in silent {
             if let Some(conn) = self.agents.get(&id).and_then(|a| a.conn) {
                 tracing::warn!(agent = %id, "agent missed its heartbeats; marking it unreachable");
-                self.outbox.push_back(Transmit::Close(conn, "missed heartbeats".into()));
+                self.outbox
+                    .push_back(Transmit::Close(conn, "missed heartbeats".into()));
                 self.handle_disconnected(now, conn);
             }
         }
@@ -250,15 +253,31 @@ impl Master {
     pub fn handle_agent_message(&mut self, now: Time, conn: ConnId, msg: AgentToMaster) {
         let peer = self.peers.get(&conn).copied();
         match (peer, msg) {
-            (Some(Peer::Pending(Channel::Agent)), AgentToMaster::Register { info, agent_id, tasks }) => {
-                self.register_agent(now, conn, info, agent_id, tasks)
-            }
+            (
+                Some(Peer::Pending(Channel::Agent)),
+                AgentToMaster::Register {
+                    info,
+                    agent_id,
+                    tasks,
+                },
+            ) => self.register_agent(now, conn, info, agent_id, tasks),
             (Some(Peer::Agent), AgentToMaster::Heartbeat) => {
-                if let Some(agent) = self.agent_of.get(&conn).and_then(|id| self.agents.get_mut(id)) {
+                if let Some(agent) = self
+                    .agent_of
+                    .get(&conn)
+                    .and_then(|id| self.agents.get_mut(id))
+                {
                     agent.last_heartbeat = now;
                 }
             }
-            (Some(Peer::Agent), AgentToMaster::StatusUpdate { framework_id, update_id, status }) => {
+            (
+                Some(Peer::Agent),
+                AgentToMaster::StatusUpdate {
+                    framework_id,
+                    update_id,
+                    status,
+                },
+            ) => {
                 if let Some(agent_id) = self.agent_of.get(&conn).cloned() {
                     if let Some(agent) = self.agents.get_mut(&agent_id) {
                         agent.last_heartbeat = now;
@@ -267,10 +286,14 @@ impl Master {
                 }
             }
             (Some(Peer::Agent), AgentToMaster::Register { .. }) => {
-                self.outbox.push_back(Transmit::Close(conn, "already registered on this connection".into()));
+                self.outbox.push_back(Transmit::Close(
+                    conn,
+                    "already registered on this connection".into(),
+                ));
             }
             (_, _) => {
-                self.outbox.push_back(Transmit::Close(conn, "an agent must register first".into()));
+                self.outbox
+                    .push_back(Transmit::Close(conn, "an agent must register first".into()));
             }
         }
     }
@@ -284,29 +307,50 @@ impl Master {
                 self.subscribe(now, conn, framework)
             }
             (Some(Peer::Framework), Call::Subscribe { .. }) => {
-                self.to_scheduler(conn, Event::Error { message: "already subscribed on this connection".into() });
+                self.to_scheduler(
+                    conn,
+                    Event::Error {
+                        message: "already subscribed on this connection".into(),
+                    },
+                );
             }
             (Some(Peer::Framework), call) => {
-                let Some(fw) = self.framework_of.get(&conn).cloned() else { return };
+                let Some(fw) = self.framework_of.get(&conn).cloned() else {
+                    return;
+                };
                 match call {
-                    Call::Accept { offer_ids, operations, refuse_ms } => {
-                        self.accept(now, &fw, offer_ids, operations, refuse_ms)
-                    }
-                    Call::Decline { offer_ids, refuse_ms } => self.decline(now, &fw, offer_ids, refuse_ms),
+                    Call::Accept {
+                        offer_ids,
+                        operations,
+                        refuse_ms,
+                    } => self.accept(now, &fw, offer_ids, operations, refuse_ms),
+                    Call::Decline {
+                        offer_ids,
+                        refuse_ms,
+                    } => self.decline(now, &fw, offer_ids, refuse_ms),
                     Call::Kill { task_id } => self.kill(&fw, task_id),
-                    Call::Acknowledge { agent_id, task_id, update_id } => {
-                        self.acknowledge(&fw, agent_id, task_id, update_id)
-                    }
+                    Call::Acknowledge {
+                        agent_id,
+                        task_id,
+                        update_id,
+                    } => self.acknowledge(&fw, agent_id, task_id, update_id),
                     Call::Teardown => {
                         self.remove_framework(now, &fw);
-                        self.outbox.push_back(Transmit::Close(conn, "framework torn down".into()));
+                        self.outbox
+                            .push_back(Transmit::Close(conn, "framework torn down".into()));
                     }
                     Call::Subscribe { .. } => {}
                 }
             }
             (_, _) => {
-                self.to_scheduler(conn, Event::Error { message: "the first call must be SUBSCRIBE".into() });
-                self.outbox.push_back(Transmit::Close(conn, "not subscribed".into()));
+                self.to_scheduler(
+                    conn,
+                    Event::Error {
+                        message: "the first call must be SUBSCRIBE".into(),
+                    },
+                );
+                self.outbox
+                    .push_back(Transmit::Close(conn, "not subscribed".into()));
             }
         }
     }
@@ -343,7 +387,12 @@ impl Master {
         tasks: Vec<RunningTask>,
     ) {
         if let Err(message) = check_hostname(&info.hostname) {
-            self.outbox.push_back(Transmit::ToAgent(conn, MasterToAgent::Refused { message: message.clone() }));
+            self.outbox.push_back(Transmit::ToAgent(
+                conn,
+                MasterToAgent::Refused {
+                    message: message.clone(),
+                },
+            ));
             self.outbox.push_back(Transmit::Close(conn, message));
             return;
         }
@@ -352,7 +401,8 @@ impl Master {
             None => match AgentId::new(self.fresh_id("a")) {
                 Ok(id) => id,
                 Err(e) => {
-                    self.outbox.push_back(Transmit::Close(conn, format!("cannot name agent: {e}")));
+                    self.outbox
+                        .push_back(Transmit::Close(conn, format!("cannot name agent: {e}")));
                     return;
                 }
             },
@@ -361,7 +411,10 @@ impl Master {
         if let Some(old) = self.agents.get(&id).and_then(|a| a.conn) {
             self.peers.remove(&old);
             self.agent_of.remove(&old);
-            self.outbox.push_back(Transmit::Close(old, "agent registered on a new connection".into()));
+            self.outbox.push_back(Transmit::Close(
+                old,
+                "agent registered on a new connection".into(),
+            ));
         }
         self.peers.insert(conn, Peer::Agent);
         self.agent_of.insert(conn, id.clone());
@@ -380,7 +433,8 @@ impl Master {
             conn,
             MasterToAgent::Registered {
                 agent_id: id.clone(),
-                heartbeat_interval_ms: u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
+                heartbeat_interval_ms: u64::try_from(self.config.heartbeat_interval.as_millis())
+                    .unwrap_or(u64::MAX),
             },
         ));
         self.reconcile_agent_tasks(&id, tasks);
@@ -396,9 +450,15 @@ impl Master {
             .map(|(k, _)| k.clone())
             .collect();
         for key in known {
-            if !reported.iter().any(|r| r.framework_id == key.0 && r.task_id == key.1) {
+            if !reported
+                .iter()
+                .any(|r| r.framework_id == key.0 && r.task_id == key.1)
+            {
                 let status = TaskStatus::new(key.1.clone(), TaskState::Lost)
-                    .because(Reason::AgentRestarted, "the agent came back without this task")
+                    .because(
+                        Reason::AgentRestarted,
+                        "the agent came back without this task",
+                    )
                     .on(agent.clone());
                 self.release_task(&key, TaskState::Lost, None);
                 self.tasks.remove(&key);
@@ -419,7 +479,12 @@ impl Master {
                     // A task from before this master started: take it into the books.
                     self.tasks.insert(
                         key,
-                        TaskEntry { agent: agent.clone(), resources: r.resources.clone(), state: r.state, terminal_update: None },
+                        TaskEntry {
+                            agent: agent.clone(),
+                            resources: r.resources.clone(),
+                            state: r.state,
+                            terminal_update: None,
+                        },
                     );
                     self.books().hold(agent, &r.framework_id, &r.resources);
                 }
@@ -428,10 +493,17 @@ impl Master {
     }
 
     fn agent_lost(&mut self, now: Time, id: &AgentId) {
-        let Some(agent) = self.agents.get_mut(id) else { return };
+        let Some(agent) = self.agents.get_mut(id) else {
+            return;
+        };
         agent.conn = None;
         tracing::warn!(agent = %id, "agent disconnected; its tasks are unreachable");
-        let offers: Vec<OfferId> = self.offers.values().filter(|o| &o.agent_id == id).map(|o| o.id).collect();
+        let offers: Vec<OfferId> = self
+            .offers
+            .values()
+            .filter(|o| &o.agent_id == id)
+            .map(|o| o.id)
+            .collect();
         for offer in offers {
             self.rescind(offer);
         }
@@ -455,14 +527,20 @@ impl Master {
 
     fn subscribe(&mut self, now: Time, conn: ConnId, info: FrameworkInfo) {
         if let Err(message) = check_framework(&info) {
-            self.to_scheduler(conn, Event::Error { message: message.clone() });
+            self.to_scheduler(
+                conn,
+                Event::Error {
+                    message: message.clone(),
+                },
+            );
             self.outbox.push_back(Transmit::Close(conn, message));
             return;
         }
         let id = match FrameworkId::new(self.fresh_id("f")) {
             Ok(id) => id,
             Err(e) => {
-                self.outbox.push_back(Transmit::Close(conn, format!("cannot name framework: {e}")));
+                self.outbox
+                    .push_back(Transmit::Close(conn, format!("cannot name framework: {e}")));
                 return;
             }
         };
@@ -479,17 +557,31 @@ impl Master {
                 disconnected_at: None,
             },
         );
-        let heartbeat_interval_ms = u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
-        self.to_scheduler(conn, Event::Subscribed { framework_id: id, heartbeat_interval_ms });
+        let heartbeat_interval_ms =
+            u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
+        self.to_scheduler(
+            conn,
+            Event::Subscribed {
+                framework_id: id,
+                heartbeat_interval_ms,
+            },
+        );
         self.request_allocation(now);
     }
 
     fn scheduler_lost(&mut self, now: Time, id: &FrameworkId) {
-        let Some(fw) = self.frameworks.get_mut(id) else { return };
+        let Some(fw) = self.frameworks.get_mut(id) else {
+            return;
+        };
         fw.conn = None;
         fw.disconnected_at = Some(now);
         tracing::info!(framework = %id, failover_timeout_ms = fw.info.failover_timeout_ms, "scheduler disconnected");
-        let offers: Vec<OfferId> = self.offers.values().filter(|o| &o.framework_id == id).map(|o| o.id).collect();
+        let offers: Vec<OfferId> = self
+            .offers
+            .values()
+            .filter(|o| &o.framework_id == id)
+            .map(|o| o.id)
+            .collect();
         for offer in offers {
             self.rescind(offer);
         }
@@ -501,19 +593,34 @@ impl Master {
 
     /// Forgets a framework: its offers go back, its tasks are killed.
     fn remove_framework(&mut self, now: Time, id: &FrameworkId) {
-        let offers: Vec<OfferId> = self.offers.values().filter(|o| &o.framework_id == id).map(|o| o.id).collect();
+        let offers: Vec<OfferId> = self
+            .offers
+            .values()
+            .filter(|o| &o.framework_id == id)
+            .map(|o| o.id)
+            .collect();
         for offer in offers {
             self.rescind(offer);
         }
-        let keys: Vec<(FrameworkId, TaskId)> = self.tasks.keys().filter(|(f, _)| f == id).cloned().collect();
+        let keys: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .keys()
+            .filter(|(f, _)| f == id)
+            .cloned()
+            .collect();
         for key in keys {
-            let Some(task) = self.tasks.get(&key) else { continue };
+            let Some(task) = self.tasks.get(&key) else {
+                continue;
+            };
             if !task.state.is_terminal() {
                 let agent_conn = self.agents.get(&task.agent).and_then(|a| a.conn);
                 if let Some(conn) = agent_conn {
                     self.outbox.push_back(Transmit::ToAgent(
                         conn,
-                        MasterToAgent::KillTask { framework_id: key.0.clone(), task_id: key.1.clone() },
+                        MasterToAgent::KillTask {
+                            framework_id: key.0.clone(),
+                            task_id: key.1.clone(),
+                        },
                     ));
                 }
             }
@@ -536,8 +643,11 @@ impl Master {
 
     /// Withdraws an offer, returning its resources to the pool.
     fn rescind(&mut self, offer_id: OfferId) {
-        let Some(offer) = self.offers.remove(&offer_id) else { return };
-        self.books().unoffer(&offer.agent_id, &offer.framework_id, &offer.resources);
+        let Some(offer) = self.offers.remove(&offer_id) else {
+            return;
+        };
+        self.books()
+            .unoffer(&offer.agent_id, &offer.framework_id, &offer.resources);
         self.to_framework(&offer.framework_id, Event::Rescind { offer_id });
     }
 
@@ -563,7 +673,13 @@ impl Master {
             }
         }
         if self.frameworks.contains_key(&framework_id) {
-            self.to_framework(&framework_id, Event::Update { status, ack: Some(update_id) });
+            self.to_framework(
+                &framework_id,
+                Event::Update {
+                    status,
+                    ack: Some(update_id),
+                },
+            );
         } else {
             // Nobody will acknowledge an update for a framework that is gone;
             // acknowledge it here so the agent stops resending it.
@@ -572,14 +688,24 @@ impl Master {
             }
             self.outbox.push_back(Transmit::ToAgent(
                 conn,
-                MasterToAgent::AcknowledgeUpdate { task_id: status.task_id, update_id },
+                MasterToAgent::AcknowledgeUpdate {
+                    task_id: status.task_id,
+                    update_id,
+                },
             ));
         }
     }
 
     /// Moves a task to `state`, freeing its resources if that is terminal.
-    fn release_task(&mut self, key: &(FrameworkId, TaskId), state: TaskState, update: Option<UpdateId>) {
-        let Some(task) = self.tasks.get_mut(key) else { return };
+    fn release_task(
+        &mut self,
+        key: &(FrameworkId, TaskId),
+        state: TaskState,
+        update: Option<UpdateId>,
+    ) {
+        let Some(task) = self.tasks.get_mut(key) else {
+            return;
+        };
         let was_terminal = task.state.is_terminal();
         task.state = state;
         if state.is_terminal() && !was_terminal {
@@ -596,7 +722,10 @@ impl Master {
                 if let Some(conn) = self.agents.get(&task.agent).and_then(|a| a.conn) {
                     self.outbox.push_back(Transmit::ToAgent(
                         conn,
-                        MasterToAgent::KillTask { framework_id: fw.clone(), task_id },
+                        MasterToAgent::KillTask {
+                            framework_id: fw.clone(),
+                            task_id,
+                        },
                     ));
                 }
             }
@@ -609,17 +738,36 @@ impl Master {
         }
     }
 
-    fn acknowledge(&mut self, fw: &FrameworkId, agent: AgentId, task_id: TaskId, update_id: UpdateId) {
+    fn acknowledge(
+        &mut self,
+        fw: &FrameworkId,
+        agent: AgentId,
+        task_id: TaskId,
+        update_id: UpdateId,
+    ) {
         let key = (fw.clone(), task_id.clone());
-        if self.tasks.get(&key).is_some_and(|t| t.terminal_update == Some(update_id)) {
+        if self
+            .tasks
+            .get(&key)
+            .is_some_and(|t| t.terminal_update == Some(update_id))
+        {
             self.tasks.remove(&key);
         }
         if let Some(conn) = self.agents.get(&agent).and_then(|a| a.conn) {
-            self.outbox.push_back(Transmit::ToAgent(conn, MasterToAgent::AcknowledgeUpdate { task_id, update_id }));
+            self.outbox.push_back(Transmit::ToAgent(
+                conn,
+                MasterToAgent::AcknowledgeUpdate { task_id, update_id },
+            ));
         }
     }
 
-    fn decline(&mut self, now: Time, fw: &FrameworkId, offer_ids: Vec<OfferId>, refuse_ms: Option<u64>) {
+    fn decline(
+        &mut self,
+        now: Time,
+        fw: &FrameworkId,
+        offer_ids: Vec<OfferId>,
+        refuse_ms: Option<u64>,
+    ) {
         for id in offer_ids {
             if self.offers.get(&id).is_some_and(|o| &o.framework_id == fw)
                 && let Some(offer) = self.offers.remove(&id)
@@ -632,12 +780,19 @@ impl Master {
     }
 
     fn add_filter(&mut self, now: Time, fw: &FrameworkId, agent: &AgentId, refuse_ms: Option<u64>) {
-        let refuse = refuse_ms.map(Duration::from_millis).unwrap_or(self.config.default_refuse);
+        let refuse = refuse_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.config.default_refuse);
         if refuse.is_zero() {
             return;
         }
-        self.filters.retain(|f| !(&f.framework == fw && &f.agent == agent));
-        self.filters.push(Filter { framework: fw.clone(), agent: agent.clone(), until: now + refuse });
+        self.filters
+            .retain(|f| !(&f.framework == fw && &f.agent == agent));
+        self.filters.push(Filter {
+            framework: fw.clone(),
+            agent: agent.clone(),
+            until: now + refuse,
+        });
     }
 
     fn allocate(&mut self, now: Time) {
@@ -650,8 +805,13 @@ impl Master {
             total = total.checked_add(&a.info.resources).unwrap_or(total);
             let held = a.used.checked_add(&a.offered);
             match held.and_then(|h| a.info.resources.checked_sub(&h)) {
-                Some(available) => agents.push(AgentSlot { id: id.clone(), available }),
-                None => tracing::error!(agent = %id, "books hold more than the agent has; not offering it"),
+                Some(available) => agents.push(AgentSlot {
+                    id: id.clone(),
+                    available,
+                }),
+                None => {
+                    tracing::error!(agent = %id, "books hold more than the agent has; not offering it")
+                }
             }
         }
         let frameworks = self
@@ -660,13 +820,23 @@ impl Master {
             .filter(|(_, f)| f.conn.is_some())
             .map(|(id, f)| FrameworkSlot {
                 id: id.clone(),
-                allocated: f.used.checked_add(&f.offered).unwrap_or_else(|| f.used.clone()),
+                allocated: f
+                    .used
+                    .checked_add(&f.offered)
+                    .unwrap_or_else(|| f.used.clone()),
             })
             .collect();
-        let snapshot = Snapshot { total, agents, frameworks, filters: self.filters.clone() };
+        let snapshot = Snapshot {
+            total,
+            agents,
+            frameworks,
+            filters: self.filters.clone(),
+        };
         let mut batches: BTreeMap<FrameworkId, Vec<Offer>> = BTreeMap::new();
         for plan in stoa_allocator::allocate(now, &snapshot) {
-            let Some(agent) = self.agents.get(&plan.agent) else { continue };
+            let Some(agent) = self.agents.get(&plan.agent) else {
+                continue;
+            };
             let offer = Offer {
                 id: OfferId(self.next_id),
                 framework_id: plan.framework.clone(),
@@ -676,7 +846,8 @@ impl Master {
                 attributes: agent.info.attributes.clone(),
             };
             self.next_id += 1;
-            self.books().offer(&plan.agent, &plan.framework, &plan.resources);
+            self.books()
+                .offer(&plan.agent, &plan.framework, &plan.resources);
             self.offers.insert(offer.id, offer.clone());
             batches.entry(plan.framework).or_default().push(offer);
         }
@@ -686,7 +857,10 @@ impl Master {
     }
 
     fn books(&mut self) -> Books<'_> {
-        Books { agents: &mut self.agents, frameworks: &mut self.frameworks }
+        Books {
+            agents: &mut self.agents,
+            frameworks: &mut self.frameworks,
+        }
     }
 }
 
@@ -696,7 +870,9 @@ fn fw_failover_now(fw: Option<&FrameworkEntry>) -> bool {
 
 fn check_hostname(h: &str) -> Result<(), String> {
     if h.is_empty() || h.len() > 253 || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("invalid hostname {h:?}: give 1-253 printable characters without spaces"));
+        return Err(format!(
+            "invalid hostname {h:?}: give 1-253 printable characters without spaces"
+        ));
     }
     Ok(())
 }
@@ -708,7 +884,11 @@ fn check_framework(info: &FrameworkInfo) -> Result<(), String> {
     let role_ok = !info.role.is_empty()
         && info.role.len() <= 128
         && info.role.split('/').all(|p| {
-            !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         });
     if !role_ok {
         return Err(format!(

@@ -17,7 +17,10 @@ fn task(id: &str, r: &str) -> TaskInfo {
         task_id: TaskId::new(id).expect("id"),
         name: id.into(),
         resources: r.parse().expect("resources"),
-        kind: TaskKind::WasmComponent { artifact: Artifact::inline(vec![0]), input: vec![] },
+        kind: TaskKind::WasmComponent {
+            artifact: Artifact::inline(vec![0]),
+            input: vec![],
+        },
         limits: TaskLimits::default(),
     }
 }
@@ -27,20 +30,42 @@ fn task(id: &str, r: &str) -> TaskInfo {
 fn cluster() -> (Master, AgentId, Offer) {
     let mut m = Master::new(MasterConfig::default(), "m");
     m.handle_connected(t(0), AGENT, Channel::Agent);
-    let info = AgentInfo { hostname: "h1".into(), resources: "cpus:2;mem:1024".parse().expect("r"), attributes: Attributes::default() };
-    m.handle_agent_message(t(0), AGENT, AgentToMaster::Register { info, agent_id: None, tasks: vec![] });
+    let info = AgentInfo {
+        hostname: "h1".into(),
+        resources: "cpus:2;mem:1024".parse().expect("r"),
+        attributes: Attributes::default(),
+    };
+    m.handle_agent_message(
+        t(0),
+        AGENT,
+        AgentToMaster::Register {
+            info,
+            agent_id: None,
+            tasks: vec![],
+        },
+    );
     let agent_id = match drain(&mut m).as_slice() {
         [Transmit::ToAgent(AGENT, MasterToAgent::Registered { agent_id, .. })] => agent_id.clone(),
         other => panic!("expected Registered, got {other:?}"),
     };
     m.handle_connected(t(0), SCHED, Channel::Scheduler);
-    let framework = FrameworkInfo { name: "f".into(), role: "eng/ml".into(), principal: None, failover_timeout_ms: 0 };
+    let framework = FrameworkInfo {
+        name: "f".into(),
+        role: "eng/ml".into(),
+        principal: None,
+        failover_timeout_ms: 0,
+    };
     m.handle_scheduler_call(t(0), SCHED, Call::Subscribe { framework });
-    assert!(matches!(drain(&mut m).as_slice(), [Transmit::ToScheduler(SCHED, Event::Subscribed { .. })]));
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Transmit::ToScheduler(SCHED, Event::Subscribed { .. })]
+    ));
     let due = m.poll_timeout().expect("allocation due");
     m.handle_timeout(due);
     let offer = match drain(&mut m).as_slice() {
-        [Transmit::ToScheduler(SCHED, Event::Offers { offers })] if offers.len() == 1 => offers[0].clone(),
+        [Transmit::ToScheduler(SCHED, Event::Offers { offers })] if offers.len() == 1 => {
+            offers[0].clone()
+        }
         other => panic!("expected one offer, got {other:?}"),
     };
     assert_eq!(offer.resources.to_string(), "cpus:2;mem:1024");
@@ -51,7 +76,11 @@ fn launch(m: &mut Master, offer: OfferId, tasks: Vec<TaskInfo>) {
     m.handle_scheduler_call(
         t(1),
         SCHED,
-        Call::Accept { offer_ids: vec![offer], operations: vec![Operation::Launch { tasks }], refuse_ms: None },
+        Call::Accept {
+            offer_ids: vec![offer],
+            operations: vec![Operation::Launch { tasks }],
+            refuse_ms: None,
+        },
     );
 }
 
@@ -60,11 +89,22 @@ fn accept_launches_and_terminal_update_frees_resources() {
     let (mut m, agent_id, offer) = cluster();
     launch(&mut m, offer.id, vec![task("t1", "cpus:1;mem:512")]);
     let out = drain(&mut m);
-    assert!(matches!(out.as_slice(), [Transmit::ToAgent(AGENT, MasterToAgent::RunTask { .. })]), "{out:?}");
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Transmit::ToAgent(AGENT, MasterToAgent::RunTask { .. })]
+        ),
+        "{out:?}"
+    );
     // The rest of the agent is filtered from this framework for 5 s.
     m.handle_timeout(t(2));
     assert!(drain(&mut m).is_empty());
+    m.handle_agent_message(t(4000), AGENT, AgentToMaster::Heartbeat);
     m.handle_timeout(t(5002));
+    // The expired filter makes an allocation due a moment later.
+    let due = m.poll_timeout().expect("allocation due");
+    assert_eq!(due, t(5003));
+    m.handle_timeout(due);
     let out = drain(&mut m);
     let offers = match out.as_slice() {
         [Transmit::ToScheduler(_, Event::Offers { offers })] => offers.clone(),
@@ -73,22 +113,55 @@ fn accept_launches_and_terminal_update_frees_resources() {
     assert_eq!(offers[0].resources.to_string(), "cpus:1;mem:512");
 
     let status = TaskStatus::new(TaskId::new("t1").expect("id"), TaskState::Finished);
-    m.handle_agent_message(t(5003), AGENT, AgentToMaster::StatusUpdate {
-        framework_id: offers[0].framework_id.clone(),
-        update_id: UpdateId(7),
-        status,
-    });
+    m.handle_agent_message(
+        t(5003),
+        AGENT,
+        AgentToMaster::StatusUpdate {
+            framework_id: offers[0].framework_id.clone(),
+            update_id: UpdateId(7),
+            status,
+        },
+    );
     let out = drain(&mut m);
-    assert!(matches!(out.as_slice(), [Transmit::ToScheduler(_, Event::Update { ack: Some(UpdateId(7)), .. })]), "{out:?}");
-    m.handle_scheduler_call(t(5004), SCHED, Call::Acknowledge {
-        agent_id,
-        task_id: TaskId::new("t1").expect("id"),
-        update_id: UpdateId(7),
-    });
-    assert!(matches!(drain(&mut m).as_slice(), [Transmit::ToAgent(AGENT, MasterToAgent::AcknowledgeUpdate { .. })]));
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Transmit::ToScheduler(
+                _,
+                Event::Update {
+                    ack: Some(UpdateId(7)),
+                    ..
+                }
+            )]
+        ),
+        "{out:?}"
+    );
+    m.handle_scheduler_call(
+        t(5004),
+        SCHED,
+        Call::Acknowledge {
+            agent_id,
+            task_id: TaskId::new("t1").expect("id"),
+            update_id: UpdateId(7),
+        },
+    );
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Transmit::ToAgent(
+            AGENT,
+            MasterToAgent::AcknowledgeUpdate { .. }
+        )]
+    ));
     assert_eq!(m.summary().tasks, 0);
     // The freed half returns to the framework once the outstanding offer is declined.
-    m.handle_scheduler_call(t(5005), SCHED, Call::Decline { offer_ids: vec![offers[0].id], refuse_ms: Some(0) });
+    m.handle_scheduler_call(
+        t(5005),
+        SCHED,
+        Call::Decline {
+            offer_ids: vec![offers[0].id],
+            refuse_ms: Some(0),
+        },
+    );
     m.handle_timeout(t(5010));
     let out = drain(&mut m);
     assert!(
@@ -113,12 +186,27 @@ fn unknown_offer_drops_the_tasks() {
 #[test]
 fn task_beyond_the_offer_is_an_error_and_siblings_still_launch() {
     let (mut m, _, offer) = cluster();
-    launch(&mut m, offer.id, vec![task("big", "cpus:3;mem:1"), task("ok", "cpus:1;mem:1"), task("ok", "cpus:0.1;mem:1")]);
+    launch(
+        &mut m,
+        offer.id,
+        vec![
+            task("big", "cpus:3;mem:1"),
+            task("ok", "cpus:1;mem:1"),
+            task("ok", "cpus:0.1;mem:1"),
+        ],
+    );
     let out = drain(&mut m);
     assert_eq!(out.len(), 3, "{out:?}");
-    assert!(matches!(&out[0], Transmit::ToScheduler(_, Event::Update { status, .. }) if status.state == TaskState::Error && status.reason == Some(Reason::TaskInvalid)));
-    assert!(matches!(&out[1], Transmit::ToAgent(_, MasterToAgent::RunTask { .. })));
-    assert!(matches!(&out[2], Transmit::ToScheduler(_, Event::Update { status, .. }) if status.message.contains("already in use")));
+    assert!(
+        matches!(&out[0], Transmit::ToScheduler(_, Event::Update { status, .. }) if status.state == TaskState::Error && status.reason == Some(Reason::TaskInvalid))
+    );
+    assert!(matches!(
+        &out[1],
+        Transmit::ToAgent(_, MasterToAgent::RunTask { .. })
+    ));
+    assert!(
+        matches!(&out[2], Transmit::ToScheduler(_, Event::Update { status, .. }) if status.message.contains("already in use"))
+    );
 }
 
 #[test]
@@ -127,7 +215,9 @@ fn offers_are_not_reused() {
     launch(&mut m, offer.id, vec![task("a", "cpus:1;mem:1")]);
     drain(&mut m);
     launch(&mut m, offer.id, vec![task("b", "cpus:1;mem:1")]);
-    assert!(matches!(drain(&mut m).as_slice(), [Transmit::ToScheduler(_, Event::Update { status, .. })] if status.state == TaskState::Dropped));
+    assert!(
+        matches!(drain(&mut m).as_slice(), [Transmit::ToScheduler(_, Event::Update { status, .. })] if status.state == TaskState::Dropped)
+    );
 }
 
 #[test]
@@ -136,7 +226,16 @@ fn calls_before_subscribe_are_refused() {
     m.handle_connected(t(0), SCHED, Channel::Scheduler);
     m.handle_scheduler_call(t(0), SCHED, Call::Teardown);
     let out = drain(&mut m);
-    assert!(matches!(out.as_slice(), [Transmit::ToScheduler(_, Event::Error { .. }), Transmit::Close(..)]), "{out:?}");
+    assert!(
+        matches!(
+            out.as_slice(),
+            [
+                Transmit::ToScheduler(_, Event::Error { .. }),
+                Transmit::Close(..)
+            ]
+        ),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -144,7 +243,13 @@ fn silent_agent_becomes_unreachable_and_its_offers_are_rescinded() {
     let (mut m, _, offer) = cluster();
     m.handle_timeout(t(5000));
     let out = drain(&mut m);
-    assert!(out.contains(&Transmit::ToScheduler(SCHED, Event::Rescind { offer_id: offer.id })), "{out:?}");
+    assert!(
+        out.contains(&Transmit::ToScheduler(
+            SCHED,
+            Event::Rescind { offer_id: offer.id }
+        )),
+        "{out:?}"
+    );
     assert!(out.iter().any(|x| matches!(x, Transmit::Close(AGENT, _))));
     assert_eq!(m.summary().connected_agents, 0);
 }
@@ -156,6 +261,10 @@ fn scheduler_disconnect_without_failover_kills_its_tasks() {
     drain(&mut m);
     m.handle_disconnected(t(2), SCHED);
     let out = drain(&mut m);
-    assert!(out.iter().any(|x| matches!(x, Transmit::ToAgent(AGENT, MasterToAgent::KillTask { .. }))), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|x| matches!(x, Transmit::ToAgent(AGENT, MasterToAgent::KillTask { .. }))),
+        "{out:?}"
+    );
     assert_eq!(m.summary().frameworks, 0);
 }

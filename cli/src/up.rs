@@ -1,0 +1,277 @@
+//! `stoa up`: a master and agents on this machine, as child processes of
+//! this one, with certificates, state and logs under one directory.
+
+use anyhow::{Context as _, bail};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Directory for certificates, agent state and logs.
+    #[arg(long, default_value = ".stoa")]
+    dir: PathBuf,
+    /// How many agents to start.
+    #[arg(long, default_value_t = 2)]
+    agents: usize,
+    /// Master address.
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    listen: SocketAddr,
+    /// Print what is running as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write this file once every agent has registered (for scripts).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+struct Node {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.agents == 0 {
+        bail!("--agents must be at least 1");
+    }
+    let dir = std::path::absolute(&args.dir)?;
+    let certs = dir.join("certs");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    if stoa_transport::certs::init(&certs, "local")? {
+        eprintln!("created cluster certificates in {}", certs.display());
+    }
+    let exe = std::env::current_exe().context("cannot find the stoa binary")?;
+    if let Some(ready) = &args.ready_file {
+        let _ = std::fs::remove_file(ready);
+    }
+    let addr_file = dir.join("master.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let mut nodes = Vec::new();
+    let master = spawn(
+        &exe,
+        "master",
+        &logs,
+        &[
+            "master",
+            "--listen",
+            &args.listen.to_string(),
+            "--certs",
+            path(&certs)?,
+            "--addr-file",
+            path(&addr_file)?,
+        ],
+    )?;
+    nodes.push(master);
+    let result = async {
+        let addr = wait_for(&addr_file, &mut nodes, Duration::from_secs(20)).await?;
+        let per_agent = share_of_machine(args.agents)?;
+        for i in 1..=args.agents {
+            let name = format!("agent-{i}");
+            let work = dir.join(&name);
+            let _ = std::fs::remove_file(work.join("agent_id"));
+            let node = spawn(
+                &exe,
+                &name,
+                &logs,
+                &[
+                    "agent",
+                    "--master",
+                    &addr,
+                    "--certs",
+                    path(&certs)?,
+                    "--work-dir",
+                    path(&work)?,
+                    "--resources",
+                    &per_agent.to_string(),
+                    "--attributes",
+                    &format!("name:{name}"),
+                    "--hostname",
+                    &format!("{}-{name}", crate::machine::hostname()),
+                ],
+            )?;
+            nodes.push(node);
+        }
+        let mut agent_ids = Vec::new();
+        for i in 1..=args.agents {
+            agent_ids.push(
+                wait_for(
+                    &dir.join(format!("agent-{i}/agent_id")),
+                    &mut nodes,
+                    Duration::from_secs(30),
+                )
+                .await?,
+            );
+        }
+        report(&args, &dir, &addr, &nodes, &agent_ids, &per_agent)?;
+        if let Some(ready) = &args.ready_file {
+            std::fs::write(ready, &addr)
+                .with_context(|| format!("cannot write {}", ready.display()))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        stop(&mut nodes).await;
+        return Err(e);
+    }
+    let exited = tokio::select! {
+        _ = crate::shutdown_signal() => None,
+        name = first_exit(&mut nodes) => Some(name),
+    };
+    if let Some(name) = &exited {
+        eprintln!(
+            "{name} exited; stopping the cluster (see {})",
+            logs.display()
+        );
+    }
+    stop(&mut nodes).await;
+    eprintln!("cluster stopped");
+    if exited.is_some() {
+        bail!("a cluster process exited unexpectedly")
+    } else {
+        Ok(())
+    }
+}
+
+fn path(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .with_context(|| format!("{} is not valid UTF-8", p.display()))
+}
+
+/// Splits this machine between `n` agents.
+fn share_of_machine(n: usize) -> anyhow::Result<stoa_proto::Resources> {
+    let all = crate::machine::detect_resources()?;
+    let n = n as u64;
+    Ok(stoa_proto::Resources::new()
+        .with_millicpus((all.millicpus() / n).max(100))
+        .with_mem_mib((all.mem_mib() / 2 / n).max(256))
+        .with_disk_mib(4096))
+}
+
+fn spawn(exe: &Path, name: &str, logs: &Path, args: &[&str]) -> anyhow::Result<Node> {
+    let log = logs.join(format!("{name}.log"));
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    Ok(Node {
+        name: name.to_string(),
+        child,
+        log,
+    })
+}
+
+/// Waits for a node to write `file`, failing early if any node dies.
+async fn wait_for(file: &Path, nodes: &mut [Node], limit: Duration) -> anyhow::Result<String> {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(file)
+            && !s.trim().is_empty()
+        {
+            return Ok(s.trim().to_string());
+        }
+        for node in nodes.iter_mut() {
+            if let Some(status) = node.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) during start-up; see {}",
+                    node.name,
+                    node.log.display()
+                );
+            }
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "{} did not appear within {limit:?}; see the logs",
+                file.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn first_exit(nodes: &mut [Node]) -> String {
+    loop {
+        for node in nodes.iter_mut() {
+            if let Ok(Some(_)) = node.child.try_wait() {
+                return node.name.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM to every node, then SIGKILL to any still running after 5 s.
+async fn stop(nodes: &mut [Node]) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for node in nodes.iter() {
+        if let Some(pid) = node.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+    for node in nodes.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(5), node.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = node.child.kill().await;
+        }
+    }
+}
+
+fn report(
+    args: &UpArgs,
+    dir: &Path,
+    addr: &str,
+    nodes: &[Node],
+    agent_ids: &[String],
+    per_agent: &stoa_proto::Resources,
+) -> anyhow::Result<()> {
+    let certs = dir.join("certs");
+    if args.json {
+        let agents: Vec<_> = nodes[1..]
+            .iter()
+            .zip(agent_ids)
+            .map(|(n, id)| serde_json::json!({"name": n.name, "pid": n.child.id(), "agent_id": id, "resources": per_agent.to_string(), "log": n.log}))
+            .collect();
+        let out = serde_json::json!({
+            "master": {"address": addr, "pid": nodes[0].child.id(), "log": nodes[0].log},
+            "agents": agents,
+            "certs": certs,
+        });
+        println!("{out}");
+    } else {
+        println!("stoa cluster up (state in {})", dir.display());
+        println!(
+            "  master   {addr}  pid {}  log {}",
+            nodes[0].child.id().unwrap_or(0),
+            nodes[0].log.display()
+        );
+        for (n, id) in nodes[1..].iter().zip(agent_ids) {
+            println!(
+                "  {}  {id}  {per_agent}  pid {}  log {}",
+                n.name,
+                n.child.id().unwrap_or(0),
+                n.log.display()
+            );
+        }
+        println!("  certs    {}", certs.display());
+        println!("run a framework against it, e.g.:");
+        println!(
+            "  cargo run --release -p hello-scheduler -- --master {addr} --certs {}",
+            certs.display()
+        );
+        println!("stop with Ctrl-C");
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! The agent's wasm executor on the real hello component: outputs, limits
+//! and refusals, each with its own terminal state and reason.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use stoa_agent::core::TaskEvent;
+use stoa_agent::exec::wasm::WasmRuntime;
+use stoa_proto::{
+    Artifact, Digest, Reason, Resources, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState,
+};
+use stoa_tests::hello_wasm;
+
+fn task(artifact: Artifact, mem_mib: u64, limits: TaskLimits) -> TaskInfo {
+    TaskInfo {
+        task_id: TaskId::new("t").expect("valid id"),
+        name: "t".into(),
+        resources: Resources::new().with_millicpus(100).with_mem_mib(mem_mib),
+        kind: TaskKind::WasmComponent {
+            artifact,
+            input: b"world".to_vec(),
+        },
+        limits,
+    }
+}
+
+fn run(rt: &WasmRuntime, task: &TaskInfo) -> (TaskEvent, bool) {
+    let mut running = false;
+    let end = rt.run(task, Arc::new(AtomicBool::new(false)), || running = true);
+    (end, running)
+}
+
+fn runtime() -> WasmRuntime {
+    WasmRuntime::new().expect("wasmtime starts")
+}
+
+fn assert_ended(event: &TaskEvent, state: TaskState, reason: Reason) {
+    match event {
+        TaskEvent::Ended {
+            state: s,
+            reason: r,
+            ..
+        } => assert_eq!((*s, *r), (state, reason), "{event:?}"),
+        other => panic!("expected {state} ({reason}), got {other:?}"),
+    }
+}
+
+#[test]
+fn hello_greets_its_input() -> anyhow::Result<()> {
+    let rt = runtime();
+    let (end, running) = run(
+        &rt,
+        &task(Artifact::inline(hello_wasm()?), 32, TaskLimits::default()),
+    );
+    assert!(running);
+    assert_eq!(
+        end,
+        TaskEvent::Finished {
+            output: b"hello, world".to_vec()
+        }
+    );
+    Ok(())
+}
+
+#[test]
+fn memory_beyond_the_tasks_mem_is_memory_limit() -> anyhow::Result<()> {
+    // The component's initial memory alone is over 1 MiB.
+    let (end, running) = run(
+        &runtime(),
+        &task(Artifact::inline(hello_wasm()?), 1, TaskLimits::default()),
+    );
+    assert_ended(&end, TaskState::Failed, Reason::MemoryLimit);
+    assert!(!running);
+    Ok(())
+}
+
+#[test]
+fn an_exhausted_fuel_budget_is_fuel_exhausted() -> anyhow::Result<()> {
+    let limits = TaskLimits {
+        fuel: Some(10),
+        timeout_ms: None,
+    };
+    let (end, _) = run(
+        &runtime(),
+        &task(Artifact::inline(hello_wasm()?), 32, limits),
+    );
+    assert_ended(&end, TaskState::Failed, Reason::FuelExhausted);
+    Ok(())
+}
+
+#[test]
+fn bad_binaries_are_errors_not_crashes() -> anyhow::Result<()> {
+    let rt = runtime();
+    // Bytes that do not match their digest.
+    let mut forged = Artifact::inline(hello_wasm()?);
+    forged.digest = Digest::of(b"something else");
+    assert_ended(
+        &run(&rt, &task(forged, 32, TaskLimits::default())).0,
+        TaskState::Error,
+        Reason::InvalidArtifact,
+    );
+    // Not wasm at all.
+    let junk = Artifact::inline(b"#!/bin/sh\necho hi\n".to_vec());
+    assert_ended(
+        &run(&rt, &task(junk, 32, TaskLimits::default())).0,
+        TaskState::Error,
+        Reason::InvalidArtifact,
+    );
+    // A component of another world: exports nothing called run.
+    let other = Artifact::inline(wat::parse_str("(component)")?);
+    assert_ended(
+        &run(&rt, &task(other, 32, TaskLimits::default())).0,
+        TaskState::Error,
+        Reason::InvalidArtifact,
+    );
+    // The good component still runs on the same runtime afterwards.
+    let (end, _) = run(
+        &rt,
+        &task(Artifact::inline(hello_wasm()?), 32, TaskLimits::default()),
+    );
+    assert_eq!(
+        end,
+        TaskEvent::Finished {
+            output: b"hello, world".to_vec()
+        }
+    );
+    Ok(())
+}
+
+#[test]
+fn concurrent_tasks_share_one_compilation() -> anyhow::Result<()> {
+    let rt = Arc::new(runtime());
+    let artifact = Artifact::inline(hello_wasm()?);
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let (rt, t) = (
+                rt.clone(),
+                task(artifact.clone(), 32, TaskLimits::default()),
+            );
+            std::thread::spawn(move || run(&rt, &t).0)
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("task thread panicked"))?,
+            TaskEvent::Finished {
+                output: b"hello, world".to_vec()
+            }
+        );
+    }
+    Ok(())
+}
