@@ -4,6 +4,8 @@
 //! [`core`] is a sans-IO state machine (no sockets, no clock, no wasmtime);
 //! [`exec`] runs tasks; [`driver`] connects the two to the master over QUIC.
 
-pub mod core;
+/// The sans-IO state machine, in its own crate so that nothing with I/O can
+/// creep into it.
+pub use stoa_agent_core as core;
 pub mod driver;
 pub mod exec;

@@ -4,5 +4,7 @@
 //! [`core`] is a sans-IO state machine (no sockets, no clock, no tokio);
 //! [`driver`] moves bytes between QUIC connections and the core.
 
-pub mod core;
+/// The sans-IO state machine, in its own crate so that nothing with I/O can
+/// creep into it.
+pub use stoa_master_core as core;
 pub mod driver;

@@ -53,7 +53,7 @@ pub enum MasterToAgent {
     Refused { message: String },
     RunTask {
         framework_id: FrameworkId,
-        task: TaskInfo,
+        task: Box<TaskInfo>,
     },
     KillTask {
         framework_id: FrameworkId,

@@ -422,7 +422,7 @@ fn parse_milli(name: &str, value: &str) -> Result<u64, ParseError> {
 }
 
 fn whole_units(name: &str, value: &str, milli: u64) -> Result<u64, ParseError> {
-    if milli % 1000 != 0 {
+    if !milli.is_multiple_of(1000) {
         return Err(ParseError::BadNumber {
             name: name.to_string(),
             value: value.to_string(),
@@ -450,7 +450,7 @@ fn parse_ports(value: &str) -> Result<Ports, ParseError> {
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let milli = |m: u64| {
-            if m % 1000 == 0 {
+            if m.is_multiple_of(1000) {
                 format!("{}", m / 1000)
             } else {
                 format!("{}.{:03}", m / 1000, m % 1000)

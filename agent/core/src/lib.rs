@@ -1,4 +1,5 @@
-//! The agent's state machine.
+//! The Stoa agent's state machine: registration, heartbeats, tasks and
+//! their status updates.
 //!
 //! Calling order, for drivers: after a connection to the master is up, call
 //! [`Agent::handle_connected`]; feed each message, each task event from the
@@ -23,7 +24,7 @@ use stoa_proto::{
 pub enum Action {
     Launch {
         framework_id: FrameworkId,
-        task: TaskInfo,
+        task: Box<TaskInfo>,
     },
     Kill {
         framework_id: FrameworkId,
@@ -260,7 +261,7 @@ impl Agent {
         }
     }
 
-    fn run_task(&mut self, now: Time, framework_id: FrameworkId, task: TaskInfo) {
+    fn run_task(&mut self, now: Time, framework_id: FrameworkId, task: Box<TaskInfo>) {
         let key = (framework_id.clone(), task.task_id.clone());
         if self.tasks.contains_key(&key) {
             tracing::warn!(task = %task.task_id, "ignoring a second launch of a task this agent already has");

@@ -30,7 +30,7 @@ impl Master {
                 for task in tasks {
                     let status = TaskStatus::new(task.task_id, TaskState::Dropped)
                         .because(Reason::InvalidOffers, message.clone());
-                    self.to_framework(fw, Event::Update { status, ack: None });
+                    self.send_to_framework(fw, Event::Update { status, ack: None });
                 }
                 self.request_allocation(now);
                 return;
@@ -41,7 +41,7 @@ impl Master {
             for task in tasks {
                 let status = TaskStatus::new(task.task_id, TaskState::Dropped)
                     .because(Reason::InvalidOffers, "ACCEPT named no offers");
-                self.to_framework(fw, Event::Update { status, ack: None });
+                self.send_to_framework(fw, Event::Update { status, ack: None });
             }
             return;
         };
@@ -80,7 +80,7 @@ impl Master {
                         conn,
                         MasterToAgent::RunTask {
                             framework_id: fw.clone(),
-                            task,
+                            task: Box::new(task),
                         },
                     ));
                 }
@@ -88,13 +88,13 @@ impl Master {
                     let status = TaskStatus::new(task.task_id, TaskState::Dropped)
                         .because(Reason::AgentDisconnected, "the agent is not connected")
                         .on(agent.clone());
-                    self.to_framework(fw, Event::Update { status, ack: None });
+                    self.send_to_framework(fw, Event::Update { status, ack: None });
                 }
                 (Err(message), _) => {
                     let status = TaskStatus::new(task.task_id, TaskState::Error)
                         .because(Reason::TaskInvalid, message)
                         .on(agent.clone());
-                    self.to_framework(fw, Event::Update { status, ack: None });
+                    self.send_to_framework(fw, Event::Update { status, ack: None });
                 }
             }
         }

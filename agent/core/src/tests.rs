@@ -46,7 +46,7 @@ fn launch(a: &mut Agent, id: &str) {
         t(1),
         MasterToAgent::RunTask {
             framework_id: fw(),
-            task,
+            task: Box::new(task),
         },
     );
 }

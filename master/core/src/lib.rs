@@ -1,4 +1,5 @@
-//! The master's state machine.
+//! The Stoa master's state machine: admits agents, subscribes frameworks,
+//! offers resources, validates accepts, relays status updates.
 //!
 //! Calling order, for drivers: feed every input through a `handle_*`
 //! method with the current time, then drain [`Master::poll_transmit`]
@@ -307,7 +308,7 @@ impl Master {
                 self.subscribe(now, conn, framework)
             }
             (Some(Peer::Framework), Call::Subscribe { .. }) => {
-                self.to_scheduler(
+                self.send_to_scheduler(
                     conn,
                     Event::Error {
                         message: "already subscribed on this connection".into(),
@@ -343,7 +344,7 @@ impl Master {
                 }
             }
             (_, _) => {
-                self.to_scheduler(
+                self.send_to_scheduler(
                     conn,
                     Event::Error {
                         message: "the first call must be SUBSCRIBE".into(),
@@ -361,14 +362,14 @@ impl Master {
         format!("{}-{kind}{n}", self.instance)
     }
 
-    fn to_scheduler(&mut self, conn: ConnId, event: Event) {
+    fn send_to_scheduler(&mut self, conn: ConnId, event: Event) {
         self.outbox.push_back(Transmit::ToScheduler(conn, event));
     }
 
     /// Sends an event to a framework's scheduler if it is connected.
-    fn to_framework(&mut self, fw: &FrameworkId, event: Event) {
+    fn send_to_framework(&mut self, fw: &FrameworkId, event: Event) {
         if let Some(conn) = self.frameworks.get(fw).and_then(|f| f.conn) {
-            self.to_scheduler(conn, event);
+            self.send_to_scheduler(conn, event);
         }
     }
 
@@ -443,12 +444,7 @@ impl Master {
 
     /// Brings the books for `agent` in line with what it reports running.
     fn reconcile_agent_tasks(&mut self, agent: &AgentId, reported: Vec<RunningTask>) {
-        let known: Vec<(FrameworkId, TaskId)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| &t.agent == agent && !t.state.is_terminal())
-            .map(|(k, _)| k.clone())
-            .collect();
+        let known = self.task_keys_where(|_, t| &t.agent == agent && !t.state.is_terminal());
         for key in known {
             if !reported
                 .iter()
@@ -462,7 +458,7 @@ impl Master {
                     .on(agent.clone());
                 self.release_task(&key, TaskState::Lost, None);
                 self.tasks.remove(&key);
-                self.to_framework(&key.0, Event::Update { status, ack: None });
+                self.send_to_framework(&key.0, Event::Update { status, ack: None });
             }
         }
         for r in reported {
@@ -472,7 +468,10 @@ impl Master {
                     if task.state == TaskState::Unreachable {
                         task.state = r.state;
                         let status = TaskStatus::new(r.task_id, r.state).on(agent.clone());
-                        self.to_framework(&r.framework_id, Event::Update { status, ack: None });
+                        self.send_to_framework(
+                            &r.framework_id,
+                            Event::Update { status, ack: None },
+                        );
                     }
                 }
                 None => {
@@ -498,21 +497,8 @@ impl Master {
         };
         agent.conn = None;
         tracing::warn!(agent = %id, "agent disconnected; its tasks are unreachable");
-        let offers: Vec<OfferId> = self
-            .offers
-            .values()
-            .filter(|o| &o.agent_id == id)
-            .map(|o| o.id)
-            .collect();
-        for offer in offers {
-            self.rescind(offer);
-        }
-        let keys: Vec<(FrameworkId, TaskId)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| &t.agent == id && !t.state.is_terminal())
-            .map(|(k, _)| k.clone())
-            .collect();
+        self.rescind_where(|o| &o.agent_id == id);
+        let keys = self.task_keys_where(|_, t| &t.agent == id && !t.state.is_terminal());
         for key in keys {
             if let Some(task) = self.tasks.get_mut(&key) {
                 task.state = TaskState::Unreachable;
@@ -520,14 +506,14 @@ impl Master {
             let status = TaskStatus::new(key.1.clone(), TaskState::Unreachable)
                 .because(Reason::AgentDisconnected, "lost contact with the agent")
                 .on(id.clone());
-            self.to_framework(&key.0, Event::Update { status, ack: None });
+            self.send_to_framework(&key.0, Event::Update { status, ack: None });
         }
         self.request_allocation(now);
     }
 
     fn subscribe(&mut self, now: Time, conn: ConnId, info: FrameworkInfo) {
         if let Err(message) = check_framework(&info) {
-            self.to_scheduler(
+            self.send_to_scheduler(
                 conn,
                 Event::Error {
                     message: message.clone(),
@@ -559,7 +545,7 @@ impl Master {
         );
         let heartbeat_interval_ms =
             u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
-        self.to_scheduler(
+        self.send_to_scheduler(
             conn,
             Event::Subscribed {
                 framework_id: id,
@@ -576,15 +562,7 @@ impl Master {
         fw.conn = None;
         fw.disconnected_at = Some(now);
         tracing::info!(framework = %id, failover_timeout_ms = fw.info.failover_timeout_ms, "scheduler disconnected");
-        let offers: Vec<OfferId> = self
-            .offers
-            .values()
-            .filter(|o| &o.framework_id == id)
-            .map(|o| o.id)
-            .collect();
-        for offer in offers {
-            self.rescind(offer);
-        }
+        self.rescind_where(|o| &o.framework_id == id);
         if fw_failover_now(self.frameworks.get(id)) {
             self.remove_framework(now, id);
         }
@@ -593,21 +571,8 @@ impl Master {
 
     /// Forgets a framework: its offers go back, its tasks are killed.
     fn remove_framework(&mut self, now: Time, id: &FrameworkId) {
-        let offers: Vec<OfferId> = self
-            .offers
-            .values()
-            .filter(|o| &o.framework_id == id)
-            .map(|o| o.id)
-            .collect();
-        for offer in offers {
-            self.rescind(offer);
-        }
-        let keys: Vec<(FrameworkId, TaskId)> = self
-            .tasks
-            .keys()
-            .filter(|(f, _)| f == id)
-            .cloned()
-            .collect();
+        self.rescind_where(|o| &o.framework_id == id);
+        let keys = self.task_keys_where(|(f, _), _| f == id);
         for key in keys {
             let Some(task) = self.tasks.get(&key) else {
                 continue;
@@ -627,18 +592,39 @@ impl Master {
         }
         // Tasks stay in the books until their agents report them terminal,
         // so their resources are not offered while still in use.
-        let finished: Vec<(FrameworkId, TaskId)> = self
-            .tasks
-            .iter()
-            .filter(|((f, _), t)| f == id && t.state.is_terminal())
-            .map(|(k, _)| k.clone())
-            .collect();
+        let finished = self.task_keys_where(|(f, _), t| f == id && t.state.is_terminal());
         for key in finished {
             self.tasks.remove(&key);
         }
         self.frameworks.remove(id);
         self.filters.retain(|f| &f.framework != id);
         self.request_allocation(now);
+    }
+
+    /// Withdraws every outstanding offer `pred` selects.
+    fn rescind_where(&mut self, pred: impl Fn(&Offer) -> bool) {
+        let ids: Vec<OfferId> = self
+            .offers
+            .values()
+            .filter(|o| pred(o))
+            .map(|o| o.id)
+            .collect();
+        for id in ids {
+            self.rescind(id);
+        }
+    }
+
+    /// Keys of the tasks `pred` selects, collected so the caller may change
+    /// the books while walking them.
+    fn task_keys_where(
+        &self,
+        pred: impl Fn(&(FrameworkId, TaskId), &TaskEntry) -> bool,
+    ) -> Vec<(FrameworkId, TaskId)> {
+        self.tasks
+            .iter()
+            .filter(|(k, t)| pred(k, t))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Withdraws an offer, returning its resources to the pool.
@@ -648,7 +634,7 @@ impl Master {
         };
         self.books()
             .unoffer(&offer.agent_id, &offer.framework_id, &offer.resources);
-        self.to_framework(&offer.framework_id, Event::Rescind { offer_id });
+        self.send_to_framework(&offer.framework_id, Event::Rescind { offer_id });
     }
 
     fn status_update(
@@ -673,7 +659,7 @@ impl Master {
             }
         }
         if self.frameworks.contains_key(&framework_id) {
-            self.to_framework(
+            self.send_to_framework(
                 &framework_id,
                 Event::Update {
                     status,
@@ -733,7 +719,7 @@ impl Master {
             None => {
                 let status = TaskStatus::new(task_id, TaskState::Unknown)
                     .because(Reason::TaskUnknown, "the master does not know this task");
-                self.to_framework(fw, Event::Update { status, ack: None });
+                self.send_to_framework(fw, Event::Update { status, ack: None });
             }
         }
     }
@@ -852,7 +838,7 @@ impl Master {
             batches.entry(plan.framework).or_default().push(offer);
         }
         for (fw, offers) in batches {
-            self.to_framework(&fw, Event::Offers { offers });
+            self.send_to_framework(&fw, Event::Offers { offers });
         }
     }
 
