@@ -268,3 +268,104 @@ fn scheduler_disconnect_without_failover_kills_its_tasks() {
     );
     assert_eq!(m.summary().frameworks, 0);
 }
+
+#[test]
+fn kill_reaches_the_agent_and_unknown_tasks_are_reported_unknown() {
+    let (mut m, _, offer) = cluster();
+    launch(&mut m, offer.id, vec![task("a", "cpus:1;mem:1")]);
+    drain(&mut m);
+    m.handle_scheduler_call(
+        t(2),
+        SCHED,
+        Call::Kill {
+            task_id: TaskId::new("a").expect("id"),
+        },
+    );
+    assert!(
+        matches!(drain(&mut m).as_slice(), [Transmit::ToAgent(AGENT, MasterToAgent::KillTask { task_id, .. })] if task_id.as_str() == "a")
+    );
+    m.handle_scheduler_call(
+        t(3),
+        SCHED,
+        Call::Kill {
+            task_id: TaskId::new("nope").expect("id"),
+        },
+    );
+    match drain(&mut m).as_slice() {
+        [Transmit::ToScheduler(SCHED, Event::Update { status, ack: None })] => {
+            assert_eq!(
+                (status.state, status.reason),
+                (TaskState::Unknown, Some(Reason::TaskUnknown))
+            );
+        }
+        other => panic!("expected TASK_UNKNOWN, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_returning_agent_brings_its_tasks_back_and_forgotten_ones_are_lost() {
+    let (mut m, agent_id, offer) = cluster();
+    launch(
+        &mut m,
+        offer.id,
+        vec![
+            task("kept", "cpus:0.5;mem:1"),
+            task("forgotten", "cpus:0.5;mem:1"),
+        ],
+    );
+    drain(&mut m);
+    m.handle_disconnected(t(2), AGENT);
+    let out = drain(&mut m);
+    let unreachable = out
+        .iter()
+        .filter(|x| matches!(x, Transmit::ToScheduler(_, Event::Update { status, .. }) if status.state == TaskState::Unreachable))
+        .count();
+    assert_eq!(unreachable, 2, "{out:?}");
+
+    let again = ConnId(9);
+    m.handle_connected(t(3), again, Channel::Agent);
+    let info = AgentInfo {
+        hostname: "h1".into(),
+        resources: "cpus:2;mem:1024".parse().expect("r"),
+        attributes: Attributes::default(),
+    };
+    let framework_id = offer.framework_id.clone();
+    let tasks = vec![stoa_proto::RunningTask {
+        framework_id,
+        task_id: TaskId::new("kept").expect("id"),
+        resources: "cpus:0.5;mem:1".parse().expect("r"),
+        state: TaskState::Running,
+    }];
+    m.handle_agent_message(
+        t(3),
+        again,
+        AgentToMaster::Register {
+            info,
+            agent_id: Some(agent_id),
+            tasks,
+        },
+    );
+    let states: Vec<(String, TaskState, Option<Reason>)> = drain(&mut m)
+        .into_iter()
+        .filter_map(|x| match x {
+            Transmit::ToScheduler(_, Event::Update { status, .. }) => {
+                Some((status.task_id.to_string(), status.state, status.reason))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        states.contains(&("kept".into(), TaskState::Running, None)),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&(
+            "forgotten".into(),
+            TaskState::Lost,
+            Some(Reason::AgentRestarted)
+        )),
+        "{states:?}"
+    );
+    assert_eq!(m.summary().tasks, 1);
+    assert_eq!(m.summary().connected_agents, 1);
+}
