@@ -1,51 +1,127 @@
-//! Decides which framework is offered which agent's free resources.
+//! Decides which framework is offered which agent's free resources: the
+//! first level of Mesos's two-level scheduling.
 //!
-//! Pure: takes a [`Snapshot`] of the cluster and returns a plan of offers;
-//! no I/O, no clock (time comes in as an argument), no randomness except
-//! what the caller seeds. The master applies the plan.
+//! Pure: no I/O, no clock (time comes in as an argument), no randomness but
+//! a seeded one. The master tells the [`Allocator`] about agents,
+//! frameworks and what they hand back, and calls [`Allocator::allocate`]
+//! when something changed; it gets a plan of offers and makes them.
 //!
-//! This first allocator offers each agent's whole free bundle to the
-//! eligible framework with the lowest dominant share (DRF), recomputing
-//! shares as it goes, so one cycle spreads agents fairly.
+//! ```text
+//! allocate(now)
+//!   ├─ agents to visit: those changed since the last run (all on the first)
+//!   ├─ stage 1, guarantees: roles below their quota guarantee, lowest share
+//!   │    first, get what they still need of each agent
+//!   └─ stage 2, fair share: every agent's rest goes to the eligible
+//!        framework found by walking the role tree, lowest key first at each
+//!        level (weighted DRF by default), within quota limits and leaving
+//!        enough free for unmet guarantees (headroom)
+//! ```
+//!
+//! A framework is eligible for an agent when it is active and not
+//! suppressed, has no filter on the agent, its constraints admit the
+//! agent's attributes, and what it would get is at least one of its minimum
+//! allocatable bundles. Checks run cheapest first: flags, then the filter
+//! lookup, then constraints (regexes), then sizing the offer.
+//!
+//! Not here (yet): revocable resources and preemption plans.
 
-use stoa_proto::{AgentId, FrameworkId, Resources, Time};
+mod constraints;
+mod quantities;
+mod sorter;
+mod tree;
 
-pub mod drf;
-pub use drf::dominant_share;
+pub use constraints::Constraint;
+pub use quantities::Quantities;
+pub use sorter::{Drf, Random, Sorter};
 
-/// One agent as the allocator sees it.
-#[derive(Debug, Clone)]
-pub struct AgentSlot {
-    pub id: AgentId,
-    /// Resources neither offered nor used by a task.
-    pub available: Resources,
-}
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use stoa_proto::{AgentId, Attributes, FrameworkId, Resources, Role, Time};
+use tree::{NodeKind, Tree};
 
-/// One framework as the allocator sees it.
-#[derive(Debug, Clone)]
-pub struct FrameworkSlot {
-    pub id: FrameworkId,
-    /// Offered plus used by its tasks.
-    pub allocated: Resources,
-}
-
-/// "Do not offer `agent` to `framework` before `until`" (a declined offer).
+/// "Offer nothing smaller": an offer must contain at least one of these
+/// bundles (by quantity). Mesos's default is `cpus:0.01` or `mem:32`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Filter {
-    pub framework: FrameworkId,
-    pub agent: AgentId,
-    pub until: Time,
+pub struct MinAllocatable(Vec<Quantities>);
+
+impl MinAllocatable {
+    pub fn any_of(bundles: &[Resources]) -> MinAllocatable {
+        MinAllocatable(bundles.iter().map(Quantities::of).collect())
+    }
+
+    pub fn admits(&self, offer: &Resources) -> bool {
+        if offer.is_empty() {
+            return false;
+        }
+        let q = Quantities::of(offer);
+        self.0.is_empty() || self.0.iter().any(|m| q.covers(m))
+    }
 }
 
-/// The cluster at one instant.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// Sum of every agent's total resources: the denominator of shares.
-    pub total: Resources,
-    pub agents: Vec<AgentSlot>,
-    /// Only frameworks that may receive offers (connected, not suppressed).
-    pub frameworks: Vec<FrameworkSlot>,
-    pub filters: Vec<Filter>,
+impl Default for MinAllocatable {
+    fn default() -> Self {
+        MinAllocatable::any_of(&[Resources::new().with_millicpus(10), Resources::new().with_mem_mib(32)])
+    }
+}
+
+/// A role's quota: `guarantee` is met before fair sharing; `limit` (if any)
+/// is never exceeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub guarantee: Resources,
+    pub limit: Option<Resources>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SorterKind {
+    /// Weighted DRF; kinds listed are left out of shares.
+    Drf { excluded: BTreeSet<String> },
+    /// Weighted random order, seeded.
+    Random { seed: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct AllocatorConfig {
+    pub sorter: SorterKind,
+    /// Used for frameworks that do not set their own.
+    pub min_allocatable: MinAllocatable,
+}
+
+impl Default for AllocatorConfig {
+    fn default() -> Self {
+        AllocatorConfig {
+            sorter: SorterKind::Drf { excluded: BTreeSet::new() },
+            min_allocatable: MinAllocatable::default(),
+        }
+    }
+}
+
+/// What a framework registers with the allocator.
+#[derive(Debug, Clone)]
+pub struct FrameworkSpec {
+    pub role: Role,
+    pub min_allocatable: Option<MinAllocatable>,
+    pub constraints: Vec<Constraint>,
+}
+
+/// A bundle of one agent's resources split by where it comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub unreserved: Resources,
+    /// Parts reserved for a role (the framework's role or an ancestor).
+    pub reserved: BTreeMap<Role, Resources>,
+}
+
+impl Allocation {
+    /// Everything, unreserved and reserved, as one bundle.
+    pub fn total(&self) -> Resources {
+        self.reserved
+            .values()
+            .fold(self.unreserved.clone(), |acc, r| acc.checked_add(r).unwrap_or(acc))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.unreserved.is_empty() && self.reserved.values().all(Resources::is_empty)
+    }
 }
 
 /// One offer to make.
@@ -53,112 +129,509 @@ pub struct Snapshot {
 pub struct OfferPlan {
     pub framework: FrameworkId,
     pub agent: AgentId,
-    pub resources: Resources,
+    pub resources: Allocation,
 }
 
-/// Plans offers of every agent's available resources at time `now`.
-///
-/// Guarantees: each agent appears in at most one plan, each plan's
-/// resources are exactly that agent's available resources, and no plan
-/// goes to a framework filtered from that agent at `now`.
-pub fn allocate(now: Time, snapshot: &Snapshot) -> Vec<OfferPlan> {
-    let mut allocated: Vec<Resources> = snapshot
-        .frameworks
-        .iter()
-        .map(|f| f.allocated.clone())
-        .collect();
-    let mut plans = Vec::new();
-    for agent in &snapshot.agents {
-        if agent.available.is_empty() {
-            continue;
-        }
-        let filtered = |fw: &FrameworkId| {
-            snapshot
-                .filters
-                .iter()
-                .any(|f| &f.framework == fw && f.agent == agent.id && f.until > now)
-        };
-        let chosen = snapshot
-            .frameworks
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !filtered(&f.id))
-            .map(|(i, f)| (dominant_share(&allocated[i], &snapshot.total), &f.id, i))
-            .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-        let Some((_, id, i)) = chosen else { continue };
-        // Adding can only fail on overflow, which a real cluster cannot reach;
-        // saturate the share by keeping the old value rather than panic.
-        if let Some(sum) = allocated[i].checked_add(&agent.available) {
-            allocated[i] = sum;
-        }
-        plans.push(OfferPlan {
-            framework: id.clone(),
-            agent: agent.id.clone(),
-            resources: agent.available.clone(),
-        });
-    }
-    plans
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AllocatorError {
+    #[error("unknown agent {0}")]
+    UnknownAgent(AgentId),
+    #[error("unknown framework {0}")]
+    UnknownFramework(FrameworkId),
+    #[error("agent {agent} does not have {wanted} {what}")]
+    NotAvailable { agent: AgentId, wanted: Resources, what: &'static str },
+    #[error("the agent was removed")]
+    RemovedAgent,
+    #[error("weights must be finite and positive, got {0}")]
+    BadWeight(f64),
+    #[error("the quota's guarantee {guarantee} exceeds its limit {limit}")]
+    GuaranteeAboveLimit { guarantee: Resources, limit: Resources },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[derive(Debug)]
+struct AgentState {
+    id: AgentId,
+    attributes: Attributes,
+    active: bool,
+    total: Resources,
+    /// Reserved totals per role; the rest of `total` is unreserved.
+    reserved_total: BTreeMap<Role, Resources>,
+    /// Not allocated to anyone.
+    free: Allocation,
+}
 
-    fn agent(id: &str, r: &str) -> AgentSlot {
-        AgentSlot {
-            id: AgentId::new(id).expect("id"),
-            available: r.parse().expect("resources"),
+#[derive(Debug)]
+struct FrameworkState {
+    node: usize,
+    spec: FrameworkSpec,
+    active: bool,
+    suppressed: bool,
+}
+
+/// The hierarchical allocator. See the crate docs.
+#[derive(Debug)]
+pub struct Allocator {
+    config: AllocatorConfig,
+    sorter: Box<dyn Sorter>,
+    tree: Tree,
+    agents: Vec<Option<AgentState>>,
+    agent_index: HashMap<AgentId, usize>,
+    frameworks: HashMap<FrameworkId, FrameworkState>,
+    /// (framework node, agent index) → refused until.
+    filters: HashMap<(usize, usize), Time>,
+    /// Sum of active agents' totals: the denominator of shares.
+    total: Quantities,
+    /// Unreserved and unallocated, over active agents: what headroom is
+    /// measured against.
+    free_unreserved: Quantities,
+    dirty: BTreeSet<usize>,
+}
+
+impl Allocator {
+    pub fn new(config: AllocatorConfig) -> Allocator {
+        let sorter: Box<dyn Sorter> = match &config.sorter {
+            SorterKind::Drf { excluded } => Box::new(Drf { excluded: excluded.clone() }),
+            SorterKind::Random { seed } => Box::new(Random::new(*seed)),
+        };
+        Allocator {
+            config,
+            sorter,
+            tree: Tree::new(),
+            agents: Vec::new(),
+            agent_index: HashMap::new(),
+            frameworks: HashMap::new(),
+            filters: HashMap::new(),
+            total: Quantities::default(),
+            free_unreserved: Quantities::default(),
+            dirty: BTreeSet::new(),
         }
     }
-    fn fw(id: &str, r: &str) -> FrameworkSlot {
-        FrameworkSlot {
-            id: FrameworkId::new(id).expect("id"),
-            allocated: r.parse().expect("resources"),
+
+    // ---- agents ----------------------------------------------------------
+
+    /// Adds (or replaces) an agent with `total` resources, of which
+    /// `reserved` are statically reserved for roles.
+    pub fn add_agent(
+        &mut self,
+        id: AgentId,
+        total: Resources,
+        reserved: BTreeMap<Role, Resources>,
+        attributes: Attributes,
+    ) -> Result<(), AllocatorError> {
+        let reserved_sum = reserved.values().try_fold(Resources::new(), |acc, r| acc.checked_add(r));
+        let unreserved = reserved_sum.as_ref().and_then(|s| total.checked_sub(s)).ok_or_else(|| {
+            AllocatorError::NotAvailable { agent: id.clone(), wanted: reserved_sum.unwrap_or_default(), what: "to reserve" }
+        })?;
+        self.remove_agent(&id);
+        let state = AgentState {
+            id: id.clone(),
+            attributes,
+            active: true,
+            total: total.clone(),
+            reserved_total: reserved.clone(),
+            free: Allocation { unreserved: unreserved.clone(), reserved },
+        };
+        let idx = self.agents.len();
+        self.agents.push(Some(state));
+        self.agent_index.insert(id, idx);
+        self.total.add(&total);
+        self.free_unreserved.add(&unreserved);
+        self.dirty.insert(idx);
+        Ok(())
+    }
+
+    /// Forgets an agent. What frameworks held on it is released from their
+    /// shares.
+    pub fn remove_agent(&mut self, id: &AgentId) {
+        let Some(idx) = self.agent_index.remove(id) else { return };
+        if let Some(agent) = self.agents[idx].take()
+            && agent.active
+        {
+            self.total.sub(&agent.total);
+            self.free_unreserved.sub(&agent.free.unreserved);
+        }
+        self.filters.retain(|(_, a), _| *a != idx);
+        self.dirty.remove(&idx);
+    }
+
+    /// An agent that lost its connection is not offered until it returns.
+    pub fn set_agent_active(&mut self, id: &AgentId, active: bool) {
+        let Some(&idx) = self.agent_index.get(id) else { return };
+        let Some(agent) = self.agents[idx].as_mut() else { return };
+        if agent.active == active {
+            return;
+        }
+        agent.active = active;
+        if active {
+            self.total.add(&agent.total);
+            self.free_unreserved.add(&agent.free.unreserved);
+            self.dirty.insert(idx);
+        } else {
+            self.total.sub(&agent.total);
+            self.free_unreserved.sub(&agent.free.unreserved);
         }
     }
 
-    #[test]
-    fn lowest_dominant_share_gets_the_next_agent() {
-        let snap = Snapshot {
-            total: "cpus:4;mem:4096".parse().expect("r"),
-            agents: vec![
-                agent("a1", "cpus:1;mem:1024"),
-                agent("a2", "cpus:1;mem:1024"),
-            ],
-            frameworks: vec![fw("f1", "cpus:1"), fw("f2", "mem:512")],
-            filters: vec![],
-        };
-        let plans = allocate(Time::ZERO, &snap);
-        // f1 share .25, f2 share .125: f2 gets a1 (now .375), then f1 gets a2.
-        assert_eq!(plans.len(), 2);
-        assert_eq!(plans[0].framework.as_str(), "f2");
-        assert_eq!(plans[1].framework.as_str(), "f1");
+    // ---- frameworks ------------------------------------------------------
+
+    pub fn add_framework(&mut self, id: FrameworkId, spec: FrameworkSpec) {
+        self.remove_framework(&id);
+        let node = self.tree.add_framework(&id, &spec.role);
+        self.frameworks.insert(id, FrameworkState { node, spec, active: true, suppressed: false });
+        self.mark_all_dirty();
     }
 
-    #[test]
-    fn filters_hold_until_they_expire() {
-        let snap = Snapshot {
-            total: "cpus:1".parse().expect("r"),
-            agents: vec![agent("a1", "cpus:1")],
-            frameworks: vec![fw("f1", "")],
-            filters: vec![Filter {
-                framework: FrameworkId::new("f1").expect("id"),
-                agent: AgentId::new("a1").expect("id"),
-                until: Time::from_micros(10),
-            }],
-        };
-        assert!(allocate(Time::from_micros(9), &snap).is_empty());
-        assert_eq!(allocate(Time::from_micros(10), &snap).len(), 1);
+    /// Forgets a framework. Its allocations must have been recovered first.
+    pub fn remove_framework(&mut self, id: &FrameworkId) {
+        if let Some(fw) = self.frameworks.remove(id) {
+            self.filters.retain(|(f, _), _| *f != fw.node);
+            self.tree.remove(fw.node);
+        }
     }
 
-    #[test]
-    fn empty_agents_are_not_offered() {
-        let snap = Snapshot {
-            total: "cpus:1".parse().expect("r"),
-            agents: vec![agent("a1", "")],
-            frameworks: vec![fw("f1", "")],
-            filters: vec![],
+    /// A framework whose scheduler is away gets no offers.
+    pub fn set_framework_active(&mut self, id: &FrameworkId, active: bool) {
+        if let Some(fw) = self.frameworks.get_mut(id) {
+            fw.active = active;
+            if active {
+                self.mark_all_dirty();
+            }
+        }
+    }
+
+    /// SUPPRESS: no offers until REVIVE.
+    pub fn suppress(&mut self, id: &FrameworkId) {
+        if let Some(fw) = self.frameworks.get_mut(id) {
+            fw.suppressed = true;
+        }
+    }
+
+    /// REVIVE: offers again, and every filter the framework set is cleared.
+    pub fn revive(&mut self, id: &FrameworkId) {
+        if let Some(fw) = self.frameworks.get_mut(id) {
+            fw.suppressed = false;
+            let node = fw.node;
+            self.filters.retain(|(f, _), _| *f != node);
+            self.mark_all_dirty();
+        }
+    }
+
+    /// Do not offer `agent` to `framework` before `until`.
+    pub fn filter(&mut self, framework: &FrameworkId, agent: &AgentId, until: Time) {
+        if let (Some(fw), Some(&a)) = (self.frameworks.get(framework), self.agent_index.get(agent)) {
+            self.filters.insert((fw.node, a), until);
+        }
+    }
+
+    /// When the earliest filter expires; an allocation is due then.
+    pub fn next_filter_expiry(&self) -> Option<Time> {
+        self.filters.values().min().copied()
+    }
+
+    // ---- roles -----------------------------------------------------------
+
+    pub fn set_weight(&mut self, role: &Role, weight: f64) -> Result<(), AllocatorError> {
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(AllocatorError::BadWeight(weight));
+        }
+        let node = self.tree.role(role);
+        self.tree.set_weight(node, weight);
+        self.mark_all_dirty();
+        Ok(())
+    }
+
+    pub fn set_quota(&mut self, role: &Role, quota: Quota) -> Result<(), AllocatorError> {
+        if let Some(limit) = &quota.limit
+            && !Quantities::of(limit).covers(&Quantities::of(&quota.guarantee))
+        {
+            return Err(AllocatorError::GuaranteeAboveLimit { guarantee: quota.guarantee, limit: limit.clone() });
+        }
+        let node = self.tree.role(role);
+        self.tree.set_quota(node, (!quota.guarantee.is_empty() || quota.limit.is_some()).then_some(quota));
+        self.mark_all_dirty();
+        Ok(())
+    }
+
+    /// What a role and its sub-roles hold (offered or used).
+    pub fn role_allocation(&self, role: &Role) -> Quantities {
+        self.tree.find_role(role).map(|n| self.tree.allocated(n).clone()).unwrap_or_default()
+    }
+
+    // ---- allocations -----------------------------------------------------
+
+    /// Resources on `agent` stop being held by `framework` (declined,
+    /// rescinded, unused by an accept, or freed by a terminal task). With
+    /// `refuse_until`, the agent is not offered to the framework before then.
+    pub fn recover(&mut self, framework: &FrameworkId, agent: &AgentId, resources: &Allocation, refuse_until: Option<Time>) {
+        let fw_node = self.frameworks.get(framework).map(|f| f.node);
+        if let Some(&idx) = self.agent_index.get(agent)
+            && let Some(state) = self.agents[idx].as_mut()
+        {
+            state.free.unreserved = state
+                .free
+                .unreserved
+                .checked_add(&resources.unreserved)
+                .unwrap_or_else(|| state.free.unreserved.clone());
+            for (role, r) in &resources.reserved {
+                let slot = state.free.reserved.entry(role.clone()).or_default();
+                *slot = slot.checked_add(r).unwrap_or_else(|| slot.clone());
+            }
+            if state.active {
+                self.free_unreserved.add(&resources.unreserved);
+            }
+            self.dirty.insert(idx);
+            if let (Some(node), Some(until)) = (fw_node, refuse_until) {
+                self.filters.insert((node, idx), until);
+            }
+        }
+        if let Some(node) = fw_node {
+            self.tree.release(node, resources, self.sorter.as_mut(), &self.total);
+        }
+    }
+
+    /// Books resources as held by `framework` without an offer: tasks that
+    /// were running before this allocator existed (master restart).
+    pub fn claim(&mut self, framework: &FrameworkId, agent: &AgentId, resources: &Allocation) -> Result<(), AllocatorError> {
+        let node = self.frameworks.get(framework).map(|f| f.node).ok_or_else(|| AllocatorError::UnknownFramework(framework.clone()))?;
+        let idx = *self.agent_index.get(agent).ok_or_else(|| AllocatorError::UnknownAgent(agent.clone()))?;
+        self.take(idx, resources)?;
+        self.tree.hold(node, resources, self.sorter.as_mut(), &self.total);
+        Ok(())
+    }
+
+    /// RESERVE: turns unreserved resources `framework` holds on `agent` into
+    /// resources reserved for `role`. They stay held; when recovered they
+    /// return to the role's reserved pool.
+    pub fn reserve(&mut self, agent: &AgentId, role: &Role, resources: &Resources) -> Result<(), AllocatorError> {
+        let state = self.agent_mut(agent)?;
+        let unreserved_total = reserved_sum(&state.reserved_total)
+            .and_then(|s| state.total.checked_sub(&s))
+            .unwrap_or_default();
+        if !unreserved_total.contains(resources) {
+            return Err(AllocatorError::NotAvailable { agent: agent.clone(), wanted: resources.clone(), what: "unreserved" });
+        }
+        let slot = state.reserved_total.entry(role.clone()).or_default();
+        *slot = slot.checked_add(resources).unwrap_or_else(|| slot.clone());
+        Ok(())
+    }
+
+    /// UNRESERVE: the inverse of [`Allocator::reserve`].
+    pub fn unreserve(&mut self, agent: &AgentId, role: &Role, resources: &Resources) -> Result<(), AllocatorError> {
+        let state = self.agent_mut(agent)?;
+        let Some(left) = state.reserved_total.get(role).and_then(|r| r.checked_sub(resources)) else {
+            return Err(AllocatorError::NotAvailable { agent: agent.clone(), wanted: resources.clone(), what: "reserved for that role" });
         };
-        assert!(allocate(Time::ZERO, &snap).is_empty());
+        if left.is_empty() {
+            state.reserved_total.remove(role);
+        } else {
+            state.reserved_total.insert(role.clone(), left);
+        }
+        Ok(())
+    }
+
+    /// Runs one allocation over the agents changed since the last run and
+    /// returns the offers to make. Everything offered is held by its
+    /// framework until [`Allocator::recover`]ed.
+    pub fn allocate(&mut self, now: Time) -> Vec<OfferPlan> {
+        let expired: Vec<usize> = self.filters.iter().filter(|(_, t)| **t <= now).map(|((_, a), _)| *a).collect();
+        self.filters.retain(|_, t| *t > now);
+        self.dirty.extend(expired);
+        let visit: Vec<usize> = std::mem::take(&mut self.dirty).into_iter().collect();
+        self.tree.rekey_all(self.sorter.as_mut(), &self.total);
+        let mut plans = Vec::new();
+        // Stage 1: guarantees.
+        for &idx in &visit {
+            while let Some((fw_node, alloc)) = self.pick_for_guarantee(idx, now) {
+                self.commit(idx, fw_node, alloc, &mut plans);
+            }
+        }
+        // Stage 2: fair share of the rest.
+        for &idx in &visit {
+            let mut served = Vec::new();
+            while let Some((fw_node, alloc)) = self.pick_fair(idx, now, &served) {
+                served.push(fw_node);
+                self.commit(idx, fw_node, alloc, &mut plans);
+            }
+        }
+        plans
+    }
+
+    /// Marks every agent for the next run (after a change that affects all).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(self.agents.iter().enumerate().filter(|(_, a)| a.is_some()).map(|(i, _)| i));
+    }
+
+    fn agent_mut(&mut self, id: &AgentId) -> Result<&mut AgentState, AllocatorError> {
+        self.agent_index
+            .get(id)
+            .and_then(|&i| self.agents[i].as_mut())
+            .ok_or_else(|| AllocatorError::UnknownAgent(id.clone()))
+    }
+
+    /// Removes `alloc` from agent `idx`'s free pools.
+    fn take(&mut self, idx: usize, alloc: &Allocation) -> Result<(), AllocatorError> {
+        let state = self.agents[idx].as_mut().ok_or(AllocatorError::RemovedAgent)?;
+        let missing = |what| AllocatorError::NotAvailable { agent: state.id.clone(), wanted: alloc.total(), what };
+        let unreserved = state.free.unreserved.checked_sub(&alloc.unreserved).ok_or_else(|| missing("free"))?;
+        let mut reserved = state.free.reserved.clone();
+        for (role, r) in &alloc.reserved {
+            let left = reserved.get(role).and_then(|have| have.checked_sub(r)).ok_or_else(|| missing("free for the role"))?;
+            reserved.insert(role.clone(), left);
+        }
+        reserved.retain(|_, r| !r.is_empty());
+        state.free = Allocation { unreserved, reserved };
+        if state.active {
+            self.free_unreserved.sub(&alloc.unreserved);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, idx: usize, fw_node: usize, alloc: Allocation, plans: &mut Vec<OfferPlan>) {
+        if self.take(idx, &alloc).is_err() {
+            return;
+        }
+        self.tree.hold(fw_node, &alloc, self.sorter.as_mut(), &self.total);
+        let (NodeKind::Framework(framework), Some(agent)) = (self.tree.kind(fw_node), self.agents[idx].as_ref()) else {
+            return;
+        };
+        plans.push(OfferPlan { framework: framework.clone(), agent: agent.id.clone(), resources: alloc });
+    }
+
+    /// The framework's basic eligibility for an agent, cheapest checks first.
+    fn eligible(&self, fw: &FrameworkState, idx: usize, agent: &AgentState, now: Time) -> bool {
+        fw.active
+            && !fw.suppressed
+            && self.filters.get(&(fw.node, idx)).is_none_or(|until| *until <= now)
+            && fw.spec.constraints.iter().all(|c| c.admits(&agent.attributes))
+    }
+
+    /// Sizes an offer of agent `idx` for `fw`, within every cap: quota
+    /// limits along the role path, `stage_cap` (the guarantee still unmet in
+    /// stage 1) and, for unreserved resources in stage 2, the headroom that
+    /// unmet guarantees need. `None` if it would be below minimum.
+    fn size_offer(&self, fw: &FrameworkState, agent: &AgentState, stage_cap: Option<&Quantities>, headroom: Option<&Quantities>) -> Option<Allocation> {
+        let mut cap: HashMap<String, u64> = HashMap::new();
+        for node in self.tree.role_path(fw.node) {
+            if let Some(limit) = self.tree.quota(node).and_then(|q| q.limit.as_ref()) {
+                let held = self.tree.allocated(node);
+                for (k, v) in limit.quantities() {
+                    tighten(&mut cap, k, v.saturating_sub(held.get(k)));
+                }
+                // Kinds absent from a limit are limited to zero only if the
+                // limit names nothing of them: Mesos treats them as unlimited.
+            }
+        }
+        if let Some(stage) = stage_cap {
+            for kind in ["cpus", "mem", "disk", "gpus", "ports"] {
+                tighten(&mut cap, kind, stage.get(kind));
+            }
+            for (k, v) in stage.iter() {
+                tighten(&mut cap, k, v);
+            }
+        }
+        let mut offer = Allocation::default();
+        for role in fw.spec.role.lineage() {
+            if let Some(pool) = agent.free.reserved.get(&role) {
+                let part = pool.capped(|k| cap.get(k).copied());
+                for (k, v) in part.quantities() {
+                    if let Some(c) = cap.get_mut(k) {
+                        *c = c.saturating_sub(v);
+                    }
+                }
+                if !part.is_empty() {
+                    offer.reserved.insert(role, part);
+                }
+            }
+        }
+        let mut unreserved_cap = cap.clone();
+        if let Some(h) = headroom {
+            for (k, need) in h.iter() {
+                let spare = self.free_unreserved.get(k).saturating_sub(need);
+                let e = unreserved_cap.entry(k.to_string()).or_insert(spare);
+                *e = (*e).min(spare);
+            }
+        }
+        offer.unreserved = agent.free.unreserved.capped(|k| unreserved_cap.get(k).copied());
+        let minimum = fw.spec.min_allocatable.as_ref().unwrap_or(&self.config.min_allocatable);
+        minimum.admits(&offer.total()).then_some(offer)
+    }
+
+    fn pick_for_guarantee(&self, idx: usize, now: Time) -> Option<(usize, Allocation)> {
+        let agent = self.agents[idx].as_ref().filter(|a| a.active)?;
+        self.tree.quota_roles_by_key().into_iter().find_map(|role_node| {
+            let quota = self.tree.quota(role_node)?;
+            let need = Quantities::of(&quota.guarantee).saturating_minus(self.tree.allocated(role_node));
+            if need.is_empty() {
+                return None;
+            }
+            self.tree.first_framework(role_node, &mut |fw_node| {
+                let fw = self.framework_at(fw_node)?;
+                if !self.eligible(fw, idx, agent, now) {
+                    return None;
+                }
+                self.size_offer(fw, agent, Some(&need), None).map(|a| (fw_node, a))
+            })
+        })
+    }
+
+    fn pick_fair(&self, idx: usize, now: Time, served: &[usize]) -> Option<(usize, Allocation)> {
+        let agent = self.agents[idx].as_ref().filter(|a| a.active)?;
+        let headroom = self.unmet_guarantees();
+        let headroom = (!headroom.is_empty()).then_some(headroom);
+        self.tree.first_framework(self.tree.root(), &mut |fw_node| {
+            if served.contains(&fw_node) {
+                return None;
+            }
+            let fw = self.framework_at(fw_node)?;
+            if !self.eligible(fw, idx, agent, now) {
+                return None;
+            }
+            self.size_offer(fw, agent, None, headroom.as_ref()).map(|a| (fw_node, a))
+        })
+    }
+
+    fn framework_at(&self, node: usize) -> Option<&FrameworkState> {
+        match self.tree.kind(node) {
+            NodeKind::Framework(id) => self.frameworks.get(id),
+            _ => None,
+        }
+    }
+
+    /// What guarantees still need, summed over roles that have one.
+    fn unmet_guarantees(&self) -> Quantities {
+        let mut need = Quantities::default();
+        for node in self.tree.quota_roles_by_key() {
+            if let Some(q) = self.tree.quota(node) {
+                for (k, v) in Quantities::of(&q.guarantee).saturating_minus(self.tree.allocated(node)).iter() {
+                    need.add(&single(k, v));
+                }
+            }
+        }
+        need
     }
 }
+
+/// Lowers the cap of `kind` to `v` (a missing cap is no cap).
+fn tighten(cap: &mut HashMap<String, u64>, kind: &str, v: u64) {
+    let e = cap.entry(kind.to_string()).or_insert(v);
+    *e = (*e).min(v);
+}
+
+fn reserved_sum(reserved: &BTreeMap<Role, Resources>) -> Option<Resources> {
+    reserved.values().try_fold(Resources::new(), |acc, r| acc.checked_add(r))
+}
+
+/// A bundle of one scalar kind (ports counted are not representable; they
+/// never take part in guarantees).
+fn single(kind: &str, v: u64) -> Resources {
+    let r = Resources::new();
+    match kind {
+        "cpus" => r.with_millicpus(v),
+        "mem" => r.with_mem_mib(v),
+        "disk" => r.with_disk_mib(v),
+        "gpus" => r.with_gpus(v),
+        "ports" => r,
+        other => r.with_scalar(other, v).unwrap_or_default(),
+    }
+}
+

@@ -11,6 +11,7 @@ pub mod framing;
 pub mod ids;
 pub mod messages;
 pub mod resources;
+pub mod role;
 pub mod task;
 pub mod time;
 
@@ -21,5 +22,6 @@ pub use messages::{
     RunningTask,
 };
 pub use resources::{Attributes, ParseError, PortRange, Resources};
+pub use role::{Role, RoleError};
 pub use task::{Artifact, Digest, Reason, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus};
 pub use time::Time;

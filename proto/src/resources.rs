@@ -307,6 +307,25 @@ impl Resources {
         .filter(|(_, v)| *v > 0)
     }
 
+    /// A copy with each quantity except ports cut down to `cap(kind)` where
+    /// that gives a limit; ports are kept only if `cap("ports")` is `None`.
+    pub fn capped(&self, cap: impl Fn(&str) -> Option<u64>) -> Resources {
+        let c = |kind: &str, v: u64| cap(kind).map_or(v, |m| v.min(m));
+        Resources {
+            cpus: c("cpus", self.cpus),
+            mem: c("mem", self.mem),
+            disk: c("disk", self.disk),
+            gpus: c("gpus", self.gpus),
+            ports: if cap("ports").is_some() { Ports::default() } else { self.ports.clone() },
+            scalars: self
+                .scalars
+                .iter()
+                .map(|(k, v)| (k.clone(), c(k, *v)))
+                .filter(|(_, v)| *v > 0)
+                .collect(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.quantities().next().is_none()
     }
