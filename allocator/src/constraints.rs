@@ -15,7 +15,10 @@ pub enum Constraint {
 impl Constraint {
     /// A `Matches` constraint; the pattern is anchored to the whole value.
     pub fn matches(attribute: &str, pattern: &str) -> Result<Constraint, regex::Error> {
-        Ok(Constraint::Matches(attribute.to_string(), regex::Regex::new(&format!("^(?:{pattern})$"))?))
+        Ok(Constraint::Matches(
+            attribute.to_string(),
+            regex::Regex::new(&format!("^(?:{pattern})$"))?,
+        ))
     }
 
     pub fn admits(&self, attrs: &Attributes) -> bool {
@@ -41,7 +44,15 @@ mod tests {
         assert!(Constraint::Equals("rack".into(), "r1".into()).admits(&attrs));
         assert!(!Constraint::NotEquals("rack".into(), "r1".into()).admits(&attrs));
         assert!(Constraint::NotEquals("gpu".into(), "x".into()).admits(&attrs));
-        assert!(Constraint::matches("zone", "eu-[0-9]").expect("regex").admits(&attrs));
-        assert!(!Constraint::matches("zone", "eu").expect("regex").admits(&attrs));
+        assert!(
+            Constraint::matches("zone", "eu-[0-9]")
+                .expect("regex")
+                .admits(&attrs)
+        );
+        assert!(
+            !Constraint::matches("zone", "eu")
+                .expect("regex")
+                .admits(&attrs)
+        );
     }
 }

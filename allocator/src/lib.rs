@@ -59,7 +59,10 @@ impl MinAllocatable {
 
 impl Default for MinAllocatable {
     fn default() -> Self {
-        MinAllocatable::any_of(&[Resources::new().with_millicpus(10), Resources::new().with_mem_mib(32)])
+        MinAllocatable::any_of(&[
+            Resources::new().with_millicpus(10),
+            Resources::new().with_mem_mib(32),
+        ])
     }
 }
 
@@ -68,7 +71,42 @@ impl Default for MinAllocatable {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Quota {
     pub guarantee: Resources,
-    pub limit: Option<Resources>,
+    pub limit: Option<Limit>,
+}
+
+/// Most a role may hold, per resource kind. Unlike [`Resources`], a kind
+/// may be limited to zero; kinds not named are unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limit(BTreeMap<String, u64>);
+
+impl Limit {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// True when `q` is within the limit in every kind it names.
+    pub fn admits(&self, q: &Quantities) -> bool {
+        self.iter().all(|(k, v)| q.get(k) <= v)
+    }
+}
+
+/// Parses the resource syntax (`cpus:2;mem:1024;gpus:0`), keeping zeros.
+impl std::str::FromStr for Limit {
+    type Err = stoa_proto::ParseError;
+    fn from_str(s: &str) -> Result<Limit, Self::Err> {
+        let mut out = BTreeMap::new();
+        for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let kind = part.split_once(':').map(|(k, _)| k.trim()).unwrap_or(part);
+            // One pair at a time through the resource parser, for its units.
+            let amount = part
+                .parse::<Resources>()?
+                .quantities()
+                .find(|(k, _)| *k == kind)
+                .map_or(0, |(_, v)| v);
+            out.insert(kind.to_string(), amount);
+        }
+        Ok(Limit(out))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +127,9 @@ pub struct AllocatorConfig {
 impl Default for AllocatorConfig {
     fn default() -> Self {
         AllocatorConfig {
-            sorter: SorterKind::Drf { excluded: BTreeSet::new() },
+            sorter: SorterKind::Drf {
+                excluded: BTreeSet::new(),
+            },
             min_allocatable: MinAllocatable::default(),
         }
     }
@@ -116,7 +156,9 @@ impl Allocation {
     pub fn total(&self) -> Resources {
         self.reserved
             .values()
-            .fold(self.unreserved.clone(), |acc, r| acc.checked_add(r).unwrap_or(acc))
+            .fold(self.unreserved.clone(), |acc, r| {
+                acc.checked_add(r).unwrap_or(acc)
+            })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -139,13 +181,17 @@ pub enum AllocatorError {
     #[error("unknown framework {0}")]
     UnknownFramework(FrameworkId),
     #[error("agent {agent} does not have {wanted} {what}")]
-    NotAvailable { agent: AgentId, wanted: Resources, what: &'static str },
+    NotAvailable {
+        agent: AgentId,
+        wanted: Resources,
+        what: &'static str,
+    },
     #[error("the agent was removed")]
     RemovedAgent,
     #[error("weights must be finite and positive, got {0}")]
     BadWeight(f64),
-    #[error("the quota's guarantee {guarantee} exceeds its limit {limit}")]
-    GuaranteeAboveLimit { guarantee: Resources, limit: Resources },
+    #[error("the quota's guarantee {guarantee} exceeds its limit")]
+    GuaranteeAboveLimit { guarantee: Resources },
 }
 
 #[derive(Debug)]
@@ -185,12 +231,18 @@ pub struct Allocator {
     /// measured against.
     free_unreserved: Quantities,
     dirty: BTreeSet<usize>,
+    /// Agents a run left with free resources nobody could take. They are
+    /// visited again when something happens that could change that (a
+    /// guarantee met, a limit freed, a new or revived framework).
+    waiting: BTreeSet<usize>,
 }
 
 impl Allocator {
     pub fn new(config: AllocatorConfig) -> Allocator {
         let sorter: Box<dyn Sorter> = match &config.sorter {
-            SorterKind::Drf { excluded } => Box::new(Drf { excluded: excluded.clone() }),
+            SorterKind::Drf { excluded } => Box::new(Drf {
+                excluded: excluded.clone(),
+            }),
             SorterKind::Random { seed } => Box::new(Random::new(*seed)),
         };
         Allocator {
@@ -204,6 +256,7 @@ impl Allocator {
             total: Quantities::default(),
             free_unreserved: Quantities::default(),
             dirty: BTreeSet::new(),
+            waiting: BTreeSet::new(),
         }
     }
 
@@ -218,10 +271,17 @@ impl Allocator {
         reserved: BTreeMap<Role, Resources>,
         attributes: Attributes,
     ) -> Result<(), AllocatorError> {
-        let reserved_sum = reserved.values().try_fold(Resources::new(), |acc, r| acc.checked_add(r));
-        let unreserved = reserved_sum.as_ref().and_then(|s| total.checked_sub(s)).ok_or_else(|| {
-            AllocatorError::NotAvailable { agent: id.clone(), wanted: reserved_sum.unwrap_or_default(), what: "to reserve" }
-        })?;
+        let reserved_sum = reserved
+            .values()
+            .try_fold(Resources::new(), |acc, r| acc.checked_add(r));
+        let unreserved = reserved_sum
+            .as_ref()
+            .and_then(|s| total.checked_sub(s))
+            .ok_or_else(|| AllocatorError::NotAvailable {
+                agent: id.clone(),
+                wanted: reserved_sum.unwrap_or_default(),
+                what: "to reserve",
+            })?;
         self.remove_agent(&id);
         let state = AgentState {
             id: id.clone(),
@@ -229,7 +289,10 @@ impl Allocator {
             active: true,
             total: total.clone(),
             reserved_total: reserved.clone(),
-            free: Allocation { unreserved: unreserved.clone(), reserved },
+            free: Allocation {
+                unreserved: unreserved.clone(),
+                reserved,
+            },
         };
         let idx = self.agents.len();
         self.agents.push(Some(state));
@@ -243,7 +306,9 @@ impl Allocator {
     /// Forgets an agent. What frameworks held on it is released from their
     /// shares.
     pub fn remove_agent(&mut self, id: &AgentId) {
-        let Some(idx) = self.agent_index.remove(id) else { return };
+        let Some(idx) = self.agent_index.remove(id) else {
+            return;
+        };
         if let Some(agent) = self.agents[idx].take()
             && agent.active
         {
@@ -252,12 +317,17 @@ impl Allocator {
         }
         self.filters.retain(|(_, a), _| *a != idx);
         self.dirty.remove(&idx);
+        self.waiting.remove(&idx);
     }
 
     /// An agent that lost its connection is not offered until it returns.
     pub fn set_agent_active(&mut self, id: &AgentId, active: bool) {
-        let Some(&idx) = self.agent_index.get(id) else { return };
-        let Some(agent) = self.agents[idx].as_mut() else { return };
+        let Some(&idx) = self.agent_index.get(id) else {
+            return;
+        };
+        let Some(agent) = self.agents[idx].as_mut() else {
+            return;
+        };
         if agent.active == active {
             return;
         }
@@ -277,7 +347,15 @@ impl Allocator {
     pub fn add_framework(&mut self, id: FrameworkId, spec: FrameworkSpec) {
         self.remove_framework(&id);
         let node = self.tree.add_framework(&id, &spec.role);
-        self.frameworks.insert(id, FrameworkState { node, spec, active: true, suppressed: false });
+        self.frameworks.insert(
+            id,
+            FrameworkState {
+                node,
+                spec,
+                active: true,
+                suppressed: false,
+            },
+        );
         self.mark_all_dirty();
     }
 
@@ -318,7 +396,8 @@ impl Allocator {
 
     /// Do not offer `agent` to `framework` before `until`.
     pub fn filter(&mut self, framework: &FrameworkId, agent: &AgentId, until: Time) {
-        if let (Some(fw), Some(&a)) = (self.frameworks.get(framework), self.agent_index.get(agent)) {
+        if let (Some(fw), Some(&a)) = (self.frameworks.get(framework), self.agent_index.get(agent))
+        {
             self.filters.insert((fw.node, a), until);
         }
     }
@@ -342,19 +421,27 @@ impl Allocator {
 
     pub fn set_quota(&mut self, role: &Role, quota: Quota) -> Result<(), AllocatorError> {
         if let Some(limit) = &quota.limit
-            && !Quantities::of(limit).covers(&Quantities::of(&quota.guarantee))
+            && !limit.admits(&Quantities::of(&quota.guarantee))
         {
-            return Err(AllocatorError::GuaranteeAboveLimit { guarantee: quota.guarantee, limit: limit.clone() });
+            return Err(AllocatorError::GuaranteeAboveLimit {
+                guarantee: quota.guarantee,
+            });
         }
         let node = self.tree.role(role);
-        self.tree.set_quota(node, (!quota.guarantee.is_empty() || quota.limit.is_some()).then_some(quota));
+        self.tree.set_quota(
+            node,
+            (!quota.guarantee.is_empty() || quota.limit.is_some()).then_some(quota),
+        );
         self.mark_all_dirty();
         Ok(())
     }
 
     /// What a role and its sub-roles hold (offered or used).
     pub fn role_allocation(&self, role: &Role) -> Quantities {
-        self.tree.find_role(role).map(|n| self.tree.allocated(n).clone()).unwrap_or_default()
+        self.tree
+            .find_role(role)
+            .map(|n| self.tree.allocated(n).clone())
+            .unwrap_or_default()
     }
 
     // ---- allocations -----------------------------------------------------
@@ -362,7 +449,13 @@ impl Allocator {
     /// Resources on `agent` stop being held by `framework` (declined,
     /// rescinded, unused by an accept, or freed by a terminal task). With
     /// `refuse_until`, the agent is not offered to the framework before then.
-    pub fn recover(&mut self, framework: &FrameworkId, agent: &AgentId, resources: &Allocation, refuse_until: Option<Time>) {
+    pub fn recover(
+        &mut self,
+        framework: &FrameworkId,
+        agent: &AgentId,
+        resources: &Allocation,
+        refuse_until: Option<Time>,
+    ) {
         let fw_node = self.frameworks.get(framework).map(|f| f.node);
         if let Some(&idx) = self.agent_index.get(agent)
             && let Some(state) = self.agents[idx].as_mut()
@@ -385,30 +478,62 @@ impl Allocator {
             }
         }
         if let Some(node) = fw_node {
-            self.tree.release(node, resources, self.sorter.as_mut(), &self.total);
+            self.tree
+                .release(node, resources, self.sorter.as_mut(), &self.total);
+            // Less held under a quota: a limit has room again, or a
+            // guarantee needs more headroom held elsewhere.
+            if self
+                .tree
+                .role_path(node)
+                .any(|r| self.tree.quota(r).is_some())
+            {
+                self.wake_waiting();
+            }
         }
     }
 
     /// Books resources as held by `framework` without an offer: tasks that
     /// were running before this allocator existed (master restart).
-    pub fn claim(&mut self, framework: &FrameworkId, agent: &AgentId, resources: &Allocation) -> Result<(), AllocatorError> {
-        let node = self.frameworks.get(framework).map(|f| f.node).ok_or_else(|| AllocatorError::UnknownFramework(framework.clone()))?;
-        let idx = *self.agent_index.get(agent).ok_or_else(|| AllocatorError::UnknownAgent(agent.clone()))?;
+    pub fn claim(
+        &mut self,
+        framework: &FrameworkId,
+        agent: &AgentId,
+        resources: &Allocation,
+    ) -> Result<(), AllocatorError> {
+        let node = self
+            .frameworks
+            .get(framework)
+            .map(|f| f.node)
+            .ok_or_else(|| AllocatorError::UnknownFramework(framework.clone()))?;
+        let idx = *self
+            .agent_index
+            .get(agent)
+            .ok_or_else(|| AllocatorError::UnknownAgent(agent.clone()))?;
         self.take(idx, resources)?;
-        self.tree.hold(node, resources, self.sorter.as_mut(), &self.total);
+        self.tree
+            .hold(node, resources, self.sorter.as_mut(), &self.total);
         Ok(())
     }
 
     /// RESERVE: turns unreserved resources `framework` holds on `agent` into
     /// resources reserved for `role`. They stay held; when recovered they
     /// return to the role's reserved pool.
-    pub fn reserve(&mut self, agent: &AgentId, role: &Role, resources: &Resources) -> Result<(), AllocatorError> {
+    pub fn reserve(
+        &mut self,
+        agent: &AgentId,
+        role: &Role,
+        resources: &Resources,
+    ) -> Result<(), AllocatorError> {
         let state = self.agent_mut(agent)?;
         let unreserved_total = reserved_sum(&state.reserved_total)
             .and_then(|s| state.total.checked_sub(&s))
             .unwrap_or_default();
         if !unreserved_total.contains(resources) {
-            return Err(AllocatorError::NotAvailable { agent: agent.clone(), wanted: resources.clone(), what: "unreserved" });
+            return Err(AllocatorError::NotAvailable {
+                agent: agent.clone(),
+                wanted: resources.clone(),
+                what: "unreserved",
+            });
         }
         let slot = state.reserved_total.entry(role.clone()).or_default();
         *slot = slot.checked_add(resources).unwrap_or_else(|| slot.clone());
@@ -416,10 +541,23 @@ impl Allocator {
     }
 
     /// UNRESERVE: the inverse of [`Allocator::reserve`].
-    pub fn unreserve(&mut self, agent: &AgentId, role: &Role, resources: &Resources) -> Result<(), AllocatorError> {
+    pub fn unreserve(
+        &mut self,
+        agent: &AgentId,
+        role: &Role,
+        resources: &Resources,
+    ) -> Result<(), AllocatorError> {
         let state = self.agent_mut(agent)?;
-        let Some(left) = state.reserved_total.get(role).and_then(|r| r.checked_sub(resources)) else {
-            return Err(AllocatorError::NotAvailable { agent: agent.clone(), wanted: resources.clone(), what: "reserved for that role" });
+        let Some(left) = state
+            .reserved_total
+            .get(role)
+            .and_then(|r| r.checked_sub(resources))
+        else {
+            return Err(AllocatorError::NotAvailable {
+                agent: agent.clone(),
+                wanted: resources.clone(),
+                what: "reserved for that role",
+            });
         };
         if left.is_empty() {
             state.reserved_total.remove(role);
@@ -433,10 +571,15 @@ impl Allocator {
     /// returns the offers to make. Everything offered is held by its
     /// framework until [`Allocator::recover`]ed.
     pub fn allocate(&mut self, now: Time) -> Vec<OfferPlan> {
-        let expired: Vec<usize> = self.filters.iter().filter(|(_, t)| **t <= now).map(|((_, a), _)| *a).collect();
+        let expired: Vec<usize> = self
+            .filters
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|((_, a), _)| *a)
+            .collect();
         self.filters.retain(|_, t| *t > now);
         self.dirty.extend(expired);
-        let visit: Vec<usize> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let mut visit: Vec<usize> = std::mem::take(&mut self.dirty).into_iter().collect();
         self.tree.rekey_all(self.sorter.as_mut(), &self.total);
         let mut plans = Vec::new();
         // Stage 1: guarantees.
@@ -445,6 +588,15 @@ impl Allocator {
                 self.commit(idx, fw_node, alloc, &mut plans);
             }
         }
+        // A guarantee met in stage 1 frees the headroom it held back.
+        if !plans.is_empty() && !self.waiting.is_empty() {
+            let visiting: BTreeSet<usize> = visit
+                .iter()
+                .copied()
+                .chain(std::mem::take(&mut self.waiting))
+                .collect();
+            visit = visiting.into_iter().collect();
+        }
         // Stage 2: fair share of the rest.
         for &idx in &visit {
             let mut served = Vec::new();
@@ -452,13 +604,32 @@ impl Allocator {
                 served.push(fw_node);
                 self.commit(idx, fw_node, alloc, &mut plans);
             }
+            if self.agents[idx]
+                .as_ref()
+                .is_some_and(|a| a.active && !a.free.is_empty())
+            {
+                self.waiting.insert(idx);
+            } else {
+                self.waiting.remove(&idx);
+            }
         }
         plans
     }
 
+    /// Visits every agent left with free resources in the next run.
+    fn wake_waiting(&mut self) {
+        self.dirty.append(&mut self.waiting);
+    }
+
     /// Marks every agent for the next run (after a change that affects all).
     pub fn mark_all_dirty(&mut self) {
-        self.dirty.extend(self.agents.iter().enumerate().filter(|(_, a)| a.is_some()).map(|(i, _)| i));
+        self.dirty.extend(
+            self.agents
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.is_some())
+                .map(|(i, _)| i),
+        );
     }
 
     fn agent_mut(&mut self, id: &AgentId) -> Result<&mut AgentState, AllocatorError> {
@@ -470,55 +641,95 @@ impl Allocator {
 
     /// Removes `alloc` from agent `idx`'s free pools.
     fn take(&mut self, idx: usize, alloc: &Allocation) -> Result<(), AllocatorError> {
-        let state = self.agents[idx].as_mut().ok_or(AllocatorError::RemovedAgent)?;
-        let missing = |what| AllocatorError::NotAvailable { agent: state.id.clone(), wanted: alloc.total(), what };
-        let unreserved = state.free.unreserved.checked_sub(&alloc.unreserved).ok_or_else(|| missing("free"))?;
+        let state = self.agents[idx]
+            .as_mut()
+            .ok_or(AllocatorError::RemovedAgent)?;
+        let missing = |what| AllocatorError::NotAvailable {
+            agent: state.id.clone(),
+            wanted: alloc.total(),
+            what,
+        };
+        let unreserved = state
+            .free
+            .unreserved
+            .checked_sub(&alloc.unreserved)
+            .ok_or_else(|| missing("free"))?;
         let mut reserved = state.free.reserved.clone();
         for (role, r) in &alloc.reserved {
-            let left = reserved.get(role).and_then(|have| have.checked_sub(r)).ok_or_else(|| missing("free for the role"))?;
+            let left = reserved
+                .get(role)
+                .and_then(|have| have.checked_sub(r))
+                .ok_or_else(|| missing("free for the role"))?;
             reserved.insert(role.clone(), left);
         }
         reserved.retain(|_, r| !r.is_empty());
-        state.free = Allocation { unreserved, reserved };
+        state.free = Allocation {
+            unreserved,
+            reserved,
+        };
         if state.active {
             self.free_unreserved.sub(&alloc.unreserved);
         }
         Ok(())
     }
 
-    fn commit(&mut self, idx: usize, fw_node: usize, alloc: Allocation, plans: &mut Vec<OfferPlan>) {
+    fn commit(
+        &mut self,
+        idx: usize,
+        fw_node: usize,
+        alloc: Allocation,
+        plans: &mut Vec<OfferPlan>,
+    ) {
         if self.take(idx, &alloc).is_err() {
             return;
         }
-        self.tree.hold(fw_node, &alloc, self.sorter.as_mut(), &self.total);
-        let (NodeKind::Framework(framework), Some(agent)) = (self.tree.kind(fw_node), self.agents[idx].as_ref()) else {
+        self.tree
+            .hold(fw_node, &alloc, self.sorter.as_mut(), &self.total);
+        let (NodeKind::Framework(framework), Some(agent)) =
+            (self.tree.kind(fw_node), self.agents[idx].as_ref())
+        else {
             return;
         };
-        plans.push(OfferPlan { framework: framework.clone(), agent: agent.id.clone(), resources: alloc });
+        plans.push(OfferPlan {
+            framework: framework.clone(),
+            agent: agent.id.clone(),
+            resources: alloc,
+        });
     }
 
     /// The framework's basic eligibility for an agent, cheapest checks first.
     fn eligible(&self, fw: &FrameworkState, idx: usize, agent: &AgentState, now: Time) -> bool {
         fw.active
             && !fw.suppressed
-            && self.filters.get(&(fw.node, idx)).is_none_or(|until| *until <= now)
-            && fw.spec.constraints.iter().all(|c| c.admits(&agent.attributes))
+            && self
+                .filters
+                .get(&(fw.node, idx))
+                .is_none_or(|until| *until <= now)
+            && fw
+                .spec
+                .constraints
+                .iter()
+                .all(|c| c.admits(&agent.attributes))
     }
 
     /// Sizes an offer of agent `idx` for `fw`, within every cap: quota
     /// limits along the role path, `stage_cap` (the guarantee still unmet in
     /// stage 1) and, for unreserved resources in stage 2, the headroom that
     /// unmet guarantees need. `None` if it would be below minimum.
-    fn size_offer(&self, fw: &FrameworkState, agent: &AgentState, stage_cap: Option<&Quantities>, headroom: Option<&Quantities>) -> Option<Allocation> {
+    fn size_offer(
+        &self,
+        fw: &FrameworkState,
+        agent: &AgentState,
+        stage_cap: Option<&Quantities>,
+        headroom: Option<&Quantities>,
+    ) -> Option<Allocation> {
         let mut cap: HashMap<String, u64> = HashMap::new();
         for node in self.tree.role_path(fw.node) {
             if let Some(limit) = self.tree.quota(node).and_then(|q| q.limit.as_ref()) {
                 let held = self.tree.allocated(node);
-                for (k, v) in limit.quantities() {
+                for (k, v) in limit.iter() {
                     tighten(&mut cap, k, v.saturating_sub(held.get(k)));
                 }
-                // Kinds absent from a limit are limited to zero only if the
-                // limit names nothing of them: Mesos treats them as unlimited.
             }
         }
         if let Some(stage) = stage_cap {
@@ -551,27 +762,39 @@ impl Allocator {
                 *e = (*e).min(spare);
             }
         }
-        offer.unreserved = agent.free.unreserved.capped(|k| unreserved_cap.get(k).copied());
-        let minimum = fw.spec.min_allocatable.as_ref().unwrap_or(&self.config.min_allocatable);
+        offer.unreserved = agent
+            .free
+            .unreserved
+            .capped(|k| unreserved_cap.get(k).copied());
+        let minimum = fw
+            .spec
+            .min_allocatable
+            .as_ref()
+            .unwrap_or(&self.config.min_allocatable);
         minimum.admits(&offer.total()).then_some(offer)
     }
 
     fn pick_for_guarantee(&self, idx: usize, now: Time) -> Option<(usize, Allocation)> {
         let agent = self.agents[idx].as_ref().filter(|a| a.active)?;
-        self.tree.quota_roles_by_key().into_iter().find_map(|role_node| {
-            let quota = self.tree.quota(role_node)?;
-            let need = Quantities::of(&quota.guarantee).saturating_minus(self.tree.allocated(role_node));
-            if need.is_empty() {
-                return None;
-            }
-            self.tree.first_framework(role_node, &mut |fw_node| {
-                let fw = self.framework_at(fw_node)?;
-                if !self.eligible(fw, idx, agent, now) {
+        self.tree
+            .quota_roles_by_key()
+            .into_iter()
+            .find_map(|role_node| {
+                let quota = self.tree.quota(role_node)?;
+                let need = Quantities::of(&quota.guarantee)
+                    .saturating_minus(self.tree.allocated(role_node));
+                if need.is_empty() {
                     return None;
                 }
-                self.size_offer(fw, agent, Some(&need), None).map(|a| (fw_node, a))
+                self.tree.first_framework(role_node, &mut |fw_node| {
+                    let fw = self.framework_at(fw_node)?;
+                    if !self.eligible(fw, idx, agent, now) {
+                        return None;
+                    }
+                    self.size_offer(fw, agent, Some(&need), None)
+                        .map(|a| (fw_node, a))
+                })
             })
-        })
     }
 
     fn pick_fair(&self, idx: usize, now: Time, served: &[usize]) -> Option<(usize, Allocation)> {
@@ -586,7 +809,8 @@ impl Allocator {
             if !self.eligible(fw, idx, agent, now) {
                 return None;
             }
-            self.size_offer(fw, agent, None, headroom.as_ref()).map(|a| (fw_node, a))
+            self.size_offer(fw, agent, None, headroom.as_ref())
+                .map(|a| (fw_node, a))
         })
     }
 
@@ -602,7 +826,10 @@ impl Allocator {
         let mut need = Quantities::default();
         for node in self.tree.quota_roles_by_key() {
             if let Some(q) = self.tree.quota(node) {
-                for (k, v) in Quantities::of(&q.guarantee).saturating_minus(self.tree.allocated(node)).iter() {
+                for (k, v) in Quantities::of(&q.guarantee)
+                    .saturating_minus(self.tree.allocated(node))
+                    .iter()
+                {
                     need.add(&single(k, v));
                 }
             }
@@ -618,7 +845,9 @@ fn tighten(cap: &mut HashMap<String, u64>, kind: &str, v: u64) {
 }
 
 fn reserved_sum(reserved: &BTreeMap<Role, Resources>) -> Option<Resources> {
-    reserved.values().try_fold(Resources::new(), |acc, r| acc.checked_add(r))
+    reserved
+        .values()
+        .try_fold(Resources::new(), |acc, r| acc.checked_add(r))
 }
 
 /// A bundle of one scalar kind (ports counted are not representable; they
@@ -634,4 +863,3 @@ fn single(kind: &str, v: u64) -> Resources {
         other => r.with_scalar(other, v).unwrap_or_default(),
     }
 }
-

@@ -52,7 +52,9 @@ pub struct Random {
 
 impl Random {
     pub fn new(seed: u64) -> Random {
-        Random { rng: ChaCha8Rng::seed_from_u64(seed) }
+        Random {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 }
 
@@ -89,7 +91,9 @@ mod tests {
     #[test]
     fn excluded_kinds_do_not_count() {
         let total = q("cpus:10;gpus:1");
-        let drf = Drf { excluded: ["gpus".to_string()].into() };
+        let drf = Drf {
+            excluded: ["gpus".to_string()].into(),
+        };
         assert_eq!(drf.dominant_share(&q("cpus:1;gpus:1"), &total), 0.1);
     }
 
@@ -97,7 +101,9 @@ mod tests {
     fn random_order_follows_weights() {
         let mut r = Random::new(42);
         let none = Quantities::default();
-        let heavy_first = (0..10_000).filter(|_| r.key(&none, &none, 2.0) < r.key(&none, &none, 1.0)).count();
+        let heavy_first = (0..10_000)
+            .filter(|_| r.key(&none, &none, 2.0) < r.key(&none, &none, 1.0))
+            .count();
         // P(heavy first) = 2/3.
         assert!((6_300..7_000).contains(&heavy_first), "{heavy_first}");
     }

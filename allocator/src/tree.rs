@@ -53,10 +53,17 @@ impl Tree {
             allocations: 0,
             weight: 1.0,
             quota: None,
-            key: Key { order: 0, allocations: 0, idx: 0 },
+            key: Key {
+                order: 0,
+                allocations: 0,
+                idx: 0,
+            },
             children: BTreeSet::new(),
         };
-        Tree { nodes: vec![Some(root)], roles: HashMap::new() }
+        Tree {
+            nodes: vec![Some(root)],
+            roles: HashMap::new(),
+        }
     }
 
     pub fn root(&self) -> usize {
@@ -66,16 +73,24 @@ impl Tree {
     fn node(&self, i: usize) -> &Node {
         // Indices handed out by this tree stay valid until `remove`, which
         // only callers holding the index invoke.
-        self.nodes[i].as_ref().unwrap_or_else(|| unreachable!("node {i} was removed"))
+        self.nodes[i]
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("node {i} was removed"))
     }
 
     fn node_mut(&mut self, i: usize) -> &mut Node {
-        self.nodes[i].as_mut().unwrap_or_else(|| unreachable!("node {i} was removed"))
+        self.nodes[i]
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("node {i} was removed"))
     }
 
     fn insert(&mut self, parent: usize, kind: NodeKind) -> usize {
         let idx = self.nodes.len();
-        let key = Key { order: 0, allocations: 0, idx };
+        let key = Key {
+            order: 0,
+            allocations: 0,
+            idx,
+        };
         self.nodes.push(Some(Node {
             parent: Some(parent),
             kind,
@@ -116,7 +131,9 @@ impl Tree {
     /// Removes a framework leaf; whatever it still held leaves its roles'
     /// totals too.
     pub fn remove(&mut self, node: usize) {
-        let Some(n) = self.nodes[node].take() else { return };
+        let Some(n) = self.nodes[node].take() else {
+            return;
+        };
         let mut up = n.parent;
         if let Some(p) = up {
             self.node_mut(p).children.remove(&n.key);
@@ -169,7 +186,11 @@ impl Tree {
 
     /// Walks the subtree of `node` depth-first, children lowest key first,
     /// and returns the first `Some` that `f` gives for a framework leaf.
-    pub fn first_framework<T>(&self, node: usize, f: &mut impl FnMut(usize) -> Option<T>) -> Option<T> {
+    pub fn first_framework<T>(
+        &self,
+        node: usize,
+        f: &mut impl FnMut(usize) -> Option<T>,
+    ) -> Option<T> {
         for key in &self.node(node).children {
             let child = key.idx;
             let found = match self.node(child).kind {
@@ -184,7 +205,13 @@ impl Tree {
     }
 
     /// `alloc` is now held by framework `node`: add it up the tree.
-    pub fn hold(&mut self, node: usize, alloc: &Allocation, sorter: &mut dyn Sorter, total: &Quantities) {
+    pub fn hold(
+        &mut self,
+        node: usize,
+        alloc: &Allocation,
+        sorter: &mut dyn Sorter,
+        total: &Quantities,
+    ) {
         self.update_path(node, sorter, total, |n| {
             n.allocated.add(&alloc.unreserved);
             alloc.reserved.values().for_each(|r| n.allocated.add(r));
@@ -193,14 +220,26 @@ impl Tree {
     }
 
     /// `alloc` is no longer held by framework `node`.
-    pub fn release(&mut self, node: usize, alloc: &Allocation, sorter: &mut dyn Sorter, total: &Quantities) {
+    pub fn release(
+        &mut self,
+        node: usize,
+        alloc: &Allocation,
+        sorter: &mut dyn Sorter,
+        total: &Quantities,
+    ) {
         self.update_path(node, sorter, total, |n| {
             n.allocated.sub(&alloc.unreserved);
             alloc.reserved.values().for_each(|r| n.allocated.sub(r));
         });
     }
 
-    fn update_path(&mut self, node: usize, sorter: &mut dyn Sorter, total: &Quantities, change: impl Fn(&mut Node)) {
+    fn update_path(
+        &mut self,
+        node: usize,
+        sorter: &mut dyn Sorter,
+        total: &Quantities,
+        change: impl Fn(&mut Node),
+    ) {
         let mut at = Some(node);
         while let Some(i) = at {
             if i == 0 {
@@ -218,7 +257,11 @@ impl Tree {
             let order = sorter.key(&n.allocated, total, n.weight).max(0.0);
             (n.key, n.parent, order)
         };
-        let new = Key { order: order.to_bits(), allocations: self.node(i).allocations, idx: i };
+        let new = Key {
+            order: order.to_bits(),
+            allocations: self.node(i).allocations,
+            idx: i,
+        };
         if new == old {
             return;
         }

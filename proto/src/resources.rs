@@ -316,7 +316,11 @@ impl Resources {
             mem: c("mem", self.mem),
             disk: c("disk", self.disk),
             gpus: c("gpus", self.gpus),
-            ports: if cap("ports").is_some() { Ports::default() } else { self.ports.clone() },
+            ports: if cap("ports").is_some() {
+                Ports::default()
+            } else {
+                self.ports.clone()
+            },
             scalars: self
                 .scalars
                 .iter()

@@ -25,7 +25,8 @@ impl Role {
                 !p.is_empty()
                     && p != "."
                     && p != ".."
-                    && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             });
         if ok { Ok(Role(s)) } else { Err(RoleError(s)) }
     }
@@ -42,7 +43,8 @@ impl Role {
     /// True when `self` is `other` or one of its ancestors: resources
     /// reserved for `self` may be used by a framework in `other`.
     pub fn contains(&self, other: &Role) -> bool {
-        other.0 == self.0 || (other.0.starts_with(&self.0) && other.0.as_bytes().get(self.0.len()) == Some(&b'/'))
+        other.0 == self.0
+            || (other.0.starts_with(&self.0) && other.0.as_bytes().get(self.0.len()) == Some(&b'/'))
     }
 
     /// This role and its ancestors, nearest first.
@@ -83,8 +85,13 @@ mod tests {
         let eng: Role = "eng".parse().expect("role");
         let ml: Role = "eng/ml".parse().expect("role");
         let engx: Role = "engx".parse().expect("role");
-        assert!(eng.contains(&ml) && eng.contains(&eng) && !ml.contains(&eng) && !eng.contains(&engx));
-        assert_eq!(ml.lineage().map(|r| r.to_string()).collect::<Vec<_>>(), ["eng/ml", "eng"]);
+        assert!(
+            eng.contains(&ml) && eng.contains(&eng) && !ml.contains(&eng) && !eng.contains(&engx)
+        );
+        assert_eq!(
+            ml.lineage().map(|r| r.to_string()).collect::<Vec<_>>(),
+            ["eng/ml", "eng"]
+        );
         for bad in ["", "/a", "a/", "a//b", "a/../b", "a b"] {
             assert!(Role::new(bad).is_err(), "{bad:?} accepted");
         }
