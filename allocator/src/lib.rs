@@ -48,12 +48,15 @@ impl MinAllocatable {
         MinAllocatable(bundles.iter().map(Quantities::of).collect())
     }
 
-    pub fn admits(&self, offer: &Resources) -> bool {
+    pub fn admits(&self, offer: &Allocation) -> bool {
         if offer.is_empty() {
             return false;
         }
-        let q = Quantities::of(offer);
-        self.0.is_empty() || self.0.iter().any(|m| q.covers(m))
+        let have = |kind: &str| -> u64 {
+            let of = |r: &Resources| r.quantities().find(|(k, _)| *k == kind).map_or(0, |(_, v)| v);
+            offer.reserved.values().map(of).sum::<u64>() + of(&offer.unreserved)
+        };
+        self.0.is_empty() || self.0.iter().any(|m| m.iter().all(|(k, v)| have(k) >= v))
     }
 }
 
@@ -227,6 +230,9 @@ pub struct Allocator {
     filters: HashMap<(usize, usize), Time>,
     /// Sum of active agents' totals: the denominator of shares.
     total: Quantities,
+    /// Every key must be recomputed before the next run: the total changed,
+    /// or a weight, or the sorter is random.
+    rekey: bool,
     /// Unreserved and unallocated, over active agents: what headroom is
     /// measured against.
     free_unreserved: Quantities,
@@ -254,6 +260,7 @@ impl Allocator {
             frameworks: HashMap::new(),
             filters: HashMap::new(),
             total: Quantities::default(),
+            rekey: true,
             free_unreserved: Quantities::default(),
             dirty: BTreeSet::new(),
             waiting: BTreeSet::new(),
@@ -300,6 +307,7 @@ impl Allocator {
         self.total.add(&total);
         self.free_unreserved.add(&unreserved);
         self.dirty.insert(idx);
+        self.rekey = true;
         Ok(())
     }
 
@@ -314,6 +322,7 @@ impl Allocator {
         {
             self.total.sub(&agent.total);
             self.free_unreserved.sub(&agent.free.unreserved);
+            self.rekey = true;
         }
         self.filters.retain(|(_, a), _| *a != idx);
         self.dirty.remove(&idx);
@@ -332,6 +341,7 @@ impl Allocator {
             return;
         }
         agent.active = active;
+        self.rekey = true;
         if active {
             self.total.add(&agent.total);
             self.free_unreserved.add(&agent.free.unreserved);
@@ -415,6 +425,7 @@ impl Allocator {
         }
         let node = self.tree.role(role);
         self.tree.set_weight(node, weight);
+        self.rekey = true;
         self.mark_all_dirty();
         Ok(())
     }
@@ -580,7 +591,10 @@ impl Allocator {
         self.filters.retain(|_, t| *t > now);
         self.dirty.extend(expired);
         let mut visit: Vec<usize> = std::mem::take(&mut self.dirty).into_iter().collect();
-        self.tree.rekey_all(self.sorter.as_mut(), &self.total);
+        if self.rekey || matches!(self.config.sorter, SorterKind::Random { .. }) {
+            self.tree.rekey_all(self.sorter.as_mut(), &self.total);
+            self.rekey = false;
+        }
         let mut plans = Vec::new();
         // Stage 1: guarantees.
         for &idx in &visit {
@@ -603,6 +617,9 @@ impl Allocator {
             while let Some((fw_node, alloc)) = self.pick_fair(idx, now, &served) {
                 served.push(fw_node);
                 self.commit(idx, fw_node, alloc, &mut plans);
+                if self.agents[idx].as_ref().is_none_or(|a| a.free.is_empty()) {
+                    break;
+                }
             }
             if self.agents[idx]
                 .as_ref()
@@ -741,7 +758,8 @@ impl Allocator {
             }
         }
         let mut offer = Allocation::default();
-        for role in fw.spec.role.lineage() {
+        let lineage = (!agent.free.reserved.is_empty()).then(|| fw.spec.role.lineage()).into_iter().flatten();
+        for role in lineage {
             if let Some(pool) = agent.free.reserved.get(&role) {
                 let part = pool.capped(|k| cap.get(k).copied());
                 for (k, v) in part.quantities() {
@@ -771,7 +789,7 @@ impl Allocator {
             .min_allocatable
             .as_ref()
             .unwrap_or(&self.config.min_allocatable);
-        minimum.admits(&offer.total()).then_some(offer)
+        minimum.admits(&offer).then_some(offer)
     }
 
     fn pick_for_guarantee(&self, idx: usize, now: Time) -> Option<(usize, Allocation)> {
@@ -798,7 +816,7 @@ impl Allocator {
     }
 
     fn pick_fair(&self, idx: usize, now: Time, served: &[usize]) -> Option<(usize, Allocation)> {
-        let agent = self.agents[idx].as_ref().filter(|a| a.active)?;
+        let agent = self.agents[idx].as_ref().filter(|a| a.active && !a.free.is_empty())?;
         let headroom = self.unmet_guarantees();
         let headroom = (!headroom.is_empty()).then_some(headroom);
         self.tree.first_framework(self.tree.root(), &mut |fw_node| {

@@ -24,8 +24,13 @@ impl Quantities {
 
     pub fn add(&mut self, r: &Resources) {
         for (k, v) in r.quantities() {
-            let e = self.0.entry(k.to_string()).or_insert(0);
-            *e = e.saturating_add(v);
+            // Look up before inserting: the common case allocates nothing.
+            match self.0.get_mut(k) {
+                Some(e) => *e = e.saturating_add(v),
+                None => {
+                    self.0.insert(k.to_string(), v);
+                }
+            }
         }
     }
 

@@ -42,6 +42,8 @@ struct Node {
 pub(crate) struct Tree {
     nodes: Vec<Option<Node>>,
     roles: HashMap<Role, usize>,
+    /// Role nodes with a quota: few, and looked at on every pick.
+    quota_roles: BTreeSet<usize>,
 }
 
 impl Tree {
@@ -63,6 +65,7 @@ impl Tree {
         Tree {
             nodes: vec![Some(root)],
             roles: HashMap::new(),
+            quota_roles: BTreeSet::new(),
         }
     }
 
@@ -164,6 +167,11 @@ impl Tree {
     }
 
     pub fn set_quota(&mut self, node: usize, quota: Option<Quota>) {
+        if quota.is_some() {
+            self.quota_roles.insert(node);
+        } else {
+            self.quota_roles.remove(&node);
+        }
         self.node_mut(node).quota = quota;
     }
 
@@ -174,12 +182,7 @@ impl Tree {
 
     /// Roles with a quota, lowest key first.
     pub fn quota_roles_by_key(&self) -> Vec<usize> {
-        let mut roles: Vec<(Key, usize)> = self
-            .roles
-            .values()
-            .filter(|&&n| self.node(n).quota.is_some())
-            .map(|&n| (self.node(n).key, n))
-            .collect();
+        let mut roles: Vec<(Key, usize)> = self.quota_roles.iter().map(|&n| (self.node(n).key, n)).collect();
         roles.sort();
         roles.into_iter().map(|(_, n)| n).collect()
     }
