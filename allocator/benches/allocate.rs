@@ -19,13 +19,24 @@ use stoa_proto::{AgentId, Attributes, FrameworkId, Resources, Time};
 fn cluster(agents: usize, frameworks: usize) -> Allocator {
     let mut a = Allocator::new(AllocatorConfig::default());
     for f in 0..frameworks {
-        let spec = FrameworkSpec { role: format!("role{f}").parse().expect("role"), min_allocatable: None, constraints: vec![] };
+        let spec = FrameworkSpec {
+            role: format!("role{f}").parse().expect("role"),
+            min_allocatable: None,
+            constraints: vec![],
+        };
         a.add_framework(FrameworkId::new(format!("framework{f}")).expect("id"), spec);
     }
-    let total: Resources = "cpus:24;mem:4096;disk:4096;ports:[31000-32000]".parse().expect("resources");
+    let total: Resources = "cpus:24;mem:4096;disk:4096;ports:[31000-32000]"
+        .parse()
+        .expect("resources");
     for i in 0..agents {
-        a.add_agent(AgentId::new(format!("agent{i}")).expect("id"), total.clone(), BTreeMap::new(), Attributes::default())
-            .expect("agent");
+        a.add_agent(
+            AgentId::new(format!("agent{i}")).expect("id"),
+            total.clone(),
+            BTreeMap::new(),
+            Attributes::default(),
+        )
+        .expect("agent");
     }
     a
 }
@@ -34,10 +45,18 @@ fn bench(c: &mut Criterion) {
     let sizes: Vec<(usize, usize)> = [1_000, 10_000, 50_000]
         .into_iter()
         .flat_map(|a| [10, 100, 1_000].into_iter().map(move |f| (a, f)))
-        .filter(|(a, _)| std::env::var("STOA_BENCH_MAX_AGENTS").ok().and_then(|m| m.parse().ok()).is_none_or(|m: usize| *a <= m))
+        .filter(|(a, _)| {
+            std::env::var("STOA_BENCH_MAX_AGENTS")
+                .ok()
+                .and_then(|m| m.parse().ok())
+                .is_none_or(|m: usize| *a <= m)
+        })
         .collect();
     let mut group = c.benchmark_group("allocator");
-    group.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(2));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(2));
     for &(agents, frameworks) in &sizes {
         group.bench_function(format!("full/{agents}x{frameworks}"), |b| {
             b.iter_batched(

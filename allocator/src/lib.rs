@@ -53,7 +53,11 @@ impl MinAllocatable {
             return false;
         }
         let have = |kind: &str| -> u64 {
-            let of = |r: &Resources| r.quantities().find(|(k, _)| *k == kind).map_or(0, |(_, v)| v);
+            let of = |r: &Resources| {
+                r.quantities()
+                    .find(|(k, _)| *k == kind)
+                    .map_or(0, |(_, v)| v)
+            };
             offer.reserved.values().map(of).sum::<u64>() + of(&offer.unreserved)
         };
         self.0.is_empty() || self.0.iter().any(|m| m.iter().all(|(k, v)| have(k) >= v))
@@ -758,7 +762,10 @@ impl Allocator {
             }
         }
         let mut offer = Allocation::default();
-        let lineage = (!agent.free.reserved.is_empty()).then(|| fw.spec.role.lineage()).into_iter().flatten();
+        let lineage = (!agent.free.reserved.is_empty())
+            .then(|| fw.spec.role.lineage())
+            .into_iter()
+            .flatten();
         for role in lineage {
             if let Some(pool) = agent.free.reserved.get(&role) {
                 let part = pool.capped(|k| cap.get(k).copied());
@@ -816,7 +823,9 @@ impl Allocator {
     }
 
     fn pick_fair(&self, idx: usize, now: Time, served: &[usize]) -> Option<(usize, Allocation)> {
-        let agent = self.agents[idx].as_ref().filter(|a| a.active && !a.free.is_empty())?;
+        let agent = self.agents[idx]
+            .as_ref()
+            .filter(|a| a.active && !a.free.is_empty())?;
         let headroom = self.unmet_guarantees();
         let headroom = (!headroom.is_empty()).then_some(headroom);
         self.tree.first_framework(self.tree.root(), &mut |fw_node| {

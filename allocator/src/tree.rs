@@ -182,7 +182,11 @@ impl Tree {
 
     /// Roles with a quota, lowest key first.
     pub fn quota_roles_by_key(&self) -> Vec<usize> {
-        let mut roles: Vec<(Key, usize)> = self.quota_roles.iter().map(|&n| (self.node(n).key, n)).collect();
+        let mut roles: Vec<(Key, usize)> = self
+            .quota_roles
+            .iter()
+            .map(|&n| (self.node(n).key, n))
+            .collect();
         roles.sort();
         roles.into_iter().map(|(_, n)| n).collect()
     }

@@ -59,10 +59,11 @@ struct AgentArgs {
     /// The agent's own state.
     #[arg(long, default_value = ".stoa/agent")]
     work_dir: PathBuf,
-    /// Resources to offer, e.g. "cpus:4;mem:8192;disk:10000;ports:[31000-32000]".
+    /// Resources to offer, e.g. "cpus:4;mem:8192;disk:10000;ports:[31000-32000]";
+    /// `NAME(ROLE):VALUE` reserves that much for a role: "cpus(eng):2".
     /// Detected from the machine when not given.
     #[arg(long)]
-    resources: Option<stoa_proto::Resources>,
+    resources: Option<String>,
     /// Attributes, e.g. "rack:a;zone:eu-1".
     #[arg(long, default_value = "")]
     attributes: stoa_proto::Attributes,
@@ -133,13 +134,18 @@ fn main() -> anyhow::Result<()> {
                 stoa_master::driver::run(config, shutdown_signal()).await
             }
             Command::Agent(a) => {
-                let resources = match a.resources {
-                    Some(r) => r,
-                    None => machine::detect_resources()
-                        .context("cannot detect this machine's resources; pass --resources")?,
+                let (resources, reservations) = match a.resources.as_deref() {
+                    Some(text) => stoa_proto::resources::parse_with_reservations(text)
+                        .with_context(|| format!("--resources {text:?}"))?,
+                    None => (
+                        machine::detect_resources()
+                            .context("cannot detect this machine's resources; pass --resources")?,
+                        Vec::new(),
+                    ),
                 };
                 let hostname = a.hostname.unwrap_or_else(machine::hostname);
                 let info = stoa_proto::AgentInfo {
+                    reservations,
                     hostname,
                     resources,
                     attributes: a.attributes,

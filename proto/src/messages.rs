@@ -4,6 +4,7 @@
 
 use crate::ids::{AgentId, FrameworkId, OfferId, TaskId, UpdateId};
 use crate::resources::{Attributes, Resources};
+use crate::role::Role;
 use crate::task::{TaskInfo, TaskState, TaskStatus};
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
     pub hostname: String,
+    /// Everything the agent has, reserved parts included.
     pub resources: Resources,
+    /// Static reservations: parts of `resources` only offered to a role
+    /// (and its sub-roles).
+    pub reservations: Vec<(Role, Resources)>,
     pub attributes: Attributes,
 }
 
@@ -69,11 +74,51 @@ pub enum MasterToAgent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameworkInfo {
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub principal: Option<String>,
     /// How long the master keeps the framework's tasks after its scheduler
     /// disconnects; 0 tears it down at once.
     pub failover_timeout_ms: u64,
+    /// Offers must hold at least one of these bundles; the master's
+    /// default when empty.
+    pub min_allocatable: Vec<Resources>,
+    /// Only agents whose attributes satisfy all of these are offered.
+    pub constraints: Vec<OfferConstraint>,
+}
+
+impl FrameworkInfo {
+    /// A framework in `role` with the defaults for everything else.
+    pub fn new(name: impl Into<String>, role: Role) -> FrameworkInfo {
+        FrameworkInfo {
+            name: name.into(),
+            role,
+            principal: None,
+            failover_timeout_ms: 0,
+            min_allocatable: Vec::new(),
+            constraints: Vec::new(),
+        }
+    }
+}
+
+/// A condition on an agent attribute for offers to a framework.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OfferConstraint {
+    Exists {
+        attribute: String,
+    },
+    Equals {
+        attribute: String,
+        value: String,
+    },
+    NotEquals {
+        attribute: String,
+        value: String,
+    },
+    /// The whole value matches this regular expression.
+    Matches {
+        attribute: String,
+        pattern: String,
+    },
 }
 
 /// Resources of one agent offered to one framework.
@@ -83,7 +128,10 @@ pub struct Offer {
     pub framework_id: FrameworkId,
     pub agent_id: AgentId,
     pub hostname: String,
+    /// Everything offered, reserved parts included.
     pub resources: Resources,
+    /// The parts of `resources` reserved for a role.
+    pub reservations: Vec<(Role, Resources)>,
     pub attributes: Attributes,
 }
 
@@ -114,6 +162,10 @@ pub enum Call {
     Kill {
         task_id: TaskId,
     },
+    /// No more offers until REVIVE.
+    Suppress,
+    /// Offers again, and every filter this framework set is cleared.
+    Revive,
     Acknowledge {
         agent_id: AgentId,
         task_id: TaskId,

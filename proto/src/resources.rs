@@ -425,6 +425,41 @@ impl std::str::FromStr for Resources {
     }
 }
 
+/// Parses an agent's resources in Mesos syntax, where `NAME(ROLE):VALUE`
+/// reserves that part for ROLE: `cpus:4;mem:4096;cpus(eng):2;mem(eng):1024`.
+/// Returns everything (reserved parts included) and the reservations.
+pub fn parse_with_reservations(
+    s: &str,
+) -> Result<(Resources, Vec<(crate::Role, Resources)>), ParseError> {
+    let mut unreserved = String::new();
+    let mut by_role: BTreeMap<crate::Role, String> = BTreeMap::new();
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = part
+            .split_once(':')
+            .ok_or_else(|| ParseError::NotAPair(part.to_string()))?;
+        match name
+            .trim()
+            .strip_suffix(')')
+            .and_then(|n| n.split_once('('))
+        {
+            Some((kind, role)) => {
+                let role = crate::Role::new(role).map_err(|e| ParseError::BadName(e.0))?;
+                let entry = by_role.entry(role).or_default();
+                entry.push_str(&format!("{kind}:{value};"));
+            }
+            None => unreserved.push_str(&format!("{part};")),
+        }
+    }
+    let mut total: Resources = unreserved.parse()?;
+    let mut reservations = Vec::new();
+    for (role, text) in by_role {
+        let r: Resources = text.parse()?;
+        total = total.checked_add(&r).ok_or(ParseError::Overflow)?;
+        reservations.push((role, r));
+    }
+    Ok((total, reservations))
+}
+
 fn parse_milli(name: &str, value: &str) -> Result<u64, ParseError> {
     let bad = || ParseError::BadNumber {
         name: name.to_string(),
@@ -588,6 +623,17 @@ mod tests {
             "cpus:1.5;mem:1024;disk:10;gpus:1;ports:[31000-31020];fpga:0.25"
         );
         assert_eq!(r(&x.to_string()), x);
+    }
+
+    #[test]
+    fn reservations_parse_mesos_style() {
+        let (total, reserved) =
+            parse_with_reservations("cpus:2;mem:1024;cpus(eng):2;mem(eng/ml):512").expect("parse");
+        assert_eq!(total, r("cpus:4;mem:1536"));
+        assert_eq!(reserved.len(), 2);
+        assert_eq!(reserved[0].0.as_str(), "eng");
+        assert_eq!(reserved[0].1, r("cpus:2"));
+        assert!(parse_with_reservations("cpus(bad role):1").is_err());
     }
 
     #[test]

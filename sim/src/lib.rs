@@ -113,6 +113,7 @@ impl Sim {
         };
         for i in 0..sim.config.agents {
             let info = AgentInfo {
+                reservations: Vec::new(),
                 hostname: format!("host-{i}"),
                 resources: sim.config.agent_resources.clone(),
                 attributes: Attributes::default(),
@@ -133,12 +134,10 @@ impl Sim {
             });
             sim.master
                 .handle_connected(sim.now, sim.sched_conn(f), Channel::Scheduler);
-            let framework = FrameworkInfo {
-                name: format!("fw-{f}"),
-                role: format!("role-{f}"),
-                principal: None,
-                failover_timeout_ms: 0,
-            };
+            let framework = FrameworkInfo::new(
+                format!("fw-{f}"),
+                format!("role-{f}").parse().expect("role"),
+            );
             sim.send(Packet::SchedulerToMaster(f, Call::Subscribe { framework }));
         }
         sim
@@ -460,6 +459,8 @@ fn describe_call(c: &Call) -> String {
         Call::Acknowledge {
             task_id, update_id, ..
         } => format!("Ack {task_id} #{}", update_id.0),
+        Call::Suppress => "Suppress".into(),
+        Call::Revive => "Revive".into(),
         Call::Teardown => "Teardown".into(),
     }
 }

@@ -15,6 +15,7 @@ fn hello(cluster: &Cluster, tasks: usize) -> anyhow::Result<hello_scheduler::Hel
         tasks,
         wasm: hello_wasm()?,
         task_resources: hello_scheduler::default_task_resources(),
+        role: "default".parse()?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(hello_scheduler::run_with_timeout(
@@ -160,12 +161,7 @@ fn accept_naming_an_unknown_or_used_offer_drops_the_tasks() -> anyhow::Result<()
     let wasm = hello_wasm()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let framework = stoa_proto::FrameworkInfo {
-            name: "bad-accepts".into(),
-            role: "test".into(),
-            principal: None,
-            failover_timeout_ms: 0,
-        };
+        let framework = stoa_proto::FrameworkInfo::new("bad-accepts", "test".parse()?);
         let mut s = stoa_client::SchedulerSession::subscribe(&cluster.client(), framework).await?;
         let task = |id: &str| stoa_proto::TaskInfo {
             task_id: stoa_proto::TaskId::new(id).expect("valid id"),

@@ -7,6 +7,7 @@ fn t(ms: u64) -> Time {
 
 fn registered() -> Agent {
     let info = AgentInfo {
+        reservations: Vec::new(),
         hostname: "h".into(),
         resources: "cpus:1;mem:64".parse().expect("r"),
         attributes: Attributes::default(),

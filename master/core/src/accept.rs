@@ -2,11 +2,15 @@
 //! launch what is valid. Checks run cheapest first: the offers as a whole
 //! (a bad offer invalidates every launch, TASK_DROPPED), then each task on
 //! its own (a bad task gets TASK_ERROR and does not affect its siblings).
+//! What the launches leave over goes back to the allocator, filtered from
+//! this framework for `refuse_ms`.
 
 use super::{Master, TaskEntry, Transmit};
+use std::collections::BTreeMap;
+use stoa_allocator::Allocation;
 use stoa_proto::{
-    AgentId, Event, FrameworkId, MasterToAgent, OfferId, Operation, Reason, Resources, TaskInfo,
-    TaskState, TaskStatus, Time,
+    AgentId, Event, FrameworkId, MasterToAgent, OfferId, Operation, Reason, TaskInfo, TaskState,
+    TaskStatus, Time,
 };
 
 impl Master {
@@ -24,26 +28,13 @@ impl Master {
                 Operation::Launch { tasks } => tasks,
             })
             .collect();
-        let pool = match self.take_offers(fw, &offer_ids) {
-            Ok(pool) => pool,
+        let (agent, mut pool) = match self.take_offers(fw, &offer_ids) {
+            Ok(Some(taken)) => taken,
+            Ok(None) => return self.drop_all(fw, tasks, "ACCEPT named no offers".into()),
             Err(message) => {
-                for task in tasks {
-                    let status = TaskStatus::new(task.task_id, TaskState::Dropped)
-                        .because(Reason::InvalidOffers, message.clone());
-                    self.send_to_framework(fw, Event::Update { status, ack: None });
-                }
                 self.request_allocation(now);
-                return;
+                return self.drop_all(fw, tasks, message);
             }
-        };
-        let Some((agent, mut remaining)) = pool else {
-            // No offers named: nothing to launch on.
-            for task in tasks {
-                let status = TaskStatus::new(task.task_id, TaskState::Dropped)
-                    .because(Reason::InvalidOffers, "ACCEPT named no offers");
-                self.send_to_framework(fw, Event::Update { status, ack: None });
-            }
-            return;
         };
         let agent_conn = self.agents.get(&agent).and_then(|a| a.conn);
         for task in tasks {
@@ -56,22 +47,21 @@ impl Master {
             } else if task.resources.mem_mib() == 0 {
                 Err("a task needs mem (its memory limit), e.g. mem:32".to_string())
             } else {
-                remaining.checked_sub(&task.resources).ok_or_else(|| {
+                take_for_task(&mut pool, &task).ok_or_else(|| {
                     format!(
-                        "task asks for {} but only {} is left in the offers",
-                        task.resources, remaining
+                        "task asks for {} but the offers have {} left (a task's resources must come from one pool: unreserved or one role's reservation)",
+                        task.resources,
+                        pool.total()
                     )
                 })
             };
             match (verdict, agent_conn) {
-                (Ok(left), Some(conn)) => {
-                    remaining = left;
-                    self.books().hold(&agent, fw, &task.resources);
+                (Ok(allocation), Some(conn)) => {
                     self.tasks.insert(
                         key,
                         TaskEntry {
                             agent: agent.clone(),
-                            resources: task.resources.clone(),
+                            allocation,
                             state: TaskState::Staging,
                             terminal_update: None,
                         },
@@ -84,7 +74,8 @@ impl Master {
                         },
                     ));
                 }
-                (Ok(_), None) => {
+                (Ok(allocation), None) => {
+                    self.allocator.recover(fw, &agent, &allocation, None);
                     let status = TaskStatus::new(task.task_id, TaskState::Dropped)
                         .because(Reason::AgentDisconnected, "the agent is not connected")
                         .on(agent.clone());
@@ -98,30 +89,35 @@ impl Master {
                 }
             }
         }
-        if !remaining.is_empty() {
-            self.add_filter(now, fw, &agent, refuse_ms);
+        if !pool.is_empty() {
+            let until = self.refuse_until(now, refuse_ms);
+            self.allocator.recover(fw, &agent, &pool, until);
         }
         self.request_allocation(now);
     }
 
-    /// Removes the named offers and returns their agent and summed
-    /// resources, or why they cannot be used. Valid offers are consumed
+    fn drop_all(&mut self, fw: &FrameworkId, tasks: Vec<TaskInfo>, message: String) {
+        for task in tasks {
+            let status = TaskStatus::new(task.task_id, TaskState::Dropped)
+                .because(Reason::InvalidOffers, message.clone());
+            self.send_to_framework(fw, Event::Update { status, ack: None });
+        }
+    }
+
+    /// Removes the named offers and returns their agent and pooled
+    /// allocation, or why they cannot be used. Valid offers are consumed
     /// even when another one is invalid, as in Mesos: their resources go
-    /// back to the pool.
+    /// back to the allocator.
     fn take_offers(
         &mut self,
         fw: &FrameworkId,
         ids: &[OfferId],
-    ) -> Result<Option<(AgentId, Resources)>, String> {
+    ) -> Result<Option<(AgentId, Allocation)>, String> {
         let mut problem = None;
         let mut taken = Vec::new();
         for id in ids {
             match self.offers.get(id) {
-                Some(o) if &o.framework_id == fw => {
-                    if let Some(o) = self.offers.remove(id) {
-                        taken.push(o);
-                    }
-                }
+                Some(o) if &o.offer.framework_id == fw => taken.extend(self.offers.remove(id)),
                 Some(_) => problem = Some(format!("{id} was made to another framework")),
                 None => {
                     problem = Some(format!(
@@ -130,26 +126,57 @@ impl Master {
                 }
             }
         }
-        for o in &taken {
-            self.books().unoffer(&o.agent_id, fw, &o.resources);
-        }
-        if problem.is_none() && taken.windows(2).any(|w| w[0].agent_id != w[1].agent_id) {
+        if problem.is_none()
+            && taken
+                .windows(2)
+                .any(|w| w[0].offer.agent_id != w[1].offer.agent_id)
+        {
             problem = Some("an ACCEPT may only combine offers of one agent".into());
         }
-        if problem.is_none() && ids.len() != taken.len() {
-            problem = Some("the same offer is named twice".into());
-        }
         if let Some(p) = problem {
+            for o in taken {
+                self.allocator
+                    .recover(fw, &o.offer.agent_id, &o.allocation, None);
+            }
             return Err(p);
         }
         let Some(first) = taken.first() else {
             return Ok(None);
         };
-        let agent = first.agent_id.clone();
-        let mut pool = Resources::new();
-        for o in &taken {
-            pool = pool.checked_add(&o.resources).ok_or("offers overlap")?;
+        let agent = first.offer.agent_id.clone();
+        let mut pool = Allocation::default();
+        for o in taken {
+            pool.unreserved = pool
+                .unreserved
+                .checked_add(&o.allocation.unreserved)
+                .ok_or("offers overlap")?;
+            for (role, r) in o.allocation.reserved {
+                let slot = pool.reserved.entry(role).or_default();
+                *slot = slot.checked_add(&r).ok_or("offers overlap")?;
+            }
         }
         Ok(Some((agent, pool)))
     }
+}
+
+/// Takes a task's resources from one part of the pool: a reservation first
+/// (reserved resources are the framework's to use), else unreserved.
+fn take_for_task(pool: &mut Allocation, task: &TaskInfo) -> Option<Allocation> {
+    for (role, part) in pool.reserved.iter_mut() {
+        if let Some(left) = part.checked_sub(&task.resources) {
+            *part = left;
+            let role = role.clone();
+            pool.reserved.retain(|_, r| !r.is_empty());
+            return Some(Allocation {
+                unreserved: Default::default(),
+                reserved: BTreeMap::from([(role, task.resources.clone())]),
+            });
+        }
+    }
+    let left = pool.unreserved.checked_sub(&task.resources)?;
+    pool.unreserved = left;
+    Some(Allocation {
+        unreserved: task.resources.clone(),
+        reserved: BTreeMap::new(),
+    })
 }

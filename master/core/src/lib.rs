@@ -9,16 +9,16 @@
 //! outputs — which is what the simulator relies on.
 
 mod accept;
-mod books;
 
-use books::Books;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
-use stoa_allocator::{AgentSlot, Filter, FrameworkSlot, Snapshot};
-use stoa_proto::messages::RunningTask;
+use stoa_allocator::{
+    Allocation, Allocator, AllocatorConfig, Constraint, FrameworkSpec, MinAllocatable,
+};
+use stoa_proto::messages::{OfferConstraint, RunningTask};
 use stoa_proto::{
     AgentId, AgentInfo, AgentToMaster, Call, Event, FrameworkId, FrameworkInfo, MasterToAgent,
-    Offer, OfferId, Reason, Resources, TaskId, TaskState, TaskStatus, Time, UpdateId,
+    Offer, OfferId, Reason, Resources, Role, TaskId, TaskState, TaskStatus, Time, UpdateId,
 };
 
 /// A connection, as numbered by the driver. Never reused within a run.
@@ -51,6 +51,9 @@ pub struct MasterConfig {
     pub allocation_delay: Duration,
     /// How long declined resources stay away from a framework by default.
     pub default_refuse: Duration,
+    /// Offers unanswered for this long are rescinded; never when `None`.
+    pub offer_timeout: Option<Duration>,
+    pub allocator: AllocatorConfig,
 }
 
 impl Default for MasterConfig {
@@ -60,6 +63,8 @@ impl Default for MasterConfig {
             agent_timeout: Duration::from_secs(5),
             allocation_delay: Duration::from_millis(1),
             default_refuse: Duration::from_secs(5),
+            offer_timeout: None,
+            allocator: AllocatorConfig::default(),
         }
     }
 }
@@ -76,10 +81,6 @@ enum Peer {
 struct AgentEntry {
     conn: Option<ConnId>,
     info: AgentInfo,
-    /// Held by tasks.
-    used: Resources,
-    /// In outstanding offers.
-    offered: Resources,
     last_heartbeat: Time,
 }
 
@@ -87,8 +88,6 @@ struct AgentEntry {
 struct FrameworkEntry {
     conn: Option<ConnId>,
     info: FrameworkInfo,
-    used: Resources,
-    offered: Resources,
     /// Set while the scheduler is away; the framework is torn down once
     /// `failover_timeout_ms` has passed since.
     disconnected_at: Option<Time>,
@@ -97,11 +96,21 @@ struct FrameworkEntry {
 #[derive(Debug)]
 struct TaskEntry {
     agent: AgentId,
-    resources: Resources,
+    /// Where its resources came from; given back to the allocator when the
+    /// task ends.
+    allocation: Allocation,
     state: TaskState,
     /// The update that made the task terminal; its acknowledgement ends the
     /// task's life in the master.
     terminal_update: Option<UpdateId>,
+}
+
+/// An outstanding offer and the allocation behind it.
+#[derive(Debug)]
+struct OfferEntry {
+    offer: Offer,
+    allocation: Allocation,
+    made_at: Time,
 }
 
 /// The master's state machine. See the module docs for the calling order.
@@ -117,8 +126,9 @@ pub struct Master {
     agents: BTreeMap<AgentId, AgentEntry>,
     frameworks: BTreeMap<FrameworkId, FrameworkEntry>,
     tasks: BTreeMap<(FrameworkId, TaskId), TaskEntry>,
-    offers: BTreeMap<OfferId, Offer>,
-    filters: Vec<Filter>,
+    offers: BTreeMap<OfferId, OfferEntry>,
+    /// Who holds what; owns filters and fairness.
+    allocator: Allocator,
     allocation_due: Option<Time>,
     outbox: VecDeque<Transmit>,
 }
@@ -138,6 +148,7 @@ impl Master {
     /// run a different one (the driver uses its start time).
     pub fn new(config: MasterConfig, instance: &str) -> Self {
         Master {
+            allocator: Allocator::new(config.allocator.clone()),
             config,
             instance: instance.to_string(),
             next_id: 1,
@@ -148,7 +159,6 @@ impl Master {
             frameworks: BTreeMap::new(),
             tasks: BTreeMap::new(),
             offers: BTreeMap::new(),
-            filters: Vec::new(),
             allocation_due: None,
             outbox: VecDeque::new(),
         }
@@ -180,10 +190,20 @@ impl Master {
             f.disconnected_at
                 .map(|t| t + Duration::from_millis(f.info.failover_timeout_ms))
         });
-        let filters = self.filters.iter().map(|f| f.until);
+        let offer_expiry = self
+            .config
+            .offer_timeout
+            .and_then(|t| self.offers.values().map(|o| o.made_at).min().map(|m| m + t));
         agent_deadlines
             .chain(failovers)
-            .chain(filters)
+            // An expired filter is purged by the next allocation; once one
+            // is due, the filter's time no longer matters.
+            .chain(
+                self.allocator
+                    .next_filter_expiry()
+                    .filter(|_| self.allocation_due.is_none()),
+            )
+            .chain(offer_expiry)
             .chain(self.allocation_due)
             .min()
     }
@@ -218,9 +238,23 @@ impl Master {
             tracing::info!(framework = %id, "failover timeout passed; tearing the framework down");
             self.remove_framework(now, &id);
         }
-        let before = self.filters.len();
-        self.filters.retain(|f| f.until > now);
-        if self.filters.len() != before {
+        if let Some(timeout) = self.config.offer_timeout {
+            let stale: Vec<OfferId> = self
+                .offers
+                .values()
+                .filter(|o| o.made_at + timeout <= now)
+                .map(|o| o.offer.id)
+                .collect();
+            for id in stale {
+                self.rescind(id);
+            }
+        }
+        // An expired filter makes its agent offerable again.
+        if self
+            .allocator
+            .next_filter_expiry()
+            .is_some_and(|t| t <= now)
+        {
             self.request_allocation(now);
         }
         if self.allocation_due.is_some_and(|t| t <= now) {
@@ -330,6 +364,11 @@ impl Master {
                         refuse_ms,
                     } => self.decline(now, &fw, offer_ids, refuse_ms),
                     Call::Kill { task_id } => self.kill(&fw, task_id),
+                    Call::Suppress => self.allocator.suppress(&fw),
+                    Call::Revive => {
+                        self.allocator.revive(&fw);
+                        self.request_allocation(now);
+                    }
                     Call::Acknowledge {
                         agent_id,
                         task_id,
@@ -419,11 +458,32 @@ impl Master {
         }
         self.peers.insert(conn, Peer::Agent);
         self.agent_of.insert(conn, id.clone());
+        if self.agents.contains_key(&id) {
+            self.allocator.set_agent_active(&id, true);
+        } else {
+            let reserved = info.reservations.iter().cloned().collect();
+            if let Err(e) = self.allocator.add_agent(
+                id.clone(),
+                info.resources.clone(),
+                reserved,
+                info.attributes.clone(),
+            ) {
+                let message = format!("invalid resources: {e}");
+                self.outbox.push_back(Transmit::ToAgent(
+                    conn,
+                    MasterToAgent::Refused {
+                        message: message.clone(),
+                    },
+                ));
+                self.outbox.push_back(Transmit::Close(conn, message));
+                self.peers.remove(&conn);
+                self.agent_of.remove(&conn);
+                return;
+            }
+        }
         let entry = self.agents.entry(id.clone()).or_insert_with(|| AgentEntry {
             conn: None,
             info: info.clone(),
-            used: Resources::new(),
-            offered: Resources::new(),
             last_heartbeat: now,
         });
         entry.conn = Some(conn);
@@ -476,19 +536,62 @@ impl Master {
                 }
                 None => {
                     // A task from before this master started: take it into the books.
+                    let allocation = self.claim_running(agent, &r);
                     self.tasks.insert(
                         key,
                         TaskEntry {
                             agent: agent.clone(),
-                            resources: r.resources.clone(),
+                            allocation,
                             state: r.state,
                             terminal_update: None,
                         },
                     );
-                    self.books().hold(agent, &r.framework_id, &r.resources);
                 }
             }
         }
+    }
+
+    /// Books a task reported by a re-registering agent as held, from the
+    /// agent's unreserved resources or else one of its reservations. A
+    /// framework not (yet) subscribed is held for as an inactive one, so the
+    /// task's resources are not offered to anyone else meanwhile.
+    fn claim_running(&mut self, agent: &AgentId, task: &RunningTask) -> Allocation {
+        if !self.frameworks.contains_key(&task.framework_id) {
+            let role = Role::new("recovered").unwrap_or_else(|_| unreachable!("a valid role"));
+            let spec = FrameworkSpec {
+                role,
+                min_allocatable: None,
+                constraints: Vec::new(),
+            };
+            self.allocator
+                .add_framework(task.framework_id.clone(), spec);
+            self.allocator
+                .set_framework_active(&task.framework_id, false);
+        }
+        let roles: Vec<Role> = self
+            .agents
+            .get(agent)
+            .map(|a| a.info.reservations.iter().map(|(r, _)| r.clone()).collect())
+            .unwrap_or_default();
+        let candidates = std::iter::once(Allocation {
+            unreserved: task.resources.clone(),
+            reserved: BTreeMap::new(),
+        })
+        .chain(roles.into_iter().map(|role| Allocation {
+            unreserved: Resources::new(),
+            reserved: BTreeMap::from([(role, task.resources.clone())]),
+        }));
+        for candidate in candidates {
+            if self
+                .allocator
+                .claim(&task.framework_id, agent, &candidate)
+                .is_ok()
+            {
+                return candidate;
+            }
+        }
+        tracing::error!(agent = %agent, task = %task.task_id, "a reported task holds more than the agent has free; not booking it");
+        Allocation::default()
     }
 
     fn agent_lost(&mut self, now: Time, id: &AgentId) {
@@ -498,6 +601,7 @@ impl Master {
         agent.conn = None;
         tracing::warn!(agent = %id, "agent disconnected; its tasks are unreachable");
         self.rescind_where(|o| &o.agent_id == id);
+        self.allocator.set_agent_active(id, false);
         let keys = self.task_keys_where(|_, t| &t.agent == id && !t.state.is_terminal());
         for key in keys {
             if let Some(task) = self.tasks.get_mut(&key) {
@@ -512,7 +616,8 @@ impl Master {
     }
 
     fn subscribe(&mut self, now: Time, conn: ConnId, info: FrameworkInfo) {
-        if let Err(message) = check_framework(&info) {
+        let spec = check_framework(&info);
+        if let Err(message) = spec {
             self.send_to_scheduler(
                 conn,
                 Event::Error {
@@ -522,14 +627,12 @@ impl Master {
             self.outbox.push_back(Transmit::Close(conn, message));
             return;
         }
-        let id = match FrameworkId::new(self.fresh_id("f")) {
-            Ok(id) => id,
-            Err(e) => {
-                self.outbox
-                    .push_back(Transmit::Close(conn, format!("cannot name framework: {e}")));
-                return;
-            }
+        let (Ok(spec), Ok(id)) = (spec, FrameworkId::new(self.fresh_id("f"))) else {
+            self.outbox
+                .push_back(Transmit::Close(conn, "cannot name the framework".into()));
+            return;
         };
+        self.allocator.add_framework(id.clone(), spec);
         tracing::info!(framework = %id, name = %info.name, role = %info.role, "framework subscribed");
         self.peers.insert(conn, Peer::Framework);
         self.framework_of.insert(conn, id.clone());
@@ -538,8 +641,6 @@ impl Master {
             FrameworkEntry {
                 conn: Some(conn),
                 info,
-                used: Resources::new(),
-                offered: Resources::new(),
                 disconnected_at: None,
             },
         );
@@ -563,6 +664,7 @@ impl Master {
         fw.disconnected_at = Some(now);
         tracing::info!(framework = %id, failover_timeout_ms = fw.info.failover_timeout_ms, "scheduler disconnected");
         self.rescind_where(|o| &o.framework_id == id);
+        self.allocator.set_framework_active(id, false);
         if fw_failover_now(self.frameworks.get(id)) {
             self.remove_framework(now, id);
         }
@@ -597,7 +699,9 @@ impl Master {
             self.tasks.remove(&key);
         }
         self.frameworks.remove(id);
-        self.filters.retain(|f| &f.framework != id);
+        // Running tasks keep their resources held on their agents until
+        // they end; only the framework's place in the role tree goes.
+        self.allocator.remove_framework(id);
         self.request_allocation(now);
     }
 
@@ -606,8 +710,8 @@ impl Master {
         let ids: Vec<OfferId> = self
             .offers
             .values()
-            .filter(|o| pred(o))
-            .map(|o| o.id)
+            .filter(|o| pred(&o.offer))
+            .map(|o| o.offer.id)
             .collect();
         for id in ids {
             self.rescind(id);
@@ -627,14 +731,14 @@ impl Master {
             .collect()
     }
 
-    /// Withdraws an offer, returning its resources to the pool.
+    /// Withdraws an offer, returning its resources to the allocator.
     fn rescind(&mut self, offer_id: OfferId) {
-        let Some(offer) = self.offers.remove(&offer_id) else {
+        let Some(entry) = self.offers.remove(&offer_id) else {
             return;
         };
-        self.books()
-            .unoffer(&offer.agent_id, &offer.framework_id, &offer.resources);
-        self.send_to_framework(&offer.framework_id, Event::Rescind { offer_id });
+        let (fw, agent) = (&entry.offer.framework_id, &entry.offer.agent_id);
+        self.allocator.recover(fw, agent, &entry.allocation, None);
+        self.send_to_framework(&entry.offer.framework_id, Event::Rescind { offer_id });
     }
 
     fn status_update(
@@ -682,7 +786,7 @@ impl Master {
         }
     }
 
-    /// Moves a task to `state`, freeing its resources if that is terminal.
+    /// Moves a task to `state`, giving its resources back if that is terminal.
     fn release_task(
         &mut self,
         key: &(FrameworkId, TaskId),
@@ -696,8 +800,8 @@ impl Master {
         task.state = state;
         if state.is_terminal() && !was_terminal {
             task.terminal_update = update;
-            let (agent, resources) = (task.agent.clone(), task.resources.clone());
-            self.books().release(&agent, &key.0, &resources);
+            let (agent, allocation) = (task.agent.clone(), std::mem::take(&mut task.allocation));
+            self.allocator.recover(&key.0, &agent, &allocation, None);
         }
     }
 
@@ -755,72 +859,35 @@ impl Master {
         refuse_ms: Option<u64>,
     ) {
         for id in offer_ids {
-            if self.offers.get(&id).is_some_and(|o| &o.framework_id == fw)
-                && let Some(offer) = self.offers.remove(&id)
+            if self
+                .offers
+                .get(&id)
+                .is_some_and(|o| &o.offer.framework_id == fw)
+                && let Some(entry) = self.offers.remove(&id)
             {
-                self.books().unoffer(&offer.agent_id, fw, &offer.resources);
-                self.add_filter(now, fw, &offer.agent_id, refuse_ms);
+                let until = self.refuse_until(now, refuse_ms);
+                self.allocator
+                    .recover(fw, &entry.offer.agent_id, &entry.allocation, until);
             }
         }
         self.request_allocation(now);
     }
 
-    fn add_filter(&mut self, now: Time, fw: &FrameworkId, agent: &AgentId, refuse_ms: Option<u64>) {
+    /// When a filter set with `refuse_ms` (or the default) ends; `None` for
+    /// no filter.
+    fn refuse_until(&self, now: Time, refuse_ms: Option<u64>) -> Option<Time> {
         let refuse = refuse_ms
             .map(Duration::from_millis)
             .unwrap_or(self.config.default_refuse);
-        if refuse.is_zero() {
-            return;
-        }
-        self.filters
-            .retain(|f| !(&f.framework == fw && &f.agent == agent));
-        self.filters.push(Filter {
-            framework: fw.clone(),
-            agent: agent.clone(),
-            until: now + refuse,
-        });
+        (!refuse.is_zero()).then(|| now + refuse)
     }
 
     fn allocate(&mut self, now: Time) {
-        let mut total = Resources::new();
-        let mut agents = Vec::new();
-        for (id, a) in &self.agents {
-            if a.conn.is_none() {
-                continue;
-            }
-            total = total.checked_add(&a.info.resources).unwrap_or(total);
-            let held = a.used.checked_add(&a.offered);
-            match held.and_then(|h| a.info.resources.checked_sub(&h)) {
-                Some(available) => agents.push(AgentSlot {
-                    id: id.clone(),
-                    available,
-                }),
-                None => {
-                    tracing::error!(agent = %id, "books hold more than the agent has; not offering it")
-                }
-            }
-        }
-        let frameworks = self
-            .frameworks
-            .iter()
-            .filter(|(_, f)| f.conn.is_some())
-            .map(|(id, f)| FrameworkSlot {
-                id: id.clone(),
-                allocated: f
-                    .used
-                    .checked_add(&f.offered)
-                    .unwrap_or_else(|| f.used.clone()),
-            })
-            .collect();
-        let snapshot = Snapshot {
-            total,
-            agents,
-            frameworks,
-            filters: self.filters.clone(),
-        };
         let mut batches: BTreeMap<FrameworkId, Vec<Offer>> = BTreeMap::new();
-        for plan in stoa_allocator::allocate(now, &snapshot) {
+        for plan in self.allocator.allocate(now) {
             let Some(agent) = self.agents.get(&plan.agent) else {
+                // The allocator only plans for agents the master added.
+                tracing::error!(agent = %plan.agent, "allocator planned an offer of an unknown agent");
                 continue;
             };
             let offer = Offer {
@@ -828,24 +895,28 @@ impl Master {
                 framework_id: plan.framework.clone(),
                 agent_id: plan.agent.clone(),
                 hostname: agent.info.hostname.clone(),
-                resources: plan.resources.clone(),
+                resources: plan.resources.total(),
+                reservations: plan
+                    .resources
+                    .reserved
+                    .iter()
+                    .map(|(r, x)| (r.clone(), x.clone()))
+                    .collect(),
                 attributes: agent.info.attributes.clone(),
             };
             self.next_id += 1;
-            self.books()
-                .offer(&plan.agent, &plan.framework, &plan.resources);
-            self.offers.insert(offer.id, offer.clone());
+            self.offers.insert(
+                offer.id,
+                OfferEntry {
+                    offer: offer.clone(),
+                    allocation: plan.resources,
+                    made_at: now,
+                },
+            );
             batches.entry(plan.framework).or_default().push(offer);
         }
         for (fw, offers) in batches {
             self.send_to_framework(&fw, Event::Offers { offers });
-        }
-    }
-
-    fn books(&mut self) -> Books<'_> {
-        Books {
-            agents: &mut self.agents,
-            frameworks: &mut self.frameworks,
         }
     }
 }
@@ -863,26 +934,43 @@ fn check_hostname(h: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_framework(info: &FrameworkInfo) -> Result<(), String> {
+/// Checks what a scheduler subscribed with, and turns it into what the
+/// allocator needs.
+fn check_framework(info: &FrameworkInfo) -> Result<FrameworkSpec, String> {
     if info.name.is_empty() || info.name.len() > 256 {
         return Err("a framework needs a name of 1-256 bytes".into());
     }
-    let role_ok = !info.role.is_empty()
-        && info.role.len() <= 128
-        && info.role.split('/').all(|p| {
-            !p.is_empty()
-                && p != "."
-                && p != ".."
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        });
-    if !role_ok {
-        return Err(format!(
-            "invalid role {:?}: use path segments of letters, digits, '-', '_', '.' separated by '/', e.g. eng/ml",
-            info.role
-        ));
+    if info.min_allocatable.len() > 16 || info.constraints.len() > 64 {
+        return Err("at most 16 minimum bundles and 64 constraints".into());
     }
-    Ok(())
+    let constraints = info
+        .constraints
+        .iter()
+        .map(|c| match c {
+            OfferConstraint::Exists { attribute } => Ok(Constraint::Exists(attribute.clone())),
+            OfferConstraint::Equals { attribute, value } => {
+                Ok(Constraint::Equals(attribute.clone(), value.clone()))
+            }
+            OfferConstraint::NotEquals { attribute, value } => {
+                Ok(Constraint::NotEquals(attribute.clone(), value.clone()))
+            }
+            OfferConstraint::Matches { attribute, pattern } if pattern.len() <= 1024 => {
+                Constraint::matches(attribute, pattern).map_err(|e| {
+                    format!("constraint on {attribute}: invalid regular expression: {e}")
+                })
+            }
+            OfferConstraint::Matches { attribute, .. } => Err(format!(
+                "constraint on {attribute}: pattern longer than 1024 bytes"
+            )),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let min_allocatable =
+        (!info.min_allocatable.is_empty()).then(|| MinAllocatable::any_of(&info.min_allocatable));
+    Ok(FrameworkSpec {
+        role: info.role.clone(),
+        min_allocatable,
+        constraints,
+    })
 }
 
 #[cfg(test)]

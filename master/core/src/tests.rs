@@ -31,6 +31,7 @@ fn cluster() -> (Master, AgentId, Offer) {
     let mut m = Master::new(MasterConfig::default(), "m");
     m.handle_connected(t(0), AGENT, Channel::Agent);
     let info = AgentInfo {
+        reservations: Vec::new(),
         hostname: "h1".into(),
         resources: "cpus:2;mem:1024".parse().expect("r"),
         attributes: Attributes::default(),
@@ -49,12 +50,7 @@ fn cluster() -> (Master, AgentId, Offer) {
         other => panic!("expected Registered, got {other:?}"),
     };
     m.handle_connected(t(0), SCHED, Channel::Scheduler);
-    let framework = FrameworkInfo {
-        name: "f".into(),
-        role: "eng/ml".into(),
-        principal: None,
-        failover_timeout_ms: 0,
-    };
+    let framework = FrameworkInfo::new("f", "eng/ml".parse().expect("role"));
     m.handle_scheduler_call(t(0), SCHED, Call::Subscribe { framework });
     assert!(matches!(
         drain(&mut m).as_slice(),
@@ -325,6 +321,7 @@ fn a_returning_agent_brings_its_tasks_back_and_forgotten_ones_are_lost() {
     let again = ConnId(9);
     m.handle_connected(t(3), again, Channel::Agent);
     let info = AgentInfo {
+        reservations: Vec::new(),
         hostname: "h1".into(),
         resources: "cpus:2;mem:1024".parse().expect("r"),
         attributes: Attributes::default(),
@@ -368,4 +365,160 @@ fn a_returning_agent_brings_its_tasks_back_and_forgotten_ones_are_lost() {
     );
     assert_eq!(m.summary().tasks, 1);
     assert_eq!(m.summary().connected_agents, 1);
+}
+
+/// Connects a scheduler on `conn` and subscribes it with `info`.
+fn subscribe(m: &mut Master, conn: ConnId, info: FrameworkInfo) -> Vec<Transmit> {
+    m.handle_connected(t(0), conn, Channel::Scheduler);
+    m.handle_scheduler_call(t(0), conn, Call::Subscribe { framework: info });
+    drain(m)
+}
+
+/// Runs the allocation that is due and returns what it sent.
+fn allocate_now(m: &mut Master) -> Vec<Transmit> {
+    if let Some(due) = m.poll_timeout() {
+        m.handle_timeout(due);
+    }
+    drain(m)
+}
+
+#[test]
+fn suppress_stops_offers_and_revive_brings_them_back_at_once() {
+    let (mut m, _, offer) = cluster();
+    m.handle_scheduler_call(t(1), SCHED, Call::Suppress);
+    m.handle_scheduler_call(
+        t(1),
+        SCHED,
+        Call::Decline {
+            offer_ids: vec![offer.id],
+            refuse_ms: Some(60_000),
+        },
+    );
+    assert!(allocate_now(&mut m).is_empty());
+    m.handle_scheduler_call(t(2), SCHED, Call::Revive);
+    // Revive also cleared the 60 s filter.
+    assert!(matches!(
+        allocate_now(&mut m).as_slice(),
+        [Transmit::ToScheduler(_, Event::Offers { .. })]
+    ));
+}
+
+#[test]
+fn unanswered_offers_are_rescinded_after_the_offer_timeout() {
+    let config = MasterConfig {
+        offer_timeout: Some(Duration::from_secs(10)),
+        ..MasterConfig::default()
+    };
+    let mut m = Master::new(config, "m");
+    m.handle_connected(t(0), AGENT, Channel::Agent);
+    let info = AgentInfo {
+        reservations: Vec::new(),
+        hostname: "h".into(),
+        resources: "cpus:1;mem:64".parse().expect("r"),
+        attributes: Attributes::default(),
+    };
+    m.handle_agent_message(
+        t(0),
+        AGENT,
+        AgentToMaster::Register {
+            info,
+            agent_id: None,
+            tasks: vec![],
+        },
+    );
+    subscribe(
+        &mut m,
+        SCHED,
+        FrameworkInfo::new("f", "r".parse().expect("role")),
+    );
+    let offer_id = match allocate_now(&mut m).as_slice() {
+        [Transmit::ToScheduler(_, Event::Offers { offers })] => offers[0].id,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    m.handle_agent_message(t(9_000), AGENT, AgentToMaster::Heartbeat);
+    assert_eq!(m.poll_timeout(), Some(t(10_001)));
+    m.handle_timeout(t(10_001));
+    let out = drain(&mut m);
+    assert!(
+        out.contains(&Transmit::ToScheduler(SCHED, Event::Rescind { offer_id })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_bad_constraint_is_refused_at_subscription() {
+    let mut m = Master::new(MasterConfig::default(), "m");
+    let mut info = FrameworkInfo::new("f", "r".parse().expect("role"));
+    info.constraints = vec![stoa_proto::OfferConstraint::Matches {
+        attribute: "zone".into(),
+        pattern: "eu-(".into(),
+    }];
+    let out = subscribe(&mut m, SCHED, info);
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToScheduler(_, Event::Error { message }), Transmit::Close(..)] if message.contains("regular expression")),
+        "{out:?}"
+    );
+    assert_eq!(m.summary().frameworks, 0);
+}
+
+#[test]
+fn reserved_resources_are_offered_to_their_role_and_used_by_its_tasks() {
+    let mut m = Master::new(MasterConfig::default(), "m");
+    m.handle_connected(t(0), AGENT, Channel::Agent);
+    let (resources, reservations) =
+        stoa_proto::resources::parse_with_reservations("cpus:1;mem:256;cpus(eng):2;mem(eng):512")
+            .expect("parse");
+    let info = AgentInfo {
+        reservations,
+        hostname: "h".into(),
+        resources,
+        attributes: Attributes::default(),
+    };
+    m.handle_agent_message(
+        t(0),
+        AGENT,
+        AgentToMaster::Register {
+            info,
+            agent_id: None,
+            tasks: vec![],
+        },
+    );
+    subscribe(
+        &mut m,
+        SCHED,
+        FrameworkInfo::new("ml", "eng/ml".parse().expect("role")),
+    );
+    let offer = match allocate_now(&mut m).as_slice() {
+        [Transmit::ToScheduler(_, Event::Offers { offers })] => offers[0].clone(),
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    assert_eq!(offer.resources.to_string(), "cpus:3;mem:768");
+    assert_eq!(
+        offer.reservations,
+        vec![(
+            "eng".parse().expect("role"),
+            "cpus:2;mem:512".parse().expect("r")
+        )]
+    );
+    // A task fitting the reservation takes it from there; the unreserved
+    // rest goes back with the default filter.
+    launch(&mut m, offer.id, vec![task("big", "cpus:2;mem:512")]);
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Transmit::ToAgent(_, MasterToAgent::RunTask { .. })]
+    ));
+    // Another role never sees the reservation.
+    subscribe(
+        &mut m,
+        ConnId(3),
+        FrameworkInfo::new("ops", "ops".parse().expect("role")),
+    );
+    let out = allocate_now(&mut m);
+    match out.as_slice() {
+        [Transmit::ToScheduler(ConnId(3), Event::Offers { offers })] => {
+            assert_eq!(offers[0].resources.to_string(), "cpus:1;mem:256");
+            assert!(offers[0].reservations.is_empty());
+        }
+        other => panic!("expected ops to get the unreserved rest, got {other:?}"),
+    }
 }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 use stoa_client::{ClientConfig, SchedulerSession};
 use stoa_proto::{
-    AgentId, Artifact, Event, FrameworkInfo, Resources, TaskId, TaskInfo, TaskKind, TaskLimits,
-    TaskState,
+    AgentId, Artifact, Event, FrameworkInfo, Resources, Role, TaskId, TaskInfo, TaskKind,
+    TaskLimits, TaskState,
 };
 
 #[derive(Debug, Clone)]
@@ -19,6 +19,8 @@ pub struct HelloOptions {
     pub wasm: Vec<u8>,
     /// What each task asks for.
     pub task_resources: Resources,
+    /// The role to subscribe in.
+    pub role: Role,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -38,12 +40,7 @@ pub fn expected_output(i: usize) -> String {
 /// Runs the framework to completion.
 pub async fn run(opts: HelloOptions) -> anyhow::Result<HelloReport> {
     let started = Instant::now();
-    let framework = FrameworkInfo {
-        name: "hello".into(),
-        role: "default".into(),
-        principal: None,
-        failover_timeout_ms: 0,
-    };
+    let framework = FrameworkInfo::new("hello", opts.role.clone());
     let mut session = SchedulerSession::subscribe(&opts.client, framework).await?;
     let artifact = Artifact::inline(opts.wasm.clone());
     let mut pending: VecDeque<usize> = (0..opts.tasks).collect();

@@ -26,6 +26,9 @@ struct Args {
     /// Resources each task asks for.
     #[arg(long, default_value = "cpus:0.1;mem:32")]
     task_resources: stoa_proto::Resources,
+    /// The role to run in.
+    #[arg(long, default_value = "default")]
+    role: stoa_proto::Role,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -55,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         tasks: args.tasks,
         wasm,
         task_resources: args.task_resources,
+        role: args.role,
     };
     let report = hello_scheduler::run_with_timeout(opts, Duration::from_secs(args.timeout)).await?;
     if args.json {
