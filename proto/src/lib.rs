@@ -18,8 +18,8 @@ pub mod time;
 pub use framing::{FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use ids::{AgentId, FrameworkId, IdError, OfferId, TaskId, UpdateId};
 pub use messages::{
-    AgentInfo, AgentToMaster, Call, Event, FrameworkInfo, MasterToAgent, Offer, Operation,
-    OfferConstraint, RunningTask,
+    AgentInfo, AgentToMaster, Call, Event, FrameworkInfo, MasterToAgent, Offer, OfferConstraint,
+    Operation, RunningTask,
 };
 pub use resources::{Attributes, ParseError, PortRange, Resources};
 pub use role::{Role, RoleError};
