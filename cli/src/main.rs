@@ -2,6 +2,7 @@
 //! cluster.
 
 mod machine;
+mod operator;
 mod up;
 
 use anyhow::Context as _;
@@ -30,6 +31,12 @@ enum Command {
     Certs(CertsArgs),
     /// Run a local cluster (a master and agents) with all state in one directory.
     Up(up::UpArgs),
+    /// Show every role: weight, quota and what it holds.
+    Roles(operator::RolesArgs),
+    /// Set a role's weight (its fair share relative to its siblings).
+    Weight(operator::WeightArgs),
+    /// Set or remove a role's quota (guarantee and limit).
+    Quota(operator::QuotaArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +53,13 @@ struct MasterArgs {
     /// Seconds of agent silence before it is unreachable.
     #[arg(long, default_value_t = 5)]
     agent_timeout: u64,
+    /// The registry file: weights, quotas and dynamic reservations survive
+    /// restarts here.
+    #[arg(long, default_value = ".stoa/registry.redb")]
+    registry: PathBuf,
+    /// Rescind offers not answered within this many seconds.
+    #[arg(long)]
+    offer_timeout: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,12 +137,14 @@ fn main() -> anyhow::Result<()> {
             Command::Master(a) => {
                 let core = stoa_master::core::MasterConfig {
                     agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
+                    offer_timeout: a.offer_timeout.map(Duration::from_secs),
                     ..Default::default()
                 };
                 let config = stoa_master::driver::DriverConfig {
                     listen: a.listen,
                     certs: a.certs,
                     addr_file: a.addr_file,
+                    registry: a.registry,
                     core,
                 };
                 stoa_master::driver::run(config, shutdown_signal()).await
@@ -160,6 +176,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Certs(a) => certs(a),
             Command::Up(a) => up::run(a).await,
+            Command::Roles(a) => operator::roles(a).await,
+            Command::Weight(a) => operator::weight(a).await,
+            Command::Quota(a) => operator::quota(a).await,
         }
     })
 }

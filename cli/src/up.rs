@@ -49,6 +49,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(ready);
     }
     let addr_file = dir.join("master.addr");
+    let registry = dir.join("registry.redb");
     let _ = std::fs::remove_file(&addr_file);
     let mut nodes = Vec::new();
     let master = spawn(
@@ -63,6 +64,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             path(&certs)?,
             "--addr-file",
             path(&addr_file)?,
+            "--registry",
+            path(&registry)?,
         ],
     )?;
     nodes.push(master);

@@ -152,3 +152,27 @@ impl SchedulerSession {
         Ok(())
     }
 }
+
+/// One request to the master's operator channel, answered by one reply.
+/// Needs the `operator` certificate (`ClientConfig::identity`).
+pub async fn operator_call(
+    config: &ClientConfig,
+    call: &stoa_proto::operator::OperatorCall,
+) -> anyhow::Result<stoa_proto::operator::OperatorReply> {
+    let identity = Identity::load(&config.certs, &config.identity)?;
+    let tls = stoa_transport::client_config(&identity, stoa_transport::ALPN_OPERATOR)?;
+    let endpoint = stoa_transport::client_endpoint(config.master)?;
+    let (conn, mut sender, mut receiver) =
+        stoa_transport::connect(&endpoint, config.master, tls).await?;
+    sender.send(call).await.context("cannot send the request")?;
+    let reply = receiver.recv().await;
+    conn.close(stoa_transport::close::NORMAL, b"done");
+    match reply {
+        Ok(Some(reply)) => Ok(reply),
+        Ok(None) | Err(_) => bail!(
+            "the master closed the operator connection ({:?}); operator commands need the operator certificate ({}/operator.pem)",
+            conn.close_reason(),
+            config.certs.display()
+        ),
+    }
+}

@@ -3,15 +3,19 @@
 //! cluster state of its own.
 
 use crate::core::{Channel, ConnId, Master, MasterConfig, Transmit};
+use crate::registry_store::RegistryStore;
 use anyhow::Context as _;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use stoa_proto::operator::{OperatorCall, OperatorReply};
 use stoa_proto::{AgentToMaster, Call, Time, framing};
-use stoa_transport::{ALPN_AGENT, ALPN_SCHEDULER, FrameReceiver, FrameSender, Identity, close};
-use tokio::sync::mpsc;
+use stoa_transport::{
+    ALPN_AGENT, ALPN_OPERATOR, ALPN_SCHEDULER, FrameReceiver, FrameSender, Identity, close,
+};
+use tokio::sync::{mpsc, oneshot};
 
 /// Frames queued for one peer before it counts as too slow and is dropped.
 const PEER_QUEUE: usize = 16 * 1024;
@@ -23,6 +27,8 @@ pub struct DriverConfig {
     pub certs: PathBuf,
     /// Where to write the bound address (useful with port 0).
     pub addr_file: Option<PathBuf>,
+    /// The registry file (weights, quotas, dynamic reservations).
+    pub registry: PathBuf,
     pub core: MasterConfig,
 }
 
@@ -30,6 +36,7 @@ enum Input {
     Connected(ConnId, Channel, Peer),
     Agent(ConnId, AgentToMaster),
     Scheduler(ConnId, Call),
+    Operator(OperatorCall, oneshot::Sender<OperatorReply>),
     /// The peer broke the protocol; close it with this reason.
     Failed(ConnId, String),
     Disconnected(ConnId),
@@ -52,7 +59,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let identity = Identity::load(&config.certs, "master")?;
-    let server = stoa_transport::server_config(&identity, &[ALPN_AGENT, ALPN_SCHEDULER])?;
+    let store = RegistryStore::open(&config.registry)?;
+    let registry = store.load()?;
+    let server =
+        stoa_transport::server_config(&identity, &[ALPN_AGENT, ALPN_SCHEDULER, ALPN_OPERATOR])?;
     let endpoint = quinn::Endpoint::server(server, config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = endpoint.local_addr()?;
@@ -73,6 +83,13 @@ pub async fn run(
             .unwrap_or(0)
     );
     let mut master = Master::new(config.core.clone(), &instance);
+    tracing::info!(
+        registry = %config.registry.display(),
+        weights = registry.weights.len(),
+        quotas = registry.quotas.len(),
+        "registry loaded"
+    );
+    master.restore(registry);
     let (tx, mut rx) = mpsc::channel::<Input>(PEER_QUEUE);
     let acceptor = tokio::spawn(accept_loop(endpoint.clone(), tx));
     let mut peers: HashMap<ConnId, Peer> = HashMap::new();
@@ -92,6 +109,11 @@ pub async fn run(
                     }
                     Input::Agent(id, msg) => master.handle_agent_message(now(), id, msg),
                     Input::Scheduler(id, call) => master.handle_scheduler_call(now(), id, call),
+                    Input::Operator(call, reply) => {
+                        let answer = master.handle_operator_call(now(), call);
+                        persist(&mut master, &store)?;
+                        let _ = reply.send(answer);
+                    }
                     Input::Failed(id, reason) => {
                         tracing::warn!(conn = id.0, %reason, "closing connection: protocol error");
                         if let Some(peer) = peers.remove(&id) {
@@ -108,11 +130,25 @@ pub async fn run(
             _ = sleep_until(deadline) => master.handle_timeout(now()),
             _ = &mut shutdown => break,
         }
+        // Durable before visible: nothing that may depend on a registry
+        // change leaves before the change is on disk.
+        persist(&mut master, &store)?;
         flush(&mut master, &mut peers, now);
     }
     acceptor.abort();
     endpoint.close(close::SHUTDOWN, b"master shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+/// Writes the registry if the core changed it. A failed write stops the
+/// master: carrying on would tell peers about state that is not durable.
+fn persist(master: &mut Master, store: &RegistryStore) -> anyhow::Result<()> {
+    if let Some(registry) = master.poll_registry() {
+        store
+            .save(&registry)
+            .context("cannot write the registry; stopping")?;
+    }
     Ok(())
 }
 
@@ -179,6 +215,7 @@ async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
     let channel = match alpn.as_deref() {
         Some(ALPN_AGENT) => Channel::Agent,
         Some(ALPN_SCHEDULER) => Channel::Scheduler,
+        Some(ALPN_OPERATOR) => return serve_operator(conn, id, tx).await,
         // rustls already refuses unknown ALPNs; this is defence in depth.
         _ => {
             conn.close(close::REFUSED, b"unknown channel");
@@ -235,6 +272,42 @@ async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
         }
     };
     let _ = tx.send(end).await;
+}
+
+/// An operator connection: one reply per request, only for the holder of
+/// the operator certificate.
+async fn serve_operator(conn: quinn::Connection, id: ConnId, tx: mpsc::Sender<Input>) {
+    let name = stoa_transport::peer_name(&conn);
+    if name.as_deref() != Some(stoa_transport::OPERATOR_NAME) {
+        tracing::warn!(conn = id.0, peer = ?name, "refused an operator connection without the operator certificate");
+        conn.close(
+            close::REFUSED,
+            b"the operator channel needs the operator certificate",
+        );
+        return;
+    }
+    let Ok((send, recv)) = conn.accept_bi().await else {
+        return;
+    };
+    let (mut send, mut recv) = (FrameSender::new(send), FrameReceiver::new(recv));
+    loop {
+        let call = match recv.recv::<OperatorCall>().await {
+            Ok(Some(call)) => call,
+            Ok(None) | Err(stoa_transport::RecvError::Read(_)) => return,
+            Err(e) => {
+                conn.close(close::PROTOCOL_ERROR, e.to_string().as_bytes());
+                return;
+            }
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if tx.send(Input::Operator(call, reply_tx)).await.is_err() {
+            return;
+        }
+        let Ok(reply) = reply_rx.await else { return };
+        if send.send(&reply).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn write_loop(

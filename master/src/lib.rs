@@ -8,3 +8,4 @@
 /// creep into it.
 pub use stoa_master_core as core;
 pub mod driver;
+pub mod registry_store;

@@ -10,6 +10,7 @@
 pub mod framing;
 pub mod ids;
 pub mod messages;
+pub mod operator;
 pub mod resources;
 pub mod role;
 pub mod task;

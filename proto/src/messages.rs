@@ -138,7 +138,20 @@ pub struct Offer {
 /// What an ACCEPT does with the offered resources.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
-    Launch { tasks: Vec<TaskInfo> },
+    Launch {
+        tasks: Vec<TaskInfo>,
+    },
+    /// Turns offered unreserved resources into resources reserved for
+    /// `role` (the framework's role or an ancestor of it) on that agent.
+    Reserve {
+        role: Role,
+        resources: Resources,
+    },
+    /// Gives reserved resources of the offer back to the unreserved pool.
+    Unreserve {
+        role: Role,
+        resources: Resources,
+    },
 }
 
 /// Scheduler → master.

@@ -450,7 +450,10 @@ fn describe_call(c: &Call) -> String {
         } => {
             let n: usize = operations
                 .iter()
-                .map(|Operation::Launch { tasks }| tasks.len())
+                .map(|op| match op {
+                    Operation::Launch { tasks } => tasks.len(),
+                    Operation::Reserve { .. } | Operation::Unreserve { .. } => 0,
+                })
                 .sum();
             format!("Accept {offer_ids:?} launching {n}")
         }

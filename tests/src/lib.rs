@@ -68,21 +68,7 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let certs = dir.path().join("certs");
         stoa_transport::certs::init(&certs, "test")?;
-        let bin = stoa_bin()?;
-        let addr_file = dir.path().join("master.addr");
-        let root = dir.path().to_path_buf();
-        let log = move |name: &str| -> anyhow::Result<Stdio> {
-            Ok(std::fs::File::create(root.join(format!("{name}.log")))?.into())
-        };
-        let master = Command::new(&bin)
-            .args(["master", "--listen", "127.0.0.1:0", "--agent-timeout", "3"])
-            .arg("--certs")
-            .arg(&certs)
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .stdout(Stdio::null())
-            .stderr(log("master")?)
-            .spawn()?;
+        let master = spawn_master(dir.path(), &certs)?;
         let mut cluster = Cluster {
             addr: "127.0.0.1:0".parse()?,
             certs,
@@ -90,11 +76,15 @@ impl Cluster {
             agents: Vec::new(),
             dir,
         };
-        let addr = wait_for_file(&addr_file, Duration::from_secs(20))?;
+        let addr = wait_for_file(
+            &cluster.dir.path().join("master.addr"),
+            Duration::from_secs(20),
+        )?;
         cluster.addr = addr.parse()?;
         for i in 1..=agents {
             let work = cluster.dir.path().join(format!("agent-{i}"));
-            let child = Command::new(&bin)
+            let log = std::fs::File::create(cluster.dir.path().join(format!("agent-{i}.log")))?;
+            let child = Command::new(stoa_bin()?)
                 .args([
                     "agent",
                     "--master",
@@ -109,7 +99,7 @@ impl Cluster {
                 .arg("--work-dir")
                 .arg(&work)
                 .stdout(Stdio::null())
-                .stderr(log(&format!("agent-{i}"))?)
+                .stderr(log)
                 .spawn()?;
             cluster.agents.push(child);
         }
@@ -121,6 +111,29 @@ impl Cluster {
             .with_context(|| format!("agent-{i} did not register; logs:\n{}", cluster.logs()))?;
         }
         Ok(cluster)
+    }
+
+    /// Stops the master and starts a new one on the same registry. Its
+    /// address changes; agents started before keep the old one.
+    pub fn restart_master(&mut self) -> anyhow::Result<()> {
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        let addr_file = self.dir.path().join("master.addr");
+        std::fs::remove_file(&addr_file)?;
+        self.master = spawn_master(self.dir.path(), &self.certs)?;
+        self.addr = wait_for_file(&addr_file, Duration::from_secs(20))?.parse()?;
+        Ok(())
+    }
+
+    /// Runs `stoa ARGS --master ADDR --certs DIR` and returns its output.
+    pub fn stoa(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(stoa_bin()?)
+            .args(args)
+            .arg("--master")
+            .arg(self.addr.to_string())
+            .arg("--certs")
+            .arg(&self.certs)
+            .output()?)
     }
 
     pub fn client(&self) -> ClientConfig {
@@ -145,6 +158,25 @@ impl Cluster {
         }
         out
     }
+}
+
+/// Starts a master whose files (address, registry, log) live in `dir`.
+fn spawn_master(dir: &Path, certs: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("master.log"))?;
+    Ok(Command::new(stoa_bin()?)
+        .args(["master", "--listen", "127.0.0.1:0", "--agent-timeout", "3"])
+        .arg("--certs")
+        .arg(certs)
+        .arg("--addr-file")
+        .arg(dir.join("master.addr"))
+        .arg("--registry")
+        .arg(dir.join("registry.redb"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
 }
 
 impl Drop for Cluster {

@@ -10,9 +10,9 @@ use rcgen::{
 };
 use std::path::{Path, PathBuf};
 
-/// Names every node certificate made by [`init`]: the master, agents and
-/// clients (schedulers and the CLI).
-pub const NODE_NAMES: [&str; 3] = ["master", "agent", "client"];
+/// Names every node certificate made by [`init`]: the master, agents,
+/// clients (schedulers) and operators (who alone may set weights and quotas).
+pub const NODE_NAMES: [&str; 4] = ["master", "agent", "client", "operator"];
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write as _;

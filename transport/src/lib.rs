@@ -63,3 +63,26 @@ pub async fn connect(
         .context("cannot open a stream to the master")?;
     Ok((conn, FrameSender::new(send), FrameReceiver::new(recv)))
 }
+
+/// Channel of operators (the `stoa` CLI) talking to the master.
+pub const ALPN_OPERATOR: &[u8] = b"stoa-op/1";
+/// The certificate name the operator channel requires.
+pub const OPERATOR_NAME: &str = "operator";
+
+/// The common name of the certificate a peer presented, if any. The
+/// handshake has already verified it against the cluster CA.
+pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(name)
+}

@@ -9,8 +9,8 @@ use super::{Master, TaskEntry, Transmit};
 use std::collections::BTreeMap;
 use stoa_allocator::Allocation;
 use stoa_proto::{
-    AgentId, Event, FrameworkId, MasterToAgent, OfferId, Operation, Reason, TaskInfo, TaskState,
-    TaskStatus, Time,
+    AgentId, Event, FrameworkId, MasterToAgent, OfferId, Operation, Reason, Resources, Role,
+    TaskInfo, TaskState, TaskStatus, Time,
 };
 
 impl Master {
@@ -22,20 +22,44 @@ impl Master {
         operations: Vec<Operation>,
         refuse_ms: Option<u64>,
     ) {
-        let tasks: Vec<TaskInfo> = operations
-            .into_iter()
-            .flat_map(|op| match op {
-                Operation::Launch { tasks } => tasks,
-            })
-            .collect();
         let (agent, mut pool) = match self.take_offers(fw, &offer_ids) {
             Ok(Some(taken)) => taken,
-            Ok(None) => return self.drop_all(fw, tasks, "ACCEPT named no offers".into()),
+            Ok(None) => {
+                return self.drop_all(fw, launches(operations), "ACCEPT named no offers".into());
+            }
             Err(message) => {
                 self.request_allocation(now);
-                return self.drop_all(fw, tasks, message);
+                return self.drop_all(fw, launches(operations), message);
             }
         };
+        // Operations apply in order: a launch may use what a reserve made.
+        let mut tasks = Vec::new();
+        for op in operations {
+            match op {
+                Operation::Launch { tasks: more } => tasks.push(more),
+                Operation::Reserve { role, resources } => {
+                    if let Err(message) = self.reserve(fw, &agent, &mut pool, role, resources) {
+                        self.send_to_framework(
+                            fw,
+                            Event::Error {
+                                message: format!("RESERVE refused: {message}"),
+                            },
+                        );
+                    }
+                }
+                Operation::Unreserve { role, resources } => {
+                    if let Err(message) = self.unreserve(&agent, &mut pool, role, resources) {
+                        self.send_to_framework(
+                            fw,
+                            Event::Error {
+                                message: format!("UNRESERVE refused: {message}"),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let tasks: Vec<TaskInfo> = tasks.into_iter().flatten().collect();
         let agent_conn = self.agents.get(&agent).and_then(|a| a.conn);
         for task in tasks {
             let key = (fw.clone(), task.task_id.clone());
@@ -94,6 +118,67 @@ impl Master {
             self.allocator.recover(fw, &agent, &pool, until);
         }
         self.request_allocation(now);
+    }
+
+    fn reserve(
+        &mut self,
+        fw: &FrameworkId,
+        agent: &AgentId,
+        pool: &mut Allocation,
+        role: Role,
+        resources: Resources,
+    ) -> Result<(), String> {
+        let fw_role = self
+            .frameworks
+            .get(fw)
+            .map(|f| f.info.role.clone())
+            .ok_or("unknown framework")?;
+        if !role.contains(&fw_role) {
+            return Err(format!(
+                "a framework in {fw_role} may only reserve for {fw_role} or a role above it, not {role}"
+            ));
+        }
+        let left = pool
+            .unreserved
+            .checked_sub(&resources)
+            .ok_or_else(|| format!("{resources} is not among the offered unreserved resources"))?;
+        self.allocator
+            .reserve(agent, &role, &resources)
+            .map_err(|e| e.to_string())?;
+        pool.unreserved = left;
+        let slot = pool.reserved.entry(role.clone()).or_default();
+        *slot = slot
+            .checked_add(&resources)
+            .ok_or("reservation overflows")?;
+        self.dynamic_reservation(agent, &role, &resources, true);
+        Ok(())
+    }
+
+    fn unreserve(
+        &mut self,
+        agent: &AgentId,
+        pool: &mut Allocation,
+        role: Role,
+        resources: Resources,
+    ) -> Result<(), String> {
+        let held = pool.reserved.get(&role).cloned().unwrap_or_default();
+        let left = held
+            .checked_sub(&resources)
+            .ok_or_else(|| format!("{resources} reserved for {role} is not in the offers"))?;
+        self.allocator
+            .unreserve(agent, &role, &resources)
+            .map_err(|e| e.to_string())?;
+        if left.is_empty() {
+            pool.reserved.remove(&role);
+        } else {
+            pool.reserved.insert(role.clone(), left);
+        }
+        pool.unreserved = pool
+            .unreserved
+            .checked_add(&resources)
+            .ok_or("resources overlap")?;
+        self.dynamic_reservation(agent, &role, &resources, false);
+        Ok(())
     }
 
     fn drop_all(&mut self, fw: &FrameworkId, tasks: Vec<TaskInfo>, message: String) {
@@ -157,6 +242,16 @@ impl Master {
         }
         Ok(Some((agent, pool)))
     }
+}
+
+fn launches(operations: Vec<Operation>) -> Vec<TaskInfo> {
+    operations
+        .into_iter()
+        .flat_map(|op| match op {
+            Operation::Launch { tasks } => tasks,
+            Operation::Reserve { .. } | Operation::Unreserve { .. } => Vec::new(),
+        })
+        .collect()
 }
 
 /// Takes a task's resources from one part of the pool: a reservation first

@@ -9,13 +9,17 @@
 //! outputs — which is what the simulator relies on.
 
 mod accept;
+pub mod registry;
 
+use registry::{QuotaSpec, Registry};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 use stoa_allocator::{
     Allocation, Allocator, AllocatorConfig, Constraint, FrameworkSpec, MinAllocatable,
 };
+use stoa_allocator::{Limit, Quota};
 use stoa_proto::messages::{OfferConstraint, RunningTask};
+use stoa_proto::operator::{OperatorCall, OperatorReply, RoleStatus};
 use stoa_proto::{
     AgentId, AgentInfo, AgentToMaster, Call, Event, FrameworkId, FrameworkInfo, MasterToAgent,
     Offer, OfferId, Reason, Resources, Role, TaskId, TaskState, TaskStatus, Time, UpdateId,
@@ -129,6 +133,9 @@ pub struct Master {
     offers: BTreeMap<OfferId, OfferEntry>,
     /// Who holds what; owns filters and fairness.
     allocator: Allocator,
+    registry: Registry,
+    /// The registry changed since the driver last persisted it.
+    registry_dirty: bool,
     allocation_due: Option<Time>,
     outbox: VecDeque<Transmit>,
 }
@@ -159,6 +166,8 @@ impl Master {
             frameworks: BTreeMap::new(),
             tasks: BTreeMap::new(),
             offers: BTreeMap::new(),
+            registry: Registry::default(),
+            registry_dirty: false,
             allocation_due: None,
             outbox: VecDeque::new(),
         }
@@ -172,6 +181,134 @@ impl Master {
             tasks: self.tasks.len(),
             offers: self.offers.len(),
         }
+    }
+
+    /// Takes back what a previous run persisted. Call once, before any
+    /// other input. Entries the allocator refuses are logged and dropped.
+    pub fn restore(&mut self, registry: Registry) {
+        for (role, weight) in &registry.weights {
+            if let Err(e) = self.allocator.set_weight(role, *weight) {
+                tracing::error!(%role, "registry holds a bad weight: {e}");
+            }
+        }
+        for (role, spec) in &registry.quotas {
+            if let Err(e) = quota_of(spec)
+                .and_then(|q| self.allocator.set_quota(role, q).map_err(|e| e.to_string()))
+            {
+                tracing::error!(%role, "registry holds a bad quota: {e}");
+            }
+        }
+        self.registry = registry;
+    }
+
+    /// The registry to persist, if it changed. See [`registry`] for the
+    /// order in which a driver must handle it.
+    pub fn poll_registry(&mut self) -> Option<Registry> {
+        std::mem::take(&mut self.registry_dirty).then(|| self.registry.clone())
+    }
+
+    /// An operator's request. The reply is only to be sent after
+    /// [`Master::poll_registry`]'s result is persisted.
+    pub fn handle_operator_call(&mut self, now: Time, call: OperatorCall) -> OperatorReply {
+        let result = match call {
+            OperatorCall::SetWeight { role, weight } => self
+                .allocator
+                .set_weight(&role, weight)
+                .map_err(|e| e.to_string())
+                .map(|()| {
+                    self.registry.weights.insert(role, weight);
+                }),
+            OperatorCall::SetQuota {
+                role,
+                guarantee,
+                limit,
+            } => {
+                let spec = QuotaSpec { guarantee, limit };
+                quota_of(&spec)
+                    .and_then(|q| {
+                        self.allocator
+                            .set_quota(&role, q)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map(|()| {
+                        if spec == QuotaSpec::default() {
+                            self.registry.quotas.remove(&role);
+                        } else {
+                            self.registry.quotas.insert(role, spec);
+                        }
+                    })
+            }
+            OperatorCall::GetRoles => return OperatorReply::Roles(self.roles()),
+        };
+        match result {
+            Ok(()) => {
+                self.registry_dirty = true;
+                self.request_allocation(now);
+                OperatorReply::Done
+            }
+            Err(message) => OperatorReply::Refused { message },
+        }
+    }
+
+    /// Every role with a weight, a quota or a framework, with what it holds.
+    pub fn roles(&self) -> Vec<RoleStatus> {
+        let mut roles: std::collections::BTreeSet<Role> =
+            self.registry.weights.keys().cloned().collect();
+        roles.extend(self.registry.quotas.keys().cloned());
+        roles.extend(self.frameworks.values().map(|f| f.info.role.clone()));
+        roles
+            .into_iter()
+            .map(|role| {
+                let quota = self.registry.quotas.get(&role).cloned().unwrap_or_default();
+                RoleStatus {
+                    weight: self.registry.weights.get(&role).copied().unwrap_or(1.0),
+                    guarantee: quota.guarantee,
+                    limit: quota.limit,
+                    allocated: self
+                        .allocator
+                        .role_allocation(&role)
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                    frameworks: self
+                        .frameworks
+                        .values()
+                        .filter(|f| role.contains(&f.info.role))
+                        .count(),
+                    role,
+                }
+            })
+            .collect()
+    }
+
+    /// Records a dynamic reservation change for the registry.
+    fn dynamic_reservation(
+        &mut self,
+        agent: &AgentId,
+        role: &Role,
+        resources: &Resources,
+        add: bool,
+    ) {
+        let roles = self.registry.reservations.entry(agent.clone()).or_default();
+        let current = roles.get(role).cloned().unwrap_or_default();
+        let next = if add {
+            current.checked_add(resources)
+        } else {
+            current.checked_sub(resources)
+        };
+        match next {
+            Some(r) if r.is_empty() => {
+                roles.remove(role);
+            }
+            Some(r) => {
+                roles.insert(role.clone(), r);
+            }
+            None => tracing::error!(%agent, %role, "dynamic reservation books out of step"),
+        }
+        if roles.is_empty() {
+            self.registry.reservations.remove(agent);
+        }
+        self.registry_dirty = true;
     }
 
     /// Next output for the driver, in the order produced.
@@ -462,12 +599,25 @@ impl Master {
             self.allocator.set_agent_active(&id, true);
         } else {
             let reserved = info.reservations.iter().cloned().collect();
-            if let Err(e) = self.allocator.add_agent(
+            let added = self.allocator.add_agent(
                 id.clone(),
                 info.resources.clone(),
                 reserved,
                 info.attributes.clone(),
-            ) {
+            );
+            // Dynamic reservations made before a master restart.
+            for (role, r) in self
+                .registry
+                .reservations
+                .get(&id)
+                .cloned()
+                .unwrap_or_default()
+            {
+                if let Err(e) = self.allocator.reserve(&id, &role, &r) {
+                    tracing::error!(agent = %id, %role, "cannot restore a dynamic reservation: {e}");
+                }
+            }
+            if let Err(e) = added {
                 let message = format!("invalid resources: {e}");
                 self.outbox.push_back(Transmit::ToAgent(
                     conn,
@@ -932,6 +1082,21 @@ fn check_hostname(h: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn quota_of(spec: &QuotaSpec) -> Result<Quota, String> {
+    let limit = spec
+        .limit
+        .as_deref()
+        .map(|l| {
+            l.parse::<Limit>()
+                .map_err(|e| format!("invalid limit {l:?}: {e}"))
+        })
+        .transpose()?;
+    Ok(Quota {
+        guarantee: spec.guarantee.clone(),
+        limit,
+    })
 }
 
 /// Checks what a scheduler subscribed with, and turns it into what the

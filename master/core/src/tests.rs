@@ -522,3 +522,87 @@ fn reserved_resources_are_offered_to_their_role_and_used_by_its_tasks() {
         other => panic!("expected ops to get the unreserved rest, got {other:?}"),
     }
 }
+
+#[test]
+fn reserve_and_unreserve_operations_change_what_other_roles_see_and_are_recorded() {
+    let (mut m, agent_id, offer) = cluster();
+    let eng: stoa_proto::Role = "eng".parse().expect("role");
+    let half: Resources = "cpus:1;mem:512".parse().expect("r");
+    // The framework is in eng/ml: it may reserve for eng, not for ops.
+    m.handle_scheduler_call(
+        t(1),
+        SCHED,
+        Call::Accept {
+            offer_ids: vec![offer.id],
+            operations: vec![
+                stoa_proto::Operation::Reserve {
+                    role: "ops".parse().expect("role"),
+                    resources: half.clone(),
+                },
+                stoa_proto::Operation::Reserve {
+                    role: eng.clone(),
+                    resources: half.clone(),
+                },
+            ],
+            refuse_ms: Some(0),
+        },
+    );
+    let out = drain(&mut m);
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToScheduler(_, Event::Error { message })] if message.contains("RESERVE refused")),
+        "{out:?}"
+    );
+    let saved = m
+        .poll_registry()
+        .expect("the reservation is to be persisted");
+    assert_eq!(saved.reservations[&agent_id][&eng], half);
+    // Another role now sees only the unreserved half.
+    subscribe(
+        &mut m,
+        ConnId(3),
+        FrameworkInfo::new("ops", "ops".parse().expect("role")),
+    );
+    m.handle_scheduler_call(t(2), SCHED, Call::Suppress);
+    let offers: Vec<Offer> = allocate_now(&mut m)
+        .into_iter()
+        .flat_map(|x| match x {
+            Transmit::ToScheduler(_, Event::Offers { offers }) => offers,
+            _ => Vec::new(),
+        })
+        .collect();
+    let to_ops: Vec<&Offer> = offers
+        .iter()
+        .filter(|o| o.reservations.is_empty())
+        .collect();
+    assert_eq!(to_ops.len(), 1, "{offers:?}");
+    assert_eq!(to_ops[0].resources, half);
+    // UNRESERVE needs the reserved resources in the offer: eng/ml gets them back.
+    m.handle_scheduler_call(t(3), SCHED, Call::Revive);
+    let mine = allocate_now(&mut m)
+        .into_iter()
+        .find_map(|x| match x {
+            Transmit::ToScheduler(SCHED, Event::Offers { offers }) => offers.into_iter().next(),
+            _ => None,
+        })
+        .expect("an offer of the reservation");
+    assert_eq!(mine.reservations, vec![(eng.clone(), half.clone())]);
+    m.handle_scheduler_call(
+        t(4),
+        SCHED,
+        Call::Accept {
+            offer_ids: vec![mine.id],
+            operations: vec![stoa_proto::Operation::Unreserve {
+                role: eng,
+                resources: half,
+            }],
+            refuse_ms: None,
+        },
+    );
+    drain(&mut m);
+    assert!(
+        m.poll_registry()
+            .expect("persisted")
+            .reservations
+            .is_empty()
+    );
+}

@@ -1,0 +1,135 @@
+//! Operator commands: roles, weights and quotas, through the master's
+//! operator channel with the `operator` certificate.
+
+use anyhow::bail;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use stoa_client::ClientConfig;
+use stoa_proto::operator::{OperatorCall, OperatorReply};
+use stoa_proto::{Resources, Role};
+
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The master's address.
+    #[arg(long, default_value = "127.0.0.1:5050", env = "STOA_MASTER")]
+    master: SocketAddr,
+    /// Directory with ca.pem, operator.pem and operator.key.
+    #[arg(long, default_value = ".stoa/certs", env = "STOA_CERTS")]
+    certs: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RolesArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WeightArgs {
+    #[command(flatten)]
+    target: Target,
+    role: Role,
+    /// A positive number; 2 means twice the share of a sibling of weight 1.
+    weight: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QuotaArgs {
+    #[command(flatten)]
+    target: Target,
+    role: Role,
+    /// What the role is guaranteed, e.g. "cpus:4;mem:8192".
+    #[arg(long, default_value = "")]
+    guarantee: Resources,
+    /// Most the role may hold, e.g. "cpus:8;gpus:0" (zeros allowed).
+    #[arg(long)]
+    limit: Option<String>,
+}
+
+async fn call(target: &Target, call: OperatorCall) -> anyhow::Result<OperatorReply> {
+    let mut config = ClientConfig::new(target.master, &target.certs);
+    config.identity = stoa_transport::OPERATOR_NAME.into();
+    match stoa_client::operator_call(&config, &call).await? {
+        OperatorReply::Refused { message } => bail!("the master refused: {message}"),
+        reply => Ok(reply),
+    }
+}
+
+pub async fn roles(a: RolesArgs) -> anyhow::Result<()> {
+    let OperatorReply::Roles(roles) = call(&a.target, OperatorCall::GetRoles).await? else {
+        bail!("the master answered something other than a role list");
+    };
+    if a.json {
+        let rows: Vec<_> = roles
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "role": r.role.as_str(),
+                    "weight": r.weight,
+                    "guarantee": r.guarantee.to_string(),
+                    "limit": r.limit,
+                    "allocated": r.allocated.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                    "frameworks": r.frameworks,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>7} {:<24} {:<24} {:>10}  allocated",
+        "ROLE", "WEIGHT", "GUARANTEE", "LIMIT", "FRAMEWORKS"
+    );
+    for r in roles {
+        let allocated: Vec<String> = r
+            .allocated
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect();
+        println!(
+            "{:<24} {:>7} {:<24} {:<24} {:>10}  {}",
+            r.role.as_str(),
+            r.weight,
+            r.guarantee.to_string(),
+            r.limit.unwrap_or_else(|| "-".into()),
+            r.frameworks,
+            allocated.join(" ")
+        );
+    }
+    Ok(())
+}
+
+pub async fn weight(a: WeightArgs) -> anyhow::Result<()> {
+    call(
+        &a.target,
+        OperatorCall::SetWeight {
+            role: a.role.clone(),
+            weight: a.weight,
+        },
+    )
+    .await?;
+    println!("weight of {} is now {}", a.role, a.weight);
+    Ok(())
+}
+
+pub async fn quota(a: QuotaArgs) -> anyhow::Result<()> {
+    let removing = a.guarantee.is_empty() && a.limit.is_none();
+    call(
+        &a.target,
+        OperatorCall::SetQuota {
+            role: a.role.clone(),
+            guarantee: a.guarantee,
+            limit: a.limit,
+        },
+    )
+    .await?;
+    if removing {
+        println!("quota of {} removed", a.role);
+    } else {
+        println!("quota of {} set", a.role);
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! The registry on disk: one redb file holding the master core's
+//! [`Registry`], written in one transaction per change so a crash leaves
+//! either the old or the new state, never a torn one.
+
+use anyhow::Context as _;
+use redb::{Database, ReadableDatabase as _, TableDefinition};
+use std::path::Path;
+use stoa_master_core::registry::Registry;
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("registry");
+const KEY: &str = "registry";
+
+#[derive(Debug)]
+pub struct RegistryStore {
+    db: Database,
+}
+
+impl RegistryStore {
+    /// Opens (or creates) the registry file.
+    pub fn open(path: &Path) -> anyhow::Result<RegistryStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let db = Database::create(path)
+            .with_context(|| format!("cannot open the registry {}", path.display()))?;
+        Ok(RegistryStore { db })
+    }
+
+    /// What was stored, or an empty registry for a new file.
+    pub fn load(&self) -> anyhow::Result<Registry> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(TABLE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Registry::default()),
+            Err(e) => return Err(e.into()),
+        };
+        match redb::ReadableTable::get(&table, KEY)? {
+            Some(bytes) => postcard::from_bytes(bytes.value())
+                .context("the registry file is corrupt; restore it from a backup or move it away to start empty"),
+            None => Ok(Registry::default()),
+        }
+    }
+
+    /// Replaces the stored registry, durably, before returning.
+    pub fn save(&self, registry: &Registry) -> anyhow::Result<()> {
+        let bytes = postcard::to_stdvec(registry)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(TABLE)?;
+            table.insert(KEY, bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopening() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("registry.redb");
+        let mut reg = Registry::default();
+        reg.weights.insert("eng".parse()?, 2.5);
+        {
+            let store = RegistryStore::open(&path)?;
+            assert_eq!(store.load()?, Registry::default());
+            store.save(&reg)?;
+        }
+        assert_eq!(RegistryStore::open(&path)?.load()?, reg);
+        Ok(())
+    }
+}

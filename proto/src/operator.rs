@@ -1,0 +1,42 @@
+//! The operator channel (`stoa-op/1`): requests from `stoa` commands run by
+//! operators, each answered by one reply. Only a certificate issued as
+//! `operator` may use it.
+
+use crate::resources::Resources;
+use crate::role::Role;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OperatorCall {
+    SetWeight {
+        role: Role,
+        weight: f64,
+    },
+    /// `limit` in resource syntax with zeros allowed; `None` for no limit.
+    /// An empty guarantee and no limit removes the quota.
+    SetQuota {
+        role: Role,
+        guarantee: Resources,
+        limit: Option<String>,
+    },
+    GetRoles,
+}
+
+/// One role as operators see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleStatus {
+    pub role: Role,
+    pub weight: f64,
+    pub guarantee: Resources,
+    pub limit: Option<String>,
+    /// What the role and its sub-roles hold (offered or used), by kind.
+    pub allocated: Vec<(String, u64)>,
+    pub frameworks: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OperatorReply {
+    Done,
+    Roles(Vec<RoleStatus>),
+    Refused { message: String },
+}
