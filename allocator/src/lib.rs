@@ -173,12 +173,26 @@ impl Allocation {
     }
 }
 
-/// One offer to make.
+/// One offer to make. In one run an agent may go to a framework in two
+/// offers: the part within its role's guarantee and a revocable rest, so
+/// the scheduler can tell which of its tasks may be preempted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfferPlan {
     pub framework: FrameworkId,
     pub agent: AgentId,
     pub resources: Allocation,
+    /// Beyond every guarantee: tasks on these resources may be preempted
+    /// for a role below its guarantee.
+    pub revocable: bool,
+}
+
+/// A running task the allocator may choose to preempt.
+#[derive(Debug, Clone)]
+pub struct PreemptionCandidate {
+    pub framework: FrameworkId,
+    pub resources: Resources,
+    /// Only tasks on revocable resources are ever chosen.
+    pub revocable: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -603,9 +617,10 @@ impl Allocator {
         // Stage 1: guarantees.
         for &idx in &visit {
             while let Some((fw_node, alloc)) = self.pick_for_guarantee(idx, now) {
-                self.commit(idx, fw_node, alloc, &mut plans);
+                self.commit(idx, fw_node, alloc, false, &mut plans);
             }
         }
+        let revocable = self.tree.has_guarantees();
         // A guarantee met in stage 1 frees the headroom it held back.
         if !plans.is_empty() && !self.waiting.is_empty() {
             let visiting: BTreeSet<usize> = visit
@@ -620,7 +635,7 @@ impl Allocator {
             let mut served = Vec::new();
             while let Some((fw_node, alloc)) = self.pick_fair(idx, now, &served) {
                 served.push(fw_node);
-                self.commit(idx, fw_node, alloc, &mut plans);
+                self.commit(idx, fw_node, alloc, revocable, &mut plans);
                 if self.agents[idx].as_ref().is_none_or(|a| a.free.is_empty()) {
                     break;
                 }
@@ -640,6 +655,79 @@ impl Allocator {
     /// Visits every agent left with free resources in the next run.
     fn wake_waiting(&mut self) {
         self.dirty.append(&mut self.waiting);
+    }
+
+    /// Which of `running` to preempt so that roles below their guarantee
+    /// can be served: what guarantees still need beyond what is free is
+    /// taken from revocable tasks of frameworks outside the starving roles,
+    /// from the roles with the largest share first, then the largest tasks.
+    /// Returns indices into `running`; empty when every guarantee can be met
+    /// from free resources, or when even preempting everything eligible
+    /// would not meet them. Pure: nothing changes until the caller kills the
+    /// tasks and recovers their resources.
+    pub fn preemption_plan(&self, running: &[PreemptionCandidate]) -> Vec<usize> {
+        let mut chosen: Vec<usize> = Vec::new();
+        let mut shortfall = self
+            .unmet_guarantees()
+            .saturating_minus(&self.free_unreserved);
+        if shortfall.is_empty() {
+            return chosen;
+        }
+        let starving: Vec<Role> = self
+            .tree
+            .quota_roles_by_key()
+            .into_iter()
+            .filter(|&n| {
+                self.tree.quota(n).is_some_and(|q| {
+                    !Quantities::of(&q.guarantee)
+                        .saturating_minus(self.tree.allocated(n))
+                        .is_empty()
+                })
+            })
+            .filter_map(|n| match self.tree.kind(n) {
+                NodeKind::Role(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut order: Vec<(u64, u64, usize)> = running
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.revocable)
+            .filter_map(|(i, c)| {
+                let fw = self.frameworks.get(&c.framework)?;
+                if starving.iter().any(|r| r.contains(&fw.spec.role)) {
+                    return None;
+                }
+                let share = self
+                    .tree
+                    .role_path(fw.node)
+                    .last()
+                    .map(|top| self.tree.key_order(top))
+                    .unwrap_or(0);
+                let size = Quantities::of(&c.resources)
+                    .iter()
+                    .map(|(_, v)| v)
+                    .max()
+                    .unwrap_or(0);
+                Some((share, size, i))
+            })
+            .collect();
+        // Largest share first, then largest task, then a stable order.
+        order.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        for (_, _, i) in order {
+            if shortfall.is_empty() {
+                break;
+            }
+            let frees = Quantities::of(&running[i].resources);
+            if shortfall.iter().any(|(k, _)| frees.get(k) > 0) {
+                shortfall = shortfall.saturating_minus(&frees);
+                chosen.push(i);
+            }
+        }
+        if !shortfall.is_empty() {
+            chosen.clear();
+        }
+        chosen
     }
 
     /// Marks every agent for the next run (after a change that affects all).
@@ -699,6 +787,7 @@ impl Allocator {
         idx: usize,
         fw_node: usize,
         alloc: Allocation,
+        revocable: bool,
         plans: &mut Vec<OfferPlan>,
     ) {
         if self.take(idx, &alloc).is_err() {
@@ -715,6 +804,7 @@ impl Allocator {
             framework: framework.clone(),
             agent: agent.id.clone(),
             resources: alloc,
+            revocable,
         });
     }
 

@@ -180,6 +180,21 @@ impl Tree {
         std::iter::successors(self.node(node).parent, |&p| self.node(p).parent).filter(|&p| p != 0)
     }
 
+    /// True when some role has a non-empty guarantee.
+    pub fn has_guarantees(&self) -> bool {
+        self.quota_roles.iter().any(|&n| {
+            self.node(n)
+                .quota
+                .as_ref()
+                .is_some_and(|q| !q.guarantee.is_empty())
+        })
+    }
+
+    /// The node's sorter key, as ordered bits.
+    pub fn key_order(&self, node: usize) -> u64 {
+        self.node(node).key.order
+    }
+
     /// Roles with a quota, lowest key first.
     pub fn quota_roles_by_key(&self) -> Vec<usize> {
         let mut roles: Vec<(Key, usize)> = self

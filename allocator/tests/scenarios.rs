@@ -563,3 +563,76 @@ fn random_sorter_is_seeded() {
     let got: BTreeSet<String> = run(3).into_iter().collect();
     assert_eq!(got.len(), 5, "every framework gets something: {got:?}");
 }
+
+#[test]
+fn preemption_frees_what_a_starving_guarantee_needs_from_revocable_tasks_only() {
+    use stoa_allocator::PreemptionCandidate;
+    let mut c = Cluster::new();
+    c.framework("big", "batch");
+    c.agent("a1", "cpus:2;mem:1024");
+    c.agent("a2", "cpus:2;mem:1024");
+    // Without any guarantee, nothing is revocable and nothing is preempted.
+    let plans = c.plans(secs(0));
+    assert!(plans.iter().all(|p| !p.revocable));
+    // Quota arrives after batch took everything.
+    c.a.set_quota(
+        &role("prod"),
+        Quota {
+            guarantee: r("cpus:2;mem:512"),
+            limit: None,
+        },
+    )
+    .expect("quota");
+    c.framework("web", "prod");
+    assert!(c.allocate(secs(1)).is_empty(), "nothing free to give");
+    let running = |revocable| {
+        vec![
+            PreemptionCandidate {
+                framework: fid("big"),
+                resources: r("cpus:1;mem:256"),
+                revocable,
+            },
+            PreemptionCandidate {
+                framework: fid("big"),
+                resources: r("cpus:1;mem:256"),
+                revocable,
+            },
+            PreemptionCandidate {
+                framework: fid("big"),
+                resources: r("cpus:2;mem:512"),
+                revocable,
+            },
+        ]
+    };
+    // Tasks on non-revocable resources are never taken.
+    assert!(c.a.preemption_plan(&running(false)).is_empty());
+    // The largest task alone covers the shortfall.
+    assert_eq!(c.a.preemption_plan(&running(true)), vec![2]);
+    // Tasks of the starving role itself are never victims.
+    let own = vec![PreemptionCandidate {
+        framework: fid("web"),
+        resources: r("cpus:2;mem:512"),
+        revocable: true,
+    }];
+    assert!(c.a.preemption_plan(&own).is_empty());
+    // Once the victim's resources come back, the guarantee is met from them.
+    c.recover("big", "a1", "cpus:2;mem:1024", None);
+    // The guaranteed part and the revocable rest of a1 come as two offers,
+    // so the scheduler can tell which tasks may be preempted.
+    let got = c.plans(secs(2));
+    let parts: Vec<(String, bool)> = got
+        .iter()
+        .map(|p| (p.resources.total().to_string(), p.revocable))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("cpus:2;mem:512".to_string(), false),
+            ("mem:512".to_string(), true)
+        ]
+    );
+    assert!(
+        c.a.preemption_plan(&running(true)).is_empty(),
+        "nothing more to preempt"
+    );
+}

@@ -132,6 +132,10 @@ pub struct Offer {
     pub resources: Resources,
     /// The parts of `resources` reserved for a role.
     pub reservations: Vec<(Role, Resources)>,
+    /// Beyond every guarantee: tasks launched on this offer may be
+    /// preempted (TASK_KILLED, reason `preempted`) for a role below its
+    /// guarantee.
+    pub revocable: bool,
     pub attributes: Attributes,
 }
 

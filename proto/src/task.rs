@@ -157,6 +157,8 @@ pub enum Reason {
     AgentRestarted,
     /// The master does not know the task (reconciliation).
     TaskUnknown,
+    /// Killed to give its resources to a role below its guarantee.
+    Preempted,
 }
 
 impl fmt::Display for Reason {
@@ -177,6 +179,7 @@ impl fmt::Display for Reason {
             Reason::AgentRemoved => "agent-removed",
             Reason::AgentRestarted => "agent-restarted",
             Reason::TaskUnknown => "task-unknown",
+            Reason::Preempted => "preempted",
         };
         f.write_str(s)
     }

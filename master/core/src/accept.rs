@@ -22,6 +22,9 @@ impl Master {
         operations: Vec<Operation>,
         refuse_ms: Option<u64>,
     ) {
+        let revocable = offer_ids
+            .iter()
+            .any(|id| self.offers.get(id).is_some_and(|o| o.offer.revocable));
         let (agent, mut pool) = match self.take_offers(fw, &offer_ids) {
             Ok(Some(taken)) => taken,
             Ok(None) => {
@@ -87,6 +90,8 @@ impl Master {
                             agent: agent.clone(),
                             allocation,
                             state: TaskState::Staging,
+                            revocable,
+                            preempting: false,
                             terminal_update: None,
                         },
                     );

@@ -104,6 +104,10 @@ struct TaskEntry {
     /// task ends.
     allocation: Allocation,
     state: TaskState,
+    /// Launched on revocable resources: may be preempted.
+    revocable: bool,
+    /// Being killed by the master for a role below its guarantee.
+    preempting: bool,
     /// The update that made the task terminal; its acknowledgement ends the
     /// task's life in the master.
     terminal_update: Option<UpdateId>,
@@ -693,6 +697,8 @@ impl Master {
                             agent: agent.clone(),
                             allocation,
                             state: r.state,
+                            revocable: false,
+                            preempting: false,
                             terminal_update: None,
                         },
                     );
@@ -906,6 +912,10 @@ impl Master {
             && task.agent == agent
             && !task.state.is_terminal()
         {
+            if task.preempting && status.state.is_terminal() {
+                status.reason = Some(Reason::Preempted);
+                status.message = "preempted for a role below its quota guarantee".into();
+            }
             let state = status.state;
             self.release_task(&key, state, Some(update_id));
             if state.is_terminal() {
@@ -1032,6 +1042,48 @@ impl Master {
         (!refuse.is_zero()).then(|| now + refuse)
     }
 
+    /// Kills what the allocator chooses so that a role below its guarantee
+    /// can be served. One round at a time: while earlier victims are still
+    /// dying, their resources are already on their way back.
+    fn preempt(&mut self) {
+        if self
+            .tasks
+            .values()
+            .any(|t| t.preempting && !t.state.is_terminal())
+        {
+            return;
+        }
+        let keys = self.task_keys_where(|_, t| t.revocable && !t.state.is_terminal());
+        let candidates: Vec<stoa_allocator::PreemptionCandidate> = keys
+            .iter()
+            .filter_map(|k| {
+                let t = self.tasks.get(k)?;
+                Some(stoa_allocator::PreemptionCandidate {
+                    framework: k.0.clone(),
+                    resources: t.allocation.total(),
+                    revocable: true,
+                })
+            })
+            .collect();
+        for i in self.allocator.preemption_plan(&candidates) {
+            let Some(key) = keys.get(i) else { continue };
+            let Some(task) = self.tasks.get_mut(key) else {
+                continue;
+            };
+            task.preempting = true;
+            tracing::info!(framework = %key.0, task = %key.1, "preempting a task for a role below its guarantee");
+            if let Some(conn) = self.agents.get(&task.agent).and_then(|a| a.conn) {
+                self.outbox.push_back(Transmit::ToAgent(
+                    conn,
+                    MasterToAgent::KillTask {
+                        framework_id: key.0.clone(),
+                        task_id: key.1.clone(),
+                    },
+                ));
+            }
+        }
+    }
+
     fn allocate(&mut self, now: Time) {
         let mut batches: BTreeMap<FrameworkId, Vec<Offer>> = BTreeMap::new();
         for plan in self.allocator.allocate(now) {
@@ -1053,6 +1105,7 @@ impl Master {
                     .map(|(r, x)| (r.clone(), x.clone()))
                     .collect(),
                 attributes: agent.info.attributes.clone(),
+                revocable: plan.revocable,
             };
             self.next_id += 1;
             self.offers.insert(
@@ -1068,6 +1121,7 @@ impl Master {
         for (fw, offers) in batches {
             self.send_to_framework(&fw, Event::Offers { offers });
         }
+        self.preempt();
     }
 }
 

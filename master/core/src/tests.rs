@@ -1,4 +1,5 @@
 use super::*;
+use stoa_proto::operator::{OperatorCall, OperatorReply};
 use stoa_proto::{Artifact, Attributes, Operation, TaskInfo, TaskKind, TaskLimits};
 
 const AGENT: ConnId = ConnId(1);
@@ -604,5 +605,96 @@ fn reserve_and_unreserve_operations_change_what_other_roles_see_and_are_recorded
             .expect("persisted")
             .reservations
             .is_empty()
+    );
+}
+
+#[test]
+fn a_role_below_its_guarantee_gets_resources_by_preemption() {
+    // "batch" holds the whole agent with a task; then prod gets a guarantee.
+    let mut m = Master::new(MasterConfig::default(), "m");
+    m.handle_connected(t(0), AGENT, Channel::Agent);
+    let info = AgentInfo {
+        reservations: Vec::new(),
+        hostname: "h".into(),
+        resources: "cpus:2;mem:1024".parse().expect("r"),
+        attributes: Attributes::default(),
+    };
+    m.handle_agent_message(
+        t(0),
+        AGENT,
+        AgentToMaster::Register {
+            info,
+            agent_id: None,
+            tasks: vec![],
+        },
+    );
+    // A guarantee elsewhere makes batch's resources revocable.
+    let reply = m.handle_operator_call(
+        t(0),
+        OperatorCall::SetQuota {
+            role: "tiny".parse().expect("role"),
+            guarantee: "cpus:0.001".parse().expect("r"),
+            limit: None,
+        },
+    );
+    assert_eq!(reply, OperatorReply::Done);
+    subscribe(
+        &mut m,
+        SCHED,
+        FrameworkInfo::new("batch", "batch".parse().expect("role")),
+    );
+    let offer = match allocate_now(&mut m).as_slice() {
+        [Transmit::ToScheduler(SCHED, Event::Offers { offers })] => offers[0].clone(),
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    assert!(offer.revocable);
+    let framework_id = offer.framework_id.clone();
+    launch(
+        &mut m,
+        offer.id,
+        vec![task("hog", &offer.resources.to_string())],
+    );
+    drain(&mut m);
+
+    let reply = m.handle_operator_call(
+        t(2),
+        OperatorCall::SetQuota {
+            role: "prod".parse().expect("role"),
+            guarantee: "cpus:1;mem:256".parse().expect("r"),
+            limit: None,
+        },
+    );
+    assert_eq!(reply, OperatorReply::Done);
+    subscribe(
+        &mut m,
+        ConnId(3),
+        FrameworkInfo::new("web", "prod".parse().expect("role")),
+    );
+    let out = allocate_now(&mut m);
+    assert!(
+        out.iter().any(|x| matches!(x, Transmit::ToAgent(AGENT, MasterToAgent::KillTask { task_id, .. }) if task_id.as_str() == "hog")),
+        "{out:?}"
+    );
+    // The agent reports the kill; batch learns why.
+    let status = TaskStatus::new(TaskId::new("hog").expect("id"), TaskState::Killed)
+        .because(Reason::KilledByScheduler, "killed");
+    m.handle_agent_message(
+        t(3),
+        AGENT,
+        AgentToMaster::StatusUpdate {
+            framework_id,
+            update_id: UpdateId(1),
+            status,
+        },
+    );
+    let out = allocate_now(&mut m);
+    assert!(
+        out.iter().any(|x| matches!(x, Transmit::ToScheduler(SCHED, Event::Update { status, .. }) if status.reason == Some(Reason::Preempted))),
+        "{out:?}"
+    );
+    // And prod is offered what it is guaranteed.
+    assert!(
+        out.iter().any(|x| matches!(x, Transmit::ToScheduler(ConnId(3), Event::Offers { offers }) if !offers[0].revocable && offers[0].resources.millicpus() >= 1000)),
+        "{out:?}"
     );
 }
