@@ -569,6 +569,96 @@ impl Allocator {
         Ok(())
     }
 
+    /// An operator's reservation: free unreserved resources of `agent`
+    /// become free resources reserved for `role`.
+    pub fn reserve_free(
+        &mut self,
+        agent: &AgentId,
+        role: &Role,
+        resources: &Resources,
+    ) -> Result<(), AllocatorError> {
+        let idx = *self
+            .agent_index
+            .get(agent)
+            .ok_or_else(|| AllocatorError::UnknownAgent(agent.clone()))?;
+        let state = self.agents[idx]
+            .as_mut()
+            .ok_or(AllocatorError::RemovedAgent)?;
+        let left = state
+            .free
+            .unreserved
+            .checked_sub(resources)
+            .ok_or_else(|| AllocatorError::NotAvailable {
+                agent: agent.clone(),
+                wanted: resources.clone(),
+                what: "free and unreserved",
+            })?;
+        state.free.unreserved = left;
+        for pool in [
+            state.free.reserved.entry(role.clone()).or_default(),
+            state.reserved_total.entry(role.clone()).or_default(),
+        ] {
+            *pool = pool.checked_add(resources).unwrap_or_else(|| pool.clone());
+        }
+        if state.active {
+            self.free_unreserved.sub(resources);
+        }
+        self.dirty.insert(idx);
+        Ok(())
+    }
+
+    /// An operator's unreservation: the inverse of [`Allocator::reserve_free`].
+    pub fn unreserve_free(
+        &mut self,
+        agent: &AgentId,
+        role: &Role,
+        resources: &Resources,
+    ) -> Result<(), AllocatorError> {
+        let idx = *self
+            .agent_index
+            .get(agent)
+            .ok_or_else(|| AllocatorError::UnknownAgent(agent.clone()))?;
+        let state = self.agents[idx]
+            .as_mut()
+            .ok_or(AllocatorError::RemovedAgent)?;
+        let missing = || AllocatorError::NotAvailable {
+            agent: agent.clone(),
+            wanted: resources.clone(),
+            what: "free and reserved for that role",
+        };
+        let free_left = state
+            .free
+            .reserved
+            .get(role)
+            .and_then(|r| r.checked_sub(resources))
+            .ok_or_else(missing)?;
+        let total_left = state
+            .reserved_total
+            .get(role)
+            .and_then(|r| r.checked_sub(resources))
+            .ok_or_else(missing)?;
+        for (map, left) in [
+            (&mut state.free.reserved, free_left),
+            (&mut state.reserved_total, total_left),
+        ] {
+            if left.is_empty() {
+                map.remove(role);
+            } else {
+                map.insert(role.clone(), left);
+            }
+        }
+        state.free.unreserved = state
+            .free
+            .unreserved
+            .checked_add(resources)
+            .unwrap_or_else(|| state.free.unreserved.clone());
+        if state.active {
+            self.free_unreserved.add(resources);
+        }
+        self.dirty.insert(idx);
+        Ok(())
+    }
+
     /// UNRESERVE: the inverse of [`Allocator::reserve`].
     pub fn unreserve(
         &mut self,

@@ -636,3 +636,25 @@ fn preemption_frees_what_a_starving_guarantee_needs_from_revocable_tasks_only() 
         "nothing more to preempt"
     );
 }
+
+#[test]
+fn operator_reservations_take_free_resources_for_a_role() {
+    let mut c = Cluster::new();
+    c.agent("a", "cpus:4;mem:1024");
+    assert!(
+        c.a.reserve_free(&aid("a"), &role("eng"), &r("cpus:8"))
+            .is_err(),
+        "more than the agent has"
+    );
+    c.a.reserve_free(&aid("a"), &role("eng"), &r("cpus:3;mem:512"))
+        .expect("reserve");
+    c.framework("ops", "ops");
+    assert_eq!(c.allocate(secs(0)), [triple("ops", "a", "cpus:1;mem:512")]);
+    c.framework("eng", "eng");
+    assert_eq!(c.allocate(secs(0)), [triple("eng", "a", "cpus:3;mem:512")]);
+    // Held by eng: not free, so it cannot be unreserved now.
+    assert!(
+        c.a.unreserve_free(&aid("a"), &role("eng"), &r("cpus:3;mem:512"))
+            .is_err()
+    );
+}

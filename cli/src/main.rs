@@ -37,6 +37,10 @@ enum Command {
     Weight(operator::WeightArgs),
     /// Set or remove a role's quota (guarantee and limit).
     Quota(operator::QuotaArgs),
+    /// Reserve free resources of an agent for a role.
+    Reserve(operator::ReserveArgs),
+    /// Give a dynamic reservation back to the unreserved pool.
+    Unreserve(operator::ReserveArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +183,8 @@ fn main() -> anyhow::Result<()> {
             Command::Roles(a) => operator::roles(a).await,
             Command::Weight(a) => operator::weight(a).await,
             Command::Quota(a) => operator::quota(a).await,
+            Command::Reserve(a) => operator::reserve(a, true).await,
+            Command::Unreserve(a) => operator::reserve(a, false).await,
         }
     })
 }

@@ -49,6 +49,38 @@ pub struct QuotaArgs {
     limit: Option<String>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReserveArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The agent's id (see the agent's log or `stoa up`).
+    agent: stoa_proto::AgentId,
+    role: Role,
+    /// What to reserve, e.g. "cpus:2;mem:1024".
+    resources: Resources,
+}
+
+pub async fn reserve(a: ReserveArgs, reserve: bool) -> anyhow::Result<()> {
+    let (agent, role, resources) = (a.agent.clone(), a.role.clone(), a.resources.clone());
+    let request = if reserve {
+        OperatorCall::Reserve {
+            agent,
+            role,
+            resources,
+        }
+    } else {
+        OperatorCall::Unreserve {
+            agent,
+            role,
+            resources,
+        }
+    };
+    call(&a.target, request).await?;
+    let verb = if reserve { "reserved" } else { "unreserved" };
+    println!("{verb} {} on {} for {}", a.resources, a.agent, a.role);
+    Ok(())
+}
+
 async fn call(target: &Target, call: OperatorCall) -> anyhow::Result<OperatorReply> {
     let mut config = ClientConfig::new(target.master, &target.certs);
     config.identity = stoa_transport::OPERATOR_NAME.into();
@@ -72,7 +104,8 @@ pub async fn roles(a: RolesArgs) -> anyhow::Result<()> {
                     "guarantee": r.guarantee.to_string(),
                     "limit": r.limit,
                     "allocated": r.allocated.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                    "frameworks": r.frameworks,
+                                        "frameworks": r.frameworks,
+                    "reservations": r.reservations.iter().map(|(a, x)| serde_json::json!({"agent": a.as_str(), "resources": x.to_string()})).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -84,11 +117,16 @@ pub async fn roles(a: RolesArgs) -> anyhow::Result<()> {
         "ROLE", "WEIGHT", "GUARANTEE", "LIMIT", "FRAMEWORKS"
     );
     for r in roles {
-        let allocated: Vec<String> = r
+        let mut allocated: Vec<String> = r
             .allocated
             .iter()
             .map(|(k, v)| format!("{k}:{v}"))
             .collect();
+        allocated.extend(
+            r.reservations
+                .iter()
+                .map(|(agent, x)| format!("reserved {x} on {agent}")),
+        );
         println!(
             "{:<24} {:>7} {:<24} {:<24} {:>10}  {}",
             r.role.as_str(),

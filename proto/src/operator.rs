@@ -2,6 +2,7 @@
 //! operators, each answered by one reply. Only a certificate issued as
 //! `operator` may use it.
 
+use crate::ids::AgentId;
 use crate::resources::Resources;
 use crate::role::Role;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,18 @@ pub enum OperatorCall {
         limit: Option<String>,
     },
     GetRoles,
+    /// Reserves free resources of an agent for a role (outstanding offers
+    /// of that agent are rescinded first).
+    Reserve {
+        agent: AgentId,
+        role: Role,
+        resources: Resources,
+    },
+    Unreserve {
+        agent: AgentId,
+        role: Role,
+        resources: Resources,
+    },
 }
 
 /// One role as operators see it.
@@ -32,6 +45,9 @@ pub struct RoleStatus {
     /// What the role and its sub-roles hold (offered or used), by kind.
     pub allocated: Vec<(String, u64)>,
     pub frameworks: usize,
+    /// Reservations for exactly this role: (agent, resources), static and
+    /// dynamic.
+    pub reservations: Vec<(AgentId, Resources)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ fn role<'a>(roles: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::
 
 #[test]
 fn weights_and_quotas_are_set_shown_and_survive_a_master_restart() -> anyhow::Result<()> {
-    let mut c = Cluster::start(0, "cpus:1;mem:64")?;
+    let mut c = Cluster::start(1, "cpus:1;mem:64")?;
     ok(c.stoa(&["weight", "eng/ml", "2.5"])?)?;
     ok(c.stoa(&[
         "quota",
@@ -53,15 +53,41 @@ fn weights_and_quotas_are_set_shown_and_survive_a_master_restart() -> anyhow::Re
         assert_eq!(eng["limit"], "cpus:2;gpus:0");
     };
     check(&roles_json(&c)?);
+    // Operator reservations: of free resources only, durable, visible.
+    let agent = std::fs::read_to_string(c.dir.path().join("agent-1/agent_id"))?;
+    let agent = agent.trim();
+    let too_much = c.stoa(&["reserve", agent, "eng", "cpus:8"])?;
+    assert!(
+        !too_much.status.success(),
+        "reserved more than the agent has"
+    );
+    ok(c.stoa(&["reserve", agent, "eng", "cpus:0.5;mem:32"])?)?;
+    let shown = |roles: &serde_json::Value| role(roles, "eng").map(|r| r["reservations"].clone());
+    assert_eq!(
+        shown(&roles_json(&c)?),
+        Some(serde_json::json!([{"agent": agent, "resources": "cpus:0.5;mem:32"}]))
+    );
+
     c.restart_master()?;
     check(&roles_json(&c)?);
+    assert_eq!(
+        shown(&roles_json(&c)?),
+        Some(serde_json::json!([{"agent": agent, "resources": "cpus:0.5;mem:32"}]))
+    );
 
     // Removing the quota is durable too.
     ok(c.stoa(&["quota", "eng"])?)?;
     c.restart_master()?;
-    assert!(
-        role(&roles_json(&c)?, "eng").is_none(),
-        "eng still listed without weight, quota or framework"
+    let roles = roles_json(&c)?;
+    assert_eq!(
+        role(&roles, "eng").map(|r| r["limit"].clone()),
+        Some(serde_json::Value::Null),
+        "the quota came back"
+    );
+    assert_eq!(
+        shown(&roles),
+        Some(serde_json::json!([{"agent": agent, "resources": "cpus:0.5;mem:32"}])),
+        "the reservation was lost"
     );
     Ok(())
 }

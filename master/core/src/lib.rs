@@ -243,6 +243,44 @@ impl Master {
                     })
             }
             OperatorCall::GetRoles => return OperatorReply::Roles(self.roles()),
+            OperatorCall::Reserve {
+                agent,
+                role,
+                resources,
+            } => {
+                self.rescind_where(|o| o.agent_id == agent);
+                self.allocator
+                    .reserve_free(&agent, &role, &resources)
+                    .map_err(|e| e.to_string())
+                    .map(|()| {
+                        self.dynamic_reservation(&agent, &role, &resources, true);
+                    })
+            }
+            OperatorCall::Unreserve {
+                agent,
+                role,
+                resources,
+            } => {
+                let dynamic = self
+                    .registry
+                    .reservations
+                    .get(&agent)
+                    .and_then(|r| r.get(&role))
+                    .is_some_and(|r| r.contains(&resources));
+                if dynamic {
+                    self.rescind_where(|o| o.agent_id == agent);
+                    self.allocator
+                        .unreserve_free(&agent, &role, &resources)
+                        .map_err(|e| e.to_string())
+                        .map(|()| {
+                            self.dynamic_reservation(&agent, &role, &resources, false);
+                        })
+                } else {
+                    Err(format!(
+                        "{agent} has no dynamic reservation of {resources} for {role} (static reservations change with the agent's --resources)"
+                    ))
+                }
+            }
         };
         match result {
             Ok(()) => {
@@ -260,6 +298,24 @@ impl Master {
             self.registry.weights.keys().cloned().collect();
         roles.extend(self.registry.quotas.keys().cloned());
         roles.extend(self.frameworks.values().map(|f| f.info.role.clone()));
+        let mut reserved: BTreeMap<Role, Vec<(AgentId, Resources)>> = BTreeMap::new();
+        for (agent, a) in &self.agents {
+            for (role, r) in &a.info.reservations {
+                reserved
+                    .entry(role.clone())
+                    .or_default()
+                    .push((agent.clone(), r.clone()));
+            }
+        }
+        for (agent, by_role) in &self.registry.reservations {
+            for (role, r) in by_role {
+                reserved
+                    .entry(role.clone())
+                    .or_default()
+                    .push((agent.clone(), r.clone()));
+            }
+        }
+        roles.extend(reserved.keys().cloned());
         roles
             .into_iter()
             .map(|role| {
@@ -279,6 +335,7 @@ impl Master {
                         .values()
                         .filter(|f| role.contains(&f.info.role))
                         .count(),
+                    reservations: reserved.remove(&role).unwrap_or_default(),
                     role,
                 }
             })
