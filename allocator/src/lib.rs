@@ -246,6 +246,9 @@ pub struct Allocator {
     frameworks: HashMap<FrameworkId, FrameworkState>,
     /// (framework node, agent index) → refused until.
     filters: HashMap<(usize, usize), Time>,
+    /// The same filters ordered by expiry, so finding the next one is not
+    /// a scan (a cluster can hold a filter per framework per agent).
+    filter_expiries: BTreeSet<(Time, (usize, usize))>,
     /// Sum of active agents' totals: the denominator of shares.
     total: Quantities,
     /// Every key must be recomputed before the next run: the total changed,
@@ -277,6 +280,7 @@ impl Allocator {
             agent_index: HashMap::new(),
             frameworks: HashMap::new(),
             filters: HashMap::new(),
+            filter_expiries: BTreeSet::new(),
             total: Quantities::default(),
             rekey: true,
             free_unreserved: Quantities::default(),
@@ -342,7 +346,7 @@ impl Allocator {
             self.free_unreserved.sub(&agent.free.unreserved);
             self.rekey = true;
         }
-        self.filters.retain(|(_, a), _| *a != idx);
+        self.drop_filters(|_, a| a == idx);
         self.dirty.remove(&idx);
         self.waiting.remove(&idx);
     }
@@ -390,7 +394,7 @@ impl Allocator {
     /// Forgets a framework. Its allocations must have been recovered first.
     pub fn remove_framework(&mut self, id: &FrameworkId) {
         if let Some(fw) = self.frameworks.remove(id) {
-            self.filters.retain(|(f, _), _| *f != fw.node);
+            self.drop_filters(|f, _| f == fw.node);
             self.tree.remove(fw.node);
         }
     }
@@ -417,7 +421,7 @@ impl Allocator {
         if let Some(fw) = self.frameworks.get_mut(id) {
             fw.suppressed = false;
             let node = fw.node;
-            self.filters.retain(|(f, _), _| *f != node);
+            self.drop_filters(|f, _| f == node);
             self.mark_all_dirty();
         }
     }
@@ -426,13 +430,14 @@ impl Allocator {
     pub fn filter(&mut self, framework: &FrameworkId, agent: &AgentId, until: Time) {
         if let (Some(fw), Some(&a)) = (self.frameworks.get(framework), self.agent_index.get(agent))
         {
-            self.filters.insert((fw.node, a), until);
+            let key = (fw.node, a);
+            self.set_filter(key, until);
         }
     }
 
     /// When the earliest filter expires; an allocation is due then.
     pub fn next_filter_expiry(&self) -> Option<Time> {
-        self.filters.values().min().copied()
+        self.filter_expiries.first().map(|(t, _)| *t)
     }
 
     // ---- roles -----------------------------------------------------------
@@ -503,7 +508,7 @@ impl Allocator {
             }
             self.dirty.insert(idx);
             if let (Some(node), Some(until)) = (fw_node, refuse_until) {
-                self.filters.insert((node, idx), until);
+                self.set_filter((node, idx), until);
             }
         }
         if let Some(node) = fw_node {
@@ -690,14 +695,14 @@ impl Allocator {
     /// returns the offers to make. Everything offered is held by its
     /// framework until [`Allocator::recover`]ed.
     pub fn allocate(&mut self, now: Time) -> Vec<OfferPlan> {
-        let expired: Vec<usize> = self
-            .filters
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|((_, a), _)| *a)
-            .collect();
-        self.filters.retain(|_, t| *t > now);
-        self.dirty.extend(expired);
+        while let Some(&(until, key)) = self.filter_expiries.first() {
+            if until > now {
+                break;
+            }
+            self.filter_expiries.pop_first();
+            self.filters.remove(&key);
+            self.dirty.insert(key.1);
+        }
         let mut visit: Vec<usize> = std::mem::take(&mut self.dirty).into_iter().collect();
         if self.rekey || matches!(self.config.sorter, SorterKind::Random { .. }) {
             self.tree.rekey_all(self.sorter.as_mut(), &self.total);
@@ -818,6 +823,20 @@ impl Allocator {
             chosen.clear();
         }
         chosen
+    }
+
+    fn set_filter(&mut self, key: (usize, usize), until: Time) {
+        if let Some(old) = self.filters.insert(key, until) {
+            self.filter_expiries.remove(&(old, key));
+        }
+        self.filter_expiries.insert((until, key));
+    }
+
+    /// Drops the filters of (framework node, agent index) pairs `pred`
+    /// selects.
+    fn drop_filters(&mut self, pred: impl Fn(usize, usize) -> bool) {
+        self.filters.retain(|&(f, a), _| !pred(f, a));
+        self.filter_expiries.retain(|(_, (f, a))| !pred(*f, *a));
     }
 
     /// Marks every agent for the next run (after a change that affects all).

@@ -90,6 +90,10 @@ pub struct Sim {
     /// Simulated executions: (end time, sequence) → (agent, framework, task, event).
     executions: BTreeMap<(Time, u64), (usize, FrameworkId, TaskId, TaskEvent)>,
     trace: Vec<String>,
+    /// Each agent's next timeout, ordered, so a step does not scan every
+    /// agent (the simulator runs thousands).
+    agent_timers: BTreeSet<(Time, usize)>,
+    agent_timer_of: Vec<Option<Time>>,
 }
 
 /// Connection ids: agents are 1..=n, schedulers follow.
@@ -109,6 +113,8 @@ impl Sim {
             network: BTreeMap::new(),
             executions: BTreeMap::new(),
             trace: Vec::new(),
+            agent_timers: BTreeSet::new(),
+            agent_timer_of: Vec::new(),
             config,
         };
         for i in 0..sim.config.agents {
@@ -123,6 +129,7 @@ impl Sim {
                 .handle_connected(sim.now, agent_conn(i), Channel::Agent);
             agent.handle_connected(sim.now);
             sim.agents.push(agent);
+            sim.agent_timer_of.push(None);
             sim.drain_agent(i);
         }
         for f in 0..sim.config.frameworks {
@@ -181,7 +188,7 @@ impl Sim {
             ]
             .into_iter()
             .flatten()
-            .chain(self.agents.iter().filter_map(Agent::poll_timeout))
+            .chain(self.agent_timers.first().map(|(t, _)| *t))
             .min();
             let Some(next) = next.filter(|t| *t <= end) else {
                 break;
@@ -229,11 +236,12 @@ impl Sim {
             self.master.handle_timeout(now);
             self.drain_master();
         }
-        for i in 0..self.agents.len() {
-            if self.agents[i].poll_timeout().is_some_and(|t| t <= now) {
-                self.agents[i].handle_timeout(now);
-                self.drain_agent(i);
+        while let Some(&(t, i)) = self.agent_timers.first() {
+            if t > now {
+                break;
             }
+            self.agents[i].handle_timeout(now);
+            self.drain_agent(i);
         }
     }
 
@@ -282,6 +290,14 @@ impl Sim {
     }
 
     fn drain_agent(&mut self, i: usize) {
+        // Every input to an agent ends here: refresh its timer.
+        if let Some(old) = self.agent_timer_of[i].take() {
+            self.agent_timers.remove(&(old, i));
+        }
+        if let Some(t) = self.agents[i].poll_timeout() {
+            self.agent_timers.insert((t, i));
+            self.agent_timer_of[i] = Some(t);
+        }
         while let Some(msg) = self.agents[i].poll_transmit() {
             self.send(Packet::AgentToMaster(i, msg));
         }
@@ -534,6 +550,21 @@ mod tests {
         let a = run(7);
         assert_eq!(a, run(7));
         assert_ne!(a, run(8), "different seeds should give different timings");
+    }
+
+    #[test]
+    fn a_thousand_agents_and_ten_frameworks_share_fairly() {
+        let config = SimConfig {
+            seed: 3,
+            agents: 1_000,
+            frameworks: 10,
+            tasks_per_framework: 200,
+            ..SimConfig::default()
+        };
+        let mut sim = Sim::new(config);
+        let outcome = sim.run(Duration::from_secs(60));
+        assert_eq!(outcome.failed, Vec::<String>::new());
+        assert_eq!(outcome.finished, vec![200; 10]);
     }
 
     #[test]

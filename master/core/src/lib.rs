@@ -138,6 +138,8 @@ pub struct Master {
     /// Who holds what; owns filters and fairness.
     allocator: Allocator,
     registry: Registry,
+    /// When each connected agent is due to be heard from.
+    heartbeat_deadlines: std::collections::BTreeSet<(Time, AgentId)>,
     /// The registry changed since the driver last persisted it.
     registry_dirty: bool,
     allocation_due: Option<Time>,
@@ -171,6 +173,7 @@ impl Master {
             tasks: BTreeMap::new(),
             offers: BTreeMap::new(),
             registry: Registry::default(),
+            heartbeat_deadlines: std::collections::BTreeSet::new(),
             registry_dirty: false,
             allocation_due: None,
             outbox: VecDeque::new(),
@@ -379,11 +382,9 @@ impl Master {
 
     /// When [`Master::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let agent_deadlines = self
-            .agents
-            .values()
-            .filter(|a| a.conn.is_some())
-            .map(|a| a.last_heartbeat + self.config.agent_timeout);
+        // Ordered sets and maps, not scans: this runs after every input,
+        // and a cluster has tens of thousands of agents and offers.
+        let agent_deadlines = self.heartbeat_deadlines.first().map(|(t, _)| *t);
         let failovers = self.frameworks.values().filter_map(|f| {
             f.disconnected_at
                 .map(|t| t + Duration::from_millis(f.info.failover_timeout_ms))
@@ -391,8 +392,9 @@ impl Master {
         let offer_expiry = self
             .config
             .offer_timeout
-            .and_then(|t| self.offers.values().map(|o| o.made_at).min().map(|m| m + t));
+            .and_then(|t| self.offers.values().next().map(|o| o.made_at + t));
         agent_deadlines
+            .into_iter()
             .chain(failovers)
             // An expired filter is purged by the next allocation; once one
             // is due, the filter's time no longer matters.
@@ -408,12 +410,10 @@ impl Master {
 
     pub fn handle_timeout(&mut self, now: Time) {
         let silent: Vec<AgentId> = self
-            .agents
+            .heartbeat_deadlines
             .iter()
-            .filter(|(_, a)| {
-                a.conn.is_some() && a.last_heartbeat + self.config.agent_timeout <= now
-            })
-            .map(|(id, _)| id.clone())
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| id.clone())
             .collect();
         for id in silent {
             if let Some(conn) = self.agents.get(&id).and_then(|a| a.conn) {
@@ -495,12 +495,8 @@ impl Master {
                 },
             ) => self.register_agent(now, conn, info, agent_id, tasks),
             (Some(Peer::Agent), AgentToMaster::Heartbeat) => {
-                if let Some(agent) = self
-                    .agent_of
-                    .get(&conn)
-                    .and_then(|id| self.agents.get_mut(id))
-                {
-                    agent.last_heartbeat = now;
+                if let Some(id) = self.agent_of.get(&conn).cloned() {
+                    self.heard_from(&id, now);
                 }
             }
             (
@@ -512,9 +508,7 @@ impl Master {
                 },
             ) => {
                 if let Some(agent_id) = self.agent_of.get(&conn).cloned() {
-                    if let Some(agent) = self.agents.get_mut(&agent_id) {
-                        agent.last_heartbeat = now;
-                    }
+                    self.heard_from(&agent_id, now);
                     self.status_update(now, conn, agent_id, framework_id, update_id, status);
                 }
             }
@@ -699,7 +693,7 @@ impl Master {
         });
         entry.conn = Some(conn);
         entry.info = info;
-        entry.last_heartbeat = now;
+        self.heard_from(&id, now);
         tracing::info!(agent = %id, hostname = %self.agents[&id].info.hostname, resources = %self.agents[&id].info.resources, "agent registered");
         self.outbox.push_back(Transmit::ToAgent(
             conn,
@@ -807,11 +801,28 @@ impl Master {
         Allocation::default()
     }
 
+    /// An agent spoke: its heartbeat deadline moves to `now` plus the
+    /// timeout.
+    fn heard_from(&mut self, id: &AgentId, now: Time) {
+        let Some(agent) = self.agents.get_mut(id) else {
+            return;
+        };
+        let timeout = self.config.agent_timeout;
+        self.heartbeat_deadlines
+            .remove(&(agent.last_heartbeat + timeout, id.clone()));
+        agent.last_heartbeat = now;
+        if agent.conn.is_some() {
+            self.heartbeat_deadlines.insert((now + timeout, id.clone()));
+        }
+    }
+
     fn agent_lost(&mut self, now: Time, id: &AgentId) {
         let Some(agent) = self.agents.get_mut(id) else {
             return;
         };
         agent.conn = None;
+        let deadline = agent.last_heartbeat + self.config.agent_timeout;
+        self.heartbeat_deadlines.remove(&(deadline, id.clone()));
         tracing::warn!(agent = %id, "agent disconnected; its tasks are unreachable");
         self.rescind_where(|o| &o.agent_id == id);
         self.allocator.set_agent_active(id, false);
