@@ -582,10 +582,7 @@ impl Allocator {
         role: &Role,
         resources: &Resources,
     ) -> Result<(), AllocatorError> {
-        let idx = *self
-            .agent_index
-            .get(agent)
-            .ok_or_else(|| AllocatorError::UnknownAgent(agent.clone()))?;
+        let idx = self.agent_idx(agent)?;
         let state = self.agents[idx]
             .as_mut()
             .ok_or(AllocatorError::RemovedAgent)?;
@@ -619,10 +616,7 @@ impl Allocator {
         role: &Role,
         resources: &Resources,
     ) -> Result<(), AllocatorError> {
-        let idx = *self
-            .agent_index
-            .get(agent)
-            .ok_or_else(|| AllocatorError::UnknownAgent(agent.clone()))?;
+        let idx = self.agent_idx(agent)?;
         let state = self.agents[idx]
             .as_mut()
             .ok_or(AllocatorError::RemovedAgent)?;
@@ -848,6 +842,13 @@ impl Allocator {
                 .filter(|(_, a)| a.is_some())
                 .map(|(i, _)| i),
         );
+    }
+
+    fn agent_idx(&self, id: &AgentId) -> Result<usize, AllocatorError> {
+        self.agent_index
+            .get(id)
+            .copied()
+            .ok_or_else(|| AllocatorError::UnknownAgent(id.clone()))
     }
 
     fn agent_mut(&mut self, id: &AgentId) -> Result<&mut AgentState, AllocatorError> {

@@ -368,6 +368,30 @@ fn a_returning_agent_brings_its_tasks_back_and_forgotten_ones_are_lost() {
     assert_eq!(m.summary().connected_agents, 1);
 }
 
+/// Connects and registers an agent on `AGENT` at time 0.
+fn register(
+    m: &mut Master,
+    resources: Resources,
+    reservations: Vec<(stoa_proto::Role, Resources)>,
+) {
+    m.handle_connected(t(0), AGENT, Channel::Agent);
+    let info = AgentInfo {
+        reservations,
+        hostname: "h".into(),
+        resources,
+        attributes: Attributes::default(),
+    };
+    m.handle_agent_message(
+        t(0),
+        AGENT,
+        AgentToMaster::Register {
+            info,
+            agent_id: None,
+            tasks: vec![],
+        },
+    );
+}
+
 /// Connects a scheduler on `conn` and subscribes it with `info`.
 fn subscribe(m: &mut Master, conn: ConnId, info: FrameworkInfo) -> Vec<Transmit> {
     m.handle_connected(t(0), conn, Channel::Scheduler);
@@ -411,22 +435,7 @@ fn unanswered_offers_are_rescinded_after_the_offer_timeout() {
         ..MasterConfig::default()
     };
     let mut m = Master::new(config, "m");
-    m.handle_connected(t(0), AGENT, Channel::Agent);
-    let info = AgentInfo {
-        reservations: Vec::new(),
-        hostname: "h".into(),
-        resources: "cpus:1;mem:64".parse().expect("r"),
-        attributes: Attributes::default(),
-    };
-    m.handle_agent_message(
-        t(0),
-        AGENT,
-        AgentToMaster::Register {
-            info,
-            agent_id: None,
-            tasks: vec![],
-        },
-    );
+    register(&mut m, "cpus:1;mem:64".parse().expect("r"), Vec::new());
     subscribe(
         &mut m,
         SCHED,
@@ -612,22 +621,7 @@ fn reserve_and_unreserve_operations_change_what_other_roles_see_and_are_recorded
 fn a_role_below_its_guarantee_gets_resources_by_preemption() {
     // "batch" holds the whole agent with a task; then prod gets a guarantee.
     let mut m = Master::new(MasterConfig::default(), "m");
-    m.handle_connected(t(0), AGENT, Channel::Agent);
-    let info = AgentInfo {
-        reservations: Vec::new(),
-        hostname: "h".into(),
-        resources: "cpus:2;mem:1024".parse().expect("r"),
-        attributes: Attributes::default(),
-    };
-    m.handle_agent_message(
-        t(0),
-        AGENT,
-        AgentToMaster::Register {
-            info,
-            agent_id: None,
-            tasks: vec![],
-        },
-    );
+    register(&mut m, "cpus:2;mem:1024".parse().expect("r"), Vec::new());
     // A guarantee elsewhere makes batch's resources revocable.
     let reply = m.handle_operator_call(
         t(0),
