@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
-use stoa_agent::core::{Action, Agent, TaskEvent};
-use stoa_master::core::{Channel, ConnId, Master, MasterConfig, Transmit};
+use stoa_agent_core::{Action, Agent, TaskEvent};
+use stoa_master_core::{Channel, ConnId, Master, MasterConfig, Transmit};
 use stoa_proto::{
     AgentInfo, AgentToMaster, Artifact, Attributes, Call, Event, FrameworkId, FrameworkInfo,
     MasterToAgent, Operation, Resources, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState, Time,

@@ -4,7 +4,8 @@
 
 use std::process::Command;
 
-const PURE: [&str; 4] = [
+const PURE: [&str; 5] = [
+    "stoa-sim",
     "stoa-proto",
     "stoa-allocator",
     "stoa-master-core",
