@@ -31,6 +31,7 @@ pub struct RolesArgs {
 pub struct WeightArgs {
     #[command(flatten)]
     target: Target,
+    /// The role, e.g. eng/ml.
     role: Role,
     /// A positive number; 2 means twice the share of a sibling of weight 1.
     weight: f64,
@@ -40,6 +41,7 @@ pub struct WeightArgs {
 pub struct QuotaArgs {
     #[command(flatten)]
     target: Target,
+    /// The role, e.g. eng/ml.
     role: Role,
     /// What the role is guaranteed, e.g. "cpus:4;mem:8192".
     #[arg(long, default_value = "")]
@@ -55,6 +57,7 @@ pub struct ReserveArgs {
     target: Target,
     /// The agent's id (see the agent's log or `stoa up`).
     agent: stoa_proto::AgentId,
+    /// The role that alone (with its sub-roles) may use the resources.
     role: Role,
     /// What to reserve, e.g. "cpus:2;mem:1024".
     resources: Resources,
