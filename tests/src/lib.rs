@@ -36,18 +36,26 @@ pub fn stoa_bin() -> anyhow::Result<PathBuf> {
 
 /// The hello task component, built for wasm32-wasip2.
 pub fn hello_wasm() -> anyhow::Result<Vec<u8>> {
-    let path = match std::env::var_os("STOA_HELLO_WASM") {
+    component("hello_task", "hello-task", "STOA_HELLO_WASM")
+}
+
+/// The misbehaving test component (`frameworks/fixtures/misbehave`).
+pub fn misbehave_wasm() -> anyhow::Result<Vec<u8>> {
+    component("misbehave_task", "misbehave-task", "STOA_MISBEHAVE_WASM")
+}
+
+/// A task component from `target/wasm32-wasip2/release`, or from the path
+/// in `env` when set.
+fn component(file: &str, package: &str, env: &str) -> anyhow::Result<Vec<u8>> {
+    let path = match std::env::var_os(env) {
         Some(p) => PathBuf::from(p),
         None => profile_dir()?
             .parent()
             .context("no target directory")?
-            .join("wasm32-wasip2/release/hello_task.wasm"),
+            .join(format!("wasm32-wasip2/release/{file}.wasm")),
     };
     std::fs::read(&path).with_context(|| {
-        format!(
-            "cannot read {}; build it with `cargo build --release --target wasm32-wasip2 -p hello-task`",
-            path.display()
-        )
+        format!("cannot read {}; build it with `cargo build --release --target wasm32-wasip2 -p {package}`", path.display())
     })
 }
 

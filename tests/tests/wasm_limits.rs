@@ -1,0 +1,195 @@
+//! Each limit of a wasm task ends it with its own state and reason, and never
+//! harms the runtime: a task that misbehaves on request, run by the agent's
+//! wasm executor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use stoa_agent::core::TaskEvent;
+use stoa_agent::exec::wasm::WasmRuntime;
+use stoa_proto::{Artifact, Reason, Resources, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState};
+use stoa_tests::misbehave_wasm;
+
+fn task(input: &str, mem_mib: u64, limits: TaskLimits) -> anyhow::Result<TaskInfo> {
+    Ok(TaskInfo {
+        task_id: TaskId::new("t")?,
+        name: input.into(),
+        resources: Resources::new().with_millicpus(100).with_mem_mib(mem_mib),
+        kind: TaskKind::WasmComponent {
+            artifact: Artifact::inline(misbehave_wasm()?),
+            input: input.as_bytes().to_vec(),
+        },
+        limits,
+    })
+}
+
+fn ended(event: &TaskEvent) -> (TaskState, Reason, &str) {
+    match event {
+        TaskEvent::Ended {
+            state,
+            reason,
+            message,
+        } => (*state, *reason, message.as_str()),
+        other => panic!("expected the task to end badly, got {other:?}"),
+    }
+}
+
+fn run(rt: &WasmRuntime, t: &TaskInfo) -> TaskEvent {
+    rt.run(t, Arc::new(AtomicBool::new(false)), || {})
+}
+
+#[test]
+fn a_task_past_its_wall_clock_limit_times_out() -> anyhow::Result<()> {
+    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let started = Instant::now();
+    let end = run(
+        &rt,
+        &task(
+            "spin",
+            32,
+            TaskLimits {
+                fuel: None,
+                timeout_ms: Some(200),
+            },
+        )?,
+    );
+    let (state, reason, message) = ended(&end);
+    assert_eq!(
+        (state, reason),
+        (TaskState::Failed, Reason::Timeout),
+        "{message}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_spinning_task_runs_out_of_fuel() -> anyhow::Result<()> {
+    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let end = run(
+        &rt,
+        &task(
+            "spin",
+            32,
+            TaskLimits {
+                fuel: Some(50_000_000),
+                timeout_ms: Some(30_000),
+            },
+        )?,
+    );
+    assert_eq!(ended(&end).1, Reason::FuelExhausted);
+    Ok(())
+}
+
+#[test]
+fn a_kill_stops_a_running_task_within_a_tick() -> anyhow::Result<()> {
+    let rt = Arc::new(WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?);
+    let kill = Arc::new(AtomicBool::new(false));
+    let t = task("spin", 32, TaskLimits::default())?;
+    let (rt2, kill2) = (rt.clone(), kill.clone());
+    let runner = std::thread::spawn(move || rt2.run(&t, kill2, || {}));
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    kill.store(true, Ordering::Relaxed);
+    let end = runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("task thread panicked"))?;
+    assert_eq!(ended(&end).0, TaskState::Killed);
+    assert_eq!(ended(&end).1, Reason::KilledByScheduler);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "kill took {:?}",
+        asked.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_trap_reports_its_message_and_wasm_backtrace() -> anyhow::Result<()> {
+    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let end = run(&rt, &task("trap", 32, TaskLimits::default())?);
+    let (state, reason, message) = ended(&end);
+    assert_eq!((state, reason), (TaskState::Failed, Reason::Trap));
+    assert!(message.contains("unreachable"), "{message}");
+    assert!(message.contains("wasm backtrace"), "{message}");
+    Ok(())
+}
+
+#[test]
+fn growing_past_mem_at_run_time_is_memory_limit() -> anyhow::Result<()> {
+    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    // Within the limit it works...
+    let ok = run(&rt, &task("grow:8", 32, TaskLimits::default())?);
+    assert!(
+        matches!(&ok, TaskEvent::Finished { output } if output.starts_with(b"grew")),
+        "{ok:?}"
+    );
+    // ...beyond it the task fails with memory-limit, not a generic trap.
+    let end = run(&rt, &task("grow:64", 16, TaskLimits::default())?);
+    let (state, reason, message) = ended(&end);
+    assert_eq!(
+        (state, reason),
+        (TaskState::Failed, Reason::MemoryLimit),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_task_cannot_read_outside_its_sandbox() -> anyhow::Result<()> {
+    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    for path in ["/etc/passwd", "../../etc/passwd", "/proc/self/environ"] {
+        let end = run(
+            &rt,
+            &task(&format!("read:{path}"), 32, TaskLimits::default())?,
+        );
+        let (state, reason, message) = ended(&end);
+        assert_eq!(
+            (state, reason),
+            (TaskState::Failed, Reason::TaskFailed),
+            "{message}"
+        );
+        assert!(message.contains("cannot read"), "{message}");
+    }
+    Ok(())
+}
+
+#[test]
+fn misbehaving_tasks_do_not_harm_their_neighbours() -> anyhow::Result<()> {
+    let rt = Arc::new(WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?);
+    let inputs = ["trap", "grow:64", "spin", "echo-me", "read:/etc/passwd"];
+    let handles: Vec<_> = inputs
+        .iter()
+        .map(|input| {
+            let t = task(
+                input,
+                16,
+                TaskLimits {
+                    fuel: None,
+                    timeout_ms: Some(300),
+                },
+            );
+            let rt = rt.clone();
+            std::thread::spawn(move || t.map(|t| run(&rt, &t)))
+        })
+        .collect();
+    let mut ends = Vec::new();
+    for h in handles {
+        ends.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("task thread panicked"))??,
+        );
+    }
+    assert_eq!(
+        ends[3],
+        TaskEvent::Finished {
+            output: b"echo-me".to_vec()
+        }
+    );
+    assert_eq!(ended(&ends[2]).1, Reason::Timeout);
+    Ok(())
+}
