@@ -45,8 +45,12 @@ pub async fn run(
     let known_id = std::fs::read_to_string(&id_file)
         .ok()
         .and_then(|s| AgentId::new(s.trim()).ok());
-    let runtime =
-        Arc::new(WasmRuntime::new().map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?);
+    let pool = crate::exec::wasm::PoolSize::for_agent(&config.info.resources);
+    let runtime = Arc::new(
+        WasmRuntime::with_pool(pool)
+            .map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?,
+    );
+    tracing::info!(allocation = ?runtime.allocation(), "wasm engine ready");
     let start = Instant::now();
     let now =
         move || Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));

@@ -150,3 +150,41 @@ fn concurrent_tasks_share_one_compilation() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_pooled_engine_runs_tasks_and_an_impossible_pool_falls_back() -> anyhow::Result<()> {
+    use stoa_agent::exec::wasm::{InstanceAllocation, PoolSize};
+    let hello = Artifact::inline(hello_wasm()?);
+    let size = PoolSize::for_agent(&Resources::new().with_mem_mib(1024));
+    assert_eq!(
+        size,
+        PoolSize {
+            tasks: 64,
+            memory_per_task: 1 << 30
+        }
+    );
+    let pooled = WasmRuntime::with_pool(size).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    assert_eq!(pooled.allocation(), InstanceAllocation::Pooling(size));
+    for _ in 0..3 {
+        assert_eq!(
+            run(&pooled, &task(hello.clone(), 32, TaskLimits::default())).0,
+            TaskEvent::Finished {
+                output: b"hello, world".to_vec()
+            }
+        );
+    }
+    // More address space than any machine has: the probe fails, on demand it is.
+    let huge = PoolSize {
+        tasks: 1_000_000,
+        memory_per_task: 4 << 30,
+    };
+    let fallback = WasmRuntime::with_pool(huge).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    assert_eq!(fallback.allocation(), InstanceAllocation::OnDemand);
+    assert_eq!(
+        run(&fallback, &task(hello, 32, TaskLimits::default())).0,
+        TaskEvent::Finished {
+            output: b"hello, world".to_vec()
+        }
+    );
+    Ok(())
+}

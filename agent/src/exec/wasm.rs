@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use stoa_proto::task::MAX_TASK_OUTPUT;
-use stoa_proto::{Artifact, Digest, Reason, TaskInfo, TaskKind, TaskState};
+use stoa_proto::{Artifact, Digest, Reason, Resources, TaskInfo, TaskKind, TaskState};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -94,6 +94,7 @@ pub struct WasmRuntime {
     linker: Linker<TaskCtx>,
     compiled: Mutex<HashMap<Digest, Compiled>>,
     ticker_stop: Arc<AtomicBool>,
+    allocation: InstanceAllocation,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -108,14 +109,85 @@ impl Drop for WasmRuntime {
     }
 }
 
+/// How many task instances a pooled engine reserves room for, and how much
+/// linear memory each may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    pub tasks: u32,
+    pub memory_per_task: usize,
+}
+
+impl PoolSize {
+    /// One slot per 16 MiB of the agent's memory (16 to 1,000 slots), each
+    /// able to grow to all of the agent's memory (at most 4 GiB, wasm32's
+    /// limit); a task's own `mem` is enforced by the limiter.
+    pub fn for_agent(resources: &Resources) -> PoolSize {
+        let mib = resources.mem_mib();
+        PoolSize {
+            tasks: u32::try_from((mib / 16).clamp(16, 1_000)).unwrap_or(1_000),
+            memory_per_task: usize::try_from(mib.clamp(1, 4 << 10) << 20).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// How the engine allocates instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceAllocation {
+    /// Pre-reserved slots: instantiation is about twice as fast.
+    Pooling(PoolSize),
+    OnDemand,
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true);
+    config
+}
+
 impl WasmRuntime {
+    /// An engine that allocates instances on demand.
     pub fn new() -> wasmtime::Result<Self> {
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .consume_fuel(true)
-            .epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        Self::with_engine(Engine::new(&base_config())?, InstanceAllocation::OnDemand)
+    }
+
+    /// An engine with a pooling allocator of `size`, or, if the pool
+    /// cannot be reserved on this host (address space, overcommit limits),
+    /// one that allocates on demand. [`WasmRuntime::allocation`] tells which.
+    pub fn with_pool(size: PoolSize) -> wasmtime::Result<Self> {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        // A Rust wasip2 component holds a handful of core instances,
+        // memories and tables; leave room for components of other toolchains.
+        pool.total_component_instances(size.tasks)
+            .total_core_instances(size.tasks.saturating_mul(16))
+            .total_memories(size.tasks.saturating_mul(2))
+            .total_tables(size.tasks.saturating_mul(16))
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(2)
+            .max_tables_per_component(16)
+            .max_memory_size(size.memory_per_task);
+        let mut config = base_config();
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&config) {
+            Ok(engine) => Self::with_engine(engine, InstanceAllocation::Pooling(size)),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    ?size,
+                    "cannot reserve the instance pool; allocating on demand"
+                );
+                Self::new()
+            }
+        }
+    }
+
+    pub fn allocation(&self) -> InstanceAllocation {
+        self.allocation
+    }
+
+    fn with_engine(engine: Engine, allocation: InstanceAllocation) -> wasmtime::Result<Self> {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -136,6 +208,7 @@ impl WasmRuntime {
             linker,
             compiled: Mutex::new(HashMap::new()),
             ticker_stop,
+            allocation,
         })
     }
 
