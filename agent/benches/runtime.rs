@@ -1,0 +1,153 @@
+//! The wasm runtime against its ceilings, measured in the same run:
+//!
+//! * `launch/bare-instance-pre[-pooled]` — instantiate the hello component
+//!   from an `InstancePre` and call `run` on a plain engine (no fuel, no
+//!   epochs, no limiter, minimal WASI), allocating on demand or pooled: the
+//!   most wasmtime can do per task.
+//! * `launch/stoa` — `WasmRuntime::run` of the same task as the agent does
+//!   it: pooled engine, per-task store with memory limiter, fuel, epoch
+//!   deadline, WASI with captured output; from launch to FINISHED.
+//! * `cpu/native` vs `cpu/wasm` — the same CPU-bound function natively and as
+//!   a task under fuel and epoch limits.
+//!
+//! Needs `cargo build --release --target wasm32-wasip2 -p hello-task -p
+//! misbehave-task` first. Run: `cargo bench -p stoa-agent --bench runtime`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use stoa_agent::core::TaskEvent;
+use stoa_agent::exec::wasm::{PoolSize, WasmRuntime};
+use stoa_proto::{Artifact, Resources, TaskId, TaskInfo, TaskKind, TaskLimits};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+const WORK_ROUNDS: u64 = 20_000_000;
+
+fn component(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/wasm32-wasip2/release/{name}.wasm"));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; build the task components first", path.display()))
+}
+
+struct Bare {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Bare {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn task(bytes: &[u8], input: &[u8], limits: TaskLimits) -> TaskInfo {
+    TaskInfo {
+        task_id: TaskId::new("bench").expect("valid id"),
+        name: "bench".into(),
+        resources: Resources::new().with_millicpus(100).with_mem_mib(64),
+        kind: TaskKind::WasmComponent {
+            artifact: Artifact::inline(bytes.to_vec()),
+            input: input.to_vec(),
+        },
+        limits,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let hello = component("hello_task");
+    let mut launch = c.benchmark_group("launch");
+
+    let mut pooled = wasmtime::Config::new();
+    pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
+        Default::default(),
+    ));
+    for (name, engine) in [
+        ("bare-instance-pre", Engine::default()),
+        (
+            "bare-instance-pre-pooled",
+            Engine::new(&pooled).expect("pooled engine"),
+        ),
+    ] {
+        let mut linker: Linker<Bare> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi links");
+        let pre = linker
+            .instantiate_pre(&Component::new(&engine, &hello).expect("component"))
+            .expect("pre");
+        launch.bench_function(name, |b| {
+            b.iter(|| {
+                let mut store = Store::new(
+                    &engine,
+                    Bare {
+                        wasi: WasiCtx::builder().build(),
+                        table: ResourceTable::new(),
+                    },
+                );
+                let instance = pre.instantiate(&mut store).expect("instantiate");
+                let run = instance
+                    .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
+                    .expect("run export");
+                let (out,) = run.call(&mut store, (b"world",)).expect("call");
+                black_box(out)
+            })
+        });
+    }
+
+    let pool = PoolSize::for_agent(&Resources::new().with_mem_mib(4096));
+    let runtime = WasmRuntime::with_pool(pool).expect("runtime");
+    let hello_task = task(
+        &hello,
+        b"world",
+        TaskLimits {
+            fuel: Some(100_000_000),
+            timeout_ms: Some(10_000),
+        },
+    );
+    launch.bench_function("stoa", |b| {
+        b.iter(|| {
+            let end = runtime.run(&hello_task, Arc::new(AtomicBool::new(false)), || {});
+            assert!(matches!(end, TaskEvent::Finished { .. }));
+            black_box(end)
+        })
+    });
+    launch.finish();
+
+    let misbehave = component("misbehave_task");
+    let mut cpu = c.benchmark_group("cpu");
+    cpu.sample_size(10);
+    cpu.bench_function("native", |b| {
+        b.iter(|| black_box(misbehave_task::work(black_box(WORK_ROUNDS))))
+    });
+    let work = task(
+        &misbehave,
+        format!("work:{WORK_ROUNDS}").as_bytes(),
+        TaskLimits {
+            fuel: Some(u64::MAX / 2),
+            timeout_ms: Some(60_000),
+        },
+    );
+    let expected = misbehave_task::work(WORK_ROUNDS).to_le_bytes().to_vec();
+    cpu.bench_function("wasm", |b| {
+        b.iter(|| {
+            let end = runtime.run(&work, Arc::new(AtomicBool::new(false)), || {});
+            assert_eq!(
+                end,
+                TaskEvent::Finished {
+                    output: expected.clone()
+                }
+            );
+            black_box(end)
+        })
+    });
+    cpu.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
