@@ -222,6 +222,22 @@ async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
             return;
         }
     };
+    // Any cluster certificate passes the TLS check; only an agent's may
+    // register resources and report task states.
+    if channel == Channel::Agent {
+        let name = stoa_transport::peer_name(&conn);
+        if !name
+            .as_deref()
+            .is_some_and(|n| n == "agent" || n.starts_with("agent-"))
+        {
+            tracing::warn!(conn = id.0, peer = ?name, "refused an agent connection without an agent certificate");
+            conn.close(
+                close::REFUSED,
+                b"the agent channel needs an agent certificate",
+            );
+            return;
+        }
+    }
     let (send, recv) = match conn.accept_bi().await {
         Ok(streams) => streams,
         Err(e) => {

@@ -68,7 +68,12 @@ fn close_reason_after_sending(
 ) -> anyhow::Result<quinn::ConnectionError> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let identity = Identity::load(&cluster.certs, "client")?;
+        let name = if alpn == ALPN_AGENT {
+            "agent"
+        } else {
+            "client"
+        };
+        let identity = Identity::load(&cluster.certs, name)?;
         let (_endpoint, conn, mut sender) = raw_connection(cluster, &identity, alpn).await?;
         sender.send_raw(&bytes).await?;
         let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await?;
@@ -149,6 +154,32 @@ fn wrong_alpn_and_foreign_certificates_are_refused_in_the_handshake() -> anyhow:
             )
         }
         Ok(other) => panic!("foreign certificate: expected a TLS alert, got {other:?}"),
+    }
+    // A scheduler's certificate cannot pose as an agent.
+    let posing = rt.block_on(async {
+        let (_ep, conn, mut sender) = raw_connection(&cluster, &ours, ALPN_AGENT).await?;
+        let info = stoa_proto::AgentInfo {
+            hostname: "fake".into(),
+            resources: "cpus:64;mem:65536".parse()?,
+            reservations: Vec::new(),
+            attributes: Default::default(),
+        };
+        sender
+            .send(&stoa_proto::AgentToMaster::Register {
+                info,
+                agent_id: None,
+                tasks: Vec::new(),
+            })
+            .await?;
+        anyhow::Ok(tokio::time::timeout(Duration::from_secs(10), conn.closed()).await?)
+    });
+    // Refused before or after the first frame, always with the reason.
+    match posing {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+            assert_eq!(c.error_code, stoa_transport::close::REFUSED)
+        }
+        Ok(other) => panic!("expected the master to refuse, got {other:?}"),
+        Err(e) => assert!(format!("{e:#}").contains("agent certificate"), "{e:#}"),
     }
     assert!(cluster.master_alive());
     assert_eq!(hello(&cluster, 2)?.finished, 2);
