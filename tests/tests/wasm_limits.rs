@@ -34,13 +34,17 @@ fn ended(event: &TaskEvent) -> (TaskState, Reason, &str) {
     }
 }
 
+fn runtime() -> anyhow::Result<WasmRuntime> {
+    WasmRuntime::new().map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))
+}
+
 fn run(rt: &WasmRuntime, t: &TaskInfo) -> TaskEvent {
     rt.run(t, Arc::new(AtomicBool::new(false)), || {})
 }
 
 #[test]
 fn a_task_past_its_wall_clock_limit_times_out() -> anyhow::Result<()> {
-    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let rt = runtime()?;
     let started = Instant::now();
     let end = run(
         &rt,
@@ -69,7 +73,7 @@ fn a_task_past_its_wall_clock_limit_times_out() -> anyhow::Result<()> {
 
 #[test]
 fn a_spinning_task_runs_out_of_fuel() -> anyhow::Result<()> {
-    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let rt = runtime()?;
     let end = run(
         &rt,
         &task(
@@ -87,7 +91,7 @@ fn a_spinning_task_runs_out_of_fuel() -> anyhow::Result<()> {
 
 #[test]
 fn a_kill_stops_a_running_task_within_a_tick() -> anyhow::Result<()> {
-    let rt = Arc::new(WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?);
+    let rt = Arc::new(runtime()?);
     let kill = Arc::new(AtomicBool::new(false));
     let t = task("spin", 32, TaskLimits::default())?;
     let (rt2, kill2) = (rt.clone(), kill.clone());
@@ -110,7 +114,7 @@ fn a_kill_stops_a_running_task_within_a_tick() -> anyhow::Result<()> {
 
 #[test]
 fn a_trap_reports_its_message_and_wasm_backtrace() -> anyhow::Result<()> {
-    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let rt = runtime()?;
     let end = run(&rt, &task("trap", 32, TaskLimits::default())?);
     let (state, reason, message) = ended(&end);
     assert_eq!((state, reason), (TaskState::Failed, Reason::Trap));
@@ -121,7 +125,7 @@ fn a_trap_reports_its_message_and_wasm_backtrace() -> anyhow::Result<()> {
 
 #[test]
 fn growing_past_mem_at_run_time_is_memory_limit() -> anyhow::Result<()> {
-    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let rt = runtime()?;
     // Within the limit it works...
     let ok = run(&rt, &task("grow:8", 32, TaskLimits::default())?);
     assert!(
@@ -141,7 +145,7 @@ fn growing_past_mem_at_run_time_is_memory_limit() -> anyhow::Result<()> {
 
 #[test]
 fn a_task_cannot_read_outside_its_sandbox() -> anyhow::Result<()> {
-    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let rt = runtime()?;
     for path in ["/etc/passwd", "../../etc/passwd", "/proc/self/environ"] {
         let end = run(
             &rt,
@@ -160,7 +164,7 @@ fn a_task_cannot_read_outside_its_sandbox() -> anyhow::Result<()> {
 
 #[test]
 fn misbehaving_tasks_do_not_harm_their_neighbours() -> anyhow::Result<()> {
-    let rt = Arc::new(WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?);
+    let rt = Arc::new(runtime()?);
     let inputs = ["trap", "grow:64", "spin", "echo-me", "read:/etc/passwd"];
     let handles: Vec<_> = inputs
         .iter()

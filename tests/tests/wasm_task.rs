@@ -29,6 +29,13 @@ fn run(rt: &WasmRuntime, task: &TaskInfo) -> (TaskEvent, bool) {
     (end, running)
 }
 
+/// What the hello task answers to input `world`.
+fn greeting() -> TaskEvent {
+    TaskEvent::Finished {
+        output: b"hello, world".to_vec(),
+    }
+}
+
 fn runtime() -> WasmRuntime {
     WasmRuntime::new().expect("wasmtime starts")
 }
@@ -52,12 +59,7 @@ fn hello_greets_its_input() -> anyhow::Result<()> {
         &task(Artifact::inline(hello_wasm()?), 32, TaskLimits::default()),
     );
     assert!(running);
-    assert_eq!(
-        end,
-        TaskEvent::Finished {
-            output: b"hello, world".to_vec()
-        }
-    );
+    assert_eq!(end, greeting());
     Ok(())
 }
 
@@ -117,12 +119,7 @@ fn bad_binaries_are_errors_not_crashes() -> anyhow::Result<()> {
         &rt,
         &task(Artifact::inline(hello_wasm()?), 32, TaskLimits::default()),
     );
-    assert_eq!(
-        end,
-        TaskEvent::Finished {
-            output: b"hello, world".to_vec()
-        }
-    );
+    assert_eq!(end, greeting());
     Ok(())
 }
 
@@ -143,9 +140,7 @@ fn concurrent_tasks_share_one_compilation() -> anyhow::Result<()> {
         assert_eq!(
             h.join()
                 .map_err(|_| anyhow::anyhow!("task thread panicked"))?,
-            TaskEvent::Finished {
-                output: b"hello, world".to_vec()
-            }
+            greeting()
         );
     }
     Ok(())
@@ -168,9 +163,7 @@ fn a_pooled_engine_runs_tasks_and_an_impossible_pool_falls_back() -> anyhow::Res
     for _ in 0..3 {
         assert_eq!(
             run(&pooled, &task(hello.clone(), 32, TaskLimits::default())).0,
-            TaskEvent::Finished {
-                output: b"hello, world".to_vec()
-            }
+            greeting()
         );
     }
     // More address space than any machine has: the probe fails, on demand it is.
@@ -182,9 +175,7 @@ fn a_pooled_engine_runs_tasks_and_an_impossible_pool_falls_back() -> anyhow::Res
     assert_eq!(fallback.allocation(), InstanceAllocation::OnDemand);
     assert_eq!(
         run(&fallback, &task(hello, 32, TaskLimits::default())).0,
-        TaskEvent::Finished {
-            output: b"hello, world".to_vec()
-        }
+        greeting()
     );
     Ok(())
 }

@@ -474,25 +474,10 @@ fn a_bad_constraint_is_refused_at_subscription() {
 #[test]
 fn reserved_resources_are_offered_to_their_role_and_used_by_its_tasks() {
     let mut m = Master::new(MasterConfig::default(), "m");
-    m.handle_connected(t(0), AGENT, Channel::Agent);
     let (resources, reservations) =
         stoa_proto::resources::parse_with_reservations("cpus:1;mem:256;cpus(eng):2;mem(eng):512")
             .expect("parse");
-    let info = AgentInfo {
-        reservations,
-        hostname: "h".into(),
-        resources,
-        attributes: Attributes::default(),
-    };
-    m.handle_agent_message(
-        t(0),
-        AGENT,
-        AgentToMaster::Register {
-            info,
-            agent_id: None,
-            tasks: vec![],
-        },
-    );
+    register(&mut m, resources, reservations);
     subscribe(
         &mut m,
         SCHED,
