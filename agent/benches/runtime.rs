@@ -53,10 +53,7 @@ fn task(bytes: &[u8], input: &[u8], limits: TaskLimits) -> TaskInfo {
         task_id: TaskId::new("bench").expect("valid id"),
         name: "bench".into(),
         resources: Resources::new().with_millicpus(100).with_mem_mib(64),
-        kind: TaskKind::WasmComponent {
-            artifact: Artifact::inline(bytes.to_vec()),
-            input: input.to_vec(),
-        },
+        kind: TaskKind::wasm(Artifact::inline(bytes.to_vec()), input.to_vec()),
         limits,
     }
 }
@@ -112,7 +109,7 @@ fn bench(c: &mut Criterion) {
     );
     launch.bench_function("stoa", |b| {
         b.iter(|| {
-            let end = runtime.run(&hello_task, Arc::new(AtomicBool::new(false)), || {});
+            let end = runtime.run(&hello_task, None, Arc::new(AtomicBool::new(false)), || {});
             assert!(matches!(end, TaskEvent::Finished { .. }));
             black_box(end)
         })
@@ -136,11 +133,12 @@ fn bench(c: &mut Criterion) {
     let expected = misbehave_task::work(WORK_ROUNDS).to_le_bytes().to_vec();
     cpu.bench_function("wasm", |b| {
         b.iter(|| {
-            let end = runtime.run(&work, Arc::new(AtomicBool::new(false)), || {});
+            let end = runtime.run(&work, None, Arc::new(AtomicBool::new(false)), || {});
             assert_eq!(
                 end,
                 TaskEvent::Finished {
-                    output: expected.clone()
+                    output: expected.clone(),
+                    exit_code: None,
                 }
             );
             black_box(end)

@@ -1,17 +1,23 @@
 //! The agent's I/O: keeps a QUIC connection to the master (reconnecting
-//! with backoff), feeds the core, and runs the tasks it asks for on
-//! blocking threads.
+//! with backoff), feeds the core, hands tasks to executor processes,
+//! fetches artifacts the tasks need, serves log reads, and collects task
+//! directories once their tasks are long over.
 
 use crate::core::{Action, Agent, TaskEvent};
-use crate::exec::wasm::WasmRuntime;
+use crate::exec::task_dir::TaskDir;
+use crate::executors::{Executors, FromExecutor, Launcher};
 use anyhow::Context as _;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use stoa_proto::{AgentId, AgentInfo, FrameworkId, MasterToAgent, TaskId, Time};
+use stoa_proto::executor::AgentToExecutor;
+use stoa_proto::side::{SideReply, SideRequest};
+use stoa_proto::{
+    AgentId, AgentInfo, Artifact, Digest, FrameworkId, MasterToAgent, Reason, TaskInfo, TaskKind,
+    TaskState, Time,
+};
+use stoa_transport::side::{ArtifactStore, fetch_artifact};
 use stoa_transport::{ALPN_AGENT, FrameReceiver, FrameSender, Identity};
 use tokio::sync::mpsc;
 
@@ -21,23 +27,75 @@ pub struct DriverConfig {
     /// Directory with `ca.pem`, `agent.pem`, `agent.key`.
     pub certs: PathBuf,
     pub info: AgentInfo,
-    /// The agent's own state (its id); created if missing.
+    /// The agent's state: its id, executors, task directories, artifacts
+    /// and compiled code. Created if missing.
     pub work_dir: PathBuf,
+    /// How executors are started.
+    pub executor: Launcher,
+    /// How long a finished task's directory (sandbox and logs) is kept.
+    pub gc_delay: Duration,
+    /// How long an executor without tasks is kept for the next launch.
+    pub executor_idle: Duration,
+    /// Largest artifact fetched from the master.
+    pub max_artifact: u64,
 }
 
-type TaskKey = (FrameworkId, TaskId);
+/// The layout of an agent's work directory.
+#[derive(Debug, Clone)]
+pub struct WorkDir(pub PathBuf);
+
+impl WorkDir {
+    pub fn executors(&self) -> PathBuf {
+        self.0.join("executors")
+    }
+    pub fn tasks(&self) -> PathBuf {
+        self.0.join("tasks")
+    }
+    pub fn artifacts(&self) -> PathBuf {
+        self.0.join("artifacts")
+    }
+    pub fn compiled(&self) -> PathBuf {
+        self.0.join("compiled")
+    }
+    pub fn task(&self, framework: &FrameworkId, task: &stoa_proto::TaskId) -> PathBuf {
+        self.tasks().join(framework.as_str()).join(task.as_str())
+    }
+}
+
+/// Work done later.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Chore {
+    RemoveDir(PathBuf),
+    StopIfIdle(FrameworkId),
+}
+
+/// Everything the loop reacts to besides the master's messages.
+struct State {
+    agent: Agent,
+    executors: Executors,
+    layout: WorkDir,
+    store: ArtifactStore,
+    /// Launches waiting for their artifact, by digest.
+    fetching: HashMap<Digest, Vec<(FrameworkId, Box<TaskInfo>)>>,
+    fetched_tx: mpsc::UnboundedSender<(Digest, Result<(), String>)>,
+    chores: BTreeSet<(Instant, Chore)>,
+    config: DriverConfig,
+}
 
 /// Runs an agent until `shutdown` resolves or the master refuses it.
+/// Executors keep running after the agent stops; the next agent on this
+/// work directory takes them over.
 pub async fn run(
     config: DriverConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.work_dir).with_context(|| {
-        format!(
-            "cannot create the work directory {}",
-            config.work_dir.display()
-        )
-    })?;
+    let layout = WorkDir(config.work_dir.clone());
+    for dir in [layout.executors(), layout.tasks(), layout.compiled()] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let store = ArtifactStore::open(layout.artifacts())
+        .with_context(|| format!("cannot create {}", layout.artifacts().display()))?;
     let identity = Identity::load(&config.certs, "agent")?;
     let client = stoa_transport::client_config(&identity, ALPN_AGENT)?;
     let endpoint = stoa_transport::client_endpoint(config.master)?;
@@ -45,18 +103,36 @@ pub async fn run(
     let known_id = std::fs::read_to_string(&id_file)
         .ok()
         .and_then(|s| AgentId::new(s.trim()).ok());
-    let pool = crate::exec::wasm::PoolSize::for_agent(&config.info.resources);
-    let runtime = Arc::new(
-        WasmRuntime::with_pool(pool)
-            .map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?,
-    );
-    tracing::info!(allocation = ?runtime.allocation(), "wasm engine ready");
     let start = Instant::now();
     let now =
         move || Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
-    let mut agent = Agent::new(config.info.clone(), known_id);
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<(TaskKey, TaskEvent)>();
-    let mut kills: HashMap<TaskKey, Arc<AtomicBool>> = HashMap::new();
+    // Update numbers above any an earlier agent process used.
+    let first_update = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let (exec_tx, mut exec_rx) = mpsc::unbounded_channel::<FromExecutor>();
+    let (fetched_tx, mut fetched_rx) = mpsc::unbounded_channel();
+    let mut state = State {
+        agent: Agent::new(config.info.clone(), known_id, first_update),
+        executors: Executors::new(layout.executors(), config.executor.clone(), exec_tx),
+        layout: layout.clone(),
+        store,
+        fetching: HashMap::new(),
+        fetched_tx,
+        chores: BTreeSet::new(),
+        config: config.clone(),
+    };
+    let mut live = BTreeSet::new();
+    for recovered in state.executors.recover().await? {
+        for t in recovered.tasks {
+            live.insert((recovered.framework_id.clone(), t.task.task_id.clone()));
+            state
+                .agent
+                .recover_task(now(), recovered.framework_id.clone(), &t.task, t.last);
+        }
+    }
+    state.schedule_old_dirs(&live);
     let mut backoff = Duration::from_millis(100);
     tokio::pin!(shutdown);
 
@@ -80,37 +156,37 @@ pub async fn run(
         backoff = Duration::from_millis(100);
         let (msgs_tx, mut msgs_rx) = mpsc::channel::<MasterToAgent>(1024);
         let reader = tokio::spawn(read_loop(receiver, msgs_tx));
-        agent.handle_connected(now());
+        let side = tokio::spawn(serve_side_streams(conn.clone(), layout.clone()));
+        state.agent.handle_connected(now());
         loop {
-            if !flush(&mut agent, &mut sender, &runtime, &events_tx, &mut kills).await {
+            if !state.flush(now(), &conn, &mut sender).await {
                 break;
             }
-            if let Some(message) = agent.refused() {
+            if let Some(message) = state.agent.refused() {
                 conn.close(stoa_transport::close::NORMAL, b"refused");
                 anyhow::bail!("the master refused this agent: {message}");
             }
-            if let Some(id) = agent.agent_id()
+            if let Some(id) = state.agent.agent_id()
                 && std::fs::read_to_string(&id_file).ok().as_deref() != Some(id.as_str())
             {
                 std::fs::write(&id_file, id.as_str())
                     .with_context(|| format!("cannot write {}", id_file.display()))?;
                 tracing::info!(agent = %id, "registered with the master");
             }
-            let deadline = agent
+            let deadline = state
+                .agent
                 .poll_timeout()
                 .map(|t| start + Duration::from_micros(t.as_micros()));
+            let chore_at = state.chores.first().map(|(t, _)| *t);
             tokio::select! {
                 msg = msgs_rx.recv() => match msg {
-                    Some(msg) => agent.handle_master_message(now(), msg),
+                    Some(msg) => state.agent.handle_master_message(now(), msg),
                     None => break,
                 },
-                Some(((fw, task), event)) = events_rx.recv() => {
-                    if !matches!(event, TaskEvent::Running) {
-                        kills.remove(&(fw.clone(), task.clone()));
-                    }
-                    agent.handle_task_event(now(), fw, task, event);
-                }
-                _ = sleep_until(deadline) => agent.handle_timeout(now()),
+                Some(input) = exec_rx.recv() => state.on_executor(now(), input),
+                Some((digest, result)) = fetched_rx.recv() => state.fetched(now(), digest, result),
+                _ = sleep_until(deadline) => state.agent.handle_timeout(now()),
+                _ = sleep_until(chore_at) => state.do_chores(),
                 _ = &mut shutdown => {
                     conn.close(stoa_transport::close::SHUTDOWN, b"agent shutting down");
                     return Ok(());
@@ -118,9 +194,235 @@ pub async fn run(
             }
         }
         reader.abort();
-        agent.handle_disconnected(now());
+        side.abort();
+        state.agent.handle_disconnected(now());
         tracing::warn!(reason = ?conn.close_reason(), "lost the master; reconnecting");
     }
+}
+
+impl State {
+    /// Sends what the core emitted and does what it asked for. Returns
+    /// false when the connection broke.
+    async fn flush(
+        &mut self,
+        now: Time,
+        conn: &quinn::Connection,
+        sender: &mut FrameSender,
+    ) -> bool {
+        while let Some(action) = self.agent.poll_action() {
+            match action {
+                Action::Launch { framework_id, task } => self.launch(conn, framework_id, task),
+                Action::Kill {
+                    framework_id,
+                    task_id,
+                } => {
+                    let waiting = self.fetching.values_mut().any(|launches| {
+                        let before = launches.len();
+                        launches.retain(|(f, t)| !(*f == framework_id && t.task_id == task_id));
+                        launches.len() != before
+                    });
+                    if waiting {
+                        let event = TaskEvent::ended(
+                            TaskState::Killed,
+                            Reason::KilledByScheduler,
+                            "killed before it started",
+                        );
+                        self.agent
+                            .handle_task_event(now, framework_id, task_id, event);
+                    } else if self.executors.is_running(&framework_id) {
+                        self.executors
+                            .send(&framework_id, AgentToExecutor::Kill { task_id });
+                    }
+                }
+                Action::Forget {
+                    framework_id,
+                    task_id,
+                } => {
+                    if self.executors.is_running(&framework_id) {
+                        self.executors.send(
+                            &framework_id,
+                            AgentToExecutor::Forget {
+                                task_id: task_id.clone(),
+                            },
+                        );
+                    }
+                    let now = Instant::now();
+                    let dir = self.layout.task(&framework_id, &task_id);
+                    self.chores
+                        .insert((now + self.config.gc_delay, Chore::RemoveDir(dir)));
+                    self.chores.insert((
+                        now + self.config.executor_idle,
+                        Chore::StopIfIdle(framework_id),
+                    ));
+                }
+            }
+        }
+        while let Some(msg) = self.agent.poll_transmit() {
+            if let Err(e) = sender.send(&msg).await {
+                tracing::warn!(error = format!("{e:#}"), "cannot send to the master");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands a task to its framework's executor, once its artifact is here.
+    fn launch(&mut self, conn: &quinn::Connection, framework_id: FrameworkId, task: Box<TaskInfo>) {
+        let TaskKind::Wasm(wasm) = &task.kind;
+        if let Artifact::Stored(digest) = wasm.artifact
+            && !self.store.contains(digest)
+        {
+            let waiting = self.fetching.entry(digest).or_default();
+            waiting.push((framework_id, task));
+            if waiting.len() == 1 {
+                let (conn, store, done) =
+                    (conn.clone(), self.store.clone(), self.fetched_tx.clone());
+                let max = self.config.max_artifact;
+                tokio::spawn(async move {
+                    let result = fetch_artifact(&conn, digest, &store, max)
+                        .await
+                        .map_err(|e| format!("cannot fetch {digest} from the master: {e:#}"));
+                    let _ = done.send((digest, result));
+                });
+            }
+            return;
+        }
+        self.start(framework_id, task);
+    }
+
+    /// Sends a task whose artifact is at hand to its executor.
+    fn start(&mut self, framework_id: FrameworkId, task: Box<TaskInfo>) {
+        let dir = self.layout.task(&framework_id, &task.task_id);
+        self.executors.send(
+            &framework_id,
+            AgentToExecutor::Launch {
+                task,
+                dir: dir.to_string_lossy().into_owned(),
+            },
+        );
+    }
+
+    fn fetched(&mut self, now: Time, digest: Digest, result: Result<(), String>) {
+        let waiting = self.fetching.remove(&digest).unwrap_or_default();
+        for (framework_id, task) in waiting {
+            match &result {
+                Ok(()) => self.start(framework_id, task),
+                Err(message) => {
+                    let event = TaskEvent::ended(
+                        TaskState::Error,
+                        Reason::ArtifactUnavailable,
+                        message.clone(),
+                    );
+                    self.agent
+                        .handle_task_event(now, framework_id, task.task_id, event);
+                }
+            }
+        }
+    }
+
+    fn on_executor(&mut self, now: Time, input: FromExecutor) {
+        match input {
+            FromExecutor::Event {
+                framework_id,
+                task_id,
+                event,
+            } => self
+                .agent
+                .handle_task_event(now, framework_id, task_id, event),
+            FromExecutor::Gone {
+                framework_id,
+                generation,
+            } => {
+                if !self.executors.ended(&framework_id, generation) {
+                    return;
+                }
+                let orphans: Vec<_> = self
+                    .agent
+                    .tasks()
+                    .filter(|(f, _, s)| **f == framework_id && !s.is_terminal())
+                    .map(|(_, t, _)| t.clone())
+                    .collect();
+                if !orphans.is_empty() {
+                    tracing::warn!(framework = %framework_id, tasks = orphans.len(), "an executor died with tasks running");
+                }
+                for task_id in orphans {
+                    let event = TaskEvent::ended(
+                        TaskState::Failed,
+                        Reason::ExecutorTerminated,
+                        "the framework's executor exited while the task ran",
+                    );
+                    self.agent
+                        .handle_task_event(now, framework_id.clone(), task_id, event);
+                }
+            }
+        }
+    }
+
+    fn do_chores(&mut self) {
+        let now = Instant::now();
+        while let Some(first) = self.chores.first()
+            && first.0 <= now
+        {
+            let Some((_, chore)) = self.chores.pop_first() else {
+                break;
+            };
+            match chore {
+                Chore::RemoveDir(dir) => {
+                    let active = self
+                        .agent
+                        .tasks()
+                        .any(|(f, t, _)| self.layout.task(f, t) == dir);
+                    if !active && dir.exists() {
+                        tracing::debug!(dir = %dir.display(), "collecting a task directory");
+                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task directory");
+                        }
+                    }
+                }
+                Chore::StopIfIdle(framework_id) => {
+                    if !self.agent.tasks().any(|(f, _, _)| *f == framework_id) {
+                        tracing::info!(framework = %framework_id, "stopping an idle executor");
+                        self.executors.shut_down(&framework_id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Task directories left by an earlier agent process whose tasks are
+    /// not running: collected `gc_delay` after they were last written.
+    fn schedule_old_dirs(&mut self, live: &BTreeSet<(FrameworkId, stoa_proto::TaskId)>) {
+        let now_sys = std::time::SystemTime::now();
+        let now = Instant::now();
+        for (framework_id, task_id, dir) in task_dirs(&self.layout.tasks()) {
+            if live.contains(&(framework_id, task_id)) {
+                continue;
+            }
+            let age = std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now_sys.duration_since(t).ok())
+                .unwrap_or_default();
+            let wait = self.config.gc_delay.saturating_sub(age);
+            self.chores.insert((now + wait, Chore::RemoveDir(dir)));
+        }
+    }
+}
+
+/// Every `<tasks>/<framework>/<task>` directory.
+fn task_dirs(tasks: &Path) -> Vec<(FrameworkId, stoa_proto::TaskId, PathBuf)> {
+    let mut out = Vec::new();
+    for fw in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+        let Ok(framework_id) = FrameworkId::new(fw.file_name().to_string_lossy()) else {
+            continue;
+        };
+        for t in std::fs::read_dir(fw.path()).into_iter().flatten().flatten() {
+            if let Ok(task_id) = stoa_proto::TaskId::new(t.file_name().to_string_lossy()) {
+                out.push((framework_id.clone(), task_id, t.path()));
+            }
+        }
+    }
+    out
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -147,45 +449,40 @@ async fn read_loop(mut receiver: FrameReceiver, tx: mpsc::Sender<MasterToAgent>)
     }
 }
 
-/// Sends what the core emitted and starts what it asked for. Returns false
-/// when the connection broke.
-async fn flush(
-    agent: &mut Agent,
-    sender: &mut FrameSender,
-    runtime: &Arc<WasmRuntime>,
-    events: &mpsc::UnboundedSender<(TaskKey, TaskEvent)>,
-    kills: &mut HashMap<TaskKey, Arc<AtomicBool>>,
-) -> bool {
-    while let Some(action) = agent.poll_action() {
-        match action {
-            Action::Launch { framework_id, task } => {
-                let key = (framework_id, task.task_id.clone());
-                let kill = Arc::new(AtomicBool::new(false));
-                kills.insert(key.clone(), kill.clone());
-                let (runtime, events) = (runtime.clone(), events.clone());
-                tokio::task::spawn_blocking(move || {
-                    let running = || {
-                        let _ = events.send((key.clone(), TaskEvent::Running));
-                    };
-                    let end = runtime.run(&task, kill, running);
-                    let _ = events.send((key, end));
-                });
-            }
-            Action::Kill {
-                framework_id,
-                task_id,
-            } => {
-                if let Some(flag) = kills.get(&(framework_id, task_id)) {
-                    flag.store(true, Ordering::Relaxed);
+/// Side streams the master opens: log reads.
+async fn serve_side_streams(conn: quinn::Connection, layout: WorkDir) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let layout = layout.clone();
+        tokio::spawn(async move {
+            let mut send = FrameSender::new(send);
+            let request = FrameReceiver::new(recv).recv::<SideRequest>().await;
+            let reply = match request {
+                Ok(Some(SideRequest::ReadLog {
+                    framework_id,
+                    task_id,
+                    stream,
+                    offset,
+                    max_len,
+                })) => {
+                    let dir = TaskDir::existing(&layout.task(&framework_id, &task_id));
+                    match dir.read_log(stream, offset, max_len) {
+                        Ok(chunk) => SideReply::Log(chunk),
+                        Err(e) => SideReply::Refused {
+                            message: format!(
+                                "no {} for task {task_id} on this agent: {e}",
+                                stream.file_name()
+                            ),
+                        },
+                    }
                 }
+                Ok(Some(other)) => SideReply::Refused {
+                    message: format!("an agent does not serve {other:?}"),
+                },
+                Ok(None) | Err(_) => return,
+            };
+            if send.send(&reply).await.is_ok() {
+                send.finish_and_flush(Duration::from_secs(2)).await;
             }
-        }
+        });
     }
-    while let Some(msg) = agent.poll_transmit() {
-        if let Err(e) = sender.send(&msg).await {
-            tracing::warn!(error = format!("{e:#}"), "cannot send to the master");
-            return false;
-        }
-    }
-    true
 }

@@ -9,3 +9,5 @@
 pub use stoa_agent_core as core;
 pub mod driver;
 pub mod exec;
+pub mod executor;
+pub mod executors;

@@ -1,6 +1,7 @@
 //! `stoa`: one binary for the master, the agent, certificates and a local
 //! cluster.
 
+mod artifact;
 mod machine;
 mod operator;
 mod up;
@@ -41,6 +42,12 @@ enum Command {
     Reserve(operator::ReserveArgs),
     /// Give a dynamic reservation back to the unreserved pool.
     Unreserve(operator::ReserveArgs),
+    /// Upload wasm binaries to the master's artifact store.
+    Artifact(artifact::ArtifactArgs),
+    /// Print a task's stdout or stderr, optionally following it.
+    Logs(operator::LogsArgs),
+    /// Run one framework's tasks (started by an agent, not by hand).
+    Executor(ExecutorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +71,12 @@ struct MasterArgs {
     /// Rescind offers not answered within this many seconds.
     #[arg(long)]
     offer_timeout: Option<u64>,
+    /// Where uploaded artifacts are kept.
+    #[arg(long, default_value = ".stoa/artifacts")]
+    artifacts: PathBuf,
+    /// Largest artifact accepted, in MiB.
+    #[arg(long, default_value_t = 64)]
+    max_artifact_mib: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +101,54 @@ struct AgentArgs {
     /// Hostname to advertise (default: this machine's).
     #[arg(long)]
     hostname: Option<String>,
+    /// Seconds a finished task's directory (sandbox and logs) is kept.
+    #[arg(long, default_value_t = 3600)]
+    gc_delay: u64,
+    /// Seconds an executor without tasks is kept for the next launch.
+    #[arg(long, default_value_t = 60)]
+    executor_idle: u64,
+    /// Seconds executors keep their tasks running while no agent is there
+    /// (across an agent restart); then they kill them and exit.
+    #[arg(long, default_value_t = 900)]
+    recovery_timeout: u64,
+    /// Cap on each task's stdout and stderr, in MiB.
+    #[arg(long, default_value_t = 10)]
+    log_limit_mib: u64,
+    /// Cap on the compiled-code cache, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    cache_mib: u64,
+    /// Largest artifact fetched from the master, in MiB.
+    #[arg(long, default_value_t = 64)]
+    max_artifact_mib: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExecutorArgs {
+    /// The framework whose tasks this executor runs.
+    #[arg(long)]
+    framework: stoa_proto::FrameworkId,
+    /// Directory for the socket, pid file and log.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The agent's fetched artifacts.
+    #[arg(long)]
+    artifacts: Option<PathBuf>,
+    /// The compiled-code cache.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    #[arg(long, default_value_t = 2048)]
+    cache_mib: u64,
+    #[arg(long, default_value_t = 10)]
+    log_limit_mib: u64,
+    /// Task slots in the instance pool (0: allocate on demand).
+    #[arg(long, default_value_t = 0)]
+    pool_tasks: u32,
+    /// Linear memory per pool slot, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pool_memory_mib: u64,
+    /// Seconds to keep tasks running without an agent.
+    #[arg(long, default_value_t = 900)]
+    recovery_timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +210,8 @@ fn main() -> anyhow::Result<()> {
                     certs: a.certs,
                     addr_file: a.addr_file,
                     registry: a.registry,
+                    artifacts: a.artifacts,
+                    max_artifact: a.max_artifact_mib << 20,
                     core,
                 };
                 stoa_master::driver::run(config, shutdown_signal()).await
@@ -170,11 +233,37 @@ fn main() -> anyhow::Result<()> {
                     resources,
                     attributes: a.attributes,
                 };
+                let work_dir = stoa_agent::driver::WorkDir(a.work_dir.clone());
+                let pool = stoa_agent::exec::wasm::PoolSize::for_agent(&info.resources);
+                let args = [
+                    ("--artifacts", work_dir.artifacts().display().to_string()),
+                    ("--cache", work_dir.compiled().display().to_string()),
+                    ("--cache-mib", a.cache_mib.to_string()),
+                    ("--log-limit-mib", a.log_limit_mib.to_string()),
+                    ("--pool-tasks", pool.tasks.to_string()),
+                    (
+                        "--pool-memory-mib",
+                        (pool.memory_per_task >> 20).to_string(),
+                    ),
+                    ("--recovery-timeout", a.recovery_timeout.to_string()),
+                ];
+                let executor = stoa_agent::executors::Launcher {
+                    program: std::env::current_exe()
+                        .context("cannot find this program to start executors")?,
+                    args: args
+                        .into_iter()
+                        .flat_map(|(k, v)| [k.to_string(), v])
+                        .collect(),
+                };
                 let config = stoa_agent::driver::DriverConfig {
                     master: a.master,
                     certs: a.certs,
                     info,
                     work_dir: a.work_dir,
+                    executor,
+                    gc_delay: Duration::from_secs(a.gc_delay),
+                    executor_idle: Duration::from_secs(a.executor_idle),
+                    max_artifact: a.max_artifact_mib << 20,
                 };
                 stoa_agent::driver::run(config, shutdown_signal()).await
             }
@@ -185,8 +274,38 @@ fn main() -> anyhow::Result<()> {
             Command::Quota(a) => operator::quota(a).await,
             Command::Reserve(a) => operator::reserve(a, true).await,
             Command::Unreserve(a) => operator::reserve(a, false).await,
+            Command::Artifact(a) => artifact::run(a).await,
+            Command::Logs(a) => operator::logs(a).await,
+            Command::Executor(a) => executor(a).await,
         }
     })
+}
+
+async fn executor(a: ExecutorArgs) -> anyhow::Result<()> {
+    use stoa_agent::exec::wasm::{PoolSize, RuntimeConfig, cache::CompiledCache};
+    let cache = match &a.cache {
+        Some(dir) => Some(
+            CompiledCache::new(dir, a.cache_mib << 20)
+                .with_context(|| format!("cannot open the cache {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let runtime = RuntimeConfig {
+        pool: (a.pool_tasks > 0).then(|| PoolSize {
+            tasks: a.pool_tasks,
+            memory_per_task: usize::try_from(a.pool_memory_mib << 20).unwrap_or(usize::MAX),
+        }),
+        artifacts: a.artifacts,
+        cache,
+        log_limit: a.log_limit_mib << 20,
+    };
+    stoa_agent::executor::run(stoa_agent::executor::ExecutorConfig {
+        framework_id: a.framework,
+        dir: a.dir,
+        runtime,
+        recovery_timeout: Duration::from_secs(a.recovery_timeout),
+    })
+    .await
 }
 
 fn certs(a: CertsArgs) -> anyhow::Result<()> {

@@ -174,3 +174,57 @@ pub async fn quota(a: QuotaArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The task's id.
+    task: stoa_proto::TaskId,
+    /// The task's framework, if two frameworks used the same task id.
+    #[arg(long)]
+    framework: Option<stoa_proto::FrameworkId>,
+    /// Print stderr instead of stdout.
+    #[arg(long)]
+    stderr: bool,
+    /// Keep printing what the task writes until it ends.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+/// How often `--follow` asks for more.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+pub async fn logs(a: LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use stoa_proto::side::{LogStream, MAX_LOG_CHUNK};
+    let stream = if a.stderr {
+        LogStream::Stderr
+    } else {
+        LogStream::Stdout
+    };
+    let mut offset = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let request = OperatorCall::ReadLog {
+            framework_id: a.framework.clone(),
+            task_id: a.task.clone(),
+            stream,
+            offset,
+            max_len: MAX_LOG_CHUNK,
+        };
+        let OperatorReply::Log(chunk) = call(&a.target, request).await? else {
+            bail!("the master answered something other than a log chunk");
+        };
+        out.write_all(&chunk.data)?;
+        out.flush()?;
+        offset = chunk.next_offset;
+        if !chunk.data.is_empty() {
+            continue;
+        }
+        if !a.follow || chunk.task_ended {
+            return Ok(());
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+}

@@ -31,6 +31,8 @@ struct Node {
     name: String,
     child: Child,
     log: PathBuf,
+    /// An agent's work directory.
+    work_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -66,6 +68,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             path(&addr_file)?,
             "--registry",
             path(&registry)?,
+            "--artifacts",
+            path(&dir.join("artifacts"))?,
         ],
     )?;
     nodes.push(master);
@@ -76,7 +80,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             let name = format!("agent-{i}");
             let work = dir.join(&name);
             let _ = std::fs::remove_file(work.join("agent_id"));
-            let node = spawn(
+            let mut node = spawn(
                 &exe,
                 &name,
                 &logs,
@@ -96,6 +100,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     &format!("{}-{name}", crate::machine::hostname()),
                 ],
             )?;
+            node.work_dir = Some(work);
             nodes.push(node);
         }
         let mut agent_ids = Vec::new();
@@ -171,6 +176,7 @@ fn spawn(exe: &Path, name: &str, logs: &Path, args: &[&str]) -> anyhow::Result<N
         name: name.to_string(),
         child,
         log,
+        work_dir: None,
     })
 }
 
@@ -228,6 +234,13 @@ async fn stop(nodes: &mut [Node]) {
             .is_err()
         {
             let _ = node.child.kill().await;
+        }
+    }
+    // Agents leave their executors running for the next agent; `up` owns
+    // the whole cluster, so it stops them too.
+    for node in nodes.iter() {
+        if let Some(work) = &node.work_dir {
+            stoa_agent::executors::stop_leftovers(&work.join("executors"));
         }
     }
 }

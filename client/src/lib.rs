@@ -176,3 +176,24 @@ pub async fn operator_call(
         ),
     }
 }
+
+/// Uploads a binary to the master's artifact store (channel
+/// `stoa-artifacts/1`); returns its digest, for `Artifact::Stored`.
+/// Uploading what the store already has is cheap to repeat and harmless.
+pub async fn upload_artifact(
+    config: &ClientConfig,
+    bytes: &[u8],
+) -> anyhow::Result<stoa_proto::Digest> {
+    let identity = Identity::load(&config.certs, &config.identity)?;
+    let tls = stoa_transport::client_config(&identity, stoa_transport::ALPN_ARTIFACTS)?;
+    let endpoint = stoa_transport::client_endpoint(config.master)?;
+    let conn = endpoint
+        .connect_with(tls, config.master, stoa_transport::MASTER_NAME)
+        .context("cannot start a connection")?
+        .await
+        .with_context(|| format!("QUIC handshake with the master at {} failed", config.master))?;
+    let result = stoa_transport::side::put_artifact(&conn, bytes).await;
+    conn.close(stoa_transport::close::NORMAL, b"done");
+    endpoint.wait_idle().await;
+    result
+}

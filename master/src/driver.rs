@@ -11,9 +11,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stoa_proto::operator::{OperatorCall, OperatorReply};
+use stoa_proto::side::SideRequest;
 use stoa_proto::{AgentToMaster, Call, Time, framing};
+use stoa_transport::side::{ArtifactStore, serve_artifacts};
 use stoa_transport::{
-    ALPN_AGENT, ALPN_OPERATOR, ALPN_SCHEDULER, FrameReceiver, FrameSender, Identity, close,
+    ALPN_AGENT, ALPN_ARTIFACTS, ALPN_OPERATOR, ALPN_SCHEDULER, FrameReceiver, FrameSender,
+    Identity, close,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,7 +32,18 @@ pub struct DriverConfig {
     pub addr_file: Option<PathBuf>,
     /// The registry file (weights, quotas, dynamic reservations).
     pub registry: PathBuf,
+    /// The artifact store's directory.
+    pub artifacts: PathBuf,
+    /// Largest artifact accepted.
+    pub max_artifact: u64,
     pub core: MasterConfig,
+}
+
+/// What side streams need: the store and its limit.
+#[derive(Debug, Clone)]
+struct Artifacts {
+    store: ArtifactStore,
+    max: u64,
 }
 
 enum Input {
@@ -61,8 +75,19 @@ pub async fn run(
     let identity = Identity::load(&config.certs, "master")?;
     let store = RegistryStore::open(&config.registry)?;
     let registry = store.load()?;
-    let server =
-        stoa_transport::server_config(&identity, &[ALPN_AGENT, ALPN_SCHEDULER, ALPN_OPERATOR])?;
+    let artifacts = Artifacts {
+        store: ArtifactStore::open(&config.artifacts).with_context(|| {
+            format!(
+                "cannot open the artifact store {}",
+                config.artifacts.display()
+            )
+        })?,
+        max: config.max_artifact,
+    };
+    let server = stoa_transport::server_config(
+        &identity,
+        &[ALPN_AGENT, ALPN_SCHEDULER, ALPN_OPERATOR, ALPN_ARTIFACTS],
+    )?;
     let endpoint = quinn::Endpoint::server(server, config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = endpoint.local_addr()?;
@@ -91,7 +116,7 @@ pub async fn run(
     );
     master.restore(registry);
     let (tx, mut rx) = mpsc::channel::<Input>(PEER_QUEUE);
-    let acceptor = tokio::spawn(accept_loop(endpoint.clone(), tx));
+    let acceptor = tokio::spawn(accept_loop(endpoint.clone(), tx, artifacts));
     let mut peers: HashMap<ConnId, Peer> = HashMap::new();
     tokio::pin!(shutdown);
 
@@ -109,6 +134,22 @@ pub async fn run(
                     }
                     Input::Agent(id, msg) => master.handle_agent_message(now(), id, msg),
                     Input::Scheduler(id, call) => master.handle_scheduler_call(now(), id, call),
+                    Input::Operator(OperatorCall::ReadLog { framework_id, task_id, stream, offset, max_len }, reply) => {
+                        match master.locate_task(&task_id, framework_id.as_ref()) {
+                            Ok((framework_id, agent)) => match peers.get(&agent) {
+                                Some(peer) => {
+                                    let request = SideRequest::ReadLog { framework_id, task_id, stream, offset, max_len };
+                                    tokio::spawn(read_log(peer.conn.clone(), request, reply));
+                                }
+                                None => {
+                                    let _ = reply.send(OperatorReply::Refused { message: "the task's agent is not connected".into() });
+                                }
+                            },
+                            Err(message) => {
+                                let _ = reply.send(OperatorReply::Refused { message });
+                            }
+                        }
+                    }
                     Input::Operator(call, reply) => {
                         let answer = master.handle_operator_call(now(), call);
                         persist(&mut master, &store)?;
@@ -190,17 +231,52 @@ fn encode<T: Serialize>(msg: &T) -> Outgoing {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>) {
+/// Relays a log read to the task's agent.
+async fn read_log(
+    agent: quinn::Connection,
+    request: SideRequest,
+    reply: oneshot::Sender<OperatorReply>,
+) {
+    let answer = match stoa_transport::side::read_log(&agent, &request).await {
+        Ok(chunk) => OperatorReply::Log(chunk),
+        Err(e) => OperatorReply::Refused {
+            message: format!("{e:#}"),
+        },
+    };
+    let _ = reply.send(answer);
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>, artifacts: Artifacts) {
     let mut next = 1u64;
     while let Some(incoming) = endpoint.accept().await {
         let id = ConnId(next);
         next += 1;
-        tokio::spawn(serve(incoming, id, tx.clone()));
+        tokio::spawn(serve(incoming, id, tx.clone(), artifacts.clone()));
+    }
+}
+
+/// Serves the side streams a peer opens after its control stream (or, on
+/// the artifact channel, instead of one). Agents may only fetch.
+async fn serve_side_streams(conn: quinn::Connection, artifacts: Artifacts, may_upload: bool) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let artifacts = artifacts.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                serve_artifacts(send, recv, &artifacts.store, artifacts.max, may_upload).await
+            {
+                tracing::debug!(error = format!("{e:#}"), "artifact stream ended badly");
+            }
+        });
     }
 }
 
 /// One connection: handshake, then read frames until it ends.
-async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
+async fn serve(
+    incoming: quinn::Incoming,
+    id: ConnId,
+    tx: mpsc::Sender<Input>,
+    artifacts: Artifacts,
+) {
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
@@ -216,6 +292,7 @@ async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
         Some(ALPN_AGENT) => Channel::Agent,
         Some(ALPN_SCHEDULER) => Channel::Scheduler,
         Some(ALPN_OPERATOR) => return serve_operator(conn, id, tx).await,
+        Some(ALPN_ARTIFACTS) => return serve_side_streams(conn, artifacts, true).await,
         // rustls already refuses unknown ALPNs; this is defence in depth.
         _ => {
             conn.close(close::REFUSED, b"unknown channel");
@@ -247,6 +324,11 @@ async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
     };
     let (out_tx, out_rx) = mpsc::channel(PEER_QUEUE);
     tokio::spawn(write_loop(conn.clone(), FrameSender::new(send), out_rx));
+    let side = tokio::spawn(serve_side_streams(
+        conn.clone(),
+        artifacts,
+        channel == Channel::Scheduler,
+    ));
     if tx
         .send(Input::Connected(
             id,
@@ -287,6 +369,7 @@ async fn serve(incoming: quinn::Incoming, id: ConnId, tx: mpsc::Sender<Input>) {
             Err(e) => break Input::Failed(id, e.to_string()),
         }
     };
+    side.abort();
     let _ = tx.send(end).await;
 }
 

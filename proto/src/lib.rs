@@ -7,12 +7,14 @@
 //! negative, and every decoder returns an error value instead of panicking
 //! on malformed peer data.
 
+pub mod executor;
 pub mod framing;
 pub mod ids;
 pub mod messages;
 pub mod operator;
 pub mod resources;
 pub mod role;
+pub mod side;
 pub mod task;
 pub mod time;
 
@@ -24,5 +26,7 @@ pub use messages::{
 };
 pub use resources::{Attributes, ParseError, PortRange, Resources};
 pub use role::{Role, RoleError};
-pub use task::{Artifact, Digest, Reason, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus};
+pub use task::{
+    Artifact, Digest, Reason, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus, WasmTask,
+};
 pub use time::Time;

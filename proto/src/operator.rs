@@ -2,9 +2,10 @@
 //! operators, each answered by one reply. Only a certificate issued as
 //! `operator` may use it.
 
-use crate::ids::AgentId;
+use crate::ids::{AgentId, FrameworkId, TaskId};
 use crate::resources::Resources;
 use crate::role::Role;
+use crate::side::{LogChunk, LogStream};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,15 @@ pub enum OperatorCall {
         role: Role,
         resources: Resources,
     },
+    /// Part of a task's stdout or stderr, read from its agent.
+    /// `framework_id` is needed only when two frameworks used the task id.
+    ReadLog {
+        framework_id: Option<FrameworkId>,
+        task_id: TaskId,
+        stream: LogStream,
+        offset: u64,
+        max_len: u32,
+    },
 }
 
 /// One role as operators see it.
@@ -54,5 +64,6 @@ pub struct RoleStatus {
 pub enum OperatorReply {
     Done,
     Roles(Vec<RoleStatus>),
+    Log(LogChunk),
     Refused { message: String },
 }

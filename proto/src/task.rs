@@ -31,38 +31,85 @@ impl fmt::Debug for Digest {
     }
 }
 
-/// The binary a task runs, named by its digest and carried inline.
+impl std::str::FromStr for Digest {
+    type Err = String;
+
+    /// Parses `sha256:<64 hex digits>` (the prefix may be left out).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut out)
+            .map_err(|_| format!("{s:?} is not a sha256 digest (sha256:<64 hex digits>)"))?;
+        Ok(Digest(out))
+    }
+}
+
+/// The binary a task runs, named by its sha256 digest.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Artifact {
-    pub digest: Digest,
-    pub bytes: Vec<u8>,
+pub enum Artifact {
+    /// Carried in the launch itself: for small binaries and tests.
+    Inline { digest: Digest, bytes: Vec<u8> },
+    /// Uploaded once to the master's artifact store; an agent that does not
+    /// have it fetches it from there.
+    Stored(Digest),
 }
 
 impl Artifact {
     pub fn inline(bytes: Vec<u8>) -> Artifact {
-        Artifact {
+        Artifact::Inline {
             digest: Digest::of(&bytes),
             bytes,
         }
     }
 
-    /// True when the bytes hash to the digest they claim.
-    pub fn verify(&self) -> bool {
-        Digest::of(&self.bytes) == self.digest
+    pub fn digest(&self) -> Digest {
+        match self {
+            Artifact::Inline { digest, .. } | Artifact::Stored(digest) => *digest,
+        }
     }
 }
 
 impl fmt::Debug for Artifact {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Artifact({}, {} bytes)", self.digest, self.bytes.len())
+        match self {
+            Artifact::Inline { digest, bytes } => {
+                write!(f, "Artifact({digest}, {} bytes inline)", bytes.len())
+            }
+            Artifact::Stored(digest) => write!(f, "Artifact({digest}, stored)"),
+        }
     }
 }
 
 /// What kind of program a task is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskKind {
-    /// A component of the `stoa:task` world: `input` in, output bytes out.
-    WasmComponent { artifact: Artifact, input: Vec<u8> },
+    /// A wasm binary; which kind is read from the binary itself:
+    /// a `stoa:task` component gets `input` and returns its output bytes;
+    /// a `wasi:cli/run` command component or a WASI preview-1 module with
+    /// `_start` gets `args`, `env` and `input` as its stdin, and ends with
+    /// an exit code.
+    Wasm(WasmTask),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WasmTask {
+    pub artifact: Artifact,
+    pub input: Vec<u8>,
+    /// Arguments after the program name (`argv[1..]`).
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl TaskKind {
+    /// A wasm task with `input` and no arguments or environment.
+    pub fn wasm(artifact: Artifact, input: Vec<u8>) -> TaskKind {
+        TaskKind::Wasm(WasmTask {
+            artifact,
+            input,
+            args: Vec::new(),
+            env: Vec::new(),
+        })
+    }
 }
 
 /// Limits beyond the task's resources. Memory is always the task's `mem`.
@@ -137,6 +184,17 @@ pub enum Reason {
     Timeout,
     /// The task trapped (e.g. `unreachable`, out-of-bounds access).
     Trap,
+    /// The task tried to grow a table past the agent's per-task limit.
+    TableLimit,
+    /// The component holds more instances, tables or memories than a task
+    /// may have.
+    InstanceLimit,
+    /// A command ended with a non-zero exit code.
+    NonZeroExit,
+    /// The executor running the task died.
+    ExecutorTerminated,
+    /// The agent could not fetch the task's artifact.
+    ArtifactUnavailable,
     /// The task's output exceeded the limit carried in a status update.
     OutputTooLarge,
     /// The artifact did not match its digest or is not a valid binary.
@@ -169,6 +227,11 @@ impl fmt::Display for Reason {
             Reason::FuelExhausted => "fuel-exhausted",
             Reason::Timeout => "timeout",
             Reason::Trap => "trap",
+            Reason::TableLimit => "table-limit",
+            Reason::InstanceLimit => "instance-limit",
+            Reason::NonZeroExit => "non-zero-exit",
+            Reason::ExecutorTerminated => "executor-terminated",
+            Reason::ArtifactUnavailable => "artifact-unavailable",
             Reason::OutputTooLarge => "output-too-large",
             Reason::InvalidArtifact => "invalid-artifact",
             Reason::InvalidOffers => "invalid-offers",
@@ -195,6 +258,8 @@ pub struct TaskStatus {
     pub message: String,
     /// The task's output, on FINISHED.
     pub output: Option<Vec<u8>>,
+    /// A command's exit code, once it exited.
+    pub exit_code: Option<i32>,
     pub agent_id: Option<AgentId>,
 }
 
@@ -206,6 +271,7 @@ impl TaskStatus {
             reason: None,
             message: String::new(),
             output: None,
+            exit_code: None,
             agent_id: None,
         }
     }

@@ -124,7 +124,7 @@ impl Sim {
                 resources: sim.config.agent_resources.clone(),
                 attributes: Attributes::default(),
             };
-            let mut agent = Agent::new(info, None);
+            let mut agent = Agent::new(info, None, 0);
             sim.master
                 .handle_connected(sim.now, agent_conn(i), Channel::Agent);
             agent.handle_connected(sim.now);
@@ -304,7 +304,8 @@ impl Sim {
         while let Some(action) = self.agents[i].poll_action() {
             match action {
                 Action::Launch { framework_id, task } => {
-                    let TaskKind::WasmComponent { input, .. } = &task.kind;
+                    let TaskKind::Wasm(wasm) = &task.kind;
+                    let input = &wasm.input;
                     let output = [b"hello, ".as_slice(), input].concat();
                     let started = self.now
                         + self.uniform((Duration::from_micros(10), Duration::from_micros(100)));
@@ -326,7 +327,10 @@ impl Sim {
                             i,
                             framework_id,
                             task.task_id,
-                            TaskEvent::Finished { output },
+                            TaskEvent::Finished {
+                                output,
+                                exit_code: None,
+                            },
                         ),
                     );
                 }
@@ -337,14 +341,16 @@ impl Sim {
                     self.executions.retain(|_, (a, fw, t, _)| {
                         !(*a == i && *fw == framework_id && *t == task_id)
                     });
-                    let event = TaskEvent::Ended {
-                        state: TaskState::Killed,
-                        reason: stoa_proto::Reason::KilledByScheduler,
-                        message: "killed".into(),
-                    };
+                    let event = TaskEvent::ended(
+                        TaskState::Killed,
+                        stoa_proto::Reason::KilledByScheduler,
+                        "killed",
+                    );
                     self.agents[i].handle_task_event(self.now, framework_id, task_id, event);
                     self.drain_agent(i);
                 }
+                // Simulated executors keep nothing to forget.
+                Action::Forget { .. } => {}
             }
         }
     }
@@ -421,10 +427,10 @@ fn sim_task(n: usize, resources: &Resources) -> TaskInfo {
             .unwrap_or_else(|_| unreachable!("task-N is a valid id")),
         name: format!("task {n}"),
         resources: resources.clone(),
-        kind: TaskKind::WasmComponent {
-            artifact: Artifact::inline(Vec::new()),
-            input: format!("task-{n}").into_bytes(),
-        },
+        kind: TaskKind::wasm(
+            Artifact::inline(Vec::new()),
+            format!("task-{n}").into_bytes(),
+        ),
         limits: TaskLimits::default(),
     }
 }

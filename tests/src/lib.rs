@@ -67,6 +67,7 @@ pub struct Cluster {
     pub certs: PathBuf,
     master: Child,
     agents: Vec<Child>,
+    resources: String,
 }
 
 impl Cluster {
@@ -82,6 +83,7 @@ impl Cluster {
             certs,
             master,
             agents: Vec::new(),
+            resources: resources.to_string(),
             dir,
         };
         let addr = wait_for_file(
@@ -90,35 +92,68 @@ impl Cluster {
         )?;
         cluster.addr = addr.parse()?;
         for i in 1..=agents {
-            let work = cluster.dir.path().join(format!("agent-{i}"));
-            let log = std::fs::File::create(cluster.dir.path().join(format!("agent-{i}.log")))?;
-            let child = Command::new(stoa_bin()?)
-                .args([
-                    "agent",
-                    "--master",
-                    &addr,
-                    "--resources",
-                    resources,
-                    "--hostname",
-                    &format!("host-{i}"),
-                ])
-                .arg("--certs")
-                .arg(&cluster.certs)
-                .arg("--work-dir")
-                .arg(&work)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()?;
+            let child = cluster.spawn_agent(i, &[])?;
             cluster.agents.push(child);
         }
         for i in 1..=agents {
-            wait_for_file(
-                &cluster.dir.path().join(format!("agent-{i}/agent_id")),
-                Duration::from_secs(20),
-            )
-            .with_context(|| format!("agent-{i} did not register; logs:\n{}", cluster.logs()))?;
+            cluster.wait_registered(i)?;
         }
         Ok(cluster)
+    }
+
+    /// Agent `i`'s work directory (agents count from 1).
+    pub fn agent_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("agent-{i}"))
+    }
+
+    fn spawn_agent(&self, i: usize, extra: &[&str]) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("agent-{i}.log")))?;
+        Ok(Command::new(stoa_bin()?)
+            .args([
+                "agent",
+                "--master",
+                &self.addr.to_string(),
+                "--resources",
+                &self.resources,
+                "--hostname",
+                &format!("host-{i}"),
+            ])
+            .arg("--certs")
+            .arg(&self.certs)
+            .arg("--work-dir")
+            .arg(self.agent_dir(i))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?)
+    }
+
+    fn wait_registered(&self, i: usize) -> anyhow::Result<()> {
+        wait_for_file(&self.agent_dir(i).join("agent_id"), Duration::from_secs(20))
+            .with_context(|| format!("agent-{i} did not register; logs:\n{}", self.logs()))?;
+        Ok(())
+    }
+
+    /// Kills agent `i` (SIGKILL: no goodbye, as in a crash); its executors
+    /// keep running.
+    pub fn kill_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let child = self.agents.get_mut(i - 1).context("no such agent")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts agent `i` again on its work directory (and agent id), with
+    /// `extra` flags. It re-registers on its own; tests wait for what they
+    /// need to see.
+    pub fn restart_agent(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
+        let _ = self.kill_agent(i);
+        let child = self.spawn_agent(i, extra)?;
+        self.agents[i - 1] = child;
+        Ok(())
     }
 
     /// Stops the master and starts a new one on the same registry. Its
@@ -182,6 +217,8 @@ fn spawn_master(dir: &Path, certs: &Path) -> anyhow::Result<Child> {
         .arg(dir.join("master.addr"))
         .arg("--registry")
         .arg(dir.join("registry.redb"))
+        .arg("--artifacts")
+        .arg(dir.join("artifacts"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?)
@@ -196,6 +233,9 @@ impl Drop for Cluster {
         {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for i in 1..=self.agents.len() {
+            stoa_agent::executors::stop_leftovers(&self.agent_dir(i).join("executors"));
         }
     }
 }

@@ -198,10 +198,7 @@ fn accept_naming_an_unknown_or_used_offer_drops_the_tasks() -> anyhow::Result<()
             task_id: stoa_proto::TaskId::new(id).expect("valid id"),
             name: id.into(),
             resources: hello_scheduler::default_task_resources(),
-            kind: stoa_proto::TaskKind::WasmComponent {
-                artifact: stoa_proto::Artifact::inline(wasm.clone()),
-                input: b"x".to_vec(),
-            },
+            kind: stoa_proto::TaskKind::wasm(stoa_proto::Artifact::inline(wasm.clone()), b"x".to_vec()),
             limits: Default::default(),
         };
         let next_event = async |s: &mut stoa_client::SchedulerSession| -> anyhow::Result<Event> {

@@ -15,10 +15,10 @@ fn task(input: &str, mem_mib: u64, limits: TaskLimits) -> anyhow::Result<TaskInf
         task_id: TaskId::new("t")?,
         name: input.into(),
         resources: Resources::new().with_millicpus(100).with_mem_mib(mem_mib),
-        kind: TaskKind::WasmComponent {
-            artifact: Artifact::inline(misbehave_wasm()?),
-            input: input.as_bytes().to_vec(),
-        },
+        kind: TaskKind::wasm(
+            Artifact::inline(misbehave_wasm()?),
+            input.as_bytes().to_vec(),
+        ),
         limits,
     })
 }
@@ -29,6 +29,7 @@ fn ended(event: &TaskEvent) -> (TaskState, Reason, &str) {
             state,
             reason,
             message,
+            ..
         } => (*state, *reason, message.as_str()),
         other => panic!("expected the task to end badly, got {other:?}"),
     }
@@ -39,7 +40,7 @@ fn runtime() -> anyhow::Result<WasmRuntime> {
 }
 
 fn run(rt: &WasmRuntime, t: &TaskInfo) -> TaskEvent {
-    rt.run(t, Arc::new(AtomicBool::new(false)), || {})
+    rt.run(t, None, Arc::new(AtomicBool::new(false)), || {})
 }
 
 #[test]
@@ -95,7 +96,7 @@ fn a_kill_stops_a_running_task_within_a_tick() -> anyhow::Result<()> {
     let kill = Arc::new(AtomicBool::new(false));
     let t = task("spin", 32, TaskLimits::default())?;
     let (rt2, kill2) = (rt.clone(), kill.clone());
-    let runner = std::thread::spawn(move || rt2.run(&t, kill2, || {}));
+    let runner = std::thread::spawn(move || rt2.run(&t, None, kill2, || {}));
     std::thread::sleep(Duration::from_millis(100));
     let asked = Instant::now();
     kill.store(true, Ordering::Relaxed);
@@ -129,7 +130,7 @@ fn growing_past_mem_at_run_time_is_memory_limit() -> anyhow::Result<()> {
     // Within the limit it works...
     let ok = run(&rt, &task("grow:8", 32, TaskLimits::default())?);
     assert!(
-        matches!(&ok, TaskEvent::Finished { output } if output.starts_with(b"grew")),
+        matches!(&ok, TaskEvent::Finished { output, .. } if output.starts_with(b"grew")),
         "{ok:?}"
     );
     // ...beyond it the task fails with memory-limit, not a generic trap.
@@ -191,7 +192,8 @@ fn misbehaving_tasks_do_not_harm_their_neighbours() -> anyhow::Result<()> {
     assert_eq!(
         ends[3],
         TaskEvent::Finished {
-            output: b"echo-me".to_vec()
+            output: b"echo-me".to_vec(),
+            exit_code: None,
         }
     );
     assert_eq!(ended(&ends[2]).1, Reason::Timeout);

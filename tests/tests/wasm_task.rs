@@ -15,17 +15,16 @@ fn task(artifact: Artifact, mem_mib: u64, limits: TaskLimits) -> TaskInfo {
         task_id: TaskId::new("t").expect("valid id"),
         name: "t".into(),
         resources: Resources::new().with_millicpus(100).with_mem_mib(mem_mib),
-        kind: TaskKind::WasmComponent {
-            artifact,
-            input: b"world".to_vec(),
-        },
+        kind: TaskKind::wasm(artifact, b"world".to_vec()),
         limits,
     }
 }
 
 fn run(rt: &WasmRuntime, task: &TaskInfo) -> (TaskEvent, bool) {
     let mut running = false;
-    let end = rt.run(task, Arc::new(AtomicBool::new(false)), || running = true);
+    let end = rt.run(task, None, Arc::new(AtomicBool::new(false)), || {
+        running = true
+    });
     (end, running)
 }
 
@@ -33,6 +32,7 @@ fn run(rt: &WasmRuntime, task: &TaskInfo) -> (TaskEvent, bool) {
 fn greeting() -> TaskEvent {
     TaskEvent::Finished {
         output: b"hello, world".to_vec(),
+        exit_code: None,
     }
 }
 
@@ -93,8 +93,10 @@ fn an_exhausted_fuel_budget_is_fuel_exhausted() -> anyhow::Result<()> {
 fn bad_binaries_are_errors_not_crashes() -> anyhow::Result<()> {
     let rt = runtime();
     // Bytes that do not match their digest.
-    let mut forged = Artifact::inline(hello_wasm()?);
-    forged.digest = Digest::of(b"something else");
+    let forged = Artifact::Inline {
+        digest: Digest::of(b"something else"),
+        bytes: hello_wasm()?,
+    };
     assert_ended(
         &run(&rt, &task(forged, 32, TaskLimits::default())).0,
         TaskState::Error,

@@ -28,6 +28,11 @@ impl FrameReceiver {
         }
     }
 
+    /// The stream itself, for raw bytes after a frame.
+    pub fn inner(&mut self) -> &mut quinn::RecvStream {
+        &mut self.recv
+    }
+
     /// Returns the next message, `Ok(None)` at a clean end of stream.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RecvError> {
         let mut header = [0u8; HEADER_LEN];
@@ -66,6 +71,11 @@ impl FrameSender {
         self.send_raw(&frame).await
     }
 
+    /// The stream itself, for raw bytes after a frame.
+    pub fn inner(&mut self) -> &mut quinn::SendStream {
+        &mut self.send
+    }
+
     /// Writes bytes as they are; for already-encoded frames (and for tests
     /// that must send malformed ones).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
@@ -84,5 +94,57 @@ impl FrameSender {
     pub async fn finish_and_flush(&mut self, limit: std::time::Duration) {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(limit, self.send.stopped()).await;
+    }
+}
+
+/// Frames over any byte stream (the agent's Unix sockets to its
+/// executors): the same format and checks as [`FrameReceiver`].
+pub mod io {
+    use super::*;
+    use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum IoRecvError {
+        #[error(transparent)]
+        Frame(#[from] FrameError),
+        #[error("stream ended in the middle of a frame")]
+        Truncated,
+        #[error(transparent)]
+        Io(#[from] std::io::Error),
+    }
+
+    /// Reads the next message; `Ok(None)` at a clean end of stream.
+    pub async fn recv<T: DeserializeOwned>(
+        reader: &mut (impl AsyncRead + Unpin),
+    ) -> Result<Option<T>, IoRecvError> {
+        let mut header = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            match reader.read(&mut header[got..]).await? {
+                0 if got == 0 => return Ok(None),
+                0 => return Err(IoRecvError::Truncated),
+                n => got += n,
+            }
+        }
+        let len = framing::body_len(header, framing::MAX_FRAME_LEN)?;
+        let mut body = vec![0u8; len];
+        reader
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => IoRecvError::Truncated,
+                _ => IoRecvError::Io(e),
+            })?;
+        Ok(Some(framing::decode_body(&body)?))
+    }
+
+    pub async fn send<T: Serialize>(
+        writer: &mut (impl AsyncWrite + Unpin),
+        msg: &T,
+    ) -> anyhow::Result<()> {
+        let frame = framing::encode(msg)?;
+        writer.write_all(&frame).await?;
+        writer.flush().await?;
+        Ok(())
     }
 }

@@ -9,15 +9,19 @@
 
 pub mod certs;
 pub mod framed;
+pub mod side;
 pub mod tls;
 
 pub use framed::{FrameReceiver, FrameSender, RecvError};
+pub use side::ArtifactStore;
 pub use tls::{Identity, client_config, server_config};
 
 /// Channel of agents talking to the master.
 pub const ALPN_AGENT: &[u8] = b"stoa-agent/1";
 /// Channel of schedulers talking to the master.
 pub const ALPN_SCHEDULER: &[u8] = b"stoa-sched/1";
+/// Channel for uploading artifacts to the master's store.
+pub const ALPN_ARTIFACTS: &[u8] = b"stoa-artifacts/1";
 /// The name every master certificate carries and every client verifies.
 pub const MASTER_NAME: &str = "master.stoa";
 

@@ -30,22 +30,15 @@ pub enum Action {
         framework_id: FrameworkId,
         task_id: TaskId,
     },
+    /// The master has the task's terminal update; the executor may forget
+    /// the task and its directory may be collected.
+    Forget {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+    },
 }
 
-/// What the executor reports about a task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TaskEvent {
-    Running,
-    Finished {
-        output: Vec<u8>,
-    },
-    /// Ended badly; `state` is FAILED, KILLED or ERROR.
-    Ended {
-        state: TaskState,
-        reason: Reason,
-        message: String,
-    },
-}
+pub use stoa_proto::executor::TaskEvent;
 
 #[derive(Debug)]
 struct TaskRecord {
@@ -71,7 +64,10 @@ pub struct Agent {
 
 impl Agent {
     /// `agent_id` is the id from an earlier registration, if any.
-    pub fn new(info: AgentInfo, agent_id: Option<AgentId>) -> Self {
+    /// `first_update` numbers this process's status updates; a restarted
+    /// agent must start above every number it used before (drivers use the
+    /// wall clock in microseconds).
+    pub fn new(info: AgentInfo, agent_id: Option<AgentId>, first_update: u64) -> Self {
         Agent {
             info,
             agent_id,
@@ -81,7 +77,7 @@ impl Agent {
             heartbeat_interval: Duration::from_secs(1),
             next_heartbeat: None,
             tasks: BTreeMap::new(),
-            updates: StatusUpdates::default(),
+            updates: StatusUpdates::starting_at(first_update),
             outbox: VecDeque::new(),
             actions: VecDeque::new(),
         }
@@ -210,6 +206,11 @@ impl Agent {
                     let done = self.tasks.get(&key).is_some_and(|t| t.state.is_terminal());
                     if done && !self.updates.has_pending(&key.0, &key.1) {
                         self.tasks.remove(&key);
+                        let (framework_id, task_id) = key;
+                        self.actions.push_back(Action::Forget {
+                            framework_id,
+                            task_id,
+                        });
                     }
                 }
             }
@@ -233,19 +234,57 @@ impl Agent {
         }
         let status = match event {
             TaskEvent::Running => TaskStatus::new(task_id, TaskState::Running),
-            TaskEvent::Finished { output } => {
+            TaskEvent::Finished { output, exit_code } => {
                 let mut s = TaskStatus::new(task_id, TaskState::Finished);
                 s.output = Some(output);
+                s.exit_code = exit_code;
                 s
             }
             TaskEvent::Ended {
                 state,
                 reason,
                 message,
-            } => TaskStatus::new(task_id, state).because(reason, message),
+                exit_code,
+            } => {
+                let mut s = TaskStatus::new(task_id, state).because(reason, message);
+                s.exit_code = exit_code;
+                s
+            }
         };
         task.state = status.state;
         self.send_update(now, framework_id, status);
+    }
+
+    /// A restarted agent found `task` still held by its executor, last seen
+    /// in `last` (`None` before the task reported anything). Call before
+    /// the first connection; a terminal `last` is reported again.
+    pub fn recover_task(
+        &mut self,
+        now: Time,
+        framework_id: FrameworkId,
+        task: &TaskInfo,
+        last: Option<TaskEvent>,
+    ) {
+        let key = (framework_id.clone(), task.task_id.clone());
+        let state = match last {
+            Some(_) => TaskState::Running,
+            None => TaskState::Starting,
+        };
+        self.tasks.insert(
+            key,
+            TaskRecord {
+                resources: task.resources.clone(),
+                state,
+            },
+        );
+        if let Some(event) = last.filter(TaskEvent::is_terminal) {
+            self.handle_task_event(now, framework_id, task.task_id.clone(), event);
+        }
+    }
+
+    /// Tasks the agent knows, with their states (for operators and tests).
+    pub fn tasks(&self) -> impl Iterator<Item = (&FrameworkId, &TaskId, TaskState)> {
+        self.tasks.iter().map(|((f, t), r)| (f, t, r.state))
     }
 
     pub fn handle_timeout(&mut self, now: Time) {

@@ -27,6 +27,14 @@ pub(super) struct StatusUpdates {
 }
 
 impl StatusUpdates {
+    /// Updates numbered from `first` up.
+    pub fn starting_at(first: u64) -> Self {
+        StatusUpdates {
+            next_id: first,
+            streams: BTreeMap::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.streams.values().map(|s| s.queue.len()).sum()
     }

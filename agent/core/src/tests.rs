@@ -12,7 +12,7 @@ fn registered() -> Agent {
         resources: "cpus:1;mem:64".parse().expect("r"),
         attributes: Attributes::default(),
     };
-    let mut a = Agent::new(info, None);
+    let mut a = Agent::new(info, None, 0);
     a.handle_connected(t(0));
     assert!(matches!(
         a.poll_transmit(),
@@ -37,10 +37,7 @@ fn launch(a: &mut Agent, id: &str) {
         task_id: TaskId::new(id).expect("id"),
         name: id.into(),
         resources: "cpus:0.5;mem:32".parse().expect("r"),
-        kind: TaskKind::WasmComponent {
-            artifact: Artifact::inline(vec![1]),
-            input: vec![],
-        },
+        kind: TaskKind::wasm(Artifact::inline(vec![1]), vec![]),
         limits: TaskLimits::default(),
     };
     a.handle_master_message(
@@ -76,6 +73,7 @@ fn updates_go_out_in_order_one_at_a_time_until_acknowledged() {
         tid.clone(),
         TaskEvent::Finished {
             output: b"ok".to_vec(),
+            exit_code: None,
         },
     );
     // RUNNING and FINISHED wait behind the unacknowledged STARTING.

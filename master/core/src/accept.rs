@@ -84,6 +84,7 @@ impl Master {
             };
             match (verdict, agent_conn) {
                 (Ok(allocation), Some(conn)) => {
+                    self.remember_placement(&key, &agent);
                     self.tasks.insert(
                         key,
                         TaskEntry {

@@ -144,7 +144,13 @@ pub struct Master {
     registry_dirty: bool,
     allocation_due: Option<Time>,
     outbox: VecDeque<Transmit>,
+    /// Where recent tasks ran, ended ones included, newest last: their
+    /// sandboxes and logs outlive them on the agent.
+    placements: VecDeque<((FrameworkId, TaskId), AgentId)>,
 }
+
+/// How many task placements the master remembers for log reads.
+const MAX_PLACEMENTS: usize = 10_000;
 
 /// Counts for operators and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -177,6 +183,7 @@ impl Master {
             registry_dirty: false,
             allocation_due: None,
             outbox: VecDeque::new(),
+            placements: VecDeque::new(),
         }
     }
 
@@ -216,6 +223,46 @@ impl Master {
 
     /// An operator's request. The reply is only to be sent after
     /// [`Master::poll_registry`]'s result is persisted.
+    /// The framework of `task` and the connection of the agent it runs (or
+    /// ran) on, for reading its logs. `framework` picks one when several
+    /// frameworks used the same task id.
+    pub fn locate_task(
+        &self,
+        task: &TaskId,
+        framework: Option<&FrameworkId>,
+    ) -> Result<(FrameworkId, ConnId), String> {
+        let matches =
+            |(f, t): &(FrameworkId, TaskId)| t == task && framework.is_none_or(|w| w == f);
+        let found = self
+            .placements
+            .iter()
+            .rev()
+            .find(|(key, _)| matches(key))
+            .map(|((f, _), a)| (f.clone(), a.clone()))
+            .or_else(|| {
+                self.tasks
+                    .iter()
+                    .find(|(key, _)| matches(key))
+                    .map(|((f, _), t)| (f.clone(), t.agent.clone()))
+            });
+        let Some((framework_id, agent)) = found else {
+            return Err(format!("no task {task} is known to this master"));
+        };
+        match self.agents.get(&agent).and_then(|a| a.conn) {
+            Some(conn) => Ok((framework_id, conn)),
+            None => Err(format!(
+                "task {task} ran on agent {agent}, which is not connected"
+            )),
+        }
+    }
+
+    fn remember_placement(&mut self, key: &(FrameworkId, TaskId), agent: &AgentId) {
+        if self.placements.len() >= MAX_PLACEMENTS {
+            self.placements.pop_front();
+        }
+        self.placements.push_back((key.clone(), agent.clone()));
+    }
+
     pub fn handle_operator_call(&mut self, now: Time, call: OperatorCall) -> OperatorReply {
         let result = match call {
             OperatorCall::SetWeight { role, weight } => self
@@ -283,6 +330,11 @@ impl Master {
                         "{agent} has no dynamic reservation of {resources} for {role} (static reservations change with the agent's --resources)"
                     ))
                 }
+            }
+            OperatorCall::ReadLog { .. } => {
+                return OperatorReply::Refused {
+                    message: "log reads are served by the master's driver, not its core".into(),
+                };
             }
         };
         match result {
@@ -742,6 +794,7 @@ impl Master {
                 None => {
                     // A task from before this master started: take it into the books.
                     let allocation = self.claim_running(agent, &r);
+                    self.remember_placement(&key, agent);
                     self.tasks.insert(
                         key,
                         TaskEntry {

@@ -18,10 +18,7 @@ fn task(id: &str, r: &str) -> TaskInfo {
         task_id: TaskId::new(id).expect("id"),
         name: id.into(),
         resources: r.parse().expect("resources"),
-        kind: TaskKind::WasmComponent {
-            artifact: Artifact::inline(vec![0]),
-            input: vec![],
-        },
+        kind: TaskKind::wasm(Artifact::inline(vec![0]), vec![]),
         limits: TaskLimits::default(),
     }
 }

@@ -72,10 +72,10 @@ pub async fn run(opts: HelloOptions) -> anyhow::Result<HelloReport> {
                             task_id: TaskId::new(format!("task-{i}"))?,
                             name: format!("hello {i}"),
                             resources: opts.task_resources.clone(),
-                            kind: TaskKind::WasmComponent {
-                                artifact: artifact.clone(),
-                                input: format!("task-{i}").into_bytes(),
-                            },
+                            kind: TaskKind::wasm(
+                                artifact.clone(),
+                                format!("task-{i}").into_bytes(),
+                            ),
                             limits: TaskLimits {
                                 fuel: Some(1_000_000_000),
                                 timeout_ms: Some(30_000),

@@ -1,0 +1,196 @@
+//! A task's directory on the agent's host:
+//!
+//! ```text
+//! <dir>/sandbox/   preopened to the task as `/`, the only path it sees
+//! <dir>/stdout     what the task wrote to stdout, up to the log limit
+//! <dir>/stderr     likewise for stderr
+//! ```
+//!
+//! The logs sit beside the sandbox, not in it, so a task can neither read
+//! nor rewrite what it already logged.
+
+use bytes::Bytes;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use stoa_proto::side::{LogChunk, LogStream, MAX_LOG_CHUNK};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+
+/// Default cap on each of a task's stdout and stderr.
+pub const DEFAULT_LOG_LIMIT: u64 = 10 << 20;
+
+#[derive(Debug, Clone)]
+pub struct TaskDir {
+    root: PathBuf,
+}
+
+impl TaskDir {
+    /// Makes a fresh directory at `root` (clearing what an earlier task of
+    /// the same id left there).
+    pub fn create(root: &Path) -> std::io::Result<TaskDir> {
+        if root.exists() {
+            std::fs::remove_dir_all(root)?;
+        }
+        std::fs::create_dir_all(root.join("sandbox"))?;
+        Ok(TaskDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// A directory made earlier (after an agent restart, for reading logs).
+    pub fn existing(root: &Path) -> TaskDir {
+        TaskDir {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn sandbox(&self) -> PathBuf {
+        self.root.join("sandbox")
+    }
+
+    pub fn log_path(&self, stream: LogStream) -> PathBuf {
+        self.root.join(stream.file_name())
+    }
+
+    /// Notes that the task has ended, for log readers.
+    pub fn mark_ended(&self) -> std::io::Result<()> {
+        std::fs::write(self.root.join("ended"), b"")
+    }
+
+    /// Up to `max_len` bytes of a log from `offset`.
+    pub fn read_log(
+        &self,
+        stream: LogStream,
+        offset: u64,
+        max_len: u32,
+    ) -> std::io::Result<LogChunk> {
+        use std::io::{Read as _, Seek as _};
+        // Checked before reading, so a reader that sees `task_ended` and an
+        // empty chunk has seen everything.
+        let task_ended = self.root.join("ended").exists();
+        let mut file = File::open(self.log_path(stream))?;
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        let mut data = Vec::new();
+        file.take(u64::from(max_len.min(MAX_LOG_CHUNK)))
+            .read_to_end(&mut data)?;
+        Ok(LogChunk {
+            next_offset: offset + data.len() as u64,
+            data,
+            task_ended,
+        })
+    }
+
+    /// Opens a log for the task to write, keeping at most `limit` bytes.
+    pub fn open_log(&self, stream: LogStream, limit: u64) -> std::io::Result<CappedLog> {
+        let file = File::create(self.log_path(stream))?;
+        Ok(CappedLog {
+            inner: Arc::new(Mutex::new(Capped {
+                file,
+                written: 0,
+                limit,
+                truncated: false,
+            })),
+        })
+    }
+}
+
+/// A log file that keeps the first `limit` bytes written to it and drops
+/// the rest, noting once that it did. Writes never fail the task: a task
+/// that logs without end is stopped by its own limits, not by its log.
+#[derive(Clone, Debug)]
+pub struct CappedLog {
+    inner: Arc<Mutex<Capped>>,
+}
+
+#[derive(Debug)]
+struct Capped {
+    file: File,
+    written: u64,
+    limit: u64,
+    truncated: bool,
+}
+
+impl CappedLog {
+    fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let room = c.limit.saturating_sub(c.written);
+        let take = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());
+        if take > 0 {
+            c.file.write_all(&bytes[..take])?;
+            c.written += take as u64;
+        }
+        if take < bytes.len() && !c.truncated {
+            c.truncated = true;
+            let note = format!("\n[stoa: log truncated at {} bytes]\n", c.limit);
+            c.file.write_all(note.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Bytes kept so far (the truncation note aside).
+    pub fn written(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).written
+    }
+}
+
+impl IsTerminal for CappedLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CappedLog {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CappedLog {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CappedLog {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        CappedLog::write(self, &bytes)
+            .map_err(|e| StreamError::LastOperationFailed(wasmtime::format_err!(e)))
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedLog {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(CappedLog::write(&self, buf).map(|()| buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

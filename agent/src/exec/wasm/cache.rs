@@ -1,0 +1,123 @@
+//! Compiled code on disk, so a restarted executor (or a second one) does
+//! not compile an artifact again.
+//!
+//! An entry is named by the artifact's digest and a hash of everything in
+//! the engine that compiled code depends on (wasmtime's version and
+//! configuration), so code from another engine is never loaded. Each entry
+//! carries the sha256 of its bytes; a corrupt or truncated entry fails that
+//! check, is deleted, and the artifact is compiled again. The directory is
+//! kept under a size cap by evicting the least recently used entries (file
+//! modification times, refreshed on every hit).
+
+use sha2::{Digest as _, Sha256};
+use std::hash::{Hash as _, Hasher as _};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use stoa_proto::Digest;
+use wasmtime::Engine;
+
+/// Default size cap of the compiled-code cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
+
+#[derive(Debug, Clone)]
+pub struct CompiledCache {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+/// What a lookup found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Hit(Vec<u8>),
+    Miss,
+    /// There was an entry, but its bytes did not match its checksum; it has
+    /// been removed.
+    Corrupt,
+}
+
+impl CompiledCache {
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(CompiledCache { dir, max_bytes })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The entry's path for `digest` compiled by `engine`.
+    pub fn path(&self, engine: &Engine, digest: Digest) -> PathBuf {
+        let mut h = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let name = format!("{}-{:016x}.cwasm", hex::encode(digest.0), h.finish());
+        self.dir.join(name)
+    }
+
+    /// Serialized code for `digest`, verified against its checksum.
+    pub fn get(&self, engine: &Engine, digest: Digest) -> Lookup {
+        let path = self.path(engine, digest);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Lookup::Miss;
+        };
+        let sum = std::fs::read_to_string(sum_path(&path)).unwrap_or_default();
+        if sum.trim() != hex::encode(Sha256::digest(&bytes)) {
+            self.remove(&path);
+            return Lookup::Corrupt;
+        }
+        // Refresh the entry's place in the eviction order.
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+        Lookup::Hit(bytes)
+    }
+
+    /// Stores serialized code. Written to a temporary name and renamed, so
+    /// a reader never sees half an entry; the checksum goes first, so an
+    /// entry without one is never trusted.
+    pub fn put(&self, engine: &Engine, digest: Digest, bytes: &[u8]) -> std::io::Result<()> {
+        let path = self.path(engine, digest);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(sum_path(&path), hex::encode(Sha256::digest(bytes)))?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)?;
+        self.evict(&path);
+        Ok(())
+    }
+
+    /// Removes least recently used entries (never `keep`) until the cache
+    /// is under its cap.
+    fn evict(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+        files.sort();
+        for (_, len, path) in files {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path != keep {
+                self.remove(&path);
+                total = total.saturating_sub(len);
+            }
+        }
+    }
+
+    fn remove(&self, path: &Path) {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(sum_path(path));
+    }
+}
+
+fn sum_path(path: &Path) -> PathBuf {
+    path.with_extension("sha256")
+}

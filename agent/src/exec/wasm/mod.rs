@@ -1,0 +1,694 @@
+//! Wasm tasks under wasmtime. Three kinds, told apart by the binary:
+//!
+//! * a component of the `stoa:task` world: input bytes in, output bytes out;
+//! * a `wasi:cli/run` command component;
+//! * a WASI preview-1 core module with `_start`.
+//!
+//! Commands get the task's `args`, `env` and `input` (as stdin) and end with
+//! an exit code. Every task runs in its own `Store` with its limits (see
+//! [`limits`]); the only path it sees is its sandbox, preopened as `/`;
+//! stdout and stderr go to capped files beside the sandbox. No network.
+
+pub mod cache;
+pub mod limits;
+
+use crate::core::TaskEvent;
+use crate::exec::task_dir::{DEFAULT_LOG_LIMIT, TaskDir};
+use cache::{CompiledCache, Lookup};
+use limits::{CpuShare, Footprint, Stopped, TaskLimiter, Watch};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use stoa_proto::side::LogStream;
+use stoa_proto::task::MAX_TASK_OUTPUT;
+use stoa_proto::{Artifact, Digest, Reason, Resources, TaskInfo, TaskKind, TaskState};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstancePre, Module, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../wit/task", world: "task" });
+}
+use bindings::TaskPre;
+
+/// How often the epoch advances: the granularity of timeouts, kills and
+/// CPU accounting.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Longest error message carried back from a task.
+const MAX_MESSAGE: usize = 4 << 10;
+
+/// Store state of a component task.
+struct ComponentCtx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: TaskLimiter,
+}
+
+impl WasiView for ComponentCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Store state of a preview-1 module task.
+struct ModuleCtx {
+    wasi: WasiP1Ctx,
+    limiter: TaskLimiter,
+}
+
+/// A binary ready to instantiate, by kind.
+enum Program {
+    Task(TaskPre<ComponentCtx>),
+    Command(CommandPre<ComponentCtx>),
+    Preview1(InstancePre<ModuleCtx>),
+}
+
+/// Compiled code: a component or a core module, which wasmtime compiles,
+/// serializes and loads alike.
+trait Code: Sized {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
+    /// Loads code from the on-disk cache.
+    fn load(engine: &Engine, code: &[u8]) -> wasmtime::Result<Self>;
+}
+
+// SAFETY (both `load`s): wasmtime can only load compiled code unsafely,
+// because it runs it without verifying it. `code` comes from
+// [`CompiledCache::get`], which returns only bytes that were written by
+// `serialize` on an engine with the same compatibility hash (it is in the
+// entry's name, and wasmtime checks its own header too) and that still match
+// the checksum written with them: the code as compiled, not a corrupted or
+// foreign file. The cache directory belongs to the agent; tasks cannot
+// reach it.
+impl Code for Component {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Component::new(engine, bytes)
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Component::serialize(self)
+    }
+    #[allow(unsafe_code)]
+    fn load(engine: &Engine, code: &[u8]) -> wasmtime::Result<Self> {
+        unsafe { Component::deserialize(engine, code) }
+    }
+}
+
+impl Code for Module {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Module::new(engine, bytes)
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Module::serialize(self)
+    }
+    #[allow(unsafe_code)]
+    fn load(engine: &Engine, code: &[u8]) -> wasmtime::Result<Self> {
+        unsafe { Module::deserialize(engine, code) }
+    }
+}
+
+/// Why a binary cannot run.
+#[derive(Debug, Clone)]
+struct Refused {
+    reason: Reason,
+    message: String,
+}
+
+impl Refused {
+    fn invalid(message: impl Into<String>) -> Refused {
+        Refused {
+            reason: Reason::InvalidArtifact,
+            message: message.into(),
+        }
+    }
+}
+
+type Prepared = Arc<OnceLock<Result<Arc<Program>, Refused>>>;
+
+/// How many task instances a pooled engine reserves room for, and how much
+/// linear memory each may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    pub tasks: u32,
+    pub memory_per_task: usize,
+}
+
+impl PoolSize {
+    /// One slot per 16 MiB of the agent's memory (16 to 1,000 slots), each
+    /// able to grow to all of the agent's memory (at most 4 GiB, wasm32's
+    /// limit); a task's own `mem` is enforced by the limiter.
+    pub fn for_agent(resources: &Resources) -> PoolSize {
+        let mib = resources.mem_mib();
+        PoolSize {
+            tasks: u32::try_from((mib / 16).clamp(16, 1_000)).unwrap_or(1_000),
+            memory_per_task: usize::try_from(mib.clamp(1, 4 << 10) << 20).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// How the engine allocates instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceAllocation {
+    /// Pre-reserved slots: instantiation is about twice as fast.
+    Pooling(PoolSize),
+    OnDemand,
+}
+
+/// Where a runtime finds and keeps things.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// A pooled engine of this size (with a fallback to on-demand).
+    pub pool: Option<PoolSize>,
+    /// Artifacts fetched by the agent, as `<dir>/<hex digest>`.
+    pub artifacts: Option<PathBuf>,
+    /// Compiled code kept across restarts.
+    pub cache: Option<CompiledCache>,
+    /// Cap on each of a task's stdout and stderr.
+    pub log_limit: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            pool: None,
+            artifacts: None,
+            cache: None,
+            log_limit: DEFAULT_LOG_LIMIT,
+        }
+    }
+}
+
+/// Counters for operators and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Binaries compiled from wasm.
+    pub compiled: u64,
+    /// Binaries loaded from the on-disk cache.
+    pub loaded: u64,
+    /// Cache entries found corrupt and rebuilt.
+    pub corrupt: u64,
+}
+
+/// One wasmtime engine and the binaries prepared on it.
+pub struct WasmRuntime {
+    engine: Engine,
+    components: Linker<ComponentCtx>,
+    modules: wasmtime::Linker<ModuleCtx>,
+    prepared: Mutex<HashMap<Digest, Prepared>>,
+    ticker_stop: Arc<AtomicBool>,
+    allocation: InstanceAllocation,
+    config: RuntimeConfig,
+    compiled: AtomicU64,
+    loaded: AtomicU64,
+    corrupt: AtomicU64,
+}
+
+impl std::fmt::Debug for WasmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmRuntime")
+            .field("allocation", &self.allocation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true);
+    config
+}
+
+impl WasmRuntime {
+    /// An engine that allocates instances on demand, with no artifact
+    /// directory or cache.
+    pub fn new() -> wasmtime::Result<Self> {
+        Self::with_config(RuntimeConfig::default())
+    }
+
+    /// An engine with a pooling allocator of `size`, or one that allocates
+    /// on demand if the pool cannot be reserved.
+    pub fn with_pool(size: PoolSize) -> wasmtime::Result<Self> {
+        Self::with_config(RuntimeConfig {
+            pool: Some(size),
+            ..RuntimeConfig::default()
+        })
+    }
+
+    /// A runtime as configured. A pool that cannot be reserved on this host
+    /// (address space, overcommit limits) falls back to on-demand
+    /// allocation, logged; [`WasmRuntime::allocation`] tells which.
+    pub fn with_config(config: RuntimeConfig) -> wasmtime::Result<Self> {
+        let Some(size) = config.pool else {
+            let engine = Engine::new(&base_config())?;
+            return Self::with_engine(engine, InstanceAllocation::OnDemand, config);
+        };
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        let per_task = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        // Totals assume the typical task (a handful of core instances);
+        // per-component maxima are the per-task limits.
+        pool.total_component_instances(size.tasks)
+            .total_core_instances(size.tasks.saturating_mul(16))
+            .total_memories(size.tasks.saturating_mul(2))
+            .total_tables(size.tasks.saturating_mul(8))
+            .max_core_instances_per_component(per_task(limits::MAX_INSTANCES))
+            .max_memories_per_component(per_task(limits::MAX_MEMORIES))
+            .max_tables_per_component(per_task(limits::MAX_TABLES))
+            .max_tables_per_module(4)
+            .table_elements(limits::MAX_TABLE_ELEMENTS)
+            .max_memory_size(size.memory_per_task);
+        let mut engine_config = base_config();
+        engine_config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&engine_config) {
+            Ok(engine) => Self::with_engine(engine, InstanceAllocation::Pooling(size), config),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    ?size,
+                    "cannot reserve the instance pool; allocating on demand"
+                );
+                let engine = Engine::new(&base_config())?;
+                Self::with_engine(engine, InstanceAllocation::OnDemand, config)
+            }
+        }
+    }
+
+    pub fn allocation(&self) -> InstanceAllocation {
+        self.allocation
+    }
+
+    pub fn stats(&self) -> CompileStats {
+        CompileStats {
+            compiled: self.compiled.load(Ordering::Relaxed),
+            loaded: self.loaded.load(Ordering::Relaxed),
+            corrupt: self.corrupt.load(Ordering::Relaxed),
+        }
+    }
+
+    fn with_engine(
+        engine: Engine,
+        allocation: InstanceAllocation,
+        config: RuntimeConfig,
+    ) -> wasmtime::Result<Self> {
+        let mut components = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut components)?;
+        let mut modules = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut modules, |cx: &mut ModuleCtx| &mut cx.wasi)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (weak, stop) = (engine.weak(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("stoa-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })?;
+        Ok(WasmRuntime {
+            engine,
+            components,
+            modules,
+            prepared: Mutex::new(HashMap::new()),
+            ticker_stop,
+            allocation,
+            config,
+            compiled: AtomicU64::new(0),
+            loaded: AtomicU64::new(0),
+            corrupt: AtomicU64::new(0),
+        })
+    }
+
+    /// Prepares `artifact` once per runtime; concurrent callers for the same
+    /// digest wait for the one preparation. A missing artifact is not
+    /// remembered, so a later launch can find it fetched.
+    fn prepare(&self, artifact: &Artifact) -> Result<Arc<Program>, Refused> {
+        let digest = artifact.digest();
+        let slot = {
+            let mut map = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(digest).or_default().clone()
+        };
+        let result = slot
+            .get_or_init(|| {
+                let bytes = self.bytes_of(artifact)?;
+                self.build(digest, &bytes).map(Arc::new)
+            })
+            .clone();
+        if let Err(Refused {
+            reason: Reason::ArtifactUnavailable,
+            ..
+        }) = &result
+        {
+            let mut map = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+            map.remove(&digest);
+        }
+        result
+    }
+
+    fn bytes_of(&self, artifact: &Artifact) -> Result<Vec<u8>, Refused> {
+        let unavailable = |message: String| Refused {
+            reason: Reason::ArtifactUnavailable,
+            message,
+        };
+        let bytes = match artifact {
+            Artifact::Inline { bytes, .. } => bytes.clone(),
+            Artifact::Stored(digest) => {
+                let dir = self.config.artifacts.as_ref().ok_or_else(|| {
+                    unavailable(format!(
+                        "{digest} is not inline and this runtime has no artifact store"
+                    ))
+                })?;
+                let path = dir.join(hex::encode(digest.0));
+                std::fs::read(&path).map_err(|e| {
+                    unavailable(format!("cannot read {digest} at {}: {e}", path.display()))
+                })?
+            }
+        };
+        if Digest::of(&bytes) != artifact.digest() {
+            return Err(Refused::invalid(format!(
+                "artifact bytes do not match {}",
+                artifact.digest()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    fn build(&self, digest: Digest, bytes: &[u8]) -> Result<Program, Refused> {
+        let footprint = Footprint::of(bytes).map_err(Refused::invalid)?;
+        footprint.check().map_err(|message| Refused {
+            reason: Reason::InstanceLimit,
+            message,
+        })?;
+        if wasmparser::Parser::is_component(bytes) {
+            let component: Component = self.compiled(digest, bytes)?;
+            let pre = self.components.instantiate_pre(&component).map_err(|e| {
+                Refused::invalid(format!(
+                    "the component needs imports Stoa does not provide: {e:#}"
+                ))
+            })?;
+            if let Ok(task) = TaskPre::new(pre.clone()) {
+                return Ok(Program::Task(task));
+            }
+            return CommandPre::new(pre).map(Program::Command).map_err(|_| {
+                Refused::invalid("the component exports neither stoa:task's `run` nor wasi:cli/run")
+            });
+        }
+        if wasmparser::Parser::is_core_wasm(bytes) {
+            let module: Module = self.compiled(digest, bytes)?;
+            if !matches!(
+                module.get_export("_start"),
+                Some(wasmtime::ExternType::Func(_))
+            ) {
+                return Err(Refused::invalid(
+                    "the module has no `_start` function (not a WASI command)",
+                ));
+            }
+            return self
+                .modules
+                .instantiate_pre(&module)
+                .map(Program::Preview1)
+                .map_err(|e| {
+                    Refused::invalid(format!(
+                        "the module needs imports other than WASI preview 1: {e:#}"
+                    ))
+                });
+        }
+        Err(Refused::invalid(
+            "not a wasm binary: neither a component nor a core module",
+        ))
+    }
+
+    /// Compiled code for `digest`: from the on-disk cache when it holds a
+    /// sound entry, otherwise compiled (and then cached).
+    fn compiled<C: Code>(&self, digest: Digest, bytes: &[u8]) -> Result<C, Refused> {
+        let cache = self.config.cache.as_ref();
+        if let Some(cache) = cache {
+            match cache.get(&self.engine, digest) {
+                Lookup::Hit(code) => match C::load(&self.engine, &code) {
+                    Ok(c) => {
+                        self.loaded.fetch_add(1, Ordering::Relaxed);
+                        return Ok(c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%digest, error = format!("{e:#}"), "cached code does not load; compiling again");
+                    }
+                },
+                Lookup::Corrupt => {
+                    self.corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%digest, "cached code failed its checksum; compiling again");
+                }
+                Lookup::Miss => {}
+            }
+        }
+        let compiled = C::compile(&self.engine, bytes)
+            .map_err(|e| Refused::invalid(format!("not valid wasm: {e:#}")))?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        if let Some(cache) = cache {
+            match compiled.serialize() {
+                Ok(code) => {
+                    if let Err(e) = cache.put(&self.engine, digest, &code) {
+                        tracing::warn!(%digest, error = %e, "cannot cache compiled code");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%digest, error = format!("{e:#}"), "cannot serialize compiled code")
+                }
+            }
+        }
+        Ok(compiled)
+    }
+
+    /// Runs a task to its end on the calling thread. `dir` is the task's
+    /// directory (sandbox and logs); without one the task sees no files and
+    /// its stdout and stderr are dropped. `on_running` is called once the
+    /// instance is up. Setting `kill` stops the task within one epoch tick.
+    pub fn run(
+        &self,
+        task: &TaskInfo,
+        dir: Option<&TaskDir>,
+        kill: Arc<AtomicBool>,
+        on_running: impl FnOnce(),
+    ) -> TaskEvent {
+        let TaskKind::Wasm(wasm) = &task.kind;
+        let program = match self.prepare(&wasm.artifact) {
+            Ok(program) => program,
+            Err(Refused { reason, message }) => return ended(TaskState::Error, reason, message),
+        };
+        let command = !matches!(*program, Program::Task(_));
+        let mut builder = WasiCtxBuilder::new();
+        let mut argv = vec![task.name.clone()];
+        argv.extend(wasm.args.iter().cloned());
+        builder
+            .args(&argv)
+            .env("STOA_TASK_ID", task.task_id.as_str());
+        for (k, v) in wasm.env.iter().filter(|(k, _)| !k.starts_with("STOA_")) {
+            builder.env(k, v);
+        }
+        if command {
+            builder.stdin(MemoryInputPipe::new(wasm.input.clone()));
+        }
+        match dir {
+            Some(dir) => {
+                let opened = (|| {
+                    let out = dir.open_log(LogStream::Stdout, self.config.log_limit)?;
+                    let err = dir.open_log(LogStream::Stderr, self.config.log_limit)?;
+                    builder
+                        .stdout(out)
+                        .stderr(err)
+                        .env("STOA_SANDBOX", "/")
+                        .preopened_dir(dir.sandbox(), "/", FsPerms::ReadWrite)
+                        .map_err(std::io::Error::other)?;
+                    Ok::<_, std::io::Error>(())
+                })();
+                if let Err(e) = opened {
+                    return ended(
+                        TaskState::Error,
+                        Reason::TaskInvalid,
+                        format!("cannot set up the sandbox in {}: {e}", dir.root().display()),
+                    );
+                }
+            }
+            None => {
+                builder.stdout(SinkOutputStream).stderr(SinkOutputStream);
+            }
+        }
+        let memory =
+            usize::try_from(task.resources.mem_mib().saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let timeout = task.limits.timeout_ms.map(Duration::from_millis);
+        let watch = Watch {
+            kill,
+            timeout: timeout.map(|t| (Instant::now() + t, t)),
+            cpu: CpuShare::new(task.resources.millicpus()),
+            tick: EPOCH_TICK,
+        };
+        let fuel = task.limits.fuel.unwrap_or(u64::MAX);
+        let limits = (TaskLimiter { memory }, fuel, watch);
+        self.execute(&program, builder, limits, &wasm.input, on_running)
+            .unwrap_or_else(|end| end)
+    }
+
+    /// Instantiates and runs `program`; `Err` holds an end that came
+    /// before the program could run to its own.
+    fn execute(
+        &self,
+        program: &Program,
+        mut builder: WasiCtxBuilder,
+        (limiter, fuel, watch): (TaskLimiter, u64, Watch),
+        input: &[u8],
+        on_running: impl FnOnce(),
+    ) -> Result<TaskEvent, TaskEvent> {
+        let component_ctx = |builder: &mut WasiCtxBuilder, limiter| ComponentCtx {
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            limiter,
+        };
+        Ok(match program {
+            Program::Task(pre) => {
+                let ctx = component_ctx(&mut builder, limiter);
+                let mut store = self.store(ctx, |c| &mut c.limiter, fuel, watch)?;
+                let instance = pre.instantiate(&mut store).map_err(classify)?;
+                on_running();
+                match instance.call_run(&mut store, input) {
+                    Ok(Ok(output)) if output.len() > MAX_TASK_OUTPUT => ended(
+                        TaskState::Failed,
+                        Reason::OutputTooLarge,
+                        format!(
+                            "output of {} bytes exceeds the {MAX_TASK_OUTPUT}-byte limit",
+                            output.len()
+                        ),
+                    ),
+                    Ok(Ok(output)) => TaskEvent::Finished {
+                        output,
+                        exit_code: None,
+                    },
+                    Ok(Err(message)) => ended(TaskState::Failed, Reason::TaskFailed, message),
+                    Err(e) => classify(e),
+                }
+            }
+            Program::Command(pre) => {
+                let ctx = component_ctx(&mut builder, limiter);
+                let mut store = self.store(ctx, |c| &mut c.limiter, fuel, watch)?;
+                let command = pre.instantiate(&mut store).map_err(classify)?;
+                on_running();
+                let run = command.wasi_cli_run().call_run(&mut store);
+                exited(run.map(|r| if r.is_ok() { 0 } else { 1 }))
+            }
+            Program::Preview1(pre) => {
+                let ctx = ModuleCtx {
+                    wasi: builder.build_p1(),
+                    limiter,
+                };
+                let mut store = self.store(ctx, |c| &mut c.limiter, fuel, watch)?;
+                let instance = pre.instantiate(&mut store).map_err(classify)?;
+                on_running();
+                let start = instance
+                    .get_typed_func::<(), ()>(&mut store, "_start")
+                    .map_err(|e| {
+                        ended(
+                            TaskState::Error,
+                            Reason::InvalidArtifact,
+                            format!("`_start` is not a function of no arguments: {e:#}"),
+                        )
+                    })?;
+                exited(start.call(&mut store, ()).map(|()| 0))
+            }
+        })
+    }
+
+    /// A store with the task's limiter, fuel and epoch watch.
+    fn store<T: 'static>(
+        &self,
+        data: T,
+        limiter: fn(&mut T) -> &mut TaskLimiter,
+        fuel: u64,
+        mut watch: Watch,
+    ) -> Result<Store<T>, TaskEvent> {
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(move |d| limiter(d) as &mut dyn wasmtime::ResourceLimiter);
+        store.set_fuel(fuel).map_err(|e| {
+            ended(
+                TaskState::Error,
+                Reason::TaskInvalid,
+                format!("cannot set fuel: {e:#}"),
+            )
+        })?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| match watch.on_tick() {
+            Ok(()) => Ok(wasmtime::UpdateDeadline::Continue(1)),
+            Err(stopped) => Err(stopped.into()),
+        });
+        Ok(store)
+    }
+}
+
+fn ended(state: TaskState, reason: Reason, mut message: String) -> TaskEvent {
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    TaskEvent::ended(state, reason, message)
+}
+
+/// A command's end: its exit code, or why it stopped before exiting.
+fn exited(result: wasmtime::Result<i32>) -> TaskEvent {
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(I32Exit(code)) => *code,
+            None => return classify(e),
+        },
+    };
+    if code == 0 {
+        return TaskEvent::Finished {
+            output: Vec::new(),
+            exit_code: Some(0),
+        };
+    }
+    TaskEvent::Ended {
+        state: TaskState::Failed,
+        reason: Reason::NonZeroExit,
+        message: format!("exited with code {code}"),
+        exit_code: Some(code),
+    }
+}
+
+/// Maps a wasmtime error to the task's terminal state by its type.
+fn classify(e: wasmtime::Error) -> TaskEvent {
+    let message = format!("{e:#}");
+    if let Some(stopped) = e.downcast_ref::<Stopped>() {
+        return match stopped {
+            Stopped::Memory { .. } => ended(TaskState::Failed, Reason::MemoryLimit, message),
+            Stopped::Table { .. } => ended(TaskState::Failed, Reason::TableLimit, message),
+            Stopped::Killed => ended(
+                TaskState::Killed,
+                Reason::KilledByScheduler,
+                "killed".into(),
+            ),
+            Stopped::Timeout(_) => ended(TaskState::Failed, Reason::Timeout, message),
+        };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => ended(TaskState::Failed, Reason::FuelExhausted, message),
+        Some(Trap::Interrupt) => ended(TaskState::Failed, Reason::Timeout, message),
+        _ => ended(TaskState::Failed, Reason::Trap, message),
+    }
+}

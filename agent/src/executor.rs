@@ -1,0 +1,236 @@
+//! An executor: the process that runs one framework's wasm tasks on an
+//! agent (`stoa executor`, started by the agent).
+//!
+//! It listens on a Unix socket in its directory, writes its pid beside it,
+//! and keeps every task — and the task's latest event — until the agent
+//! says the master has the end of it. The agent may go away and come back
+//! (an upgrade, a crash): the executor keeps running its tasks and tells
+//! the new agent everything in its first message. If no agent comes back
+//! within the recovery timeout, it kills its tasks and exits.
+
+use crate::exec::task_dir::TaskDir;
+use crate::exec::wasm::{RuntimeConfig, WasmRuntime};
+use anyhow::Context as _;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use stoa_proto::executor::{AgentToExecutor, ExecutorTask, ExecutorToAgent, TaskEvent};
+use stoa_proto::{FrameworkId, Reason, TaskId, TaskInfo, TaskState};
+use stoa_transport::framed::io;
+use tokio::net::UnixListener;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+/// The socket and pid file in an executor's directory.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("socket")
+}
+pub fn pid_path(dir: &Path) -> PathBuf {
+    dir.join("pid")
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    pub framework_id: FrameworkId,
+    /// Holds the socket, the pid file and the executor's log.
+    pub dir: PathBuf,
+    pub runtime: RuntimeConfig,
+    /// How long to keep tasks running without an agent.
+    pub recovery_timeout: Duration,
+}
+
+struct Task {
+    info: TaskInfo,
+    last: Option<TaskEvent>,
+    kill: Arc<AtomicBool>,
+}
+
+/// Runs the executor until told to shut down or left alone too long.
+pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.dir)
+        .with_context(|| format!("cannot create {}", config.dir.display()))?;
+    let socket = socket_path(&config.dir);
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::write(pid_path(&config.dir), std::process::id().to_string())?;
+    let runtime = Arc::new(
+        WasmRuntime::with_config(config.runtime.clone())
+            .map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?,
+    );
+    tracing::info!(framework = %config.framework_id, allocation = ?runtime.allocation(), "executor ready");
+
+    let mut tasks: HashMap<TaskId, Task> = HashMap::new();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<(TaskId, TaskEvent)>();
+    let (msgs_tx, mut msgs_rx) = mpsc::channel::<(u64, Option<AgentToExecutor>)>(1024);
+    let mut agent: Option<(u64, OwnedWriteHalf)> = None;
+    let mut generation = 0u64;
+    let mut alone_since = Some(tokio::time::Instant::now());
+
+    loop {
+        let give_up = alone_since.map(|t| t + config.recovery_timeout);
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                generation += 1;
+                let (read, mut write) = stream.into_split();
+                let hello = ExecutorToAgent::Hello {
+                    framework_id: config.framework_id.clone(),
+                    pid: std::process::id(),
+                    tasks: tasks.values().map(|t| ExecutorTask { task: t.info.clone(), last: t.last.clone() }).collect(),
+                };
+                if io::send(&mut write, &hello).await.is_err() {
+                    continue;
+                }
+                tracing::info!(tasks = tasks.len(), "agent connected");
+                tokio::spawn(read_agent(generation, read, msgs_tx.clone()));
+                agent = Some((generation, write));
+                alone_since = None;
+            }
+            Some((from, msg)) = msgs_rx.recv() => {
+                if agent.as_ref().map(|(g, _)| *g) != Some(from) {
+                    continue; // from a connection already replaced
+                }
+                match msg {
+                    None => {
+                        tracing::warn!("agent went away; tasks keep running");
+                        agent = None;
+                        alone_since = Some(tokio::time::Instant::now());
+                    }
+                    Some(AgentToExecutor::Launch { task, dir }) => {
+                        launch(&runtime, &mut tasks, *task, Path::new(&dir), &events_tx);
+                    }
+                    Some(AgentToExecutor::Kill { task_id }) => {
+                        if let Some(t) = tasks.get(&task_id) {
+                            t.kill.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    Some(AgentToExecutor::Forget { task_id }) => {
+                        tasks.remove(&task_id);
+                    }
+                    Some(AgentToExecutor::Shutdown) => {
+                        stop_all(&tasks);
+                        tracing::info!("shutting down");
+                        return Ok(());
+                    }
+                }
+            }
+            Some((task_id, event)) = events_rx.recv() => {
+                if let Some(t) = tasks.get_mut(&task_id) {
+                    t.last = Some(event.clone());
+                }
+                if let Some((_, write)) = agent.as_mut()
+                    && io::send(write, &ExecutorToAgent::Event { task_id, event }).await.is_err()
+                {
+                    agent = None;
+                    alone_since = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = sleep_until(give_up) => {
+                tracing::warn!(timeout = ?config.recovery_timeout, "no agent came back; killing tasks and exiting");
+                stop_all(&tasks);
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn stop_all(tasks: &HashMap<TaskId, Task>) {
+    for t in tasks.values() {
+        t.kill.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn read_agent(
+    generation: u64,
+    mut read: tokio::net::unix::OwnedReadHalf,
+    tx: mpsc::Sender<(u64, Option<AgentToExecutor>)>,
+) {
+    loop {
+        let msg = match io::recv::<AgentToExecutor>(&mut read).await {
+            Ok(Some(msg)) => Some(msg),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "bad data from the agent; dropping the connection");
+                None
+            }
+        };
+        let end = msg.is_none();
+        if tx.send((generation, msg)).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// Starts a task on its own thread: wasm runs synchronously under epoch
+/// interruption, which is what lets a tick pause a task over its CPU share.
+fn launch(
+    runtime: &Arc<WasmRuntime>,
+    tasks: &mut HashMap<TaskId, Task>,
+    info: TaskInfo,
+    dir: &Path,
+    events: &mpsc::UnboundedSender<(TaskId, TaskEvent)>,
+) {
+    let task_id = info.task_id.clone();
+    if tasks.contains_key(&task_id) {
+        tracing::warn!(task = %task_id, "ignoring a second launch of a running task");
+        return;
+    }
+    let kill = Arc::new(AtomicBool::new(false));
+    tasks.insert(
+        task_id.clone(),
+        Task {
+            info: info.clone(),
+            last: None,
+            kill: kill.clone(),
+        },
+    );
+    let dir = match TaskDir::create(dir) {
+        Ok(dir) => dir,
+        Err(e) => {
+            let event = TaskEvent::ended(
+                TaskState::Error,
+                Reason::TaskInvalid,
+                format!("cannot create the task directory {}: {e}", dir.display()),
+            );
+            let _ = events.send((task_id, event));
+            return;
+        }
+    };
+    let (runtime, task_events) = (runtime.clone(), events.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("task-{task_id}"))
+        // Sync wasm runs on this stack; wasmtime's own wasm stack limit
+        // (512 KiB) must fit in it with room for host calls.
+        .stack_size(2 << 20)
+        .spawn({
+            let task_id = task_id.clone();
+            move || {
+                let running = || {
+                    let _ = task_events.send((task_id.clone(), TaskEvent::Running));
+                };
+                let end = runtime.run(&info, Some(&dir), kill, running);
+                if let Err(e) = dir.mark_ended() {
+                    tracing::warn!(task = %task_id, error = %e, "cannot mark the task ended");
+                }
+                let _ = task_events.send((task_id, end));
+            }
+        });
+    if let Err(e) = spawned {
+        let event = TaskEvent::ended(
+            TaskState::Error,
+            Reason::TaskInvalid,
+            format!("cannot start a thread for the task: {e}"),
+        );
+        let _ = events.send((task_id, event));
+    }
+}

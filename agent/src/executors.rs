@@ -1,0 +1,339 @@
+//! The agent's side of its executors: one process per framework, started
+//! on the first launch, found again after an agent restart, stopped when
+//! idle.
+
+use crate::executor::{pid_path, socket_path};
+use anyhow::Context as _;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use stoa_proto::FrameworkId;
+use stoa_proto::TaskId;
+use stoa_proto::executor::{AgentToExecutor, ExecutorTask, ExecutorToAgent, TaskEvent};
+use stoa_transport::framed::io;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+/// How long a new executor has to open its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What executors tell the agent.
+#[derive(Debug)]
+pub enum FromExecutor {
+    Event {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        event: TaskEvent,
+    },
+    /// The executor's connection ended: it exited or crashed.
+    Gone {
+        framework_id: FrameworkId,
+        generation: u64,
+    },
+}
+
+/// How to start an executor process.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// The `stoa` binary.
+    pub program: PathBuf,
+    /// Arguments after `executor --framework ID --dir DIR`.
+    pub args: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Executors {
+    dir: PathBuf,
+    launcher: Launcher,
+    events: mpsc::UnboundedSender<FromExecutor>,
+    /// Each connection's generation tells a late `Gone` of a replaced
+    /// executor from one of the executor now running.
+    running: HashMap<FrameworkId, (u64, mpsc::UnboundedSender<AgentToExecutor>)>,
+    generation: u64,
+}
+
+/// An executor found running after an agent restart.
+#[derive(Debug)]
+pub struct Recovered {
+    pub framework_id: FrameworkId,
+    pub pid: u32,
+    pub tasks: Vec<ExecutorTask>,
+}
+
+impl Executors {
+    pub fn new(
+        dir: PathBuf,
+        launcher: Launcher,
+        events: mpsc::UnboundedSender<FromExecutor>,
+    ) -> Self {
+        Executors {
+            dir,
+            launcher,
+            events,
+            running: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// The directory of `framework`'s executor.
+    pub fn dir_of(&self, framework: &FrameworkId) -> PathBuf {
+        self.dir.join(framework.as_str())
+    }
+
+    pub fn is_running(&self, framework: &FrameworkId) -> bool {
+        self.running.contains_key(framework)
+    }
+
+    /// Reconnects to every executor still alive from an earlier agent
+    /// process and returns what each holds. Directories whose executor is
+    /// gone are removed.
+    pub async fn recover(&mut self) -> anyhow::Result<Vec<Recovered>> {
+        let mut found = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(found);
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let dir = entry.path();
+            let connected = tokio::time::timeout(
+                Duration::from_secs(2),
+                UnixStream::connect(socket_path(&dir)),
+            )
+            .await;
+            let mut stream = match connected {
+                Ok(Ok(stream)) => stream,
+                _ => {
+                    tracing::info!(dir = %dir.display(), "removing the directory of an executor that is gone");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    continue;
+                }
+            };
+            match io::recv::<ExecutorToAgent>(&mut stream).await {
+                Ok(Some(ExecutorToAgent::Hello {
+                    framework_id,
+                    pid,
+                    tasks,
+                })) => {
+                    tracing::info!(framework = %framework_id, pid, tasks = tasks.len(), "recovered an executor");
+                    self.attach(framework_id.clone(), stream);
+                    found.push(Recovered {
+                        framework_id,
+                        pid,
+                        tasks,
+                    });
+                }
+                other => {
+                    tracing::warn!(dir = %dir.display(), ?other, "an executor did not say hello; ignoring it");
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Sends `msg` to `framework`'s executor, starting one if there is none.
+    pub fn send(&mut self, framework: &FrameworkId, msg: AgentToExecutor) {
+        if !self.running.contains_key(framework) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.generation += 1;
+            self.running
+                .insert(framework.clone(), (self.generation, tx));
+            let dir = self.dir_of(framework);
+            tokio::spawn(start(
+                (framework.clone(), self.generation),
+                dir,
+                self.launcher.clone(),
+                rx,
+                self.events.clone(),
+            ));
+        }
+        if let Some((_, tx)) = self.running.get(framework) {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Tells `framework`'s executor to stop, if one runs.
+    pub fn shut_down(&mut self, framework: &FrameworkId) {
+        if let Some((_, tx)) = self.running.remove(framework) {
+            let _ = tx.send(AgentToExecutor::Shutdown);
+        }
+    }
+
+    /// An executor's connection ended. True if it was the executor now
+    /// serving `framework` (not one already replaced).
+    pub fn ended(&mut self, framework: &FrameworkId, generation: u64) -> bool {
+        if self
+            .running
+            .get(framework)
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            self.running.remove(framework);
+            return true;
+        }
+        false
+    }
+
+    fn attach(&mut self, framework: FrameworkId, stream: UnixStream) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.generation += 1;
+        self.running
+            .insert(framework.clone(), (self.generation, tx));
+        tokio::spawn(serve(
+            (framework, self.generation),
+            stream,
+            rx,
+            self.events.clone(),
+        ));
+    }
+}
+
+/// Starts an executor process, waits for its socket, then serves it.
+async fn start(
+    (framework, generation): (FrameworkId, u64),
+    dir: PathBuf,
+    launcher: Launcher,
+    rx: mpsc::UnboundedReceiver<AgentToExecutor>,
+    events: mpsc::UnboundedSender<FromExecutor>,
+) {
+    match spawn_and_connect(&framework, &dir, &launcher).await {
+        Ok(stream) => serve((framework, generation), stream, rx, events).await,
+        Err(e) => {
+            tracing::error!(framework = %framework, error = format!("{e:#}"), "cannot start an executor");
+            let _ = events.send(FromExecutor::Gone {
+                framework_id: framework,
+                generation,
+            });
+        }
+    }
+}
+
+async fn spawn_and_connect(
+    framework: &FrameworkId,
+    dir: &Path,
+    launcher: &Launcher,
+) -> anyhow::Result<UnixStream> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let socket = socket_path(dir);
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(pid_path(dir));
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("executor.log"))?;
+    let mut child = tokio::process::Command::new(&launcher.program)
+        .arg("executor")
+        .arg("--framework")
+        .arg(framework.as_str())
+        .arg("--dir")
+        .arg(dir)
+        .args(&launcher.args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a signal meant for the agent (Ctrl-C in a
+        // terminal) does not take the tasks down with it.
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()
+        .with_context(|| format!("cannot run {}", launcher.program.display()))?;
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let stream = loop {
+        if let Ok(stream) = UnixStream::connect(&socket).await {
+            break stream;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!(
+                "the executor exited at start ({status}); see {}",
+                dir.join("executor.log").display()
+            );
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.start_kill();
+            anyhow::bail!("the executor did not open {} in time", socket.display());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Reap it when it exits, so it does not linger as a zombie.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(stream)
+}
+
+/// Relays messages both ways until the executor's connection ends. The
+/// first message of a new connection (its hello) only matters after a
+/// restart, where [`Executors::recover`] reads it; here it is skipped.
+async fn serve(
+    (framework, generation): (FrameworkId, u64),
+    stream: UnixStream,
+    mut rx: mpsc::UnboundedReceiver<AgentToExecutor>,
+    events: mpsc::UnboundedSender<FromExecutor>,
+) {
+    let (mut read, mut write) = stream.into_split();
+    let reader = {
+        let (framework, events) = (framework.clone(), events.clone());
+        async move {
+            loop {
+                match io::recv::<ExecutorToAgent>(&mut read).await {
+                    Ok(Some(ExecutorToAgent::Event { task_id, event })) => {
+                        let _ = events.send(FromExecutor::Event {
+                            framework_id: framework.clone(),
+                            task_id,
+                            event,
+                        });
+                    }
+                    Ok(Some(ExecutorToAgent::Hello { .. })) => {}
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(framework = %framework, error = %e, "bad data from an executor");
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some(msg) = rx.recv().await {
+            if io::send(&mut write, &msg).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = reader => {}
+        () = writer => {}
+    }
+    let _ = events.send(FromExecutor::Gone {
+        framework_id: framework,
+        generation,
+    });
+}
+
+/// Kills executors left running in `dir` (an agent's `executors`
+/// directory) after their agent stopped for good: for tools that own a
+/// whole cluster's lifetime (`stoa up`, test harnesses). Only processes
+/// whose command line names their own directory are touched, so a reused
+/// pid is never hit. Returns how many were killed.
+pub fn stop_leftovers(dir: &Path) -> usize {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut killed = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let exec_dir = entry.path();
+        let Some(pid) = std::fs::read_to_string(pid_path(&exec_dir))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = args.iter().any(|a| *a == b"executor")
+            && args
+                .iter()
+                .any(|a| Path::new(&*String::from_utf8_lossy(a)) == exec_dir);
+        if ours && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    killed
+}

@@ -1,0 +1,86 @@
+//! Between an agent and its executors: one process per framework, on a
+//! Unix socket, in the same frames as every other link.
+//!
+//! An executor outlives its agent: it keeps each task's last event until the
+//! agent says the master has it ([`AgentToExecutor::Forget`]), so a
+//! restarted agent learns everything again from [`ExecutorToAgent::Hello`].
+
+use crate::ids::{FrameworkId, TaskId};
+use crate::task::{Reason, TaskInfo, TaskState};
+use serde::{Deserialize, Serialize};
+
+/// What an executor reports about a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskEvent {
+    Running,
+    /// Ended well: a `stoa:task` returned its output, or a command exited 0.
+    Finished {
+        output: Vec<u8>,
+        exit_code: Option<i32>,
+    },
+    /// Ended badly; `state` is FAILED, KILLED or ERROR.
+    Ended {
+        state: TaskState,
+        reason: Reason,
+        message: String,
+        exit_code: Option<i32>,
+    },
+}
+
+impl TaskEvent {
+    pub fn ended(state: TaskState, reason: Reason, message: impl Into<String>) -> TaskEvent {
+        TaskEvent::Ended {
+            state,
+            reason,
+            message: message.into(),
+            exit_code: None,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, TaskEvent::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentToExecutor {
+    /// Run a task. `dir` is the task's directory on this host: the executor
+    /// makes `dir/sandbox` (the only path the task sees) and writes
+    /// `dir/stdout` and `dir/stderr`.
+    Launch {
+        task: Box<TaskInfo>,
+        dir: String,
+    },
+    Kill {
+        task_id: TaskId,
+    },
+    /// The master has the task's terminal update: the executor may drop it.
+    Forget {
+        task_id: TaskId,
+    },
+    /// Kill every task and exit.
+    Shutdown,
+}
+
+/// A task as an executor knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorTask {
+    pub task: TaskInfo,
+    /// The latest event, if the task got as far as one.
+    pub last: Option<TaskEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecutorToAgent {
+    /// First message on every connection: who this is and every task not
+    /// yet forgotten.
+    Hello {
+        framework_id: FrameworkId,
+        pid: u32,
+        tasks: Vec<ExecutorTask>,
+    },
+    Event {
+        task_id: TaskId,
+        event: TaskEvent,
+    },
+}

@@ -1,0 +1,69 @@
+//! Side streams: bulk data that does not belong on a control stream.
+//!
+//! Each side stream is one QUIC bidirectional stream on an existing
+//! connection: one [`SideRequest`] frame, then one [`SideReply`] frame,
+//! then — for artifacts — the raw bytes until the stream ends. The drivers
+//! serve them; the state machines never see them.
+
+use crate::ids::{FrameworkId, TaskId};
+use crate::task::Digest;
+use serde::{Deserialize, Serialize};
+
+/// Largest artifact a master stores unless configured otherwise.
+pub const DEFAULT_MAX_ARTIFACT: u64 = 64 << 20;
+/// Most log bytes returned by one read.
+pub const MAX_LOG_CHUNK: u32 = 256 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SideRequest {
+    /// Scheduler → master: `len` bytes follow; the master keeps them under
+    /// `digest` if they hash to it.
+    PutArtifact { digest: Digest, len: u64 },
+    /// Agent → master: send the bytes of `digest`.
+    FetchArtifact { digest: Digest },
+    /// Master → agent: up to `max_len` bytes of a task's log from `offset`.
+    ReadLog {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        stream: LogStream,
+        offset: u64,
+        max_len: u32,
+    },
+}
+
+/// Part of a task's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub data: Vec<u8>,
+    /// Where the next read should start.
+    pub next_offset: u64,
+    /// The task has ended: once a read returns nothing, nothing more comes.
+    pub task_ended: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SideReply {
+    /// The artifact is stored (upload) or `len` bytes follow (fetch).
+    Artifact {
+        len: u64,
+    },
+    Log(LogChunk),
+    Refused {
+        message: String,
+    },
+}
