@@ -47,16 +47,10 @@ pub fn misbehave_wasm() -> anyhow::Result<Vec<u8>> {
 /// A task component from `target/wasm32-wasip2/release`, or from the path
 /// in `env` when set.
 fn component(file: &str, package: &str, env: &str) -> anyhow::Result<Vec<u8>> {
-    let path = match std::env::var_os(env) {
-        Some(p) => PathBuf::from(p),
-        None => profile_dir()?
-            .parent()
-            .context("no target directory")?
-            .join(format!("wasm32-wasip2/release/{file}.wasm")),
-    };
-    std::fs::read(&path).with_context(|| {
-        format!("cannot read {}; build it with `cargo build --release --target wasm32-wasip2 -p {package}`", path.display())
-    })
+    match std::env::var_os(env) {
+        Some(p) => std::fs::read(&p).with_context(|| format!("cannot read {}", p.display())),
+        None => built("wasm32-wasip2", file, package),
+    }
 }
 
 /// A master and agents, each a real process.
@@ -253,4 +247,28 @@ fn wait_for_file(path: &Path, limit: Duration) -> anyhow::Result<String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The `wasi-cli` fixture, an ordinary Rust program, as a `wasi:cli/run`
+/// command component (built for wasm32-wasip2).
+pub fn cli_component_wasm() -> anyhow::Result<Vec<u8>> {
+    built("wasm32-wasip2", "wasi-cli", "wasi-cli")
+}
+
+/// The same program as a WASI preview-1 core module (wasm32-wasip1).
+pub fn cli_module_wasm() -> anyhow::Result<Vec<u8>> {
+    built("wasm32-wasip1", "wasi-cli", "wasi-cli")
+}
+
+fn built(target: &str, file: &str, package: &str) -> anyhow::Result<Vec<u8>> {
+    let path = profile_dir()?
+        .parent()
+        .context("no target directory")?
+        .join(format!("{target}/release/{file}.wasm"));
+    std::fs::read(&path).with_context(|| {
+        format!(
+            "cannot read {}; build it with `cargo build --release --target {target} -p {package}`",
+            path.display()
+        )
+    })
 }

@@ -156,7 +156,7 @@ fn a_pooled_engine_runs_tasks_and_an_impossible_pool_falls_back() -> anyhow::Res
     assert_eq!(
         size,
         PoolSize {
-            tasks: 64,
+            tasks: 1024,
             memory_per_task: 1 << 30
         }
     );
@@ -179,5 +179,75 @@ fn a_pooled_engine_runs_tasks_and_an_impossible_pool_falls_back() -> anyhow::Res
         run(&fallback, &task(hello, 32, TaskLimits::default())).0,
         greeting()
     );
+    Ok(())
+}
+
+fn cached_runtime(dir: &std::path::Path) -> anyhow::Result<WasmRuntime> {
+    use stoa_agent::exec::wasm::{RuntimeConfig, cache::CompiledCache};
+    WasmRuntime::with_config(RuntimeConfig {
+        cache: Some(CompiledCache::new(dir, 1 << 30)?),
+        ..RuntimeConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+#[test]
+fn compiled_code_is_cached_on_disk_and_a_corrupt_entry_is_rebuilt() -> anyhow::Result<()> {
+    use stoa_agent::exec::wasm::CompileStats;
+    let tmp = tempfile::tempdir()?;
+    let hello = || -> anyhow::Result<TaskInfo> {
+        Ok(task(
+            Artifact::inline(hello_wasm()?),
+            32,
+            TaskLimits::default(),
+        ))
+    };
+    // A first executor compiles and stores.
+    let first = cached_runtime(tmp.path())?;
+    assert_eq!(run(&first, &hello()?).0, greeting());
+    assert_eq!(
+        first.stats(),
+        CompileStats {
+            compiled: 1,
+            loaded: 0,
+            corrupt: 0
+        }
+    );
+    // A second (a restarted executor) loads instead of compiling.
+    let second = cached_runtime(tmp.path())?;
+    assert_eq!(run(&second, &hello()?).0, greeting());
+    assert_eq!(
+        second.stats(),
+        CompileStats {
+            compiled: 0,
+            loaded: 1,
+            corrupt: 0
+        }
+    );
+    // Flip bytes in the entry: the checksum catches it, the code is rebuilt
+    // and the task still runs.
+    let entry = std::fs::read_dir(tmp.path())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .ok_or_else(|| anyhow::anyhow!("no cache entry was written"))?;
+    let mut code = std::fs::read(&entry)?;
+    let middle = code.len() / 2;
+    code[middle] ^= 0xff;
+    std::fs::write(&entry, code)?;
+    let third = cached_runtime(tmp.path())?;
+    assert_eq!(run(&third, &hello()?).0, greeting());
+    assert_eq!(
+        third.stats(),
+        CompileStats {
+            compiled: 1,
+            loaded: 0,
+            corrupt: 1
+        }
+    );
+    // ... and the rebuilt entry is sound again.
+    let fourth = cached_runtime(tmp.path())?;
+    assert_eq!(run(&fourth, &hello()?).0, greeting());
+    assert_eq!(fourth.stats().loaded, 1);
     Ok(())
 }

@@ -121,3 +121,45 @@ impl CompiledCache {
 fn sum_path(path: &Path) -> PathBuf {
     path.with_extension("sha256")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_recently_used_entries_go_first_when_over_the_cap() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = CompiledCache::new(tmp.path(), 2_500).expect("cache");
+        let engine = Engine::default();
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        cache.put(&engine, a, &[1; 1000]).expect("put a");
+        cache.put(&engine, b, &[2; 1000]).expect("put b");
+        for (d, age) in [(a, 30), (b, 60)] {
+            let f = std::fs::File::options()
+                .append(true)
+                .open(cache.path(&engine, d))
+                .expect("open");
+            f.set_modified(old + std::time::Duration::from_secs(60 - age))
+                .expect("age");
+        }
+        // `a` is used, so `b` is now the least recently used.
+        assert_eq!(cache.get(&engine, a), Lookup::Hit(vec![1; 1000]));
+        cache.put(&engine, c, &[3; 1000]).expect("put c");
+        assert_eq!(cache.get(&engine, b), Lookup::Miss);
+        assert_eq!(cache.get(&engine, a), Lookup::Hit(vec![1; 1000]));
+        assert_eq!(cache.get(&engine, c), Lookup::Hit(vec![3; 1000]));
+    }
+
+    #[test]
+    fn an_entry_without_its_checksum_is_not_trusted() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = CompiledCache::new(tmp.path(), 1 << 20).expect("cache");
+        let engine = Engine::default();
+        let d = Digest::of(b"x");
+        cache.put(&engine, d, b"code").expect("put");
+        std::fs::remove_file(sum_path(&cache.path(&engine, d))).expect("rm");
+        assert_eq!(cache.get(&engine, d), Lookup::Corrupt);
+        assert_eq!(cache.get(&engine, d), Lookup::Miss);
+    }
+}

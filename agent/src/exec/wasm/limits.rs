@@ -95,7 +95,7 @@ impl Footprint {
         let mut f = Footprint::default();
         let mut core_modules = 0usize;
         for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-            match payload.map_err(|e| format!("malformed wasm: {e}"))? {
+            match payload.map_err(|e| format!("not valid wasm: {e}"))? {
                 Payload::Version {
                     encoding: wasmparser::Encoding::Module,
                     ..
@@ -103,7 +103,7 @@ impl Footprint {
                 Payload::InstanceSection(section) => {
                     for instance in section {
                         if let Instance::Instantiate { .. } =
-                            instance.map_err(|e| format!("malformed wasm: {e}"))?
+                            instance.map_err(|e| format!("not valid wasm: {e}"))?
                         {
                             f.instances += 1;
                         }

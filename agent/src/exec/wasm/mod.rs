@@ -141,13 +141,16 @@ pub struct PoolSize {
 }
 
 impl PoolSize {
-    /// One slot per 16 MiB of the agent's memory (16 to 1,000 slots), each
-    /// able to grow to all of the agent's memory (at most 4 GiB, wasm32's
-    /// limit); a task's own `mem` is enforced by the limiter.
+    /// One slot per MiB of the agent's memory (16 to 10,000 slots): no task
+    /// runs in less, so the pool never runs out before the agent's memory
+    /// does. Each slot can grow to all of the agent's memory (at most 4 GiB,
+    /// wasm32's limit); a task's own `mem` is enforced by the limiter. This
+    /// is address space, not memory; where the host cannot reserve it, the
+    /// runtime allocates on demand instead.
     pub fn for_agent(resources: &Resources) -> PoolSize {
         let mib = resources.mem_mib();
         PoolSize {
-            tasks: u32::try_from((mib / 16).clamp(16, 1_000)).unwrap_or(1_000),
+            tasks: u32::try_from(mib.clamp(16, 10_000)).unwrap_or(10_000),
             memory_per_task: usize::try_from(mib.clamp(1, 4 << 10) << 20).unwrap_or(usize::MAX),
         }
     }
@@ -390,12 +393,21 @@ impl WasmRuntime {
     }
 
     fn build(&self, digest: Digest, bytes: &[u8]) -> Result<Program, Refused> {
+        let (component, module) = (
+            wasmparser::Parser::is_component(bytes),
+            wasmparser::Parser::is_core_wasm(bytes),
+        );
+        if !(component || module) {
+            return Err(Refused::invalid(
+                "not a wasm binary: neither a component nor a core module",
+            ));
+        }
         let footprint = Footprint::of(bytes).map_err(Refused::invalid)?;
         footprint.check().map_err(|message| Refused {
             reason: Reason::InstanceLimit,
             message,
         })?;
-        if wasmparser::Parser::is_component(bytes) {
+        if component {
             let component: Component = self.compiled(digest, bytes)?;
             let pre = self.components.instantiate_pre(&component).map_err(|e| {
                 Refused::invalid(format!(
@@ -409,29 +421,23 @@ impl WasmRuntime {
                 Refused::invalid("the component exports neither stoa:task's `run` nor wasi:cli/run")
             });
         }
-        if wasmparser::Parser::is_core_wasm(bytes) {
-            let module: Module = self.compiled(digest, bytes)?;
-            if !matches!(
-                module.get_export("_start"),
-                Some(wasmtime::ExternType::Func(_))
-            ) {
-                return Err(Refused::invalid(
-                    "the module has no `_start` function (not a WASI command)",
-                ));
-            }
-            return self
-                .modules
-                .instantiate_pre(&module)
-                .map(Program::Preview1)
-                .map_err(|e| {
-                    Refused::invalid(format!(
-                        "the module needs imports other than WASI preview 1: {e:#}"
-                    ))
-                });
+        let module: Module = self.compiled(digest, bytes)?;
+        if !matches!(
+            module.get_export("_start"),
+            Some(wasmtime::ExternType::Func(_))
+        ) {
+            return Err(Refused::invalid(
+                "the module has no `_start` function (not a WASI command)",
+            ));
         }
-        Err(Refused::invalid(
-            "not a wasm binary: neither a component nor a core module",
-        ))
+        self.modules
+            .instantiate_pre(&module)
+            .map(Program::Preview1)
+            .map_err(|e| {
+                Refused::invalid(format!(
+                    "the module needs imports other than WASI preview 1: {e:#}"
+                ))
+            })
     }
 
     /// Compiled code for `digest`: from the on-disk cache when it holds a
