@@ -278,6 +278,7 @@ impl State {
                 let (conn, store, done) =
                     (conn.clone(), self.store.clone(), self.fetched_tx.clone());
                 let max = self.config.max_artifact;
+                tracing::info!(%digest, "fetching an artifact from the master");
                 tokio::spawn(async move {
                     let result = fetch_artifact(&conn, digest, &store, max)
                         .await
@@ -303,6 +304,10 @@ impl State {
     }
 
     fn fetched(&mut self, now: Time, digest: Digest, result: Result<(), String>) {
+        match &result {
+            Ok(()) => tracing::info!(%digest, "artifact fetched"),
+            Err(message) => tracing::warn!(%digest, %message, "artifact fetch failed"),
+        }
         let waiting = self.fetching.remove(&digest).unwrap_or_default();
         for (framework_id, task) in waiting {
             match &result {

@@ -12,6 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use stoa_client::ClientConfig;
 
+pub mod framework;
+pub use framework::TestFramework;
+
 /// The directory holding this test binary's sibling executables
 /// (`target/debug`).
 fn profile_dir() -> anyhow::Result<PathBuf> {
@@ -171,6 +174,19 @@ impl Cluster {
             .arg("--certs")
             .arg(&self.certs)
             .output()?)
+    }
+
+    /// Starts `stoa ARGS --master ADDR --certs DIR` with its output piped.
+    pub fn stoa_child(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Ok(Command::new(stoa_bin()?)
+            .args(args)
+            .arg("--master")
+            .arg(self.addr.to_string())
+            .arg("--certs")
+            .arg(&self.certs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
     }
 
     pub fn client(&self) -> ClientConfig {

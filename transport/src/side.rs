@@ -204,3 +204,52 @@ pub async fn serve_artifacts(
         .await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ArtifactStore) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = ArtifactStore::open(tmp.path().join("a")).expect("store");
+        (tmp, store)
+    }
+
+    #[tokio::test]
+    async fn bytes_are_kept_only_under_their_own_digest() {
+        let (_tmp, store) = store();
+        let bytes = b"a wasm binary, say".to_vec();
+        let digest = Digest::of(&bytes);
+        let lying = Digest::of(b"something else");
+        let refused = store
+            .receive(lying, bytes.len() as u64, 1 << 20, &mut bytes.as_slice())
+            .await;
+        assert!(refused.is_err_and(|m| m.contains("hash to")));
+        assert!(!store.contains(lying));
+        store
+            .receive(digest, bytes.len() as u64, 1 << 20, &mut bytes.as_slice())
+            .await
+            .expect("stored");
+        assert_eq!(std::fs::read(store.path(digest)).expect("read"), bytes);
+        // Nothing half-written is left behind.
+        let files = std::fs::read_dir(store.dir()).expect("dir").count();
+        assert_eq!(files, 1);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_short_transfers_are_refused() {
+        let (_tmp, store) = store();
+        let bytes = vec![7u8; 1000];
+        let digest = Digest::of(&bytes);
+        let big = store
+            .receive(digest, 1000, 999, &mut bytes.as_slice())
+            .await;
+        assert!(big.is_err_and(|m| m.contains("at most 999")));
+        let short = store
+            .receive(digest, 2000, 1 << 20, &mut bytes.as_slice())
+            .await;
+        assert!(short.is_err_and(|m| m.contains("after 1000 of 2000")));
+        assert!(!store.contains(digest));
+        assert_eq!(std::fs::read_dir(store.dir()).expect("dir").count(), 0);
+    }
+}

@@ -1,0 +1,120 @@
+//! A scheduler for tests: launches given tasks on whatever offers come and
+//! reports their updates, acknowledging each.
+
+use anyhow::{Context as _, bail};
+use std::collections::VecDeque;
+use std::time::Duration;
+use stoa_client::{ClientConfig, SchedulerSession};
+use stoa_proto::{Event, FrameworkId, FrameworkInfo, TaskInfo, TaskState, TaskStatus};
+
+/// How long a test waits for any one event.
+const EVENT_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub struct TestFramework {
+    session: SchedulerSession,
+    /// Updates that arrived while waiting for something else.
+    backlog: VecDeque<TaskStatus>,
+}
+
+impl TestFramework {
+    pub async fn subscribe(client: &ClientConfig, name: &str) -> anyhow::Result<Self> {
+        let info = FrameworkInfo::new(name, "test".parse()?);
+        Ok(TestFramework {
+            session: SchedulerSession::subscribe(client, info).await?,
+            backlog: VecDeque::new(),
+        })
+    }
+
+    pub fn id(&self) -> &FrameworkId {
+        self.session.framework_id()
+    }
+
+    /// The next event, with updates acknowledged and kept in the backlog.
+    async fn next_event(&mut self) -> anyhow::Result<Event> {
+        let event = tokio::time::timeout(EVENT_WAIT, self.session.next_event())
+            .await
+            .context("no event from the master in time")??
+            .context("the master closed the connection")?;
+        if let Event::Update { status, ack } = &event {
+            if let (Some(update_id), Some(agent_id)) = (ack, &status.agent_id) {
+                self.session
+                    .acknowledge(agent_id.clone(), status.task_id.clone(), *update_id)
+                    .await?;
+            }
+            self.backlog.push_back(status.clone());
+        }
+        Ok(event)
+    }
+
+    /// Launches every task, packing as many into each offer as fit.
+    pub async fn launch_all(&mut self, tasks: Vec<TaskInfo>) -> anyhow::Result<()> {
+        let mut pending: VecDeque<TaskInfo> = tasks.into();
+        while !pending.is_empty() {
+            let Event::Offers { offers } = self.next_event().await? else {
+                continue;
+            };
+            for offer in offers {
+                let mut left = offer.resources.clone();
+                let mut batch = Vec::new();
+                while let Some(task) = pending.front() {
+                    let Some(rest) = left.checked_sub(&task.resources) else {
+                        break;
+                    };
+                    left = rest;
+                    batch.extend(pending.pop_front());
+                }
+                if batch.is_empty() {
+                    self.session.decline(vec![offer.id], None).await?;
+                } else {
+                    self.session.launch(vec![offer.id], batch).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next task update (acknowledged).
+    pub async fn next_update(&mut self) -> anyhow::Result<TaskStatus> {
+        loop {
+            if let Some(status) = self.backlog.pop_front() {
+                return Ok(status);
+            }
+            self.next_event().await?;
+        }
+    }
+
+    /// Waits until `task` reaches `state`; fails if it ends otherwise.
+    /// Other tasks' updates stay queued for later calls.
+    pub async fn wait_for(&mut self, task: &str, state: TaskState) -> anyhow::Result<TaskStatus> {
+        let mut seen = 0;
+        loop {
+            while let Some(i) = self
+                .backlog
+                .iter()
+                .skip(seen)
+                .position(|s| s.task_id.as_str() == task)
+            {
+                let Some(status) = self.backlog.remove(seen + i) else {
+                    break;
+                };
+                seen += i;
+                if status.state == state {
+                    return Ok(status);
+                }
+                if status.state.is_terminal() {
+                    bail!(
+                        "{task} ended {} instead of {state}: {status:?}",
+                        status.state
+                    );
+                }
+            }
+            seen = self.backlog.len();
+            self.next_event().await?;
+        }
+    }
+
+    pub async fn teardown(self) -> anyhow::Result<()> {
+        self.session.teardown().await
+    }
+}
