@@ -165,25 +165,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs `stoa ARGS --master ADDR --certs DIR` and returns its output.
-    pub fn stoa(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
-        Ok(Command::new(stoa_bin()?)
+    /// `stoa ARGS --master ADDR --certs DIR`, ready to run.
+    fn stoa_command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let mut command = Command::new(stoa_bin()?);
+        command
             .args(args)
             .arg("--master")
             .arg(self.addr.to_string())
             .arg("--certs")
-            .arg(&self.certs)
-            .output()?)
+            .arg(&self.certs);
+        Ok(command)
+    }
+
+    /// Runs `stoa ARGS --master ADDR --certs DIR` and returns its output.
+    pub fn stoa(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(self.stoa_command(args)?.output()?)
     }
 
     /// Starts `stoa ARGS --master ADDR --certs DIR` with its output piped.
     pub fn stoa_child(&self, args: &[&str]) -> anyhow::Result<Child> {
-        Ok(Command::new(stoa_bin()?)
-            .args(args)
-            .arg("--master")
-            .arg(self.addr.to_string())
-            .arg("--certs")
-            .arg(&self.certs)
+        Ok(self
+            .stoa_command(args)?
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?)
