@@ -498,6 +498,12 @@ impl WasmRuntime {
         };
         let command = !matches!(*program, Program::Task(_));
         let mut builder = WasiCtxBuilder::new();
+        // No network: no sockets, no name lookups (and the default address
+        // check would refuse every address anyway).
+        builder
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         let mut argv = vec![task.name.clone()];
         argv.extend(wasm.args.iter().cloned());
         builder
