@@ -216,11 +216,14 @@ impl State {
                     framework_id,
                     task_id,
                 } => {
-                    let waiting = self.fetching.values_mut().any(|launches| {
-                        let before = launches.len();
+                    let queued = |f: &HashMap<Digest, Vec<(FrameworkId, Box<TaskInfo>)>>| {
+                        f.values().map(Vec::len).sum::<usize>()
+                    };
+                    let before = queued(&self.fetching);
+                    for launches in self.fetching.values_mut() {
                         launches.retain(|(f, t)| !(*f == framework_id && t.task_id == task_id));
-                        launches.len() != before
-                    });
+                    }
+                    let waiting = queued(&self.fetching) != before;
                     if waiting {
                         let event = TaskEvent::ended(
                             TaskState::Killed,
@@ -430,7 +433,9 @@ fn task_dirs(tasks: &Path) -> Vec<(FrameworkId, stoa_proto::TaskId, PathBuf)> {
     out
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// Sleeps until `deadline`, or forever without one (a `select!` arm that
+/// never fires).
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,

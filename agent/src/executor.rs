@@ -8,6 +8,7 @@
 //! the new agent everything in its first message. If no agent comes back
 //! within the recovery timeout, it kills its tasks and exits.
 
+use crate::driver::sleep_until;
 use crate::exec::task_dir::TaskDir;
 use crate::exec::wasm::{RuntimeConfig, WasmRuntime};
 use anyhow::Context as _;
@@ -67,7 +68,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     let (msgs_tx, mut msgs_rx) = mpsc::channel::<(u64, Option<AgentToExecutor>)>(1024);
     let mut agent: Option<(u64, OwnedWriteHalf)> = None;
     let mut generation = 0u64;
-    let mut alone_since = Some(tokio::time::Instant::now());
+    let mut alone_since = Some(std::time::Instant::now());
 
     loop {
         let give_up = alone_since.map(|t| t + config.recovery_timeout);
@@ -97,7 +98,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                     None => {
                         tracing::warn!("agent went away; tasks keep running");
                         agent = None;
-                        alone_since = Some(tokio::time::Instant::now());
+                        alone_since = Some(std::time::Instant::now());
                     }
                     Some(AgentToExecutor::Launch { task, dir }) => {
                         launch(&runtime, &mut tasks, *task, Path::new(&dir), &events_tx);
@@ -125,7 +126,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                     && io::send(write, &ExecutorToAgent::Event { task_id, event }).await.is_err()
                 {
                     agent = None;
-                    alone_since = Some(tokio::time::Instant::now());
+                    alone_since = Some(std::time::Instant::now());
                 }
             }
             _ = sleep_until(give_up) => {
@@ -134,13 +135,6 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-    }
-}
-
-async fn sleep_until(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

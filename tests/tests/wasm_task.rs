@@ -182,6 +182,14 @@ fn a_pooled_engine_runs_tasks_and_an_impossible_pool_falls_back() -> anyhow::Res
     Ok(())
 }
 
+fn stats(compiled: u64, loaded: u64, corrupt: u64) -> stoa_agent::exec::wasm::CompileStats {
+    stoa_agent::exec::wasm::CompileStats {
+        compiled,
+        loaded,
+        corrupt,
+    }
+}
+
 fn cached_runtime(dir: &std::path::Path) -> anyhow::Result<WasmRuntime> {
     use stoa_agent::exec::wasm::{RuntimeConfig, cache::CompiledCache};
     WasmRuntime::with_config(RuntimeConfig {
@@ -193,7 +201,6 @@ fn cached_runtime(dir: &std::path::Path) -> anyhow::Result<WasmRuntime> {
 
 #[test]
 fn compiled_code_is_cached_on_disk_and_a_corrupt_entry_is_rebuilt() -> anyhow::Result<()> {
-    use stoa_agent::exec::wasm::CompileStats;
     let tmp = tempfile::tempdir()?;
     let hello = || -> anyhow::Result<TaskInfo> {
         Ok(task(
@@ -205,25 +212,11 @@ fn compiled_code_is_cached_on_disk_and_a_corrupt_entry_is_rebuilt() -> anyhow::R
     // A first executor compiles and stores.
     let first = cached_runtime(tmp.path())?;
     assert_eq!(run(&first, &hello()?).0, greeting());
-    assert_eq!(
-        first.stats(),
-        CompileStats {
-            compiled: 1,
-            loaded: 0,
-            corrupt: 0
-        }
-    );
+    assert_eq!(first.stats(), stats(1, 0, 0));
     // A second (a restarted executor) loads instead of compiling.
     let second = cached_runtime(tmp.path())?;
     assert_eq!(run(&second, &hello()?).0, greeting());
-    assert_eq!(
-        second.stats(),
-        CompileStats {
-            compiled: 0,
-            loaded: 1,
-            corrupt: 0
-        }
-    );
+    assert_eq!(second.stats(), stats(0, 1, 0));
     // Flip bytes in the entry: the checksum catches it, the code is rebuilt
     // and the task still runs.
     let entry = std::fs::read_dir(tmp.path())?
@@ -237,14 +230,7 @@ fn compiled_code_is_cached_on_disk_and_a_corrupt_entry_is_rebuilt() -> anyhow::R
     std::fs::write(&entry, code)?;
     let third = cached_runtime(tmp.path())?;
     assert_eq!(run(&third, &hello()?).0, greeting());
-    assert_eq!(
-        third.stats(),
-        CompileStats {
-            compiled: 1,
-            loaded: 0,
-            corrupt: 1
-        }
-    );
+    assert_eq!(third.stats(), stats(1, 0, 1));
     // ... and the rebuilt entry is sound again.
     let fourth = cached_runtime(tmp.path())?;
     assert_eq!(run(&fourth, &hello()?).0, greeting());

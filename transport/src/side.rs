@@ -51,8 +51,12 @@ impl ArtifactStore {
                 "the artifact is {len} bytes; this store takes at most {max}"
             ));
         }
+        // Unique per transfer: two uploads of one artifact at once must not
+        // write into the same file.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self.dir.join(format!(
-            ".{}.{}.part",
+            ".{}.{}.{n}.part",
             hex::encode(digest.0),
             std::process::id()
         ));
