@@ -3,19 +3,20 @@
 //! fetches artifacts the tasks need, serves log reads, and collects task
 //! directories once their tasks are long over.
 
+use crate::cgroups::{Cgroups, Limits};
 use crate::core::{Action, Agent, TaskEvent};
 use crate::exec::task_dir::TaskDir;
-use crate::executors::{Executors, FromExecutor, Launcher};
+use crate::executors::{Containment, Executors, FromExecutor, Launcher};
 use anyhow::Context as _;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use stoa_proto::executor::AgentToExecutor;
+use stoa_proto::executor::{AgentToExecutor, CgroupPaths};
 use stoa_proto::side::{SideReply, SideRequest};
 use stoa_proto::{
-    AgentId, AgentInfo, Artifact, Digest, FrameworkId, MasterToAgent, Reason, TaskInfo, TaskKind,
-    TaskState, Time,
+    AgentId, AgentInfo, Artifact, CommandTask, Digest, FrameworkId, MasterToAgent, Reason, TaskId,
+    TaskInfo, TaskKind, TaskState, Time,
 };
 use stoa_transport::side::{ArtifactStore, fetch_artifact};
 use stoa_transport::{ALPN_AGENT, FrameReceiver, FrameSender, Identity};
@@ -38,6 +39,14 @@ pub struct DriverConfig {
     pub executor_idle: Duration,
     /// Largest artifact fetched from the master.
     pub max_artifact: u64,
+    /// Where native tasks and executors are contained, or why they cannot
+    /// be: native tasks are refused without cgroups.
+    pub cgroups: Result<Cgroups, String>,
+    /// Processes and threads a native task may have at once.
+    pub max_pids: u32,
+    /// CPU (thousandths) and memory (MiB) an executor may use beyond its
+    /// wasm tasks' resources.
+    pub executor_overhead: (u64, u64),
 }
 
 /// The layout of an agent's work directory.
@@ -79,6 +88,9 @@ struct State {
     fetching: HashMap<Digest, Vec<(FrameworkId, Box<TaskInfo>)>>,
     fetched_tx: mpsc::UnboundedSender<(Digest, Result<(), String>)>,
     chores: BTreeSet<(Instant, Chore)>,
+    /// CPU and memory of each framework's running wasm tasks: what its
+    /// executor's cgroup is sized to.
+    wasm_load: HashMap<FrameworkId, HashMap<TaskId, (u64, u64)>>,
     config: DriverConfig,
 }
 
@@ -115,24 +127,48 @@ pub async fn run(
     let (fetched_tx, mut fetched_rx) = mpsc::unbounded_channel();
     let mut state = State {
         agent: Agent::new(config.info.clone(), known_id, first_update),
-        executors: Executors::new(layout.executors(), config.executor.clone(), exec_tx),
+        executors: Executors::new(
+            layout.executors(),
+            config.executor.clone(),
+            exec_tx,
+            config.cgroups.as_ref().ok().map(|cgroups| Containment {
+                cgroups: cgroups.clone(),
+                overhead_millicpus: config.executor_overhead.0,
+                overhead_mem_mib: config.executor_overhead.1,
+            }),
+        ),
         layout: layout.clone(),
         store,
         fetching: HashMap::new(),
         fetched_tx,
         chores: BTreeSet::new(),
+        wasm_load: HashMap::new(),
         config: config.clone(),
     };
-    let mut live = BTreeSet::new();
-    for recovered in state.executors.recover().await? {
-        for t in recovered.tasks {
-            live.insert((recovered.framework_id.clone(), t.task.task_id.clone()));
-            state
-                .agent
-                .recover_task(now(), recovered.framework_id.clone(), &t.task, t.last);
+    match &config.cgroups {
+        Ok(cgroups) => {
+            tracing::info!(cgroups = %cgroups.describe(), "containing native tasks and executors")
+        }
+        Err(why) => {
+            tracing::warn!(%why, "no usable cgroups: native tasks are refused and executors run uncontained")
         }
     }
+    let mut live = BTreeSet::new();
+    let mut running = BTreeSet::new();
+    for recovered in state.executors.recover().await? {
+        let fw = recovered.framework_id;
+        for t in recovered.tasks {
+            live.insert((fw.clone(), t.task.task_id.clone()));
+            if !t.last.as_ref().is_some_and(TaskEvent::is_terminal) {
+                running.insert((fw.clone(), t.task.task_id.clone()));
+                state.track_load(&fw, &t.task);
+            }
+            state.agent.recover_task(now(), fw.clone(), &t.task, t.last);
+        }
+        state.resize_executor(&fw);
+    }
     state.schedule_old_dirs(&live);
+    state.collect_cgroups(&running).await;
     let mut backoff = Duration::from_millis(100);
     tokio::pin!(shutdown);
 
@@ -211,7 +247,7 @@ impl State {
     ) -> bool {
         while let Some(action) = self.agent.poll_action() {
             match action {
-                Action::Launch { framework_id, task } => self.launch(conn, framework_id, task),
+                Action::Launch { framework_id, task } => self.launch(now, conn, framework_id, task),
                 Action::Kill {
                     framework_id,
                     task_id,
@@ -270,9 +306,15 @@ impl State {
     }
 
     /// Hands a task to its framework's executor, once its artifact is here.
-    fn launch(&mut self, conn: &quinn::Connection, framework_id: FrameworkId, task: Box<TaskInfo>) {
-        let TaskKind::Wasm(wasm) = &task.kind;
-        if let Artifact::Stored(digest) = wasm.artifact
+    fn launch(
+        &mut self,
+        now: Time,
+        conn: &quinn::Connection,
+        framework_id: FrameworkId,
+        task: Box<TaskInfo>,
+    ) {
+        if let TaskKind::Wasm(wasm) = &task.kind
+            && let Artifact::Stored(digest) = wasm.artifact
             && !self.store.contains(digest)
         {
             let waiting = self.fetching.entry(digest).or_default();
@@ -291,19 +333,149 @@ impl State {
             }
             return;
         }
-        self.start(framework_id, task);
+        self.start(now, framework_id, task);
     }
 
-    /// Sends a task whose artifact is at hand to its executor.
-    fn start(&mut self, framework_id: FrameworkId, task: Box<TaskInfo>) {
+    /// Sends a task whose artifact is at hand to its executor, a native
+    /// one with the cgroup made for it.
+    fn start(&mut self, now: Time, framework_id: FrameworkId, task: Box<TaskInfo>) {
         let dir = self.layout.task(&framework_id, &task.task_id);
+        let cgroup = match &task.kind {
+            TaskKind::Command(command) => match self.task_cgroup(&framework_id, &task, command) {
+                Ok(paths) => Some(paths),
+                Err(message) => {
+                    let event =
+                        TaskEvent::ended(TaskState::Error, Reason::IsolationUnavailable, message);
+                    self.agent
+                        .handle_task_event(now, framework_id, task.task_id, event);
+                    return;
+                }
+            },
+            TaskKind::Wasm(_) => {
+                self.track_load(&framework_id, &task);
+                None
+            }
+        };
         self.executors.send(
             &framework_id,
             AgentToExecutor::Launch {
                 task,
                 dir: dir.to_string_lossy().into_owned(),
+                cgroup,
             },
         );
+        self.resize_executor(&framework_id);
+    }
+
+    /// Makes a native task's cgroup, limited from its resources.
+    fn task_cgroup(
+        &self,
+        framework_id: &FrameworkId,
+        task: &TaskInfo,
+        command: &CommandTask,
+    ) -> Result<CgroupPaths, String> {
+        let cgroups =
+            self.config.cgroups.as_ref().map_err(|why| {
+                format!("native tasks need cgroups, and this agent has none: {why}")
+            })?;
+        let limits = Limits {
+            millicpus: task.resources.millicpus(),
+            mem_bytes: task.resources.mem_mib().saturating_mul(1 << 20),
+            max_pids: Some(
+                command
+                    .max_pids
+                    .map_or(self.config.max_pids, |n| n.min(self.config.max_pids)),
+            ),
+        };
+        let leaf = task_leaf(&task.task_id);
+        cgroups
+            .create(framework_id.as_str(), &leaf, &limits)
+            .map(|cgroup| cgroup.paths().clone())
+            .map_err(|e| format!("cannot make the task's cgroup: {e:#}"))
+    }
+
+    fn track_load(&mut self, framework_id: &FrameworkId, task: &TaskInfo) {
+        if matches!(task.kind, TaskKind::Wasm(_)) {
+            let r = &task.resources;
+            self.wasm_load
+                .entry(framework_id.clone())
+                .or_default()
+                .insert(task.task_id.clone(), (r.millicpus(), r.mem_mib()));
+        }
+    }
+
+    fn resize_executor(&mut self, framework_id: &FrameworkId) {
+        let total = self.wasm_load.get(framework_id).map_or((0, 0), |tasks| {
+            tasks.values().fold((0u64, 0u64), |(c, m), (tc, tm)| {
+                (c.saturating_add(*tc), m.saturating_add(*tm))
+            })
+        });
+        self.executors.resize(framework_id, total);
+    }
+
+    /// A task ended: its executor shrinks, its cgroup (if it had one) goes.
+    fn task_ended(&mut self, framework_id: &FrameworkId, task_id: &TaskId) {
+        let removed = self
+            .wasm_load
+            .get_mut(framework_id)
+            .and_then(|tasks| tasks.remove(task_id));
+        if removed.is_some() {
+            self.resize_executor(framework_id);
+        }
+        self.remove_cgroup(framework_id.as_str(), &task_leaf(task_id));
+    }
+
+    /// Removes a cgroup the agent made, off the loop: killing what is left
+    /// in it may take a moment.
+    fn remove_cgroup(&self, group: &str, leaf: &str) {
+        let Ok(cgroups) = &self.config.cgroups else {
+            return;
+        };
+        if !cgroups.is_ours(group, leaf) {
+            return;
+        }
+        let (cgroups, group, leaf) = (cgroups.clone(), group.to_string(), leaf.to_string());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = cgroups.remove(&group, &leaf) {
+                tracing::error!(cgroup = %format!("{group}/{leaf}"), error = format!("{e:#}"), "cannot remove a cgroup");
+            }
+        });
+    }
+
+    /// After a restart: removes every cgroup this agent made whose task or
+    /// executor is no longer running.
+    async fn collect_cgroups(&self, running: &BTreeSet<(FrameworkId, TaskId)>) {
+        let Ok(cgroups) = &self.config.cgroups else {
+            return;
+        };
+        let stale: Vec<(String, String)> = cgroups
+            .recorded()
+            .into_iter()
+            .filter(|(group, leaf)| {
+                let live_task = leaf.strip_prefix("task-").is_some_and(|task| {
+                    running
+                        .iter()
+                        .any(|(f, t)| f.as_str() == group && t.as_str() == task)
+                });
+                !live_task && !self.executors.holds_cgroup(group, leaf)
+            })
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        tracing::info!(
+            cgroups = stale.len(),
+            "removing cgroups left by an earlier agent"
+        );
+        let cgroups = cgroups.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            for (group, leaf) in stale {
+                if let Err(e) = cgroups.remove(&group, &leaf) {
+                    tracing::error!(cgroup = %format!("{group}/{leaf}"), error = format!("{e:#}"), "cannot remove a cgroup");
+                }
+            }
+        });
+        let _ = removed.await;
     }
 
     fn fetched(&mut self, now: Time, digest: Digest, result: Result<(), String>) {
@@ -314,7 +486,7 @@ impl State {
         let waiting = self.fetching.remove(&digest).unwrap_or_default();
         for (framework_id, task) in waiting {
             match &result {
-                Ok(()) => self.start(framework_id, task),
+                Ok(()) => self.start(now, framework_id, task),
                 Err(message) => {
                     let event = TaskEvent::ended(
                         TaskState::Error,
@@ -334,14 +506,22 @@ impl State {
                 framework_id,
                 task_id,
                 event,
-            } => self
-                .agent
-                .handle_task_event(now, framework_id, task_id, event),
+            } => {
+                if event.is_terminal() {
+                    self.task_ended(&framework_id, &task_id);
+                }
+                self.agent
+                    .handle_task_event(now, framework_id, task_id, event);
+            }
             FromExecutor::Gone {
                 framework_id,
                 generation,
             } => {
-                if !self.executors.ended(&framework_id, generation) {
+                let (current, leaf) = self.executors.ended(&framework_id, generation);
+                if let Some(leaf) = leaf {
+                    self.remove_cgroup(framework_id.as_str(), &leaf);
+                }
+                if !current {
                     return;
                 }
                 let orphans: Vec<_> = self
@@ -354,6 +534,7 @@ impl State {
                     tracing::warn!(framework = %framework_id, tasks = orphans.len(), "an executor died with tasks running");
                 }
                 for task_id in orphans {
+                    self.task_ended(&framework_id, &task_id);
                     let event = TaskEvent::ended(
                         TaskState::Failed,
                         Reason::ExecutorTerminated,
@@ -415,6 +596,12 @@ impl State {
             self.chores.insert((now + wait, Chore::RemoveDir(dir)));
         }
     }
+}
+
+/// A native task's cgroup under its framework's: `task-<id>` never meets
+/// an executor's `executor-<stamp>`.
+fn task_leaf(task_id: &TaskId) -> String {
+    format!("task-{}", task_id.as_str())
 }
 
 /// Every `<tasks>/<framework>/<task>` directory.

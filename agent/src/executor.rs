@@ -1,5 +1,6 @@
-//! An executor: the process that runs one framework's wasm tasks on an
-//! agent (`stoa executor`, started by the agent).
+//! An executor: the process that runs one framework's tasks on an agent
+//! (`stoa executor`, started by the agent): wasm on threads of its own,
+//! native programs as its children, each in the cgroup the agent made.
 //!
 //! It listens on a Unix socket in its directory, writes its pid beside it,
 //! and keeps every task — and the task's latest event — until the agent
@@ -8,7 +9,9 @@
 //! the new agent everything in its first message. If no agent comes back
 //! within the recovery timeout, it kills its tasks and exits.
 
+use crate::cgroups::Cgroup;
 use crate::driver::sleep_until;
+use crate::exec::native;
 use crate::exec::task_dir::TaskDir;
 use crate::exec::wasm::{RuntimeConfig, WasmRuntime};
 use anyhow::Context as _;
@@ -17,12 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use stoa_proto::executor::{AgentToExecutor, ExecutorTask, ExecutorToAgent, TaskEvent};
-use stoa_proto::{FrameworkId, Reason, TaskId, TaskInfo, TaskState};
+use stoa_proto::executor::{
+    AgentToExecutor, CgroupPaths, ExecutorTask, ExecutorToAgent, TaskEvent,
+};
+use stoa_proto::{FrameworkId, Reason, TaskId, TaskInfo, TaskKind, TaskState};
 use stoa_transport::framed::io;
 use tokio::net::UnixListener;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// The socket and pid file in an executor's directory.
 pub fn socket_path(dir: &Path) -> PathBuf {
@@ -42,10 +47,28 @@ pub struct ExecutorConfig {
     pub recovery_timeout: Duration,
 }
 
+/// How long an executor that must stop waits for its tasks' kill policies.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
 struct Task {
     info: TaskInfo,
     last: Option<TaskEvent>,
-    kill: Arc<AtomicBool>,
+    kill: Kill,
+}
+
+/// Asks a task to stop: wasm polls the flag at each epoch tick, a native
+/// task waits on the notification.
+#[derive(Clone, Default)]
+struct Kill {
+    flag: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl Kill {
+    fn trigger(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
 }
 
 /// Runs the executor until told to shut down or left alone too long.
@@ -100,20 +123,21 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                         agent = None;
                         alone_since = Some(std::time::Instant::now());
                     }
-                    Some(AgentToExecutor::Launch { task, dir }) => {
-                        launch(&runtime, &mut tasks, *task, Path::new(&dir), &events_tx);
+                    Some(AgentToExecutor::Launch { task, dir, cgroup }) => {
+                        let started = Started { runtime: &runtime, events: &events_tx, log_limit: config.runtime.log_limit };
+                        launch(&started, &mut tasks, *task, Path::new(&dir), cgroup);
                     }
                     Some(AgentToExecutor::Kill { task_id }) => {
                         if let Some(t) = tasks.get(&task_id) {
-                            t.kill.store(true, Ordering::Relaxed);
+                            t.kill.trigger();
                         }
                     }
                     Some(AgentToExecutor::Forget { task_id }) => {
                         tasks.remove(&task_id);
                     }
                     Some(AgentToExecutor::Shutdown) => {
-                        stop_all(&tasks);
                         tracing::info!("shutting down");
+                        stop_all(&mut tasks, &mut events_rx).await;
                         return Ok(());
                     }
                 }
@@ -131,16 +155,37 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
             }
             _ = sleep_until(give_up) => {
                 tracing::warn!(timeout = ?config.recovery_timeout, "no agent came back; killing tasks and exiting");
-                stop_all(&tasks);
+                stop_all(&mut tasks, &mut events_rx).await;
                 return Ok(());
             }
         }
     }
 }
 
-fn stop_all(tasks: &HashMap<TaskId, Task>) {
+/// Kills every task and waits (bounded) until each has ended, so no
+/// native program outlives its executor.
+async fn stop_all(
+    tasks: &mut HashMap<TaskId, Task>,
+    events: &mut mpsc::UnboundedReceiver<(TaskId, TaskEvent)>,
+) {
     for t in tasks.values() {
-        t.kill.store(true, Ordering::Relaxed);
+        t.kill.trigger();
+    }
+    let running = |tasks: &HashMap<TaskId, Task>| {
+        tasks
+            .values()
+            .any(|t| !t.last.as_ref().is_some_and(TaskEvent::is_terminal))
+    };
+    let deadline = tokio::time::Instant::now() + STOP_WAIT;
+    while running(tasks) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some((task_id, event))) => {
+                if let Some(t) = tasks.get_mut(&task_id) {
+                    t.last = Some(event);
+                }
+            }
+            _ => return,
+        }
     }
 }
 
@@ -165,21 +210,29 @@ async fn read_agent(
     }
 }
 
-/// Starts a task on its own thread: wasm runs synchronously under epoch
-/// interruption, which is what lets a tick pause a task over its CPU share.
+/// What launching a task needs from the executor.
+struct Started<'a> {
+    runtime: &'a Arc<WasmRuntime>,
+    events: &'a mpsc::UnboundedSender<(TaskId, TaskEvent)>,
+    log_limit: u64,
+}
+
+/// Starts a task: wasm on a thread of its own, where it runs synchronously
+/// under epoch interruption (which is what lets a tick pause a task over
+/// its CPU share); a native program as a child watched by a tokio task.
 fn launch(
-    runtime: &Arc<WasmRuntime>,
+    started: &Started<'_>,
     tasks: &mut HashMap<TaskId, Task>,
     info: TaskInfo,
     dir: &Path,
-    events: &mpsc::UnboundedSender<(TaskId, TaskEvent)>,
+    cgroup: Option<CgroupPaths>,
 ) {
     let task_id = info.task_id.clone();
     if tasks.contains_key(&task_id) {
         tracing::warn!(task = %task_id, "ignoring a second launch of a running task");
         return;
     }
-    let kill = Arc::new(AtomicBool::new(false));
+    let kill = Kill::default();
     tasks.insert(
         task_id.clone(),
         Task {
@@ -188,6 +241,7 @@ fn launch(
             kill: kill.clone(),
         },
     );
+    let events = started.events.clone();
     let dir = match TaskDir::create(dir) {
         Ok(dir) => dir,
         Err(e) => {
@@ -200,23 +254,44 @@ fn launch(
             return;
         }
     };
-    let (runtime, task_events) = (runtime.clone(), events.clone());
+    if let TaskKind::Command(command) = &info.kind {
+        let (command, log_limit) = (command.clone(), started.log_limit);
+        tokio::spawn(async move {
+            let running = || {
+                let _ = events.send((task_id.clone(), TaskEvent::Running));
+            };
+            let cgroup = cgroup.map(Cgroup::from_paths);
+            let end = native::run(
+                &info,
+                &command,
+                &dir,
+                cgroup,
+                log_limit,
+                &kill.notify,
+                running,
+            )
+            .await;
+            let _ = events.send((task_id, end));
+        });
+        return;
+    }
+    let runtime = started.runtime.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("task-{task_id}"))
         // Sync wasm runs on this stack; wasmtime's own wasm stack limit
         // (512 KiB) must fit in it with room for host calls.
         .stack_size(2 << 20)
         .spawn({
-            let task_id = task_id.clone();
+            let (task_id, events) = (task_id.clone(), events.clone());
             move || {
                 let running = || {
-                    let _ = task_events.send((task_id.clone(), TaskEvent::Running));
+                    let _ = events.send((task_id.clone(), TaskEvent::Running));
                 };
-                let end = runtime.run(&info, Some(&dir), kill, running);
+                let end = runtime.run(&info, Some(&dir), kill.flag, running);
                 if let Err(e) = dir.mark_ended() {
                     tracing::warn!(task = %task_id, error = %e, "cannot mark the task ended");
                 }
-                let _ = task_events.send((task_id, end));
+                let _ = events.send((task_id, end));
             }
         });
     if let Err(e) = spawned {

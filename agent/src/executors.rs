@@ -1,16 +1,18 @@
 //! The agent's side of its executors: one process per framework, started
 //! on the first launch, found again after an agent restart, stopped when
-//! idle.
+//! idle. Where the host has cgroups, each executor runs in one of its own
+//! (`<framework>/executor-<stamp>`), bounding what its wasm tasks use
+//! together.
 
+use crate::cgroups::{Cgroups, Entry, Limits, enter_on_exec};
 use crate::executor::{pid_path, socket_path};
 use anyhow::Context as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use stoa_proto::FrameworkId;
-use stoa_proto::TaskId;
 use stoa_proto::executor::{AgentToExecutor, ExecutorTask, ExecutorToAgent, TaskEvent};
+use stoa_proto::{FrameworkId, TaskId};
 use stoa_transport::framed::io;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -42,6 +44,16 @@ pub struct Launcher {
     pub args: Vec<String>,
 }
 
+/// The cgroups executors run in, and what each may use beyond its tasks.
+#[derive(Debug, Clone)]
+pub struct Containment {
+    pub cgroups: Cgroups,
+    /// The executor's own share beyond its tasks: the runtime,
+    /// compilation, its threads.
+    pub overhead_millicpus: u64,
+    pub overhead_mem_mib: u64,
+}
+
 #[derive(Debug)]
 pub struct Executors {
     dir: PathBuf,
@@ -51,6 +63,13 @@ pub struct Executors {
     /// executor from one of the executor now running.
     running: HashMap<FrameworkId, (u64, mpsc::UnboundedSender<AgentToExecutor>)>,
     generation: u64,
+    containment: Option<Containment>,
+    /// The cgroup leaf of each executor generation, until it is gone.
+    leaves: HashMap<u64, (FrameworkId, String)>,
+    /// The highest memory limit set on each leaf: memory limits only grow
+    /// while an executor lives, because lowering one under use makes the
+    /// kernel reclaim or OOM-kill the executor and every task in it.
+    memory_high: HashMap<String, u64>,
 }
 
 /// An executor found running after an agent restart.
@@ -66,6 +85,7 @@ impl Executors {
         dir: PathBuf,
         launcher: Launcher,
         events: mpsc::UnboundedSender<FromExecutor>,
+        containment: Option<Containment>,
     ) -> Self {
         Executors {
             dir,
@@ -73,7 +93,93 @@ impl Executors {
             events,
             running: HashMap::new(),
             generation: 0,
+            containment,
+            leaves: HashMap::new(),
+            memory_high: HashMap::new(),
         }
+    }
+
+    /// Bounds `framework`'s executor to its overhead plus what its running
+    /// wasm tasks were given.
+    pub fn resize(&mut self, framework: &FrameworkId, (millicpus, mem_mib): (u64, u64)) {
+        let Some(containment) = &self.containment else {
+            return;
+        };
+        let Some((generation, _)) = self.running.get(framework) else {
+            return;
+        };
+        let Some((_, leaf)) = self.leaves.get(generation) else {
+            return;
+        };
+        let mem = mem_mib
+            .saturating_add(containment.overhead_mem_mib)
+            .saturating_mul(1 << 20);
+        let high = self.memory_high.entry(leaf.clone()).or_insert(0);
+        *high = (*high).max(mem);
+        let limits = Limits {
+            millicpus: millicpus.saturating_add(containment.overhead_millicpus),
+            mem_bytes: *high,
+            max_pids: None,
+        };
+        let cgroup = containment.cgroups.open(framework.as_str(), leaf);
+        if let Err(e) = cgroup.set_limits(&limits) {
+            tracing::warn!(framework = %framework, error = format!("{e:#}"), "cannot resize the executor's cgroup");
+        }
+    }
+
+    /// A new executor's cgroup, made before the process starts.
+    fn contain(&mut self, framework: &FrameworkId, generation: u64) -> Option<Entry> {
+        let containment = self.containment.as_ref()?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let leaf = format!("executor-{stamp}");
+        let limits = Limits {
+            millicpus: containment.overhead_millicpus,
+            mem_bytes: containment.overhead_mem_mib.saturating_mul(1 << 20),
+            max_pids: None,
+        };
+        let made = containment
+            .cgroups
+            .create(framework.as_str(), &leaf, &limits)
+            .and_then(|cgroup| Ok(cgroup.entry()?));
+        match made {
+            Ok(entry) => {
+                self.leaves.insert(generation, (framework.clone(), leaf));
+                Some(entry)
+            }
+            Err(e) => {
+                tracing::error!(framework = %framework, error = format!("{e:#}"), "cannot make the executor's cgroup; it runs uncontained");
+                None
+            }
+        }
+    }
+
+    /// The cgroup leaf of an executor found running after a restart: the
+    /// recorded one holding its pid.
+    fn adopt(&mut self, framework: &FrameworkId, generation: u64, pid: u32) {
+        let Some(containment) = &self.containment else {
+            return;
+        };
+        let found = containment
+            .cgroups
+            .recorded()
+            .into_iter()
+            .filter(|(group, leaf)| group == framework.as_str() && leaf.starts_with("executor-"))
+            .find(|(group, leaf)| {
+                let procs = containment.cgroups.open(group, leaf).procs();
+                procs.is_ok_and(|p| p.contains(&(pid as i32)))
+            });
+        if let Some((_, leaf)) = found {
+            self.leaves.insert(generation, (framework.clone(), leaf));
+        }
+    }
+
+    /// Whether `(group, leaf)` is the cgroup of an executor still served.
+    pub fn holds_cgroup(&self, group: &str, leaf: &str) -> bool {
+        self.leaves
+            .values()
+            .any(|(f, l)| f.as_str() == group && l == leaf)
     }
 
     /// The directory of `framework`'s executor.
@@ -115,7 +221,8 @@ impl Executors {
                     tasks,
                 })) => {
                     tracing::info!(framework = %framework_id, pid, tasks = tasks.len(), "recovered an executor");
-                    self.attach(framework_id.clone(), stream);
+                    let generation = self.attach(framework_id.clone(), stream);
+                    self.adopt(&framework_id, generation, pid);
                     found.push(Recovered {
                         framework_id,
                         pid,
@@ -138,10 +245,11 @@ impl Executors {
             self.running
                 .insert(framework.clone(), (self.generation, tx));
             let dir = self.dir_of(framework);
+            let entry = self.contain(framework, self.generation);
             tokio::spawn(start(
                 (framework.clone(), self.generation),
                 dir,
-                self.launcher.clone(),
+                (self.launcher.clone(), entry),
                 rx,
                 self.events.clone(),
             ));
@@ -158,21 +266,25 @@ impl Executors {
         }
     }
 
-    /// An executor's connection ended. True if it was the executor now
-    /// serving `framework` (not one already replaced).
-    pub fn ended(&mut self, framework: &FrameworkId, generation: u64) -> bool {
-        if self
+    /// An executor's connection ended. Returns whether it was the executor
+    /// now serving `framework` (not one already replaced or stopped), and
+    /// its cgroup leaf, now to be removed.
+    pub fn ended(&mut self, framework: &FrameworkId, generation: u64) -> (bool, Option<String>) {
+        let leaf = self.leaves.remove(&generation).map(|(_, leaf)| leaf);
+        if let Some(leaf) = &leaf {
+            self.memory_high.remove(leaf);
+        }
+        let current = self
             .running
             .get(framework)
-            .is_some_and(|(g, _)| *g == generation)
-        {
+            .is_some_and(|(g, _)| *g == generation);
+        if current {
             self.running.remove(framework);
-            return true;
         }
-        false
+        (current, leaf)
     }
 
-    fn attach(&mut self, framework: FrameworkId, stream: UnixStream) {
+    fn attach(&mut self, framework: FrameworkId, stream: UnixStream) -> u64 {
         let (tx, rx) = mpsc::unbounded_channel();
         self.generation += 1;
         self.running
@@ -183,6 +295,7 @@ impl Executors {
             rx,
             self.events.clone(),
         ));
+        self.generation
     }
 }
 
@@ -190,11 +303,11 @@ impl Executors {
 async fn start(
     (framework, generation): (FrameworkId, u64),
     dir: PathBuf,
-    launcher: Launcher,
+    (launcher, entry): (Launcher, Option<Entry>),
     rx: mpsc::UnboundedReceiver<AgentToExecutor>,
     events: mpsc::UnboundedSender<FromExecutor>,
 ) {
-    match spawn_and_connect(&framework, &dir, &launcher).await {
+    match spawn_and_connect(&framework, &dir, &launcher, entry).await {
         Ok(stream) => serve((framework, generation), stream, rx, events).await,
         Err(e) => {
             tracing::error!(framework = %framework, error = format!("{e:#}"), "cannot start an executor");
@@ -210,6 +323,7 @@ async fn spawn_and_connect(
     framework: &FrameworkId,
     dir: &Path,
     launcher: &Launcher,
+    entry: Option<Entry>,
 ) -> anyhow::Result<UnixStream> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let socket = socket_path(dir);
@@ -219,7 +333,11 @@ async fn spawn_and_connect(
         .create(true)
         .append(true)
         .open(dir.join("executor.log"))?;
-    let mut child = tokio::process::Command::new(&launcher.program)
+    let mut command = std::process::Command::new(&launcher.program);
+    if let Some(entry) = entry {
+        enter_on_exec(&mut command, entry);
+    }
+    let mut child = tokio::process::Command::from(command)
         .arg("executor")
         .arg("--framework")
         .arg(framework.as_str())

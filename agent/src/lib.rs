@@ -7,6 +7,7 @@
 /// The sans-IO state machine, in its own crate so that nothing with I/O can
 /// creep into it.
 pub use stoa_agent_core as core;
+pub mod cgroups;
 pub mod driver;
 pub mod exec;
 pub mod executor;

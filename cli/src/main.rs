@@ -120,6 +120,30 @@ struct AgentArgs {
     /// Largest artifact fetched from the master, in MiB.
     #[arg(long, default_value_t = 64)]
     max_artifact_mib: u64,
+    /// Contain native tasks and executors in cgroups (`auto`: v2 or v1,
+    /// whichever the host has), or not at all (`off`: native tasks are
+    /// then refused).
+    #[arg(long, value_enum, default_value_t = CgroupsMode::Auto)]
+    cgroups: CgroupsMode,
+    /// The agent's cgroup, relative to each hierarchy's mount
+    /// (default: stoa/<hash of the work directory>).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Processes and threads a native task may have at once.
+    #[arg(long, default_value_t = 1024)]
+    max_pids: u32,
+    /// CPUs an executor may use beyond its wasm tasks' own.
+    #[arg(long, default_value_t = 0.5)]
+    executor_cpus: f64,
+    /// Memory in MiB an executor may use beyond its wasm tasks' own.
+    #[arg(long, default_value_t = 256)]
+    executor_mem_mib: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CgroupsMode {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,6 +241,7 @@ fn main() -> anyhow::Result<()> {
                 stoa_master::driver::run(config, shutdown_signal()).await
             }
             Command::Agent(a) => {
+                let cgroups = agent_cgroups(&a);
                 let (resources, reservations) = match a.resources.as_deref() {
                     Some(text) => stoa_proto::resources::parse_with_reservations(text)
                         .with_context(|| format!("--resources {text:?}"))?,
@@ -255,6 +280,9 @@ fn main() -> anyhow::Result<()> {
                         .flat_map(|(k, v)| [k.to_string(), v])
                         .collect(),
                 };
+                if !(0.0..=1e6).contains(&a.executor_cpus) {
+                    anyhow::bail!("--executor-cpus must be between 0 and 1000000");
+                }
                 let config = stoa_agent::driver::DriverConfig {
                     master: a.master,
                     certs: a.certs,
@@ -264,6 +292,12 @@ fn main() -> anyhow::Result<()> {
                     gc_delay: Duration::from_secs(a.gc_delay),
                     executor_idle: Duration::from_secs(a.executor_idle),
                     max_artifact: a.max_artifact_mib << 20,
+                    cgroups,
+                    max_pids: a.max_pids,
+                    executor_overhead: (
+                        (a.executor_cpus * 1000.0).round() as u64,
+                        a.executor_mem_mib,
+                    ),
                 };
                 stoa_agent::driver::run(config, shutdown_signal()).await
             }
@@ -279,6 +313,20 @@ fn main() -> anyhow::Result<()> {
             Command::Executor(a) => executor(a).await,
         }
     })
+}
+
+/// The agent's cgroups, or why it has none.
+fn agent_cgroups(a: &AgentArgs) -> Result<stoa_agent::cgroups::Cgroups, String> {
+    use stoa_agent::cgroups::{Cgroups, Hierarchy, default_root};
+    if a.cgroups == CgroupsMode::Off {
+        return Err("turned off with --cgroups off".into());
+    }
+    let hierarchy = Hierarchy::detect()?;
+    let root = a
+        .cgroup_root
+        .clone()
+        .unwrap_or_else(|| default_root(&a.work_dir));
+    Cgroups::new(hierarchy, &root, a.work_dir.join("cgroups")).map_err(|e| format!("{e:#}"))
 }
 
 async fn executor(a: ExecutorArgs) -> anyhow::Result<()> {

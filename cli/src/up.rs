@@ -241,6 +241,7 @@ async fn stop(nodes: &mut [Node]) {
     for node in nodes.iter() {
         if let Some(work) = &node.work_dir {
             stoa_agent::executors::stop_leftovers(&work.join("executors"));
+            stoa_agent::cgroups::remove_leftovers(work);
         }
     }
 }

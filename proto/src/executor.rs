@@ -50,6 +50,8 @@ pub enum AgentToExecutor {
     Launch {
         task: Box<TaskInfo>,
         dir: String,
+        /// The cgroup a native task runs in, made and limited by the agent.
+        cgroup: Option<CgroupPaths>,
     },
     Kill {
         task_id: TaskId,
@@ -60,6 +62,21 @@ pub enum AgentToExecutor {
     },
     /// Kill every task and exit.
     Shutdown,
+}
+
+/// One cgroup, in every hierarchy it spans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CgroupPaths {
+    /// cgroup v2: one directory in the unified hierarchy.
+    V2(String),
+    /// cgroup v1: a directory in each controller's hierarchy. The freezer
+    /// makes a kill atomic where it is mounted.
+    V1 {
+        cpu: String,
+        memory: String,
+        pids: String,
+        freezer: Option<String>,
+    },
 }
 
 /// A task as an executor knows it.

@@ -89,6 +89,10 @@ pub enum TaskKind {
     /// `_start` gets `args`, `env` and `input` as its stdin, and ends with
     /// an exit code.
     Wasm(WasmTask),
+    /// A native program run on the agent's host, in a cgroup sized from the
+    /// task's resources. Only frameworks the master's ACL allows may launch
+    /// one.
+    Command(CommandTask),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +102,40 @@ pub struct WasmTask {
     /// Arguments after the program name (`argv[1..]`).
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+}
+
+/// Default time between SIGTERM and SIGKILL when a native task is killed.
+pub const DEFAULT_KILL_GRACE_MS: u64 = 3_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandTask {
+    /// The program and its arguments; a program without a `/` is looked up
+    /// in `PATH`. Runs with the task's sandbox directory as its working
+    /// directory.
+    pub argv: Vec<String>,
+    /// The whole environment: nothing is inherited from the agent.
+    pub env: Vec<(String, String)>,
+    /// Written to the program's stdin, which is then closed.
+    pub input: Vec<u8>,
+    /// How long a kill waits between SIGTERM and SIGKILL;
+    /// [`DEFAULT_KILL_GRACE_MS`] when `None`.
+    pub kill_grace_ms: Option<u64>,
+    /// At most this many processes and threads at once; the agent's limit
+    /// when `None` or higher.
+    pub max_pids: Option<u32>,
+}
+
+impl CommandTask {
+    /// `argv` with an empty environment and the default kill policy.
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> CommandTask {
+        CommandTask {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            input: Vec::new(),
+            kill_grace_ms: None,
+            max_pids: None,
+        }
+    }
 }
 
 impl TaskKind {
@@ -217,6 +255,11 @@ pub enum Reason {
     TaskUnknown,
     /// Killed to give its resources to a role below its guarantee.
     Preempted,
+    /// The master's ACL does not let the framework launch this kind of task.
+    NotAuthorized,
+    /// The agent cannot contain the task as its kind needs (native tasks
+    /// need cgroups).
+    IsolationUnavailable,
 }
 
 impl fmt::Display for Reason {
@@ -243,6 +286,8 @@ impl fmt::Display for Reason {
             Reason::AgentRestarted => "agent-restarted",
             Reason::TaskUnknown => "task-unknown",
             Reason::Preempted => "preempted",
+            Reason::NotAuthorized => "not-authorized",
+            Reason::IsolationUnavailable => "isolation-unavailable",
         };
         f.write_str(s)
     }

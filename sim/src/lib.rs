@@ -304,8 +304,13 @@ impl Sim {
         while let Some(action) = self.agents[i].poll_action() {
             match action {
                 Action::Launch { framework_id, task } => {
-                    let TaskKind::Wasm(wasm) = &task.kind;
-                    let input = &wasm.input;
+                    // The simulated executor echoes a wasm task's input and
+                    // a command's argv.
+                    let input = match &task.kind {
+                        TaskKind::Wasm(wasm) => wasm.input.clone(),
+                        TaskKind::Command(command) => command.argv.join(" ").into_bytes(),
+                    };
+                    let input = &input;
                     let output = [b"hello, ".as_slice(), input].concat();
                     let started = self.now
                         + self.uniform((Duration::from_micros(10), Duration::from_micros(100)));

@@ -248,6 +248,7 @@ impl Drop for Cluster {
         }
         for i in 1..=self.agents.len() {
             stoa_agent::executors::stop_leftovers(&self.agent_dir(i).join("executors"));
+            stoa_agent::cgroups::remove_leftovers(&self.agent_dir(i));
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Running tasks: `wasm` runs wasm binaries under wasmtime, each in its
-//! task directory (`task_dir`).
+//! Running tasks: `wasm` runs wasm binaries under wasmtime, `native` runs
+//! host programs in cgroups, each in its task directory (`task_dir`).
 
+pub mod native;
 pub mod task_dir;
 pub mod wasm;

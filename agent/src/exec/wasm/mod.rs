@@ -491,7 +491,13 @@ impl WasmRuntime {
         kill: Arc<AtomicBool>,
         on_running: impl FnOnce(),
     ) -> TaskEvent {
-        let TaskKind::Wasm(wasm) = &task.kind;
+        let TaskKind::Wasm(wasm) = &task.kind else {
+            return ended(
+                TaskState::Error,
+                Reason::TaskInvalid,
+                "the wasm runtime was handed a task that is not wasm".into(),
+            );
+        };
         let program = match self.prepare(&wasm.artifact) {
             Ok(program) => program,
             Err(Refused { reason, message }) => return ended(TaskState::Error, reason, message),
