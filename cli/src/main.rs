@@ -71,6 +71,11 @@ struct MasterArgs {
     /// Rescind offers not answered within this many seconds.
     #[arg(long)]
     offer_timeout: Option<u64>,
+    /// Access control list (JSON), e.g.
+    /// {"launch_native": [{"principals": ["ops"]}, {"roles": ["infra"]}]}.
+    /// Without one, no framework may launch native tasks.
+    #[arg(long)]
+    acls: Option<PathBuf>,
     /// Where uploaded artifacts are kept.
     #[arg(long, default_value = ".stoa/artifacts")]
     artifacts: PathBuf,
@@ -224,9 +229,19 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.command {
             Command::Master(a) => {
+                let acls = match &a.acls {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(path)
+                            .with_context(|| format!("cannot read --acls {}", path.display()))?;
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("--acls {}: not a valid ACL", path.display()))?
+                    }
+                    None => Default::default(),
+                };
                 let core = stoa_master::core::MasterConfig {
                     agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
                     offer_timeout: a.offer_timeout.map(Duration::from_secs),
+                    acls,
                     ..Default::default()
                 };
                 let config = stoa_master::driver::DriverConfig {

@@ -129,8 +129,12 @@ pub async fn run(
                 let Some(input) = input else { break };
                 match input {
                     Input::Connected(id, channel, peer) => {
+                        let principal = stoa_transport::peer_name(&peer.conn);
                         peers.insert(id, peer);
                         master.handle_connected(now(), id, channel);
+                        if let Some(principal) = principal {
+                            master.handle_authenticated(id, principal);
+                        }
                     }
                     Input::Agent(id, msg) => master.handle_agent_message(now(), id, msg),
                     Input::Scheduler(id, call) => master.handle_scheduler_call(now(), id, call),

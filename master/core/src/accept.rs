@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use stoa_allocator::Allocation;
 use stoa_proto::{
     AgentId, Event, FrameworkId, MasterToAgent, OfferId, Operation, Reason, Resources, Role,
-    TaskInfo, TaskState, TaskStatus, Time,
+    TaskInfo, TaskKind, TaskState, TaskStatus, Time,
 };
 
 impl Master {
@@ -73,6 +73,12 @@ impl Master {
                 ))
             } else if task.resources.mem_mib() == 0 {
                 Err("a task needs mem (its memory limit), e.g. mem:32".to_string())
+            } else if let Some(message) = self.forbidden(fw, &task) {
+                let status = TaskStatus::new(task.task_id, TaskState::Error)
+                    .because(Reason::NotAuthorized, message)
+                    .on(agent.clone());
+                self.send_to_framework(fw, Event::Update { status, ack: None });
+                continue;
             } else {
                 take_for_task(&mut pool, &task).ok_or_else(|| {
                     format!(
@@ -124,6 +130,25 @@ impl Master {
             self.allocator.recover(fw, &agent, &pool, until);
         }
         self.request_allocation(now);
+    }
+
+    /// Why the ACLs forbid `fw` to launch `task`, if they do.
+    fn forbidden(&self, fw: &FrameworkId, task: &TaskInfo) -> Option<String> {
+        if !matches!(task.kind, TaskKind::Command(_)) {
+            return None;
+        }
+        let info = &self.frameworks.get(fw)?.info;
+        let allowed = self
+            .config
+            .acls
+            .may_launch_native(info.principal.as_deref(), &info.role);
+        (!allowed).then(|| {
+            format!(
+                "principal {} in role {} may not launch native tasks (see the master's --acls)",
+                info.principal.as_deref().unwrap_or("(none)"),
+                info.role
+            )
+        })
     }
 
     fn reserve(

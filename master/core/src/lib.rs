@@ -9,6 +9,7 @@
 //! outputs — which is what the simulator relies on.
 
 mod accept;
+pub mod acl;
 pub mod registry;
 
 use registry::{QuotaSpec, Registry};
@@ -58,6 +59,8 @@ pub struct MasterConfig {
     /// Offers unanswered for this long are rescinded; never when `None`.
     pub offer_timeout: Option<Duration>,
     pub allocator: AllocatorConfig,
+    /// Who may do what beyond the defaults.
+    pub acls: acl::Acls,
 }
 
 impl Default for MasterConfig {
@@ -69,6 +72,7 @@ impl Default for MasterConfig {
             default_refuse: Duration::from_secs(5),
             offer_timeout: None,
             allocator: AllocatorConfig::default(),
+            acls: acl::Acls::default(),
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct Master {
     instance: String,
     next_id: u64,
     peers: HashMap<ConnId, Peer>,
+    /// The principal each connection authenticated as (its certificate).
+    principals: HashMap<ConnId, String>,
     agent_of: HashMap<ConnId, AgentId>,
     framework_of: HashMap<ConnId, FrameworkId>,
     agents: BTreeMap<AgentId, AgentEntry>,
@@ -172,6 +178,7 @@ impl Master {
             instance: instance.to_string(),
             next_id: 1,
             peers: HashMap::new(),
+            principals: HashMap::new(),
             agent_of: HashMap::new(),
             framework_of: HashMap::new(),
             agents: BTreeMap::new(),
@@ -517,7 +524,14 @@ impl Master {
         self.peers.insert(conn, Peer::Pending(channel));
     }
 
+    /// `conn`'s peer proved it is `principal` (the name in its client
+    /// certificate). A framework subscribing on it is that principal.
+    pub fn handle_authenticated(&mut self, conn: ConnId, principal: String) {
+        self.principals.insert(conn, principal);
+    }
+
     pub fn handle_disconnected(&mut self, now: Time, conn: ConnId) {
+        self.principals.remove(&conn);
         match self.peers.remove(&conn) {
             Some(Peer::Agent) => {
                 if let Some(id) = self.agent_of.remove(&conn) {
@@ -892,8 +906,16 @@ impl Master {
         self.request_allocation(now);
     }
 
-    fn subscribe(&mut self, now: Time, conn: ConnId, info: FrameworkInfo) {
-        let spec = check_framework(&info);
+    fn subscribe(&mut self, now: Time, conn: ConnId, mut info: FrameworkInfo) {
+        let spec = match (self.principals.get(&conn), &info.principal) {
+            (Some(proven), Some(claimed)) if proven != claimed => Err(format!(
+                "the framework claims principal {claimed:?} but its certificate names {proven:?}"
+            )),
+            _ => check_framework(&info),
+        };
+        if let Some(proven) = self.principals.get(&conn) {
+            info.principal = Some(proven.clone());
+        }
         if let Err(message) = spec {
             self.send_to_scheduler(
                 conn,

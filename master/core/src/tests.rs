@@ -26,7 +26,12 @@ fn task(id: &str, r: &str) -> TaskInfo {
 /// A master with one agent (cpus:2;mem:1024) and one subscribed framework,
 /// after the first allocation; returns the framework's offer.
 fn cluster() -> (Master, AgentId, Offer) {
-    let mut m = Master::new(MasterConfig::default(), "m");
+    cluster_with(MasterConfig::default(), None)
+}
+
+/// [`cluster`] with `config`, the scheduler authenticated as `principal`.
+fn cluster_with(config: MasterConfig, principal: Option<&str>) -> (Master, AgentId, Offer) {
+    let mut m = Master::new(config, "m");
     m.handle_connected(t(0), AGENT, Channel::Agent);
     let info = AgentInfo {
         reservations: Vec::new(),
@@ -48,6 +53,9 @@ fn cluster() -> (Master, AgentId, Offer) {
         other => panic!("expected Registered, got {other:?}"),
     };
     m.handle_connected(t(0), SCHED, Channel::Scheduler);
+    if let Some(principal) = principal {
+        m.handle_authenticated(SCHED, principal.into());
+    }
     let framework = FrameworkInfo::new("f", "eng/ml".parse().expect("role"));
     m.handle_scheduler_call(t(0), SCHED, Call::Subscribe { framework });
     assert!(matches!(
@@ -671,6 +679,76 @@ fn a_role_below_its_guarantee_gets_resources_by_preemption() {
     // And prod is offered what it is guaranteed.
     assert!(
         out.iter().any(|x| matches!(x, Transmit::ToScheduler(ConnId(3), Event::Offers { offers }) if !offers[0].revocable && offers[0].resources.millicpus() >= 1000)),
+        "{out:?}"
+    );
+}
+
+fn native(id: &str) -> TaskInfo {
+    TaskInfo {
+        kind: TaskKind::Command(stoa_proto::CommandTask::new(["true"])),
+        ..task(id, "cpus:0.5;mem:64")
+    }
+}
+
+fn ops_may_launch_native() -> MasterConfig {
+    MasterConfig {
+        acls: serde_json::from_str(r#"{"launch_native": [{"principals": ["ops"]}]}"#)
+            .expect("valid acls"),
+        ..MasterConfig::default()
+    }
+}
+
+#[test]
+fn native_tasks_need_the_acl_and_wasm_tasks_do_not() {
+    // A tenant's native task is refused; nothing reaches the agent, and its
+    // wasm sibling in the same ACCEPT still launches.
+    let (mut m, _, offer) = cluster_with(ops_may_launch_native(), Some("tenant"));
+    launch(
+        &mut m,
+        offer.id,
+        vec![native("host"), task("wasm", "cpus:0.5;mem:64")],
+    );
+    let out = drain(&mut m);
+    let refused = out.iter().find_map(|tx| match tx {
+        Transmit::ToScheduler(SCHED, Event::Update { status, .. }) => Some(status.clone()),
+        _ => None,
+    });
+    let refused = refused.expect("an update for the native task");
+    assert_eq!(refused.task_id.as_str(), "host");
+    assert_eq!(refused.state, TaskState::Error);
+    assert_eq!(refused.reason, Some(Reason::NotAuthorized));
+    assert!(refused.message.contains("tenant"), "{}", refused.message);
+    let run: Vec<&str> = out
+        .iter()
+        .filter_map(|tx| match tx {
+            Transmit::ToAgent(_, MasterToAgent::RunTask { task, .. }) => {
+                Some(task.task_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(run, ["wasm"]);
+
+    // The principal the ACL names may.
+    let (mut m, _, offer) = cluster_with(ops_may_launch_native(), Some("ops"));
+    launch(&mut m, offer.id, vec![native("host")]);
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Transmit::ToAgent(AGENT, MasterToAgent::RunTask { .. })]
+    ));
+}
+
+#[test]
+fn a_framework_cannot_claim_someone_elses_principal() {
+    let mut m = Master::new(ops_may_launch_native(), "m");
+    m.handle_connected(t(0), SCHED, Channel::Scheduler);
+    m.handle_authenticated(SCHED, "tenant".into());
+    let mut framework = FrameworkInfo::new("f", "eng".parse().expect("role"));
+    framework.principal = Some("ops".into());
+    m.handle_scheduler_call(t(0), SCHED, Call::Subscribe { framework });
+    let out = drain(&mut m);
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED, Event::Error { message }), Transmit::Close(SCHED, _)] if message.contains("certificate")),
         "{out:?}"
     );
 }
