@@ -233,8 +233,9 @@ fn main() -> anyhow::Result<()> {
                     Some(path) => {
                         let text = std::fs::read_to_string(path)
                             .with_context(|| format!("cannot read --acls {}", path.display()))?;
-                        serde_json::from_str(&text)
-                            .with_context(|| format!("--acls {}: not a valid ACL", path.display()))?
+                        serde_json::from_str(&text).with_context(|| {
+                            format!("--acls {}: not a valid ACL", path.display())
+                        })?
                     }
                     None => Default::default(),
                 };

@@ -114,6 +114,12 @@ impl TestFramework {
         }
     }
 
+    /// Asks the master to kill `task`.
+    pub async fn kill(&mut self, task: &str) -> anyhow::Result<()> {
+        let task_id = stoa_proto::TaskId::new(task)?;
+        self.session.call(&stoa_proto::Call::Kill { task_id }).await
+    }
+
     pub async fn teardown(self) -> anyhow::Result<()> {
         self.session.teardown().await
     }

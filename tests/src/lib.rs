@@ -71,7 +71,19 @@ impl Cluster {
     /// Starts a master and `agents` agents offering `resources` each, and
     /// waits until every agent has registered.
     pub fn start(agents: usize, resources: &str) -> anyhow::Result<Cluster> {
+        Cluster::start_with_acls(agents, resources, None)
+    }
+
+    /// [`Cluster::start`] with the master's ACL (JSON) set.
+    pub fn start_with_acls(
+        agents: usize,
+        resources: &str,
+        acls: Option<&str>,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
+        if let Some(acls) = acls {
+            std::fs::write(dir.path().join("acls.json"), acls)?;
+        }
         let certs = dir.path().join("certs");
         stoa_transport::certs::init(&certs, "test")?;
         let master = spawn_master(dir.path(), &certs)?;
@@ -221,7 +233,8 @@ fn spawn_master(dir: &Path, certs: &Path) -> anyhow::Result<Child> {
         .create(true)
         .append(true)
         .open(dir.join("master.log"))?;
-    Ok(Command::new(stoa_bin()?)
+    let mut command = Command::new(stoa_bin()?);
+    command
         .args(["master", "--listen", "127.0.0.1:0", "--agent-timeout", "3"])
         .arg("--certs")
         .arg(certs)
@@ -230,10 +243,12 @@ fn spawn_master(dir: &Path, certs: &Path) -> anyhow::Result<Child> {
         .arg("--registry")
         .arg(dir.join("registry.redb"))
         .arg("--artifacts")
-        .arg(dir.join("artifacts"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?)
+        .arg(dir.join("artifacts"));
+    let acls = dir.join("acls.json");
+    if acls.exists() {
+        command.arg("--acls").arg(acls);
+    }
+    Ok(command.stdout(Stdio::null()).stderr(log).spawn()?)
 }
 
 impl Drop for Cluster {

@@ -50,7 +50,9 @@ impl Rule {
 
 impl Acls {
     pub fn may_launch_native(&self, principal: Option<&str>, role: &Role) -> bool {
-        self.launch_native.iter().any(|r| r.matches(principal, role))
+        self.launch_native
+            .iter()
+            .any(|r| r.matches(principal, role))
     }
 }
 
@@ -83,6 +85,8 @@ mod tests {
     #[test]
     fn unknown_fields_and_bad_roles_are_refused() {
         assert!(serde_json::from_str::<Acls>(r#"{"launch_natve": []}"#).is_err());
-        assert!(serde_json::from_str::<Acls>(r#"{"launch_native": [{"roles": ["a//b"]}]}"#).is_err());
+        assert!(
+            serde_json::from_str::<Acls>(r#"{"launch_native": [{"roles": ["a//b"]}]}"#).is_err()
+        );
     }
 }
