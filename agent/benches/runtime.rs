@@ -9,6 +9,10 @@
 //!   deadline, WASI with captured output; from launch to FINISHED.
 //! * `cpu/native` vs `cpu/wasm` — the same CPU-bound function natively and as
 //!   a task under fuel and epoch limits.
+//! * `start/native` vs `start/wasm` — launch to RUNNING as an executor does
+//!   it: a fresh task directory, then for a native task (`/bin/true`) its
+//!   cgroup made and limited and the process spawned into it, for a wasm
+//!   task (hello) its instance made. Needs root and cgroups.
 //!
 //! Needs `cargo build --release --target wasm32-wasip2 -p hello-task -p
 //! misbehave-task` first. Run: `cargo bench -p stoa-agent --bench runtime`.
@@ -18,6 +22,8 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+use stoa_agent::cgroups::{Cgroups, Hierarchy, Limits, remove_leftovers};
 use stoa_agent::core::TaskEvent;
 use stoa_agent::exec::task_dir::TaskDir;
 use stoa_agent::exec::wasm::{PoolSize, WasmRuntime};
@@ -135,6 +141,8 @@ fn bench(c: &mut Criterion) {
     });
     launch.finish();
 
+    start(c, &runtime, &hello_task);
+
     let misbehave = component("misbehave_task");
     let mut cpu = c.benchmark_group("cpu");
     cpu.sample_size(10);
@@ -164,6 +172,75 @@ fn bench(c: &mut Criterion) {
         })
     });
     cpu.finish();
+}
+
+/// Launch to RUNNING of a native and a wasm task, each timed up to the
+/// moment its executor would report RUNNING.
+fn start(c: &mut Criterion, runtime: &WasmRuntime, hello_task: &TaskInfo) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let hierarchy = Hierarchy::detect().expect("cgroups (run as root)");
+    let root = PathBuf::from(format!("stoa-bench-{}", std::process::id()));
+    let cgroups =
+        Cgroups::new(hierarchy, &root, work.path().join("cgroups")).expect("agent cgroups");
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let mut native = task(&[], b"", TaskLimits::default());
+    let command = stoa_proto::CommandTask::new(["/bin/true"]);
+    native.kind = TaskKind::Command(command.clone());
+    let limits = Limits {
+        millicpus: 100,
+        mem_bytes: 64 << 20,
+        max_pids: Some(64),
+    };
+    let never = tokio::sync::Notify::new();
+    let mut group = c.benchmark_group("start");
+    group.bench_function("native", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let begin = Instant::now();
+                let dir = TaskDir::create(&work.path().join("task")).expect("task dir");
+                let cgroup = cgroups.create("bench", "task-t", &limits).expect("cgroup");
+                let mut running = None;
+                let end = tokio.block_on(stoa_agent::exec::native::run(
+                    &native,
+                    &command,
+                    &dir,
+                    Some(cgroup),
+                    1 << 20,
+                    &never,
+                    || running = Some(Instant::now()),
+                ));
+                assert!(matches!(end, TaskEvent::Finished { .. }), "{end:?}");
+                total += running.expect("running") - begin;
+                cgroups.remove("bench", "task-t").expect("remove");
+            }
+            total
+        })
+    });
+    group.bench_function("wasm", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let begin = Instant::now();
+                let dir = TaskDir::create(&work.path().join("task")).expect("task dir");
+                let mut running = None;
+                let end = runtime.run(
+                    hello_task,
+                    Some(&dir),
+                    Arc::new(AtomicBool::new(false)),
+                    || running = Some(Instant::now()),
+                );
+                assert!(matches!(end, TaskEvent::Finished { .. }));
+                total += running.expect("running") - begin;
+            }
+            total
+        })
+    });
+    group.finish();
+    remove_leftovers(work.path());
 }
 
 criterion_group!(benches, bench);

@@ -80,6 +80,16 @@ impl Cluster {
         resources: &str,
         acls: Option<&str>,
     ) -> anyhow::Result<Cluster> {
+        Cluster::start_with(agents, resources, acls, &[])
+    }
+
+    /// [`Cluster::start_with_acls`], every agent started with `agent_flags`.
+    pub fn start_with(
+        agents: usize,
+        resources: &str,
+        acls: Option<&str>,
+        agent_flags: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         if let Some(acls) = acls {
             std::fs::write(dir.path().join("acls.json"), acls)?;
@@ -101,7 +111,7 @@ impl Cluster {
         )?;
         cluster.addr = addr.parse()?;
         for i in 1..=agents {
-            let child = cluster.spawn_agent(i, &[])?;
+            let child = cluster.spawn_agent(i, agent_flags)?;
             cluster.agents.push(child);
         }
         for i in 1..=agents {

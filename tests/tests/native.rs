@@ -329,3 +329,128 @@ fn only_frameworks_the_acl_allows_launch_native_tasks() -> anyhow::Result<()> {
         })
         .map_err(|e| e.context(cluster.logs()))
 }
+
+/// The memory and cpu cgroup directories a process is in (cgroup v1).
+fn v1_cgroups_of(pid: i32) -> anyhow::Result<(String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let find = |controller: &str| {
+        text.lines()
+            .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+            .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
+            .map(|(_, path)| path.to_string())
+            .ok_or_else(|| anyhow::anyhow!("{pid} has no {controller} cgroup: {text}"))
+    };
+    Ok((find("memory")?, find("cpu")?))
+}
+
+#[test]
+fn an_executor_is_contained_to_its_tasks_plus_its_overhead() -> anyhow::Result<()> {
+    let cluster = cluster()?;
+    let wasm = stoa_proto::Artifact::inline(stoa_tests::misbehave_wasm()?);
+    runtime()?
+        .block_on(async {
+            let mut fw = TestFramework::subscribe(&cluster.client(), "contained").await?;
+            let mut task = command("sleepy", "cpus:0.5;mem:128", "")?;
+            task.kind = TaskKind::wasm(wasm, b"sleep:2000".to_vec());
+            fw.launch_all(vec![task]).await?;
+            fw.wait_for("sleepy", TaskState::Running).await?;
+            let pid_file = cluster
+                .agent_dir(1)
+                .join("executors")
+                .join(fw.id().as_str())
+                .join("pid");
+            let pid: i32 = std::fs::read_to_string(pid_file)?.trim().parse()?;
+            let (memory, cpu) = v1_cgroups_of(pid)?;
+            let root = default_root(&cluster.agent_dir(1));
+            let expected = format!("/{}/{}/executor-", root.display(), fw.id().as_str());
+            assert!(memory.starts_with(&expected), "{memory}");
+            let read = |controller: &str, path: &str, file: &str| {
+                std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}{path}/{file}"))
+                    .map(|s| s.trim().to_string())
+            };
+            // The task's 0.5 cpus and 128 MiB, plus the default 0.5 cpus and
+            // 256 MiB of overhead.
+            assert_eq!(
+                read("memory", &memory, "memory.limit_in_bytes")?,
+                "402653184"
+            );
+            assert_eq!(read("cpu", &cpu, "cpu.cfs_quota_us")?, "100000");
+            fw.wait_for("sleepy", TaskState::Finished).await?;
+            fw.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
+
+#[test]
+fn a_restarted_agent_removes_the_cgroups_it_made_and_only_those() -> anyhow::Result<()> {
+    let mut cluster = cluster()?;
+    runtime()?
+        .block_on(async {
+            let mut fw = TestFramework::subscribe(&cluster.client(), "orphaned").await?;
+            let task = command("orphan", "cpus:0.1;mem:64", "sleep 100 & sleep 100")?;
+            fw.launch_all(vec![task]).await?;
+            fw.wait_for("orphan", TaskState::Running).await?;
+            let cgroup = task_cgroup(&cluster, &fw, "orphan")?;
+            let procs = procs_at_least(&cgroup, 2).await?;
+
+            // The agent and the executor both die: the task's processes
+            // are left in their cgroup with nobody watching.
+            let pid_file = cluster
+                .agent_dir(1)
+                .join("executors")
+                .join(fw.id().as_str())
+                .join("pid");
+            let executor: i32 = std::fs::read_to_string(pid_file)?.trim().parse()?;
+            cluster.kill_agent(1)?;
+            nix::sys::signal::kill(Pid::from_raw(executor), nix::sys::signal::Signal::SIGKILL)?;
+            // Someone else's cgroup beside the task's.
+            let foreign = Path::new(&cgroup_dir(&cgroup))
+                .with_file_name("not-the-agents")
+                .to_path_buf();
+            std::fs::create_dir(&foreign)?;
+
+            cluster.restart_agent(1, &[])?;
+            removed(&cgroup).await?;
+            for pid in &procs {
+                assert!(dead(*pid), "process {pid} of a lost task survived");
+            }
+            assert!(
+                foreign.exists(),
+                "the agent removed a cgroup it did not make"
+            );
+            std::fs::remove_dir(&foreign)?;
+            if let Some(group) = foreign.parent() {
+                std::fs::remove_dir(group)?;
+            }
+            fw.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
+
+#[test]
+fn an_agent_without_cgroups_refuses_native_tasks() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(1, "cpus:2;mem:2048", Some(ACLS), &["--cgroups", "off"])?;
+    let marks = cluster.dir.path().join("uncontained-ran");
+    runtime()?
+        .block_on(async {
+            let mut fw = TestFramework::subscribe(&cluster.client(), "uncontained").await?;
+            let task = with(
+                command("loose", "cpus:0.1;mem:64", "touch \"$MARKS\"")?,
+                |c| c.env.push(("MARKS".into(), marks.display().to_string())),
+            );
+            let empty = with(command("empty", "cpus:0.1;mem:64", "")?, |c| c.argv.clear());
+            fw.launch_all(vec![task, empty]).await?;
+            let refused = fw.wait_for("loose", TaskState::Error).await?;
+            assert_eq!(refused.reason, Some(Reason::IsolationUnavailable));
+            assert!(
+                refused.message.contains("--cgroups off"),
+                "{}",
+                refused.message
+            );
+            let invalid = fw.wait_for("empty", TaskState::Error).await?;
+            assert_eq!(invalid.reason, Some(Reason::TaskInvalid));
+            assert!(!marks.exists(), "the refused task ran");
+            fw.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}

@@ -73,6 +73,8 @@ impl Master {
                 ))
             } else if task.resources.mem_mib() == 0 {
                 Err("a task needs mem (its memory limit), e.g. mem:32".to_string())
+            } else if matches!(&task.kind, TaskKind::Command(c) if c.argv.is_empty()) {
+                Err("a command task needs argv[0], the program to run".to_string())
             } else if let Some(message) = self.forbidden(fw, &task) {
                 let status = TaskStatus::new(task.task_id, TaskState::Error)
                     .because(Reason::NotAuthorized, message)
