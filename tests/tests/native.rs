@@ -335,7 +335,11 @@ fn v1_cgroups_of(pid: i32) -> anyhow::Result<(String, String)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let find = |controller: &str| {
         text.lines()
-            .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, controllers) = (parts.next()?, parts.next()?);
+                Some((controllers, parts.next()?))
+            })
             .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
             .map(|(_, path)| path.to_string())
             .ok_or_else(|| anyhow::anyhow!("{pid} has no {controller} cgroup: {text}"))
