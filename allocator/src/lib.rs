@@ -391,6 +391,19 @@ impl Allocator {
         self.mark_all_dirty();
     }
 
+    /// Replaces a framework's minimum offer size and constraints. Its role
+    /// cannot change here: its allocations are booked under that role.
+    pub fn update_framework(&mut self, id: &FrameworkId, spec: FrameworkSpec) -> bool {
+        match self.frameworks.get_mut(id) {
+            Some(fw) if fw.spec.role == spec.role => {
+                fw.spec = spec;
+                self.mark_all_dirty();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Forgets a framework. Its allocations must have been recovered first.
     pub fn remove_framework(&mut self, id: &FrameworkId) {
         if let Some(fw) = self.frameworks.remove(id) {

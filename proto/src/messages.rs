@@ -73,6 +73,11 @@ pub enum MasterToAgent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameworkInfo {
+    /// Set to subscribe again as a framework the master knows (after a
+    /// scheduler restart or a lost connection): its tasks and unacknowledged
+    /// updates carry over, and a scheduler still connected as it is
+    /// replaced (it gets ERROR).
+    pub id: Option<FrameworkId>,
     pub name: String,
     pub role: Role,
     pub principal: Option<String>,
@@ -90,6 +95,7 @@ impl FrameworkInfo {
     /// A framework in `role` with the defaults for everything else.
     pub fn new(name: impl Into<String>, role: Role) -> FrameworkInfo {
         FrameworkInfo {
+            id: None,
             name: name.into(),
             role,
             principal: None,
@@ -145,6 +151,11 @@ pub enum Operation {
     Launch {
         tasks: Vec<TaskInfo>,
     },
+    /// Launches all of `tasks` or none: one invalid task fails the group,
+    /// each task with TASK_ERROR.
+    LaunchGroup {
+        tasks: Vec<TaskInfo>,
+    },
     /// Turns offered unreserved resources into resources reserved for
     /// `role` (the framework's role or an ancestor of it) on that agent.
     Reserve {
@@ -190,6 +201,17 @@ pub enum Call {
     },
     /// Ends the framework: kills its tasks and forgets it.
     Teardown,
+    /// Asks for the latest state of `tasks`, or of every task the master
+    /// knows for this framework when empty. Answered with UPDATEs that need
+    /// no acknowledgement; an unknown task is TASK_UNKNOWN.
+    Reconcile {
+        tasks: Vec<TaskId>,
+    },
+    /// Changes the framework's name, failover timeout, minimum offer size
+    /// or constraints. Its role and principal stay.
+    UpdateFramework {
+        framework: FrameworkInfo,
+    },
 }
 
 /// Master → scheduler.
@@ -214,5 +236,12 @@ pub enum Event {
     /// The master refused a call; the connection stays open.
     Error {
         message: String,
+    },
+    /// Sent every heartbeat interval: a scheduler that hears nothing for a
+    /// few intervals should reconnect.
+    Heartbeat,
+    /// An agent was lost: its tasks are being reported LOST or UNREACHABLE.
+    Failure {
+        agent_id: AgentId,
     },
 }

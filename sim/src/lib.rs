@@ -421,7 +421,10 @@ impl Sim {
                     _ => {}
                 }
             }
-            Event::Rescind { .. } | Event::Error { .. } => {}
+            Event::Rescind { .. }
+            | Event::Error { .. }
+            | Event::Heartbeat
+            | Event::Failure { .. } => {}
         }
     }
 }
@@ -478,7 +481,7 @@ fn describe_call(c: &Call) -> String {
             let n: usize = operations
                 .iter()
                 .map(|op| match op {
-                    Operation::Launch { tasks } => tasks.len(),
+                    Operation::Launch { tasks } | Operation::LaunchGroup { tasks } => tasks.len(),
                     Operation::Reserve { .. } | Operation::Unreserve { .. } => 0,
                 })
                 .sum();
@@ -492,6 +495,8 @@ fn describe_call(c: &Call) -> String {
         Call::Suppress => "Suppress".into(),
         Call::Revive => "Revive".into(),
         Call::Teardown => "Teardown".into(),
+        Call::Reconcile { tasks } => format!("Reconcile {} tasks", tasks.len()),
+        Call::UpdateFramework { framework } => format!("UpdateFramework {}", framework.name),
     }
 }
 
@@ -514,6 +519,8 @@ fn describe_event(e: &Event) -> String {
             ack.map(|a| a.0)
         ),
         Event::Error { message } => format!("Error {message}"),
+        Event::Heartbeat => "Heartbeat".into(),
+        Event::Failure { agent_id } => format!("Failure {agent_id}"),
     }
 }
 

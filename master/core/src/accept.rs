@@ -10,8 +10,17 @@ use std::collections::BTreeMap;
 use stoa_allocator::Allocation;
 use stoa_proto::{
     AgentId, Event, FrameworkId, MasterToAgent, OfferId, Operation, Reason, Resources, Role,
-    TaskInfo, TaskKind, TaskState, TaskStatus, Time,
+    TaskId, TaskInfo, TaskKind, TaskState, TaskStatus, Time,
 };
+
+/// Where an ACCEPT's tasks go.
+struct Placement<'a> {
+    agent: &'a AgentId,
+    /// The agent's connection; tasks are dropped without one.
+    conn: Option<crate::ConnId>,
+    /// Launched on revocable offers: may be preempted.
+    revocable: bool,
+}
 
 impl Master {
     pub(super) fn accept(
@@ -36,10 +45,12 @@ impl Master {
             }
         };
         // Operations apply in order: a launch may use what a reserve made.
+        // Each launch is (is it a group, its tasks).
         let mut tasks = Vec::new();
         for op in operations {
             match op {
-                Operation::Launch { tasks: more } => tasks.push(more),
+                Operation::Launch { tasks: more } => tasks.push((false, more)),
+                Operation::LaunchGroup { tasks: group } => tasks.push((true, group)),
                 Operation::Reserve { role, resources } => {
                     if let Err(message) = self.reserve(fw, &agent, &mut pool, role, resources) {
                         self.send_to_framework(
@@ -62,68 +73,23 @@ impl Master {
                 }
             }
         }
-        let tasks: Vec<TaskInfo> = tasks.into_iter().flatten().collect();
         let agent_conn = self.agents.get(&agent).and_then(|a| a.conn);
-        for task in tasks {
-            let key = (fw.clone(), task.task_id.clone());
-            let verdict = if self.tasks.contains_key(&key) {
-                Err(format!(
-                    "task id {} is already in use by this framework",
-                    task.task_id
-                ))
-            } else if task.resources.mem_mib() == 0 {
-                Err("a task needs mem (its memory limit), e.g. mem:32".to_string())
-            } else if matches!(&task.kind, TaskKind::Command(c) if c.argv.is_empty()) {
-                Err("a command task needs argv[0], the program to run".to_string())
-            } else if let Some(message) = self.forbidden(fw, &task) {
-                let status = TaskStatus::new(task.task_id, TaskState::Error)
-                    .because(Reason::NotAuthorized, message)
-                    .on(agent.clone());
-                self.send_to_framework(fw, Event::Update { status, ack: None });
-                continue;
+        let placement = Placement {
+            agent: &agent,
+            conn: agent_conn,
+            revocable,
+        };
+        for (group, tasks) in tasks {
+            if group {
+                self.launch_group(fw, &placement, &mut pool, tasks);
             } else {
-                take_for_task(&mut pool, &task).ok_or_else(|| {
-                    format!(
-                        "task asks for {} but the offers have {} left (a task's resources must come from one pool: unreserved or one role's reservation)",
-                        task.resources,
-                        pool.total()
-                    )
-                })
-            };
-            match (verdict, agent_conn) {
-                (Ok(allocation), Some(conn)) => {
-                    self.remember_placement(&key, &agent);
-                    self.tasks.insert(
-                        key,
-                        TaskEntry {
-                            agent: agent.clone(),
-                            allocation,
-                            state: TaskState::Staging,
-                            revocable,
-                            preempting: false,
-                            terminal_update: None,
-                        },
-                    );
-                    self.outbox.push_back(Transmit::ToAgent(
-                        conn,
-                        MasterToAgent::RunTask {
-                            framework_id: fw.clone(),
-                            task: Box::new(task),
-                        },
-                    ));
-                }
-                (Ok(allocation), None) => {
-                    self.allocator.recover(fw, &agent, &allocation, None);
-                    let status = TaskStatus::new(task.task_id, TaskState::Dropped)
-                        .because(Reason::AgentDisconnected, "the agent is not connected")
-                        .on(agent.clone());
-                    self.send_to_framework(fw, Event::Update { status, ack: None });
-                }
-                (Err(message), _) => {
-                    let status = TaskStatus::new(task.task_id, TaskState::Error)
-                        .because(Reason::TaskInvalid, message)
-                        .on(agent.clone());
-                    self.send_to_framework(fw, Event::Update { status, ack: None });
+                for task in tasks {
+                    match self.admit(fw, &task, &mut pool) {
+                        Ok(allocation) => self.place(fw, &placement, task, allocation),
+                        Err((reason, message)) => {
+                            self.refuse_task(fw, &agent, task.task_id, reason, message)
+                        }
+                    }
                 }
             }
         }
@@ -132,6 +98,148 @@ impl Master {
             self.allocator.recover(fw, &agent, &pool, until);
         }
         self.request_allocation(now);
+    }
+
+    /// Checks one task against the books and the ACLs, and takes its
+    /// resources from `pool`.
+    fn admit(
+        &self,
+        fw: &FrameworkId,
+        task: &TaskInfo,
+        pool: &mut Allocation,
+    ) -> Result<Allocation, (Reason, String)> {
+        let invalid = |message: String| Err((Reason::TaskInvalid, message));
+        if self.tasks.contains_key(&(fw.clone(), task.task_id.clone())) {
+            return invalid(format!(
+                "task id {} is already in use by this framework",
+                task.task_id
+            ));
+        }
+        if task.resources.mem_mib() == 0 {
+            return invalid("a task needs mem (its memory limit), e.g. mem:32".into());
+        }
+        if matches!(&task.kind, TaskKind::Command(c) if c.argv.is_empty()) {
+            return invalid("a command task needs argv[0], the program to run".into());
+        }
+        if let Some(message) = self.forbidden(fw, task) {
+            return Err((Reason::NotAuthorized, message));
+        }
+        take_for_task(pool, task).ok_or_else(|| {
+            (
+                Reason::TaskInvalid,
+                format!(
+                    "task asks for {} but the offers have {} left (a task's resources must come from one pool: unreserved or one role's reservation)",
+                    task.resources,
+                    pool.total()
+                ),
+            )
+        })
+    }
+
+    /// All of a group's tasks are admitted, or none is: each task of a
+    /// refused group gets TASK_ERROR, naming the task that failed it.
+    fn launch_group(
+        &mut self,
+        fw: &FrameworkId,
+        placement: &Placement<'_>,
+        pool: &mut Allocation,
+        tasks: Vec<TaskInfo>,
+    ) {
+        let mut trial = pool.clone();
+        let mut admitted = Vec::new();
+        let mut failure = None;
+        let mut ids = std::collections::BTreeSet::new();
+        for task in &tasks {
+            let verdict = if ids.insert(task.task_id.clone()) {
+                self.admit(fw, task, &mut trial)
+            } else {
+                Err((
+                    Reason::TaskInvalid,
+                    format!("task id {} appears twice in the group", task.task_id),
+                ))
+            };
+            match verdict {
+                Ok(allocation) => admitted.push(allocation),
+                Err(refusal) => {
+                    failure = Some((task.task_id.clone(), refusal));
+                    break;
+                }
+            }
+        }
+        match failure {
+            None => {
+                *pool = trial;
+                for (task, allocation) in tasks.into_iter().zip(admitted) {
+                    self.place(fw, placement, task, allocation);
+                }
+            }
+            Some((culprit, (reason, message))) => {
+                for task in tasks {
+                    let (reason, message) = if task.task_id == culprit {
+                        (reason, message.clone())
+                    } else {
+                        (
+                            Reason::TaskInvalid,
+                            format!("its group was refused: task {culprit}: {message}"),
+                        )
+                    };
+                    self.refuse_task(fw, placement.agent, task.task_id, reason, message);
+                }
+            }
+        }
+    }
+
+    /// Books an admitted task and sends it to its agent.
+    fn place(
+        &mut self,
+        fw: &FrameworkId,
+        placement: &Placement<'_>,
+        task: TaskInfo,
+        allocation: Allocation,
+    ) {
+        let key = (fw.clone(), task.task_id.clone());
+        let agent = placement.agent.clone();
+        let Some(conn) = placement.conn else {
+            self.allocator.recover(fw, &agent, &allocation, None);
+            let status = TaskStatus::new(task.task_id, TaskState::Dropped)
+                .because(Reason::AgentDisconnected, "the agent is not connected")
+                .on(agent);
+            self.send_to_framework(fw, Event::Update { status, ack: None });
+            return;
+        };
+        self.remember_placement(&key, &agent);
+        self.tasks.insert(
+            key,
+            TaskEntry {
+                agent,
+                allocation,
+                state: TaskState::Staging,
+                revocable: placement.revocable,
+                preempting: false,
+                terminal_update: None,
+            },
+        );
+        self.outbox.push_back(Transmit::ToAgent(
+            conn,
+            MasterToAgent::RunTask {
+                framework_id: fw.clone(),
+                task: Box::new(task),
+            },
+        ));
+    }
+
+    fn refuse_task(
+        &mut self,
+        fw: &FrameworkId,
+        agent: &AgentId,
+        task_id: TaskId,
+        reason: Reason,
+        message: String,
+    ) {
+        let status = TaskStatus::new(task_id, TaskState::Error)
+            .because(reason, message)
+            .on(agent.clone());
+        self.send_to_framework(fw, Event::Update { status, ack: None });
     }
 
     /// Why the ACLs forbid `fw` to launch `task`, if they do.
@@ -281,7 +389,7 @@ fn launches(operations: Vec<Operation>) -> Vec<TaskInfo> {
     operations
         .into_iter()
         .flat_map(|op| match op {
-            Operation::Launch { tasks } => tasks,
+            Operation::Launch { tasks } | Operation::LaunchGroup { tasks } => tasks,
             Operation::Reserve { .. } | Operation::Unreserve { .. } => Vec::new(),
         })
         .collect()

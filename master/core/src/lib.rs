@@ -153,7 +153,14 @@ pub struct Master {
     /// Where recent tasks ran, ended ones included, newest last: their
     /// sandboxes and logs outlive them on the agent.
     placements: VecDeque<((FrameworkId, TaskId), AgentId)>,
+    /// Frameworks torn down, newest last: they may not subscribe again.
+    removed_frameworks: VecDeque<FrameworkId>,
+    /// When connected schedulers are next sent HEARTBEAT.
+    next_scheduler_heartbeat: Option<Time>,
 }
+
+/// How many torn-down framework ids the master remembers.
+const MAX_REMOVED_FRAMEWORKS: usize = 10_000;
 
 /// How many task placements the master remembers for log reads.
 const MAX_PLACEMENTS: usize = 10_000;
@@ -187,6 +194,8 @@ impl Master {
             offers: BTreeMap::new(),
             registry: Registry::default(),
             heartbeat_deadlines: std::collections::BTreeSet::new(),
+            removed_frameworks: VecDeque::new(),
+            next_scheduler_heartbeat: None,
             registry_dirty: false,
             allocation_due: None,
             outbox: VecDeque::new(),
@@ -464,6 +473,7 @@ impl Master {
             )
             .chain(offer_expiry)
             .chain(self.allocation_due)
+            .chain(self.next_scheduler_heartbeat)
             .min()
     }
 
@@ -494,6 +504,14 @@ impl Master {
         for id in expired {
             tracing::info!(framework = %id, "failover timeout passed; tearing the framework down");
             self.remove_framework(now, &id);
+        }
+        if self.next_scheduler_heartbeat.is_some_and(|t| t <= now) {
+            let connected: Vec<ConnId> = self.frameworks.values().filter_map(|f| f.conn).collect();
+            for conn in &connected {
+                self.send_to_scheduler(*conn, Event::Heartbeat);
+            }
+            self.next_scheduler_heartbeat =
+                (!connected.is_empty()).then(|| now + self.config.heartbeat_interval);
         }
         if let Some(timeout) = self.config.offer_timeout {
             let stale: Vec<OfferId> = self
@@ -636,6 +654,10 @@ impl Master {
                         self.remove_framework(now, &fw);
                         self.outbox
                             .push_back(Transmit::Close(conn, "framework torn down".into()));
+                    }
+                    Call::Reconcile { tasks } => self.reconcile(&fw, tasks),
+                    Call::UpdateFramework { framework } => {
+                        self.update_framework(now, conn, &fw, framework)
                     }
                     Call::Subscribe { .. } => {}
                 }
@@ -894,6 +916,16 @@ impl Master {
         self.rescind_where(|o| &o.agent_id == id);
         self.allocator.set_agent_active(id, false);
         let keys = self.task_keys_where(|_, t| &t.agent == id && !t.state.is_terminal());
+        let affected: std::collections::BTreeSet<FrameworkId> =
+            keys.iter().map(|(f, _)| f.clone()).collect();
+        for fw in affected {
+            self.send_to_framework(
+                &fw,
+                Event::Failure {
+                    agent_id: id.clone(),
+                },
+            );
+        }
         for key in keys {
             if let Some(task) = self.tasks.get_mut(&key) {
                 task.state = TaskState::Unreachable;
@@ -926,11 +958,39 @@ impl Master {
             self.outbox.push_back(Transmit::Close(conn, message));
             return;
         }
-        let (Ok(spec), Ok(id)) = (spec, FrameworkId::new(self.fresh_id("f"))) else {
-            self.outbox
-                .push_back(Transmit::Close(conn, "cannot name the framework".into()));
+        let Ok(spec) = spec else {
             return;
         };
+        let id = match info.id.clone() {
+            Some(id) if self.frameworks.contains_key(&id) => {
+                return self.fail_over(now, conn, id, info, spec);
+            }
+            Some(id) if self.removed_frameworks.contains(&id) => {
+                let message = format!(
+                    "framework {id} was torn down; subscribe without an id to start afresh"
+                );
+                self.send_to_scheduler(
+                    conn,
+                    Event::Error {
+                        message: message.clone(),
+                    },
+                );
+                self.outbox.push_back(Transmit::Close(conn, message));
+                return;
+            }
+            // Known to agents but not to this master (it restarted): the
+            // framework takes its id back, and with it its running tasks.
+            Some(id) => id,
+            None => match FrameworkId::new(self.fresh_id("f")) {
+                Ok(id) => id,
+                Err(_) => {
+                    self.outbox
+                        .push_back(Transmit::Close(conn, "cannot name the framework".into()));
+                    return;
+                }
+            },
+        };
+        info.id = Some(id.clone());
         self.allocator.add_framework(id.clone(), spec);
         tracing::info!(framework = %id, name = %info.name, role = %info.role, "framework subscribed");
         self.peers.insert(conn, Peer::Framework);
@@ -943,6 +1003,75 @@ impl Master {
                 disconnected_at: None,
             },
         );
+        self.subscribed(now, conn, id);
+    }
+
+    /// A scheduler subscribes as a framework the master knows: it takes
+    /// the framework over, and a scheduler still connected as it gets
+    /// ERROR and is disconnected.
+    fn fail_over(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        id: FrameworkId,
+        info: FrameworkInfo,
+        spec: FrameworkSpec,
+    ) {
+        let Some(entry) = self.frameworks.get(&id) else {
+            return;
+        };
+        let refusal = if entry.info.principal != info.principal {
+            Some(format!(
+                "framework {id} belongs to principal {}",
+                entry.info.principal.as_deref().unwrap_or("(none)")
+            ))
+        } else if entry.info.role != info.role {
+            Some(format!(
+                "framework {id} is in role {}; a failover cannot change it",
+                entry.info.role
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            self.send_to_scheduler(
+                conn,
+                Event::Error {
+                    message: message.clone(),
+                },
+            );
+            self.outbox.push_back(Transmit::Close(conn, message));
+            return;
+        }
+        if let Some(old) = entry.conn {
+            let message = "framework failed over to a new scheduler".to_string();
+            self.send_to_scheduler(
+                old,
+                Event::Error {
+                    message: message.clone(),
+                },
+            );
+            self.outbox.push_back(Transmit::Close(old, message));
+            self.peers.remove(&old);
+            self.framework_of.remove(&old);
+            self.principals.remove(&old);
+        }
+        // Offers made to the old scheduler go back to the pool.
+        self.rescind_where(|o| o.framework_id == id);
+        self.allocator.update_framework(&id, spec);
+        self.allocator.set_framework_active(&id, true);
+        tracing::info!(framework = %id, "scheduler failed over");
+        self.peers.insert(conn, Peer::Framework);
+        self.framework_of.insert(conn, id.clone());
+        if let Some(entry) = self.frameworks.get_mut(&id) {
+            entry.conn = Some(conn);
+            entry.disconnected_at = None;
+            entry.info = info;
+        }
+        self.subscribed(now, conn, id);
+    }
+
+    fn subscribed(&mut self, now: Time, conn: ConnId, id: FrameworkId) {
         let heartbeat_interval_ms =
             u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
         self.send_to_scheduler(
@@ -952,7 +1081,78 @@ impl Master {
                 heartbeat_interval_ms,
             },
         );
+        if self.next_scheduler_heartbeat.is_none() {
+            self.next_scheduler_heartbeat = Some(now + self.config.heartbeat_interval);
+        }
         self.request_allocation(now);
+    }
+
+    /// RECONCILE: the latest state of the named tasks, or of all of them.
+    fn reconcile(&mut self, fw: &FrameworkId, tasks: Vec<TaskId>) {
+        let statuses: Vec<TaskStatus> = if tasks.is_empty() {
+            self.tasks
+                .iter()
+                .filter(|((f, _), t)| f == fw && !t.state.is_terminal())
+                .map(|((_, task_id), t)| {
+                    TaskStatus::new(task_id.clone(), t.state).on(t.agent.clone())
+                })
+                .collect()
+        } else {
+            tasks
+                .into_iter()
+                .map(
+                    |task_id| match self.tasks.get(&(fw.clone(), task_id.clone())) {
+                        Some(t) => TaskStatus::new(task_id, t.state).on(t.agent.clone()),
+                        None => TaskStatus::new(task_id, TaskState::Unknown)
+                            .because(Reason::TaskUnknown, "the master does not know this task"),
+                    },
+                )
+                .collect()
+        };
+        for mut status in statuses {
+            if status.reason.is_none() {
+                status.message = "reconciliation".into();
+            }
+            self.send_to_framework(fw, Event::Update { status, ack: None });
+        }
+    }
+
+    /// UPDATE_FRAMEWORK: a new name, failover timeout, minimum offer size
+    /// or constraints; the role and principal stay.
+    fn update_framework(&mut self, now: Time, conn: ConnId, fw: &FrameworkId, info: FrameworkInfo) {
+        let Some(entry) = self.frameworks.get(fw) else {
+            return;
+        };
+        let checked = check_framework(&info).and_then(|spec| {
+            if info.role != entry.info.role {
+                Err(format!(
+                    "the role of a framework cannot change (it is {})",
+                    entry.info.role
+                ))
+            } else {
+                Ok(spec)
+            }
+        });
+        match checked {
+            Ok(spec) => {
+                self.allocator.update_framework(fw, spec);
+                if let Some(entry) = self.frameworks.get_mut(fw) {
+                    let (id, principal) = (entry.info.id.clone(), entry.info.principal.clone());
+                    entry.info = FrameworkInfo {
+                        id,
+                        principal,
+                        ..info
+                    };
+                }
+                self.request_allocation(now);
+            }
+            Err(message) => self.send_to_scheduler(
+                conn,
+                Event::Error {
+                    message: format!("UPDATE_FRAMEWORK refused: {message}"),
+                },
+            ),
+        }
     }
 
     fn scheduler_lost(&mut self, now: Time, id: &FrameworkId) {
@@ -998,6 +1198,10 @@ impl Master {
             self.tasks.remove(&key);
         }
         self.frameworks.remove(id);
+        self.removed_frameworks.push_back(id.clone());
+        if self.removed_frameworks.len() > MAX_REMOVED_FRAMEWORKS {
+            self.removed_frameworks.pop_front();
+        }
         // Running tasks keep their resources held on their agents until
         // they end; only the framework's place in the role tree goes.
         self.allocator.remove_framework(id);

@@ -9,7 +9,16 @@ fn t(ms: u64) -> Time {
     Time::from_micros(ms * 1000)
 }
 
+/// What the master sent, HEARTBEATs to schedulers left out (tests of
+/// their own look for them with [`drain_all`]).
 fn drain(m: &mut Master) -> Vec<Transmit> {
+    drain_all(m)
+        .into_iter()
+        .filter(|tx| !matches!(tx, Transmit::ToScheduler(_, Event::Heartbeat)))
+        .collect()
+}
+
+fn drain_all(m: &mut Master) -> Vec<Transmit> {
     std::iter::from_fn(|| m.poll_transmit()).collect()
 }
 
@@ -437,6 +446,8 @@ fn suppress_stops_offers_and_revive_brings_them_back_at_once() {
 fn unanswered_offers_are_rescinded_after_the_offer_timeout() {
     let config = MasterConfig {
         offer_timeout: Some(Duration::from_secs(10)),
+        // Scheduler heartbeats would come first; this test is not about them.
+        heartbeat_interval: Duration::from_secs(60),
         ..MasterConfig::default()
     };
     let mut m = Master::new(config, "m");
@@ -751,4 +762,311 @@ fn a_framework_cannot_claim_someone_elses_principal() {
         matches!(out.as_slice(), [Transmit::ToScheduler(SCHED, Event::Error { message }), Transmit::Close(SCHED, _)] if message.contains("certificate")),
         "{out:?}"
     );
+}
+
+const SCHED2: ConnId = ConnId(3);
+
+/// An agent, a framework with a 10 s failover timeout on `SCHED`, and its
+/// task `t1` running; returns the framework's id and info.
+fn running_framework() -> (Master, FrameworkId, FrameworkInfo) {
+    let mut m = Master::new(MasterConfig::default(), "m");
+    register(&mut m, "cpus:2;mem:1024".parse().expect("r"), Vec::new());
+    drain(&mut m);
+    let mut info = FrameworkInfo::new("f", "eng".parse().expect("role"));
+    info.failover_timeout_ms = 10_000;
+    let id = match subscribe(&mut m, SCHED, info.clone()).as_slice() {
+        [Transmit::ToScheduler(SCHED, Event::Subscribed { framework_id, .. })] => {
+            framework_id.clone()
+        }
+        other => panic!("expected SUBSCRIBED, got {other:?}"),
+    };
+    let offer = match allocate_now(&mut m).as_slice() {
+        [Transmit::ToScheduler(SCHED, Event::Offers { offers })] => offers[0].id,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    launch(&mut m, offer, vec![task("t1", "cpus:1;mem:128")]);
+    drain(&mut m);
+    info.id = Some(id.clone());
+    (m, id, info)
+}
+
+fn update_from_agent(m: &mut Master, fw: &FrameworkId, state: TaskState, update: u64) {
+    let status = TaskStatus::new(TaskId::new("t1").expect("id"), state);
+    m.handle_agent_message(
+        t(100),
+        AGENT,
+        AgentToMaster::StatusUpdate {
+            framework_id: fw.clone(),
+            update_id: UpdateId(update),
+            status,
+        },
+    );
+}
+
+#[test]
+fn a_failed_over_scheduler_keeps_the_framework_and_gets_its_updates() {
+    let (mut m, id, info) = running_framework();
+    m.handle_disconnected(t(50), SCHED);
+    // While the scheduler is away its task keeps running: no kill.
+    let out = drain(&mut m);
+    assert!(
+        !out.iter()
+            .any(|tx| matches!(tx, Transmit::ToAgent(_, MasterToAgent::KillTask { .. }))),
+        "{out:?}"
+    );
+    // An update sent meanwhile reaches nobody (the agent will resend it).
+    update_from_agent(&mut m, &id, TaskState::Running, 1);
+    assert!(drain(&mut m).is_empty());
+
+    m.handle_connected(t(200), SCHED2, Channel::Scheduler);
+    m.handle_scheduler_call(t(200), SCHED2, Call::Subscribe { framework: info });
+    let out = drain(&mut m);
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED2, Event::Subscribed { framework_id, .. })] if *framework_id == id),
+        "{out:?}"
+    );
+    // The agent's retry now reaches the new scheduler, to be acknowledged.
+    update_from_agent(&mut m, &id, TaskState::Running, 1);
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Transmit::ToScheduler(
+            SCHED2,
+            Event::Update {
+                ack: Some(UpdateId(1)),
+                ..
+            }
+        )]
+    ));
+    // Past the old failover deadline nothing happens: the framework is back.
+    m.handle_timeout(t(20_000));
+    assert!(
+        !drain(&mut m)
+            .iter()
+            .any(|tx| matches!(tx, Transmit::ToAgent(_, MasterToAgent::KillTask { .. })))
+    );
+}
+
+#[test]
+fn a_second_scheduler_takes_over_and_the_first_gets_error() {
+    let (mut m, id, info) = running_framework();
+    m.handle_connected(t(100), SCHED2, Channel::Scheduler);
+    m.handle_scheduler_call(t(100), SCHED2, Call::Subscribe { framework: info });
+    let out = drain(&mut m);
+    assert!(
+        out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(SCHED, Event::Error { message }) if message.contains("failed over"))),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|tx| matches!(tx, Transmit::Close(SCHED, _))));
+    assert!(out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(SCHED2, Event::Subscribed { framework_id, .. }) if *framework_id == id)));
+    // The old connection's end changes nothing for the framework.
+    m.handle_disconnected(t(150), SCHED);
+    update_from_agent(&mut m, &id, TaskState::Running, 2);
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Transmit::ToScheduler(SCHED2, Event::Update { .. })]
+    ));
+}
+
+#[test]
+fn past_the_failover_timeout_tasks_are_killed_and_the_id_is_retired() {
+    let (mut m, id, info) = running_framework();
+    m.handle_disconnected(t(50), SCHED);
+    drain(&mut m);
+    m.handle_agent_message(t(9_000), AGENT, AgentToMaster::Heartbeat);
+    m.handle_timeout(t(10_049));
+    assert!(
+        !drain(&mut m)
+            .iter()
+            .any(|tx| matches!(tx, Transmit::ToAgent(_, MasterToAgent::KillTask { .. })))
+    );
+    m.handle_timeout(t(10_050));
+    let out = drain(&mut m);
+    assert!(
+        out.iter().any(|tx| matches!(tx, Transmit::ToAgent(AGENT, MasterToAgent::KillTask { framework_id, .. }) if *framework_id == id)),
+        "{out:?}"
+    );
+    m.handle_connected(t(11_000), SCHED2, Channel::Scheduler);
+    m.handle_scheduler_call(t(11_000), SCHED2, Call::Subscribe { framework: info });
+    let out = drain(&mut m);
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED2, Event::Error { message }), Transmit::Close(SCHED2, _)] if message.contains("torn down")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn another_principal_cannot_take_a_framework_over() {
+    let mut m = Master::new(MasterConfig::default(), "m");
+    m.handle_connected(t(0), SCHED, Channel::Scheduler);
+    m.handle_authenticated(SCHED, "alice".into());
+    m.handle_scheduler_call(
+        t(0),
+        SCHED,
+        Call::Subscribe {
+            framework: FrameworkInfo::new("f", "eng".parse().expect("role")),
+        },
+    );
+    let id = match drain(&mut m).as_slice() {
+        [Transmit::ToScheduler(SCHED, Event::Subscribed { framework_id, .. })] => {
+            framework_id.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    m.handle_connected(t(1), SCHED2, Channel::Scheduler);
+    m.handle_authenticated(SCHED2, "mallory".into());
+    let mut info = FrameworkInfo::new("f", "eng".parse().expect("role"));
+    info.id = Some(id);
+    m.handle_scheduler_call(t(1), SCHED2, Call::Subscribe { framework: info });
+    let out = drain(&mut m);
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED2, Event::Error { message }), Transmit::Close(SCHED2, _)] if message.contains("alice")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn reconciliation_reports_known_tasks_and_unknown_ones() {
+    let (mut m, _, _) = running_framework();
+    // Implicit: every task the master knows for the framework.
+    m.handle_scheduler_call(t(1), SCHED, Call::Reconcile { tasks: vec![] });
+    let out = drain(&mut m);
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED, Event::Update { status, ack: None })] if status.task_id.as_str() == "t1" && status.state == TaskState::Staging),
+        "{out:?}"
+    );
+    // Explicit: the named tasks, unknown ones as TASK_UNKNOWN.
+    let tasks = vec![
+        TaskId::new("t1").expect("id"),
+        TaskId::new("ghost").expect("id"),
+    ];
+    m.handle_scheduler_call(t(2), SCHED, Call::Reconcile { tasks });
+    let states: Vec<(String, TaskState, Option<Reason>)> = drain(&mut m)
+        .into_iter()
+        .filter_map(|tx| match tx {
+            Transmit::ToScheduler(_, Event::Update { status, .. }) => Some((
+                status.task_id.as_str().to_string(),
+                status.state,
+                status.reason,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("t1".into(), TaskState::Staging, None),
+            (
+                "ghost".into(),
+                TaskState::Unknown,
+                Some(Reason::TaskUnknown)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_launch_group_starts_all_of_its_tasks_or_none() {
+    let (mut m, _, offer) = cluster();
+    let group = vec![
+        task("rank0", "cpus:0.5;mem:128"),
+        task("rank1", "cpus:0.5;mem:128"),
+        task("rank2", "cpus:4;mem:128"),
+    ];
+    m.handle_scheduler_call(
+        t(1),
+        SCHED,
+        Call::Accept {
+            offer_ids: vec![offer.id],
+            operations: vec![Operation::LaunchGroup { tasks: group }],
+            refuse_ms: Some(0),
+        },
+    );
+    let out = drain(&mut m);
+    assert!(
+        !out.iter()
+            .any(|tx| matches!(tx, Transmit::ToAgent(_, MasterToAgent::RunTask { .. }))),
+        "{out:?}"
+    );
+    let errors: Vec<(String, String)> = out
+        .iter()
+        .filter_map(|tx| match tx {
+            Transmit::ToScheduler(_, Event::Update { status, .. }) => {
+                assert_eq!(status.state, TaskState::Error);
+                Some((status.task_id.as_str().into(), status.message.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 3);
+    assert!(
+        errors[0].1.contains("its group was refused: task rank2"),
+        "{errors:?}"
+    );
+
+    // The same resources take a group that fits, whole.
+    let offer = match allocate_now(&mut m).as_slice() {
+        [Transmit::ToScheduler(_, Event::Offers { offers })] => offers[0].id,
+        other => panic!("expected the offer back, got {other:?}"),
+    };
+    m.handle_scheduler_call(
+        t(2),
+        SCHED,
+        Call::Accept {
+            offer_ids: vec![offer],
+            operations: vec![Operation::LaunchGroup {
+                tasks: vec![
+                    task("rank0", "cpus:1;mem:128"),
+                    task("rank1", "cpus:1;mem:128"),
+                ],
+            }],
+            refuse_ms: None,
+        },
+    );
+    let launched = drain(&mut m)
+        .iter()
+        .filter(|tx| matches!(tx, Transmit::ToAgent(_, MasterToAgent::RunTask { .. })))
+        .count();
+    assert_eq!(launched, 2);
+}
+
+#[test]
+fn schedulers_get_heartbeats_and_failures_of_their_agents() {
+    let (mut m, _, _) = running_framework();
+    drain_all(&mut m);
+    m.handle_agent_message(t(900), AGENT, AgentToMaster::Heartbeat);
+    m.handle_timeout(t(1_000));
+    assert!(
+        drain_all(&mut m).contains(&Transmit::ToScheduler(SCHED, Event::Heartbeat)),
+        "no HEARTBEAT at the interval"
+    );
+    m.handle_disconnected(t(1_100), AGENT);
+    let out = drain(&mut m);
+    assert!(
+        out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(SCHED, Event::Failure { agent_id }) if agent_id.as_str().ends_with("a1"))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn update_framework_changes_what_it_may_and_refuses_a_new_role() {
+    let (mut m, id, mut info) = running_framework();
+    info.failover_timeout_ms = 0;
+    m.handle_scheduler_call(
+        t(1),
+        SCHED,
+        Call::UpdateFramework {
+            framework: info.clone(),
+        },
+    );
+    assert!(drain(&mut m).is_empty());
+    // Failover timeout now 0: the scheduler's departure tears it down.
+    let mut moved = info;
+    moved.role = "other".parse().expect("role");
+    m.handle_scheduler_call(t(2), SCHED, Call::UpdateFramework { framework: moved });
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Transmit::ToScheduler(SCHED, Event::Error { message })] if message.contains("role")
+    ));
+    m.handle_disconnected(t(3), SCHED);
+    assert!(drain(&mut m).iter().any(|tx| matches!(tx, Transmit::ToAgent(_, MasterToAgent::KillTask { framework_id, .. }) if *framework_id == id)));
 }

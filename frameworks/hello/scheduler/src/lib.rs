@@ -125,7 +125,10 @@ pub async fn run(opts: HelloOptions) -> anyhow::Result<HelloReport> {
                 }
             }
             Event::Error { message } => bail!("the master reported an error: {message}"),
-            Event::Rescind { .. } | Event::Subscribed { .. } => {}
+            Event::Rescind { .. }
+            | Event::Subscribed { .. }
+            | Event::Heartbeat
+            | Event::Failure { .. } => {}
         }
     }
     let framework_id = session.framework_id().to_string();
