@@ -2,6 +2,7 @@
 //! cluster.
 
 mod artifact;
+mod framework;
 mod machine;
 mod operator;
 mod up;
@@ -48,6 +49,8 @@ enum Command {
     Logs(operator::LogsArgs),
     /// Run one framework's tasks (started by an agent, not by hand).
     Executor(ExecutorArgs),
+    /// Run a wasm framework: its scheduler component hosted here.
+    Framework(framework::FrameworkArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -327,6 +330,7 @@ fn main() -> anyhow::Result<()> {
             Command::Artifact(a) => artifact::run(a).await,
             Command::Logs(a) => operator::logs(a).await,
             Command::Executor(a) => executor(a).await,
+            Command::Framework(a) => framework::run(a).await,
         }
     })
 }

@@ -6,6 +6,10 @@
 //! [`SchedulerSession::next_event`], send [`Call`]s with
 //! [`SchedulerSession::call`].
 
+pub mod scheduler;
+
+pub use scheduler::{Calls, DriverOptions, Scheduler};
+
 use anyhow::{Context as _, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -145,11 +149,17 @@ impl SchedulerSession {
     /// Ends the framework (its tasks are killed) and closes the connection.
     pub async fn teardown(mut self) -> anyhow::Result<()> {
         self.call(&Call::Teardown).await?;
+        self.finish().await;
+        Ok(())
+    }
+
+    /// Closes the connection once what was sent has arrived. Without a
+    /// TEARDOWN before it, the framework stays for its failover timeout.
+    pub async fn finish(mut self) {
         self.sender
             .finish_and_flush(std::time::Duration::from_secs(1))
             .await;
-        self.conn.close(stoa_transport::close::NORMAL, b"teardown");
-        Ok(())
+        self.conn.close(stoa_transport::close::NORMAL, b"done");
     }
 }
 
@@ -196,4 +206,13 @@ pub async fn upload_artifact(
     conn.close(stoa_transport::close::NORMAL, b"done");
     endpoint.wait_idle().await;
     result
+}
+
+/// Sleeps until `deadline`, or forever without one (a `select!` arm that
+/// never fires).
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }

@@ -1,4 +1,7 @@
-//! What framework authors import to write Stoa tasks in Rust.
+//! What framework authors import to write Stoa tasks and schedulers in
+//! Rust.
+//!
+//! A task:
 //!
 //! ```ignore
 //! struct Hello;
@@ -10,8 +13,12 @@
 //! stoa_guest::export_task!(Hello);
 //! ```
 //!
+//! A scheduler implements [`scheduler::Scheduler`] and is exported with
+//! [`export_scheduler!`]; see `docs/framework-authors.md`.
+//!
 //! Build with `cargo build --target wasm32-wasip2 --release`; the `.wasm`
-//! file is a component of the `stoa:task` world (see `wit/task`).
+//! file is a component of the `stoa:task` or `stoa:scheduler` world (see
+//! `wit/`).
 
 #[doc(hidden)]
 pub mod bindings {
@@ -23,6 +30,20 @@ pub mod bindings {
         default_bindings_module: "stoa_guest::bindings",
     });
 }
+
+#[doc(hidden)]
+pub mod scheduler_bindings {
+    wit_bindgen::generate!({
+        path: "../wit/scheduler",
+        world: "scheduler",
+        pub_export_macro: true,
+        export_macro_name: "export_scheduler_world",
+        additional_derives: [PartialEq],
+        default_bindings_module: "stoa_guest::scheduler_bindings",
+    });
+}
+
+pub mod scheduler;
 
 /// A task: input bytes in, output bytes or an error message out. Standard
 /// output and standard error go to the task's sandbox logs.

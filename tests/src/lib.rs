@@ -304,6 +304,22 @@ pub fn cli_module_wasm() -> anyhow::Result<Vec<u8>> {
     built("wasm32-wasip1", "wasi-cli", "wasi-cli")
 }
 
+/// Where a wasm32-wasip2 release build of `package` puts `file`.wasm,
+/// checked to exist (for passing to `stoa` on its command line).
+pub fn wasm_path(file: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let path = profile_dir()?
+        .parent()
+        .context("no target directory")?
+        .join(format!("wasm32-wasip2/release/{file}.wasm"));
+    if !path.exists() {
+        bail!(
+            "{} is missing; build it with `cargo build --release --target wasm32-wasip2 -p {package}`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 fn built(target: &str, file: &str, package: &str) -> anyhow::Result<Vec<u8>> {
     let path = profile_dir()?
         .parent()

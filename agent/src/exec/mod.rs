@@ -2,5 +2,6 @@
 //! host programs in cgroups, each in its task directory (`task_dir`).
 
 pub mod native;
+pub mod scheduler;
 pub mod task_dir;
 pub mod wasm;

@@ -1,0 +1,532 @@
+//! Hosting a scheduler component (`stoa:scheduler`): one instance whose
+//! exports are the event handlers, whose `driver` imports become calls to
+//! the master. [`ComponentScheduler`] is a [`stoa_client::Scheduler`], so
+//! the client's driver hosts it like any native scheduler
+//! (`stoa framework run`).
+//!
+//! Each handler call gets a fuel budget and the instance a memory limit: a
+//! scheduler that loops or grows without end traps, and the host stops
+//! instead of hanging. Configuration reaches the component as WASI
+//! environment variables and arguments; its stdout and stderr are the
+//! host's stderr.
+
+use anyhow::Context as _;
+use std::time::Duration;
+use stoa_client::Calls;
+use stoa_proto::{
+    AgentId, Artifact, CommandTask, Digest, FrameworkId, Offer, OfferId, Operation, Resources,
+    TaskId, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus, UpdateId, WasmTask,
+};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../wit/scheduler", world: "scheduler" });
+}
+use bindings::stoa::scheduler::types as wit;
+
+/// Limits of a hosted scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerLimits {
+    /// Fuel for each handler call.
+    pub fuel_per_call: u64,
+    /// The instance's memory.
+    pub memory: usize,
+}
+
+impl Default for SchedulerLimits {
+    fn default() -> Self {
+        SchedulerLimits {
+            fuel_per_call: 10_000_000_000,
+            memory: 256 << 20,
+        }
+    }
+}
+
+/// A driver call the component made during one handler.
+#[derive(Debug)]
+enum HostCall {
+    Accept {
+        offer_ids: Vec<u64>,
+        tasks: Vec<wit::TaskSpec>,
+        group: bool,
+        refuse_ms: Option<u64>,
+    },
+    Decline {
+        offer_ids: Vec<u64>,
+        refuse_ms: Option<u64>,
+    },
+    Kill(String),
+    Revive,
+    Suppress,
+    Reconcile(Vec<String>),
+    Acknowledge {
+        agent_id: String,
+        task_id: String,
+        update_id: u64,
+    },
+    SetTimer(u64, u64),
+    CancelTimer(u64),
+    Teardown,
+}
+
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    calls: Vec<HostCall>,
+    next_timer: u64,
+    name: String,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for State {}
+
+impl bindings::stoa::scheduler::driver::Host for State {
+    fn accept(&mut self, offer_ids: Vec<u64>, tasks: Vec<wit::TaskSpec>, refuse_ms: Option<u64>) {
+        self.calls.push(HostCall::Accept {
+            offer_ids,
+            tasks,
+            group: false,
+            refuse_ms,
+        });
+    }
+    fn launch_group(
+        &mut self,
+        offer_ids: Vec<u64>,
+        tasks: Vec<wit::TaskSpec>,
+        refuse_ms: Option<u64>,
+    ) {
+        self.calls.push(HostCall::Accept {
+            offer_ids,
+            tasks,
+            group: true,
+            refuse_ms,
+        });
+    }
+    fn decline(&mut self, offer_ids: Vec<u64>, refuse_ms: Option<u64>) {
+        self.calls.push(HostCall::Decline {
+            offer_ids,
+            refuse_ms,
+        });
+    }
+    fn kill(&mut self, task_id: String) {
+        self.calls.push(HostCall::Kill(task_id));
+    }
+    fn revive(&mut self) {
+        self.calls.push(HostCall::Revive);
+    }
+    fn suppress(&mut self) {
+        self.calls.push(HostCall::Suppress);
+    }
+    fn reconcile(&mut self, task_ids: Vec<String>) {
+        self.calls.push(HostCall::Reconcile(task_ids));
+    }
+    fn acknowledge(&mut self, agent_id: String, task_id: String, update_id: u64) {
+        self.calls.push(HostCall::Acknowledge {
+            agent_id,
+            task_id,
+            update_id,
+        });
+    }
+    fn set_timer(&mut self, delay_ms: u64) -> u64 {
+        self.next_timer += 1;
+        self.calls
+            .push(HostCall::SetTimer(self.next_timer, delay_ms));
+        self.next_timer
+    }
+    fn cancel_timer(&mut self, id: u64) {
+        self.calls.push(HostCall::CancelTimer(id));
+    }
+    fn log(&mut self, level: wit::Level, message: String) {
+        let name = &self.name;
+        match level {
+            wit::Level::Debug => tracing::debug!(scheduler = %name, "{message}"),
+            wit::Level::Info => tracing::info!(scheduler = %name, "{message}"),
+            wit::Level::Warn => tracing::warn!(scheduler = %name, "{message}"),
+            wit::Level::Error => tracing::error!(scheduler = %name, "{message}"),
+        }
+    }
+    fn teardown(&mut self) {
+        self.calls.push(HostCall::Teardown);
+    }
+}
+
+/// A scheduler component, instantiated and ready for events.
+pub struct ComponentScheduler {
+    store: Store<State>,
+    instance: bindings::Scheduler,
+    limits: SchedulerLimits,
+    /// The component's timer ids, by the ids the client's driver gave out.
+    timers: std::collections::HashMap<u64, u64>,
+    /// Set once a handler trapped: the instance is not called again.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for ComponentScheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentScheduler")
+            .field("name", &self.store.data().name)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ComponentScheduler {
+    /// Compiles and instantiates `wasm`. `args` and `env` are what the
+    /// component sees through WASI; `name` labels its log lines.
+    pub fn new(
+        wasm: &[u8],
+        name: &str,
+        args: &[String],
+        env: &[(String, String)],
+        limits: SchedulerLimits,
+    ) -> anyhow::Result<ComponentScheduler> {
+        let mut config = Config::new();
+        config.consume_fuel(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let component = Component::new(&engine, wasm)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("not a valid component")?;
+        let mut linker: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        bindings::Scheduler::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let mut argv = vec![name.to_string()];
+        argv.extend(args.iter().cloned());
+        let wasi = WasiCtx::builder()
+            .args(&argv)
+            .envs(env)
+            .inherit_stdout()
+            .inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory)
+                .instances(16)
+                .tables(64)
+                .memories(16)
+                .build(),
+            calls: Vec::new(),
+            next_timer: 0,
+            name: name.to_string(),
+        };
+        let mut store = Store::new(&engine, state);
+        store.limiter(|s| &mut s.limits);
+        store
+            .set_fuel(limits.fuel_per_call)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let instance = bindings::Scheduler::instantiate(&mut store, &component, &linker)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("the component is not a stoa:scheduler (see wit/scheduler)")?;
+        Ok(ComponentScheduler {
+            store,
+            instance,
+            limits,
+            timers: std::collections::HashMap::new(),
+            failed: None,
+        })
+    }
+
+    /// Why the scheduler stopped, if a handler trapped.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Runs one export with a fresh fuel budget, then turns the driver
+    /// calls it made into `calls`.
+    fn handle(
+        &mut self,
+        calls: &mut Calls,
+        what: &str,
+        f: impl FnOnce(&bindings::Scheduler, &mut Store<State>) -> wasmtime::Result<()>,
+    ) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.store.set_fuel(self.limits.fuel_per_call) {
+            self.fail(calls, format!("cannot refuel: {e:#}"));
+            return;
+        }
+        let result = f(&self.instance, &mut self.store);
+        let made = std::mem::take(&mut self.store.data_mut().calls);
+        if let Err(e) = result {
+            self.fail(calls, format!("the scheduler trapped in {what}: {e:#}"));
+            return;
+        }
+        for call in made {
+            self.forward(calls, call);
+        }
+    }
+
+    fn fail(&mut self, calls: &mut Calls, message: String) {
+        tracing::error!(scheduler = %self.store.data().name, "{message}");
+        self.failed = Some(message);
+        calls.exit();
+    }
+
+    fn forward(&mut self, calls: &mut Calls, call: HostCall) {
+        match call {
+            HostCall::Accept {
+                offer_ids,
+                tasks,
+                group,
+                refuse_ms,
+            } => {
+                let mut infos = Vec::new();
+                let mut refused = Vec::new();
+                for spec in tasks {
+                    match task_info(&spec) {
+                        Ok(info) => infos.push(info),
+                        Err(message) => refused.push((spec.id, message)),
+                    }
+                }
+                let offer_ids = offer_ids.into_iter().map(OfferId).collect();
+                if !refused.is_empty() && group {
+                    // One bad task fails a group: give the offers back.
+                    calls.decline(offer_ids, refuse_ms);
+                    for info in infos {
+                        refused.push((
+                            info.task_id.as_str().to_string(),
+                            "its group had an invalid task".into(),
+                        ));
+                    }
+                } else {
+                    let operation = if group {
+                        Operation::LaunchGroup { tasks: infos }
+                    } else {
+                        Operation::Launch { tasks: infos }
+                    };
+                    calls.accept(offer_ids, vec![operation], refuse_ms);
+                }
+                for (task_id, message) in refused {
+                    self.refused_locally(calls, task_id, message);
+                }
+            }
+            HostCall::Decline {
+                offer_ids,
+                refuse_ms,
+            } => calls.decline(offer_ids.into_iter().map(OfferId).collect(), refuse_ms),
+            HostCall::Kill(task_id) => match TaskId::new(task_id) {
+                Ok(task_id) => calls.kill(task_id),
+                Err(e) => tracing::warn!(error = %e, "kill of an invalid task id ignored"),
+            },
+            HostCall::Revive => calls.call(stoa_proto::Call::Revive),
+            HostCall::Suppress => calls.call(stoa_proto::Call::Suppress),
+            HostCall::Reconcile(ids) => {
+                let tasks = ids
+                    .into_iter()
+                    .filter_map(|t| TaskId::new(t).ok())
+                    .collect();
+                calls.call(stoa_proto::Call::Reconcile { tasks });
+            }
+            HostCall::Acknowledge {
+                agent_id,
+                task_id,
+                update_id,
+            } => {
+                if let (Ok(agent_id), Ok(task_id)) = (AgentId::new(agent_id), TaskId::new(task_id))
+                {
+                    calls.acknowledge(agent_id, task_id, UpdateId(update_id));
+                }
+            }
+            HostCall::SetTimer(id, delay_ms) => {
+                let driver_id = calls.set_timer(Duration::from_millis(delay_ms));
+                self.timers.insert(driver_id, id);
+            }
+            HostCall::CancelTimer(id) => {
+                let found = self.timers.iter().find(|(_, c)| **c == id).map(|(d, _)| *d);
+                if let Some(driver_id) = found {
+                    self.timers.remove(&driver_id);
+                    calls.cancel_timer(driver_id);
+                }
+            }
+            HostCall::Teardown => calls.teardown(),
+        }
+    }
+
+    /// A task the host could not turn into a launch: the scheduler hears
+    /// of it as TASK_ERROR, as if the master had refused it.
+    fn refused_locally(&mut self, calls: &mut Calls, task_id: String, message: String) {
+        let status = wit::TaskStatus {
+            task_id,
+            state: wit::TaskState::Error,
+            reason: Some(stoa_proto::Reason::TaskInvalid.to_string()),
+            message,
+            output: None,
+            exit_code: None,
+            agent_id: None,
+            update_id: None,
+        };
+        self.handle(calls, "update", |i, s| i.call_update(s, &status));
+    }
+}
+
+impl stoa_client::Scheduler for ComponentScheduler {
+    fn subscribed(&mut self, calls: &mut Calls, framework_id: &FrameworkId) {
+        let id = framework_id.as_str().to_string();
+        self.handle(calls, "subscribed", |i, s| i.call_subscribed(s, &id));
+    }
+
+    fn offers(&mut self, calls: &mut Calls, offers: Vec<Offer>) {
+        let offers: Vec<wit::Offer> = offers.iter().map(wit_offer).collect();
+        self.handle(calls, "offers", |i, s| i.call_offers(s, &offers));
+    }
+
+    fn update(&mut self, calls: &mut Calls, status: &TaskStatus, ack: Option<UpdateId>) {
+        let status = wit_status(status, ack);
+        self.handle(calls, "update", |i, s| i.call_update(s, &status));
+    }
+
+    fn rescind(&mut self, calls: &mut Calls, offer_id: OfferId) {
+        self.handle(calls, "rescind", |i, s| i.call_rescind(s, offer_id.0));
+    }
+
+    fn failure(&mut self, calls: &mut Calls, agent_id: &AgentId) {
+        let id = agent_id.as_str().to_string();
+        self.handle(calls, "failure", |i, s| i.call_failure(s, &id));
+    }
+
+    fn timer(&mut self, calls: &mut Calls, id: u64) {
+        if let Some(component_id) = self.timers.remove(&id) {
+            self.handle(calls, "timer", |i, s| i.call_timer(s, component_id));
+        }
+    }
+
+    fn error(&mut self, calls: &mut Calls, message: &str) {
+        let message = message.to_string();
+        self.handle(calls, "error", |i, s| i.call_error(s, &message));
+    }
+}
+
+/// Resources as the scalars a scheduler sees (ports are not offered to
+/// components).
+fn scalars(r: &Resources) -> Vec<wit::Scalar> {
+    let milli = |v: u64| v as f64 / 1000.0;
+    let mut out = Vec::new();
+    for (name, value) in r.quantities() {
+        let value = match name {
+            "cpus" => milli(value),
+            "mem" | "disk" | "gpus" => value as f64,
+            "ports" => continue,
+            _ => milli(value),
+        };
+        out.push(wit::Scalar {
+            name: name.to_string(),
+            value,
+        });
+    }
+    out
+}
+
+fn resources(scalars: &[wit::Scalar]) -> Result<Resources, String> {
+    let mut r = Resources::new();
+    for s in scalars {
+        if !s.value.is_finite() || s.value < 0.0 || s.value > 1e12 {
+            return Err(format!("{} = {} is not a valid amount", s.name, s.value));
+        }
+        let milli = (s.value * 1000.0).round() as u64;
+        let whole = s.value.round() as u64;
+        r = match s.name.as_str() {
+            "cpus" => r.with_millicpus(milli),
+            "mem" => r.with_mem_mib(whole),
+            "disk" => r.with_disk_mib(whole),
+            "gpus" => r.with_gpus(whole),
+            name => r.with_scalar(name, milli).map_err(|e| e.to_string())?,
+        };
+    }
+    Ok(r)
+}
+
+fn wit_offer(o: &Offer) -> wit::Offer {
+    wit::Offer {
+        id: o.id.0,
+        agent_id: o.agent_id.as_str().to_string(),
+        hostname: o.hostname.clone(),
+        resources: scalars(&o.resources),
+        attributes: o
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        revocable: o.revocable,
+    }
+}
+
+fn wit_status(s: &TaskStatus, ack: Option<UpdateId>) -> wit::TaskStatus {
+    wit::TaskStatus {
+        task_id: s.task_id.as_str().to_string(),
+        state: wit_state(s.state),
+        reason: s.reason.map(|r| r.to_string()),
+        message: s.message.clone(),
+        output: s.output.clone(),
+        exit_code: s.exit_code,
+        agent_id: s.agent_id.as_ref().map(|a| a.as_str().to_string()),
+        update_id: ack.map(|u| u.0),
+    }
+}
+
+fn wit_state(state: TaskState) -> wit::TaskState {
+    match state {
+        TaskState::Staging => wit::TaskState::Staging,
+        TaskState::Starting => wit::TaskState::Starting,
+        TaskState::Running => wit::TaskState::Running,
+        TaskState::Killing => wit::TaskState::Killing,
+        TaskState::Finished => wit::TaskState::Finished,
+        TaskState::Failed => wit::TaskState::Failed,
+        TaskState::Killed => wit::TaskState::Killed,
+        TaskState::Error => wit::TaskState::Error,
+        TaskState::Lost => wit::TaskState::Lost,
+        TaskState::Dropped => wit::TaskState::Dropped,
+        TaskState::Unreachable => wit::TaskState::Unreachable,
+        TaskState::Gone => wit::TaskState::Gone,
+        TaskState::Unknown => wit::TaskState::Unknown,
+    }
+}
+
+/// A task spec from a component as the master takes it.
+fn task_info(spec: &wit::TaskSpec) -> Result<TaskInfo, String> {
+    let task_id = TaskId::new(spec.id.clone()).map_err(|e| format!("task id: {e}"))?;
+    let kind = match &spec.program {
+        wit::Program::Wasm(w) => {
+            let digest: Digest = w.artifact.parse()?;
+            TaskKind::Wasm(WasmTask {
+                artifact: Artifact::Stored(digest),
+                input: w.input.clone(),
+                args: w.args.clone(),
+                env: w.env.clone(),
+            })
+        }
+        wit::Program::Command(c) => TaskKind::Command(CommandTask {
+            argv: c.argv.clone(),
+            env: c.env.clone(),
+            input: c.input.clone(),
+            kill_grace_ms: c.kill_grace_ms,
+            max_pids: None,
+        }),
+    };
+    Ok(TaskInfo {
+        task_id,
+        name: spec.name.clone(),
+        resources: resources(&spec.resources)?,
+        kind,
+        limits: TaskLimits {
+            fuel: spec.fuel,
+            timeout_ms: spec.timeout_ms,
+        },
+    })
+}
