@@ -20,10 +20,21 @@ pub struct TestFramework {
 impl TestFramework {
     pub async fn subscribe(client: &ClientConfig, name: &str) -> anyhow::Result<Self> {
         let info = FrameworkInfo::new(name, "test".parse()?);
+        TestFramework::subscribe_as(client, info).await
+    }
+
+    /// Subscribes with `info` as given (a failover timeout, an id to take
+    /// over).
+    pub async fn subscribe_as(client: &ClientConfig, info: FrameworkInfo) -> anyhow::Result<Self> {
         Ok(TestFramework {
             session: SchedulerSession::subscribe(client, info).await?,
             backlog: VecDeque::new(),
         })
+    }
+
+    /// The next event of any kind, updates acknowledged as usual.
+    pub async fn event(&mut self) -> anyhow::Result<Event> {
+        self.next_event().await
     }
 
     pub fn id(&self) -> &FrameworkId {
@@ -118,6 +129,12 @@ impl TestFramework {
     pub async fn kill(&mut self, task: &str) -> anyhow::Result<()> {
         let task_id = stoa_proto::TaskId::new(task)?;
         self.session.call(&stoa_proto::Call::Kill { task_id }).await
+    }
+
+    /// Goes away without ending the framework, as a scheduler that exits:
+    /// its tasks run on for the failover timeout.
+    pub async fn disconnect(self) {
+        self.session.finish().await;
     }
 
     pub async fn teardown(self) -> anyhow::Result<()> {

@@ -43,6 +43,21 @@ fn run(rt: &WasmRuntime, t: &TaskInfo) -> TaskEvent {
     rt.run(t, None, Arc::new(AtomicBool::new(false)), || {})
 }
 
+/// Runs `t` on a thread of its own, kills it 100 ms in, and returns how it
+/// ended and how long the kill took.
+fn kill_after_100ms(rt: &Arc<WasmRuntime>, t: TaskInfo) -> anyhow::Result<(TaskEvent, Duration)> {
+    let kill = Arc::new(AtomicBool::new(false));
+    let (rt2, kill2) = (rt.clone(), kill.clone());
+    let runner = std::thread::spawn(move || rt2.run(&t, None, kill2, || {}));
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    kill.store(true, Ordering::Relaxed);
+    let end = runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("task thread panicked"))?;
+    Ok((end, asked.elapsed()))
+}
+
 #[test]
 fn a_task_past_its_wall_clock_limit_times_out() -> anyhow::Result<()> {
     let rt = runtime()?;
@@ -72,6 +87,30 @@ fn a_task_past_its_wall_clock_limit_times_out() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A task blocked in a host call (here a WASI sleep) runs no wasm, so no
+/// epoch tick reaches it: its timeout and its kill must still end it.
+#[test]
+fn a_sleeping_task_is_timed_out_and_killed_in_its_host_call() -> anyhow::Result<()> {
+    let rt = Arc::new(runtime()?);
+    let limits = TaskLimits {
+        fuel: None,
+        timeout_ms: Some(200),
+    };
+    let started = Instant::now();
+    let end = run(&rt, &task("sleep:20000", 32, limits)?);
+    assert_eq!(ended(&end).1, Reason::Timeout);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let (end, took) = kill_after_100ms(&rt, task("sleep:20000", 32, TaskLimits::default())?)?;
+    assert_eq!(ended(&end).0, TaskState::Killed);
+    assert!(took < Duration::from_secs(1), "kill took {took:?}");
+    Ok(())
+}
+
 #[test]
 fn a_spinning_task_runs_out_of_fuel() -> anyhow::Result<()> {
     let rt = runtime()?;
@@ -93,23 +132,10 @@ fn a_spinning_task_runs_out_of_fuel() -> anyhow::Result<()> {
 #[test]
 fn a_kill_stops_a_running_task_within_a_tick() -> anyhow::Result<()> {
     let rt = Arc::new(runtime()?);
-    let kill = Arc::new(AtomicBool::new(false));
-    let t = task("spin", 32, TaskLimits::default())?;
-    let (rt2, kill2) = (rt.clone(), kill.clone());
-    let runner = std::thread::spawn(move || rt2.run(&t, None, kill2, || {}));
-    std::thread::sleep(Duration::from_millis(100));
-    let asked = Instant::now();
-    kill.store(true, Ordering::Relaxed);
-    let end = runner
-        .join()
-        .map_err(|_| anyhow::anyhow!("task thread panicked"))?;
+    let (end, took) = kill_after_100ms(&rt, task("spin", 32, TaskLimits::default())?)?;
     assert_eq!(ended(&end).0, TaskState::Killed);
     assert_eq!(ended(&end).1, Reason::KilledByScheduler);
-    assert!(
-        asked.elapsed() < Duration::from_secs(1),
-        "kill took {:?}",
-        asked.elapsed()
-    );
+    assert!(took < Duration::from_secs(1), "kill took {took:?}");
     Ok(())
 }
 

@@ -27,12 +27,16 @@ use stoa_proto::{Artifact, Digest, Reason, Resources, TaskInfo, TaskKind, TaskSt
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstancePre, Module, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../wit/task", world: "task" });
+    wasmtime::component::bindgen!({
+        path: "../wit/task",
+        world: "task",
+        exports: { default: async },
+    });
 }
 use bindings::TaskPre;
 
@@ -202,6 +206,11 @@ pub struct CompileStats {
 /// One wasmtime engine and the binaries prepared on it.
 pub struct WasmRuntime {
     engine: Engine,
+    /// Drives WASI's timers and I/O for tasks, which run on threads of
+    /// their own and block on their task's future. Tasks run async so that
+    /// one blocked in a host call (a WASI sleep, a read) can still be killed
+    /// or timed out: its future is dropped.
+    io: Option<tokio::runtime::Runtime>,
     components: Linker<ComponentCtx>,
     modules: wasmtime::Linker<ModuleCtx>,
     prepared: Mutex<HashMap<Digest, Prepared>>,
@@ -218,12 +227,6 @@ impl std::fmt::Debug for WasmRuntime {
         f.debug_struct("WasmRuntime")
             .field("allocation", &self.allocation)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for WasmRuntime {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -308,9 +311,14 @@ impl WasmRuntime {
         config: RuntimeConfig,
     ) -> wasmtime::Result<Self> {
         let mut components = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut components)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut components)?;
         let mut modules = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut modules, |cx: &mut ModuleCtx| &mut cx.wasi)?;
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, |cx: &mut ModuleCtx| &mut cx.wasi)?;
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("stoa-wasi-io")
+            .enable_all()
+            .build()?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak, stop) = (engine.weak(), ticker_stop.clone());
         std::thread::Builder::new()
@@ -326,6 +334,7 @@ impl WasmRuntime {
             })?;
         Ok(WasmRuntime {
             engine,
+            io: Some(io),
             components,
             modules,
             prepared: Mutex::new(HashMap::new()),
@@ -556,14 +565,29 @@ impl WasmRuntime {
             tick: EPOCH_TICK,
         };
         let fuel = task.limits.fuel.unwrap_or(u64::MAX);
+        let stop = (watch.kill.clone(), watch.timeout);
         let limits = (TaskLimiter { memory }, fuel, watch);
-        self.execute(&program, builder, limits, &wasm.input, on_running)
-            .unwrap_or_else(|end| end)
+        let Some(io) = &self.io else {
+            return ended(
+                TaskState::Error,
+                Reason::TaskInvalid,
+                "the runtime is shutting down".into(),
+            );
+        };
+        io.handle().block_on(async {
+            let run = self.execute(&program, builder, limits, &wasm.input, on_running);
+            tokio::select! {
+                end = run => end.unwrap_or_else(|end| end),
+                // Wasm is stopped at its next epoch tick; this is for a task
+                // blocked in a host call, whose future is dropped instead.
+                stopped = stopped_while_blocked(stop) => classify(stopped.into()),
+            }
+        })
     }
 
     /// Instantiates and runs `program`; `Err` holds an end that came
     /// before the program could run to its own.
-    fn execute(
+    async fn execute(
         &self,
         program: &Program,
         mut builder: WasiCtxBuilder,
@@ -580,9 +604,9 @@ impl WasmRuntime {
             Program::Task(pre) => {
                 let ctx = component_ctx(&mut builder, limiter);
                 let mut store = self.store(ctx, |c| &mut c.limiter, fuel, watch)?;
-                let instance = pre.instantiate(&mut store).map_err(classify)?;
+                let instance = pre.instantiate_async(&mut store).await.map_err(classify)?;
                 on_running();
-                match instance.call_run(&mut store, input) {
+                match instance.call_run(&mut store, input).await {
                     Ok(Ok(output)) if output.len() > MAX_TASK_OUTPUT => ended(
                         TaskState::Failed,
                         Reason::OutputTooLarge,
@@ -602,9 +626,9 @@ impl WasmRuntime {
             Program::Command(pre) => {
                 let ctx = component_ctx(&mut builder, limiter);
                 let mut store = self.store(ctx, |c| &mut c.limiter, fuel, watch)?;
-                let command = pre.instantiate(&mut store).map_err(classify)?;
+                let command = pre.instantiate_async(&mut store).await.map_err(classify)?;
                 on_running();
-                let run = command.wasi_cli_run().call_run(&mut store);
+                let run = command.wasi_cli_run().call_run(&mut store).await;
                 exited(run.map(|r| if r.is_ok() { 0 } else { 1 }))
             }
             Program::Preview1(pre) => {
@@ -613,7 +637,7 @@ impl WasmRuntime {
                     limiter,
                 };
                 let mut store = self.store(ctx, |c| &mut c.limiter, fuel, watch)?;
-                let instance = pre.instantiate(&mut store).map_err(classify)?;
+                let instance = pre.instantiate_async(&mut store).await.map_err(classify)?;
                 on_running();
                 let start = instance
                     .get_typed_func::<(), ()>(&mut store, "_start")
@@ -624,7 +648,7 @@ impl WasmRuntime {
                             format!("`_start` is not a function of no arguments: {e:#}"),
                         )
                     })?;
-                exited(start.call(&mut store, ()).map(|()| 0))
+                exited(start.call_async(&mut store, ()).await.map(|()| 0))
             }
         })
     }
@@ -686,6 +710,36 @@ fn exited(result: wasmtime::Result<i32>) -> TaskEvent {
         reason: Reason::NonZeroExit,
         message: format!("exited with code {code}"),
         exit_code: Some(code),
+    }
+}
+
+/// Resolves once a task's kill flag is set or its deadline has passed,
+/// checked every epoch tick.
+async fn stopped_while_blocked(
+    (kill, timeout): (Arc<AtomicBool>, Option<(Instant, Duration)>),
+) -> Stopped {
+    let mut tick = tokio::time::interval(EPOCH_TICK);
+    loop {
+        tick.tick().await;
+        if kill.load(Ordering::Relaxed) {
+            return Stopped::Killed;
+        }
+        if let Some((at, after)) = timeout
+            && Instant::now() >= at
+        {
+            return Stopped::Timeout(after);
+        }
+    }
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+        // Dropping a runtime inside an async context panics; an executor
+        // drops its wasm runtime there.
+        if let Some(io) = self.io.take() {
+            io.shutdown_background();
+        }
     }
 }
 

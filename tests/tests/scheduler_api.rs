@@ -1,0 +1,117 @@
+//! The scheduler protocol's failover semantics over real processes:
+//! redelivery to a scheduler that takes over, takeover of a connected
+//! scheduler, and the failover timeout.
+
+use std::time::{Duration, Instant};
+use stoa_proto::{
+    Artifact, Event, FrameworkInfo, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState,
+};
+use stoa_tests::{Cluster, TestFramework, misbehave_wasm};
+
+fn sleeper(id: &str, ms: u64) -> anyhow::Result<TaskInfo> {
+    Ok(TaskInfo {
+        task_id: TaskId::new(id)?,
+        name: id.into(),
+        resources: "cpus:1;mem:64".parse()?,
+        kind: TaskKind::wasm(
+            Artifact::inline(misbehave_wasm()?),
+            format!("sleep:{ms}").into_bytes(),
+        ),
+        limits: TaskLimits {
+            fuel: None,
+            timeout_ms: Some(60_000),
+        },
+    })
+}
+
+fn info(failover_timeout_ms: u64) -> anyhow::Result<FrameworkInfo> {
+    let mut info = FrameworkInfo::new("failing-over", "test".parse()?);
+    info.failover_timeout_ms = failover_timeout_ms;
+    Ok(info)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Runtime::new()?)
+}
+
+#[test]
+fn an_update_missed_while_away_reaches_the_scheduler_that_takes_over() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, "cpus:1;mem:1024")?;
+    runtime()?
+        .block_on(async {
+            let mut first = TestFramework::subscribe_as(&cluster.client(), info(30_000)?).await?;
+            first.launch_all(vec![sleeper("nap", 800)?]).await?;
+            first.wait_for("nap", TaskState::Running).await?;
+            let id = first.id().clone();
+            // The scheduler goes away; the task ends while nobody listens.
+            first.disconnect().await;
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+            let mut again = info(30_000)?;
+            again.id = Some(id.clone());
+            let mut second = TestFramework::subscribe_as(&cluster.client(), again).await?;
+            assert_eq!(second.id(), &id, "the framework keeps its id");
+            let done = second.wait_for("nap", TaskState::Finished).await?;
+            assert_eq!(done.output.as_deref(), Some(b"slept".as_slice()));
+            second.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
+
+#[test]
+fn a_second_scheduler_takes_over_and_the_first_is_told() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, "cpus:1;mem:1024")?;
+    runtime()?
+        .block_on(async {
+            let mut first = TestFramework::subscribe_as(&cluster.client(), info(30_000)?).await?;
+            first.launch_all(vec![sleeper("long", 1_500)?]).await?;
+            first.wait_for("long", TaskState::Running).await?;
+
+            let mut again = info(30_000)?;
+            again.id = Some(first.id().clone());
+            let mut second = TestFramework::subscribe_as(&cluster.client(), again).await?;
+            let told = loop {
+                match first.event().await {
+                    Ok(Event::Error { message }) => break message,
+                    Ok(_) => continue,
+                    Err(e) => anyhow::bail!("the first scheduler was not told: {e:#}"),
+                }
+            };
+            assert!(told.contains("failed over"), "{told}");
+            // The task carries on and reports to the new scheduler.
+            second.wait_for("long", TaskState::Finished).await?;
+            second.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
+
+#[test]
+fn past_its_failover_timeout_a_framework_is_gone_with_its_tasks() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, "cpus:1;mem:1024")?;
+    runtime()?
+        .block_on(async {
+            let mut first = TestFramework::subscribe_as(&cluster.client(), info(500)?).await?;
+            first.launch_all(vec![sleeper("doomed", 30_000)?]).await?;
+            first.wait_for("doomed", TaskState::Running).await?;
+            let id = first.id().clone();
+            let gone_at = Instant::now();
+            first.disconnect().await;
+
+            // The whole cpu comes back once the task is killed.
+            let mut other = TestFramework::subscribe(&cluster.client(), "next").await?;
+            other.launch_all(vec![sleeper("after", 10)?]).await?;
+            other.wait_for("after", TaskState::Finished).await?;
+            assert!(
+                gone_at.elapsed() >= Duration::from_millis(500),
+                "the task was killed before the failover timeout"
+            );
+
+            let mut again = info(500)?;
+            again.id = Some(id);
+            let refused = TestFramework::subscribe_as(&cluster.client(), again).await;
+            let message = format!("{:#}", refused.expect_err("a torn-down id is refused"));
+            assert!(message.contains("torn down"), "{message}");
+            other.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
