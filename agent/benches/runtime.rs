@@ -26,11 +26,9 @@ use std::time::{Duration, Instant};
 use stoa_agent::cgroups::{Cgroups, Hierarchy, Limits, remove_leftovers};
 use stoa_agent::core::TaskEvent;
 use stoa_agent::exec::task_dir::TaskDir;
+use stoa_agent::exec::wasm::ceiling::Ceiling;
 use stoa_agent::exec::wasm::{PoolSize, WasmRuntime};
 use stoa_proto::{Artifact, Resources, TaskId, TaskInfo, TaskKind, TaskLimits};
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 const WORK_ROUNDS: u64 = 20_000_000;
 
@@ -39,20 +37,6 @@ fn component(name: &str) -> Vec<u8> {
         .join(format!("../target/wasm32-wasip2/release/{name}.wasm"));
     std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; build the task components first", path.display()))
-}
-
-struct Bare {
-    wasi: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Bare {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
 }
 
 fn task(bytes: &[u8], input: &[u8], limits: TaskLimits) -> TaskInfo {
@@ -71,38 +55,13 @@ fn bench(c: &mut Criterion) {
     let hello = component("hello_task");
     let mut launch = c.benchmark_group("launch");
 
-    let mut pooled = wasmtime::Config::new();
-    pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
-        Default::default(),
-    ));
-    for (name, engine) in [
-        ("bare-instance-pre", Engine::default()),
-        (
-            "bare-instance-pre-pooled",
-            Engine::new(&pooled).expect("pooled engine"),
-        ),
+    for (name, pooled) in [
+        ("bare-instance-pre", false),
+        ("bare-instance-pre-pooled", true),
     ] {
-        let mut linker: Linker<Bare> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("wasi links");
-        let pre = linker
-            .instantiate_pre(&Component::new(&engine, &hello).expect("component"))
-            .expect("pre");
+        let ceiling = Ceiling::new(&hello, pooled).expect("ceiling engine");
         launch.bench_function(name, |b| {
-            b.iter(|| {
-                let mut store = Store::new(
-                    &engine,
-                    Bare {
-                        wasi: WasiCtx::builder().build(),
-                        table: ResourceTable::new(),
-                    },
-                );
-                let instance = pre.instantiate(&mut store).expect("instantiate");
-                let run = instance
-                    .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
-                    .expect("run export");
-                let (out,) = run.call(&mut store, (b"world",)).expect("call");
-                black_box(out)
-            })
+            b.iter(|| black_box(ceiling.run_once(b"world").expect("call")))
         });
     }
 

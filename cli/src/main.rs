@@ -2,6 +2,7 @@
 //! cluster.
 
 mod artifact;
+mod bench;
 mod framework;
 mod machine;
 mod operator;
@@ -51,6 +52,8 @@ enum Command {
     Executor(ExecutorArgs),
     /// Run a wasm framework: its scheduler component hosted here.
     Framework(framework::FrameworkArgs),
+    /// Measure launch latency and throughput of wasm tasks on this machine.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -331,6 +334,7 @@ fn main() -> anyhow::Result<()> {
             Command::Logs(a) => operator::logs(a).await,
             Command::Executor(a) => executor(a).await,
             Command::Framework(a) => framework::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     })
 }

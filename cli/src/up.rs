@@ -35,108 +35,151 @@ struct Node {
     work_dir: Option<PathBuf>,
 }
 
+/// A master and agents running as children of this process.
+pub struct LocalCluster {
+    pub addr: String,
+    pub certs: PathBuf,
+    nodes: Vec<Node>,
+    agent_ids: Vec<String>,
+}
+
+impl LocalCluster {
+    /// Starts a master on `listen` and `agents` agents offering
+    /// `per_agent` each, state under `dir`; returns once every agent has
+    /// registered.
+    pub async fn start(
+        dir: &Path,
+        agents: usize,
+        listen: SocketAddr,
+        per_agent: &stoa_proto::Resources,
+    ) -> anyhow::Result<LocalCluster> {
+        let certs = dir.join("certs");
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        if stoa_transport::certs::init(&certs, "local")? {
+            eprintln!("created cluster certificates in {}", certs.display());
+        }
+        let exe = std::env::current_exe().context("cannot find the stoa binary")?;
+        let addr_file = dir.join("master.addr");
+        let registry = dir.join("registry.redb");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut nodes = Vec::new();
+        let master = spawn(
+            &exe,
+            "master",
+            &logs,
+            &[
+                "master",
+                "--listen",
+                &listen.to_string(),
+                "--certs",
+                path(&certs)?,
+                "--addr-file",
+                path(&addr_file)?,
+                "--registry",
+                path(&registry)?,
+                "--artifacts",
+                path(&dir.join("artifacts"))?,
+            ],
+        )?;
+        nodes.push(master);
+        let started = async {
+            let addr = wait_for(&addr_file, &mut nodes, Duration::from_secs(20)).await?;
+            for i in 1..=agents {
+                let name = format!("agent-{i}");
+                let work = dir.join(&name);
+                let _ = std::fs::remove_file(work.join("agent_id"));
+                let mut node = spawn(
+                    &exe,
+                    &name,
+                    &logs,
+                    &[
+                        "agent",
+                        "--master",
+                        &addr,
+                        "--certs",
+                        path(&certs)?,
+                        "--work-dir",
+                        path(&work)?,
+                        "--resources",
+                        &per_agent.to_string(),
+                        "--attributes",
+                        &format!("name:{name}"),
+                        "--hostname",
+                        &format!("{}-{name}", crate::machine::hostname()),
+                    ],
+                )?;
+                node.work_dir = Some(work);
+                nodes.push(node);
+            }
+            let mut agent_ids = Vec::new();
+            for i in 1..=agents {
+                agent_ids.push(
+                    wait_for(
+                        &dir.join(format!("agent-{i}/agent_id")),
+                        &mut nodes,
+                        Duration::from_secs(30),
+                    )
+                    .await?,
+                );
+            }
+            anyhow::Ok((addr, agent_ids))
+        }
+        .await;
+        match started {
+            Ok((addr, agent_ids)) => Ok(LocalCluster {
+                addr,
+                certs,
+                nodes,
+                agent_ids,
+            }),
+            Err(e) => {
+                stop(&mut nodes).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops every process of the cluster, executors included.
+    pub async fn stop(mut self) {
+        stop(&mut self.nodes).await;
+    }
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.agents == 0 {
         bail!("--agents must be at least 1");
     }
     let dir = std::path::absolute(&args.dir)?;
-    let certs = dir.join("certs");
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    if stoa_transport::certs::init(&certs, "local")? {
-        eprintln!("created cluster certificates in {}", certs.display());
-    }
-    let exe = std::env::current_exe().context("cannot find the stoa binary")?;
     if let Some(ready) = &args.ready_file {
         let _ = std::fs::remove_file(ready);
     }
-    let addr_file = dir.join("master.addr");
-    let registry = dir.join("registry.redb");
-    let _ = std::fs::remove_file(&addr_file);
-    let mut nodes = Vec::new();
-    let master = spawn(
-        &exe,
-        "master",
-        &logs,
-        &[
-            "master",
-            "--listen",
-            &args.listen.to_string(),
-            "--certs",
-            path(&certs)?,
-            "--addr-file",
-            path(&addr_file)?,
-            "--registry",
-            path(&registry)?,
-            "--artifacts",
-            path(&dir.join("artifacts"))?,
-        ],
-    )?;
-    nodes.push(master);
-    let result = async {
-        let addr = wait_for(&addr_file, &mut nodes, Duration::from_secs(20)).await?;
-        let per_agent = share_of_machine(args.agents)?;
-        for i in 1..=args.agents {
-            let name = format!("agent-{i}");
-            let work = dir.join(&name);
-            let _ = std::fs::remove_file(work.join("agent_id"));
-            let mut node = spawn(
-                &exe,
-                &name,
-                &logs,
-                &[
-                    "agent",
-                    "--master",
-                    &addr,
-                    "--certs",
-                    path(&certs)?,
-                    "--work-dir",
-                    path(&work)?,
-                    "--resources",
-                    &per_agent.to_string(),
-                    "--attributes",
-                    &format!("name:{name}"),
-                    "--hostname",
-                    &format!("{}-{name}", crate::machine::hostname()),
-                ],
-            )?;
-            node.work_dir = Some(work);
-            nodes.push(node);
-        }
-        let mut agent_ids = Vec::new();
-        for i in 1..=args.agents {
-            agent_ids.push(
-                wait_for(
-                    &dir.join(format!("agent-{i}/agent_id")),
-                    &mut nodes,
-                    Duration::from_secs(30),
-                )
-                .await?,
-            );
-        }
-        report(&args, &dir, &addr, &nodes, &agent_ids, &per_agent)?;
+    let per_agent = share_of_machine(args.agents)?;
+    let mut cluster = LocalCluster::start(&dir, args.agents, args.listen, &per_agent).await?;
+    let reported = (|| {
+        report(&args, &dir, &cluster, &per_agent)?;
         if let Some(ready) = &args.ready_file {
-            std::fs::write(ready, &addr)
+            std::fs::write(ready, &cluster.addr)
                 .with_context(|| format!("cannot write {}", ready.display()))?;
         }
         anyhow::Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        stop(&mut nodes).await;
+    })();
+    if let Err(e) = reported {
+        cluster.stop().await;
         return Err(e);
     }
     let exited = tokio::select! {
         _ = crate::shutdown_signal() => None,
-        name = first_exit(&mut nodes) => Some(name),
+        name = first_exit(&mut cluster.nodes) => Some(name),
     };
     if let Some(name) = &exited {
         eprintln!(
             "{name} exited; stopping the cluster (see {})",
-            logs.display()
+            dir.join("logs").display()
         );
     }
-    stop(&mut nodes).await;
+    cluster.stop().await;
     eprintln!("cluster stopped");
     if exited.is_some() {
         bail!("a cluster process exited unexpectedly")
@@ -151,7 +194,7 @@ fn path(p: &Path) -> anyhow::Result<&str> {
 }
 
 /// Splits this machine between `n` agents.
-fn share_of_machine(n: usize) -> anyhow::Result<stoa_proto::Resources> {
+pub fn share_of_machine(n: usize) -> anyhow::Result<stoa_proto::Resources> {
     let all = crate::machine::detect_resources()?;
     let n = n as u64;
     Ok(stoa_proto::Resources::new()
@@ -249,12 +292,11 @@ async fn stop(nodes: &mut [Node]) {
 fn report(
     args: &UpArgs,
     dir: &Path,
-    addr: &str,
-    nodes: &[Node],
-    agent_ids: &[String],
+    cluster: &LocalCluster,
     per_agent: &stoa_proto::Resources,
 ) -> anyhow::Result<()> {
-    let certs = dir.join("certs");
+    let (addr, nodes, agent_ids) = (&cluster.addr, &cluster.nodes, &cluster.agent_ids);
+    let certs = &cluster.certs;
     if args.json {
         let agents: Vec<_> = nodes[1..]
             .iter()

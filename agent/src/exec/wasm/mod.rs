@@ -10,6 +10,7 @@
 //! stdout and stderr go to capped files beside the sandbox. No network.
 
 pub mod cache;
+pub mod ceiling;
 pub mod limits;
 
 use crate::core::TaskEvent;

@@ -1,0 +1,38 @@
+//! `stoa bench` runs its own cluster and reports figures that add up.
+
+use stoa_tests::{stoa_bin, wasm_path};
+
+#[test]
+fn stoa_bench_measures_latency_throughput_and_the_ceiling() -> anyhow::Result<()> {
+    let task = wasm_path("hello_task", "hello-task")?;
+    let out = std::process::Command::new(stoa_bin()?)
+        .args([
+            "bench",
+            "--samples",
+            "10",
+            "--tasks",
+            "60",
+            "--json",
+            "--task",
+        ])
+        .arg(&task)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let number = |path: &[&str]| {
+        path.iter()
+            .fold(&figures, |v, k| &v[*k])
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let (p50, p99) = (
+        number(&["latency_ms", "p50"]),
+        number(&["latency_ms", "p99"]),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{figures}");
+    assert!(number(&["throughput_tasks_per_s"]) > 0.0, "{figures}");
+    assert!(number(&["ceiling_instantiations_per_s"]) > 0.0, "{figures}");
+    assert_eq!(figures["tasks"], 60);
+    Ok(())
+}
