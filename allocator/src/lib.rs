@@ -227,6 +227,14 @@ struct AgentState {
     free: Allocation,
 }
 
+/// A refusal: `refused` (everything when `None`) of an agent is not
+/// offered to a framework again before `until`.
+#[derive(Debug, Clone)]
+struct Filter {
+    until: Time,
+    refused: Option<Resources>,
+}
+
 #[derive(Debug)]
 struct FrameworkState {
     node: usize,
@@ -245,7 +253,7 @@ pub struct Allocator {
     agent_index: HashMap<AgentId, usize>,
     frameworks: HashMap<FrameworkId, FrameworkState>,
     /// (framework node, agent index) → refused until.
-    filters: HashMap<(usize, usize), Time>,
+    filters: HashMap<(usize, usize), Filter>,
     /// The same filters ordered by expiry, so finding the next one is not
     /// a scan (a cluster can hold a filter per framework per agent).
     filter_expiries: BTreeSet<(Time, (usize, usize))>,
@@ -439,12 +447,12 @@ impl Allocator {
         }
     }
 
-    /// Do not offer `agent` to `framework` before `until`.
+    /// Do not offer `agent` to `framework` before `until`, whatever it has.
     pub fn filter(&mut self, framework: &FrameworkId, agent: &AgentId, until: Time) {
         if let (Some(fw), Some(&a)) = (self.frameworks.get(framework), self.agent_index.get(agent))
         {
             let key = (fw.node, a);
-            self.set_filter(key, until);
+            self.set_filter(key, until, None);
         }
     }
 
@@ -521,7 +529,7 @@ impl Allocator {
             }
             self.dirty.insert(idx);
             if let (Some(node), Some(until)) = (fw_node, refuse_until) {
-                self.set_filter((node, idx), until);
+                self.set_filter((node, idx), until, Some(resources.total()));
             }
         }
         if let Some(node) = fw_node {
@@ -832,11 +840,23 @@ impl Allocator {
         chosen
     }
 
-    fn set_filter(&mut self, key: (usize, usize), until: Time) {
-        if let Some(old) = self.filters.insert(key, until) {
-            self.filter_expiries.remove(&(old, key));
+    fn set_filter(&mut self, key: (usize, usize), until: Time, refused: Option<Resources>) {
+        if let Some(old) = self.filters.insert(key, Filter { until, refused }) {
+            self.filter_expiries.remove(&(old.until, key));
         }
         self.filter_expiries.insert((until, key));
+    }
+
+    /// Whether a filter keeps `offer` of agent `idx` from framework `node`:
+    /// as in Mesos, only while the offer holds nothing beyond what was
+    /// refused, so resources freed since are offered at once.
+    fn filtered(&self, node: usize, idx: usize, offer: &Allocation, now: Time) -> bool {
+        self.filters.get(&(node, idx)).is_some_and(|f| {
+            f.until > now
+                && f.refused
+                    .as_ref()
+                    .is_none_or(|refused| refused.contains(&offer.total()))
+        })
     }
 
     /// Drops the filters of (framework node, agent index) pairs `pred`
@@ -932,13 +952,9 @@ impl Allocator {
     }
 
     /// The framework's basic eligibility for an agent, cheapest checks first.
-    fn eligible(&self, fw: &FrameworkState, idx: usize, agent: &AgentState, now: Time) -> bool {
+    fn eligible(&self, fw: &FrameworkState, agent: &AgentState) -> bool {
         fw.active
             && !fw.suppressed
-            && self
-                .filters
-                .get(&(fw.node, idx))
-                .is_none_or(|until| *until <= now)
             && fw
                 .spec
                 .constraints
@@ -1026,10 +1042,11 @@ impl Allocator {
                 }
                 self.tree.first_framework(role_node, &mut |fw_node| {
                     let fw = self.framework_at(fw_node)?;
-                    if !self.eligible(fw, idx, agent, now) {
+                    if !self.eligible(fw, agent) {
                         return None;
                     }
                     self.size_offer(fw, agent, Some(&need), None)
+                        .filter(|a| !self.filtered(fw_node, idx, a, now))
                         .map(|a| (fw_node, a))
                 })
             })
@@ -1046,10 +1063,11 @@ impl Allocator {
                 return None;
             }
             let fw = self.framework_at(fw_node)?;
-            if !self.eligible(fw, idx, agent, now) {
+            if !self.eligible(fw, agent) {
                 return None;
             }
             self.size_offer(fw, agent, None, headroom.as_ref())
+                .filter(|a| !self.filtered(fw_node, idx, a, now))
                 .map(|a| (fw_node, a))
         })
     }

@@ -169,6 +169,26 @@ fn offer_filter() {
     );
 }
 
+/// A filter covers what was refused, as Mesos's refuse filters do: when a
+/// task on the agent ends and frees more, the agent is offered again at
+/// once (the framework may now have a use for it).
+#[test]
+fn resources_freed_after_a_decline_are_offered_at_once() {
+    let mut c = Cluster::new();
+    c.framework("f", "role1");
+    c.agent("agent", "cpus:1;mem:512");
+    assert_eq!(c.allocate(secs(0)).len(), 1);
+    // The framework runs a task on half, refuses the rest for 5 s.
+    c.recover("f", "agent", "cpus:0.5;mem:256", Some(secs(5)));
+    assert!(c.allocate(secs(1)).is_empty());
+    // The task ends: all of the agent is free, more than was refused.
+    c.recover("f", "agent", "cpus:0.5;mem:256", None);
+    assert_eq!(
+        c.allocate(secs(2)),
+        [triple("f", "agent", "cpus:1;mem:512")]
+    );
+}
+
 #[test]
 fn small_offer_filter_timeout() {
     let mut c = Cluster::new();

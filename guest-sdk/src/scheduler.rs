@@ -230,6 +230,22 @@ pub fn scalar(resources: &[Scalar], name: &str) -> f64 {
         .sum()
 }
 
+/// How many tasks of `cpus` and `mem_mib` each fit in `offer`, at most
+/// `max`.
+pub fn fits(offer: &Offer, cpus: f64, mem_mib: f64, max: usize) -> usize {
+    let by = |have: f64, need: f64| {
+        if need <= 0.0 {
+            usize::MAX
+        } else {
+            // A hair of slack for sums of fractions (0.1 × 10 ≠ 1.0).
+            ((have + 1e-9) / need).floor() as usize
+        }
+    };
+    by(scalar(&offer.resources, "cpus"), cpus)
+        .min(by(scalar(&offer.resources, "mem"), mem_mib))
+        .min(max)
+}
+
 /// `cpus` and `mem` (MiB) as a resource list.
 pub fn cpus_mem(cpus: f64, mem_mib: f64) -> Vec<Scalar> {
     vec![

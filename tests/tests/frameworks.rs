@@ -7,24 +7,44 @@ fn path(file: &str, package: &str) -> anyhow::Result<String> {
     Ok(wasm_path(file, package)?.display().to_string())
 }
 
+/// A framework's built components: (file, package) of its scheduler and of
+/// its task.
+type Parts<'a> = ((&'a str, &'a str), (&'a str, &'a str));
+
+const HELLO: Parts = (
+    ("hello_wasm_scheduler", "hello-wasm-scheduler"),
+    ("hello_task", "hello-task"),
+);
+const PI: Parts = (("pi_scheduler", "pi-scheduler"), ("pi_task", "pi-task"));
+
+/// `stoa framework run` of a framework's scheduler with its task as the
+/// `task` artifact, `env` as KEY=VALUE pairs; checks it succeeded and
+/// returns its stderr (the scheduler's log) and stdout.
+fn run_framework(
+    cluster: &Cluster,
+    ((scheduler, scheduler_package), (task, task_package)): Parts,
+    env: &[&str],
+    extra: &[&str],
+) -> anyhow::Result<(String, Vec<u8>)> {
+    let scheduler = path(scheduler, scheduler_package)?;
+    let task = path(task, task_package)?;
+    let artifact = format!("task={task}");
+    let mut args = vec!["framework", "run", &scheduler, "--artifact", &artifact];
+    for pair in env {
+        args.extend(["--env", pair]);
+    }
+    args.extend(extra);
+    let out = cluster.stoa(&args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    anyhow::ensure!(out.status.success(), "{stderr}\n{}", cluster.logs());
+    Ok((stderr, out.stdout))
+}
+
 #[test]
 fn the_hello_wasm_scheduler_runs_its_tasks_and_tears_down() -> anyhow::Result<()> {
     let cluster = Cluster::start(2, "cpus:1;mem:1024")?;
-    let scheduler = path("hello_wasm_scheduler", "hello-wasm-scheduler")?;
-    let task = path("hello_task", "hello-task")?;
-    let out = cluster.stoa(&[
-        "framework",
-        "run",
-        &scheduler,
-        "--artifact",
-        &format!("task={task}"),
-        "--env",
-        "HELLO_TASKS=30",
-        "--json",
-    ])?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}\n{}", cluster.logs());
-    let line: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let (stderr, stdout) = run_framework(&cluster, HELLO, &["HELLO_TASKS=30"], &["--json"])?;
+    let line: serde_json::Value = serde_json::from_slice(&stdout)?;
     assert_eq!(line["ended"], "teardown");
     assert!(stderr.contains("all 30 tasks finished"), "{stderr}");
     Ok(())
@@ -45,5 +65,20 @@ fn a_component_that_is_not_a_scheduler_is_refused_clearly() -> anyhow::Result<()
     let out = cluster.stoa(&["framework", "run", &scheduler])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("STOA_ARTIFACT_TASK is not set"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn pi_estimates_pi_over_hundreds_of_short_tasks() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2, "cpus:1;mem:1024")?;
+    let (stderr, _) = run_framework(&cluster, PI, &["PI_TASKS=400", "PI_SAMPLES=20000"], &[])?;
+    let estimate: f64 = stderr
+        .split("pi ≈ ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no estimate in the output: {stderr}"))?;
+    assert!((estimate - std::f64::consts::PI).abs() < 0.01, "{estimate}");
+    assert!(stderr.contains("from 400 tasks"), "{stderr}");
     Ok(())
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use stoa_guest::scheduler::{
     Driver, Level, Offer, Program, Scheduler, TaskSpec, TaskState, TaskStatus, WasmProgram,
-    cpus_mem, scalar,
+    cpus_mem, fits,
 };
 
 const TASK_CPUS: f64 = 0.1;
@@ -77,19 +77,18 @@ impl Scheduler for Hello {
 
     fn offers(&mut self, driver: &mut dyn Driver, offers: Vec<Offer>) {
         for offer in offers {
-            let (mut cpus, mut mem) = (
-                scalar(&offer.resources, "cpus"),
-                scalar(&offer.resources, "mem"),
-            );
-            let mut tasks = Vec::new();
-            while !self.broken && cpus + 1e-9 >= TASK_CPUS && mem >= TASK_MEM_MIB {
-                let Some(i) = self.pending.pop_front() else {
-                    break;
-                };
-                cpus -= TASK_CPUS;
-                mem -= TASK_MEM_MIB;
-                tasks.push(self.spec(i));
-            }
+            let n = if self.broken {
+                0
+            } else {
+                fits(&offer, TASK_CPUS, TASK_MEM_MIB, self.pending.len())
+            };
+            let tasks: Vec<TaskSpec> = self
+                .pending
+                .drain(..n)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|i| self.spec(i))
+                .collect();
             if tasks.is_empty() {
                 driver.decline(&[offer.id], Some(5_000));
             } else {
