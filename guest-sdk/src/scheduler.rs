@@ -230,6 +230,25 @@ pub fn scalar(resources: &[Scalar], name: &str) -> f64 {
         .sum()
 }
 
+/// Environment variable `name` as a `T`, or `default` when it is unset.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={value:?} is not a valid value")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// The digest of the artifact the host uploaded as `name` (`stoa framework
+/// run --artifact NAME=PATH` sets `STOA_ARTIFACT_<NAME>`).
+pub fn artifact(name: &str) -> Result<String, String> {
+    let var = format!("STOA_ARTIFACT_{}", name.to_ascii_uppercase());
+    std::env::var(&var)
+        .map_err(|_| format!("{var} is not set: run with --artifact {name}=PATH.wasm"))
+}
+
 /// How many tasks of `cpus` and `mem_mib` each fit in `offer`, at most
 /// `max`.
 pub fn fits(offer: &Offer, cpus: f64, mem_mib: f64, max: usize) -> usize {

@@ -16,6 +16,10 @@ const HELLO: Parts = (
     ("hello_task", "hello-task"),
 );
 const PI: Parts = (("pi_scheduler", "pi-scheduler"), ("pi_task", "pi-task"));
+const GANG: Parts = (
+    ("gang_scheduler", "gang-scheduler"),
+    ("gang_task", "gang-task"),
+);
 
 /// `stoa framework run` of a framework's scheduler with its task as the
 /// `task` artifact, `env` as KEY=VALUE pairs; checks it succeeded and
@@ -80,5 +84,23 @@ fn pi_estimates_pi_over_hundreds_of_short_tasks() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no estimate in the output: {stderr}"))?;
     assert!((estimate - std::f64::consts::PI).abs() < 0.01, "{estimate}");
     assert!(stderr.contains("from 400 tasks"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn a_gang_launches_whole_on_one_agent_or_not_at_all() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2, "cpus:1;mem:1024")?;
+    // Four ranks of a quarter cpu fit on one agent: all launch together.
+    let env = ["GANG_SIZE=4", "GANG_RANK_CPUS=0.25", "GANG_N=100000"];
+    let (stderr, _) = run_framework(&cluster, GANG, &env, &[])?;
+    assert!(stderr.contains("launching all 4 ranks"), "{stderr}");
+    assert!(stderr.contains("sum = 5000050000"), "{stderr}");
+
+    // Six would need 1.5 cpus of one agent: nothing launches, though the
+    // cluster has 2 cpus in all.
+    let env = ["GANG_SIZE=6", "GANG_RANK_CPUS=0.25", "GANG_WAIT_MS=1500"];
+    let (stderr, _) = run_framework(&cluster, GANG, &env, &[])?;
+    assert!(!stderr.contains("launching all"), "{stderr}");
+    assert!(stderr.contains("no offer fits a gang of 6"), "{stderr}");
     Ok(())
 }

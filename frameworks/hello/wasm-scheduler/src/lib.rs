@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use stoa_guest::scheduler::{
     Driver, Level, Offer, Program, Scheduler, TaskSpec, TaskState, TaskStatus, WasmProgram,
-    cpus_mem, fits,
+    artifact, cpus_mem, env_or, fits,
 };
 
 const TASK_CPUS: f64 = 0.1;
@@ -54,19 +54,15 @@ impl Scheduler for Hello {
             driver.log(Level::Info, &format!("resubscribed as {framework_id}"));
             return;
         }
-        self.artifact = std::env::var("STOA_ARTIFACT_TASK").unwrap_or_default();
-        self.total = std::env::var("HELLO_TASKS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(20);
-        if self.artifact.is_empty() {
-            driver.log(
-                Level::Error,
-                "STOA_ARTIFACT_TASK is not set: run with --artifact task=hello_task.wasm",
-            );
-            self.broken = true;
-            driver.teardown();
-            return;
+        let configured = artifact("task").and_then(|a| Ok((a, env_or("HELLO_TASKS", 20)?)));
+        match configured {
+            Ok((artifact, total)) => (self.artifact, self.total) = (artifact, total),
+            Err(message) => {
+                driver.log(Level::Error, &message);
+                self.broken = true;
+                driver.teardown();
+                return;
+            }
         }
         self.pending = (0..self.total).collect();
         driver.log(

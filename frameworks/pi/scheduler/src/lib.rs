@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use stoa_guest::scheduler::{
     Driver, Level, Offer, Program, Scheduler, TaskSpec, TaskState, TaskStatus, WasmProgram,
-    cpus_mem, fits,
+    artifact, cpus_mem, env_or, fits,
 };
 
 const TASK_CPUS: f64 = 0.05;
@@ -54,15 +54,9 @@ impl Pi {
     }
 
     fn configure(&mut self) -> Result<(), String> {
-        let var = |name: &str| std::env::var(name).ok();
-        self.artifact = var("STOA_ARTIFACT_TASK")
-            .ok_or("STOA_ARTIFACT_TASK is not set: run with --artifact task=pi_task.wasm")?;
-        self.total = var("PI_TASKS")
-            .map_or(Ok(100_000), |v| v.parse())
-            .map_err(|_| "PI_TASKS must be a whole number")?;
-        self.samples = var("PI_SAMPLES")
-            .map_or(Ok(10_000), |v| v.parse())
-            .map_err(|_| "PI_SAMPLES must be a whole number")?;
+        self.artifact = artifact("task")?;
+        self.total = env_or("PI_TASKS", 100_000)?;
+        self.samples = env_or("PI_SAMPLES", 10_000)?;
         self.pending = (0..self.total).collect();
         Ok(())
     }
