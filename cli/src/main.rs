@@ -6,6 +6,7 @@ mod bench;
 mod framework;
 mod machine;
 mod operator;
+mod scaffold;
 mod up;
 
 use anyhow::Context as _;
@@ -54,6 +55,10 @@ enum Command {
     Framework(framework::FrameworkArgs),
     /// Measure launch latency and throughput of wasm tasks on this machine.
     Bench(bench::BenchArgs),
+    /// Create a task or scheduler crate that builds into a component.
+    New(scaffold::NewArgs),
+    /// Build a task or scheduler crate into a wasm32-wasip2 component.
+    Build(scaffold::BuildArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -335,6 +340,8 @@ fn main() -> anyhow::Result<()> {
             Command::Executor(a) => executor(a).await,
             Command::Framework(a) => framework::run(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::New(a) => scaffold::new(a),
+            Command::Build(a) => tokio::task::spawn_blocking(move || scaffold::build(a)).await?,
         }
     })
 }
