@@ -139,6 +139,10 @@ impl Cluster {
                 &self.resources,
                 "--hostname",
                 &format!("host-{i}"),
+                // Which agent is which, for frameworks that place by
+                // attribute (data locality).
+                "--attributes",
+                &format!("node:{i}"),
             ])
             .arg("--certs")
             .arg(&self.certs)

@@ -16,6 +16,10 @@ const HELLO: Parts = (
     ("hello_task", "hello-task"),
 );
 const PI: Parts = (("pi_scheduler", "pi-scheduler"), ("pi_task", "pi-task"));
+const WORDCOUNT: Parts = (
+    ("wordcount_scheduler", "wordcount-scheduler"),
+    ("wordcount_task", "wordcount-task"),
+);
 const GANG: Parts = (
     ("gang_scheduler", "gang-scheduler"),
     ("gang_task", "gang-task"),
@@ -102,5 +106,32 @@ fn a_gang_launches_whole_on_one_agent_or_not_at_all() -> anyhow::Result<()> {
     let (stderr, _) = run_framework(&cluster, GANG, &env, &[])?;
     assert!(!stderr.contains("launching all"), "{stderr}");
     assert!(stderr.contains("no offer fits a gang of 6"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn wordcount_runs_its_maps_where_their_splits_are() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2, "cpus:1;mem:1024")?;
+    let env = [
+        "WC_SPLITS=40",
+        "WC_WORDS=5000",
+        "WC_NODES=2",
+        "WC_DELAY_MS=2000",
+    ];
+    let (stderr, _) = run_framework(&cluster, WORDCOUNT, &env, &[])?;
+    assert!(
+        stderr.contains("counted 200000 words in 40 splits"),
+        "{stderr}"
+    );
+    let fraction: f64 = stderr
+        .split(" = ")
+        .last()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no locality figure: {stderr}"))?;
+    assert!(
+        fraction >= 0.9,
+        "only {fraction} of the maps ran local to their split"
+    );
     Ok(())
 }
