@@ -20,6 +20,10 @@ const WORDCOUNT: Parts = (
     ("wordcount_scheduler", "wordcount-scheduler"),
     ("wordcount_task", "wordcount-task"),
 );
+const ITERATIVE: Parts = (
+    ("iterative_scheduler", "iterative-scheduler"),
+    ("iterative_task", "iterative-task"),
+);
 const GANG: Parts = (
     ("gang_scheduler", "gang-scheduler"),
     ("gang_task", "gang-task"),
@@ -133,5 +137,33 @@ fn wordcount_runs_its_maps_where_their_splits_are() -> anyhow::Result<()> {
         fraction >= 0.9,
         "only {fraction} of the maps ran local to their split"
     );
+    Ok(())
+}
+
+#[test]
+fn iterative_regression_converges_over_many_iterations() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2, "cpus:1;mem:1024")?;
+    let env = ["IT_ITERATIONS=15", "IT_PARTITIONS=4", "IT_POINTS=2000"];
+    let (stderr, _) = run_framework(&cluster, ITERATIVE, &env, &[])?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("done: 15 iterations"))
+        .ok_or_else(|| anyhow::anyhow!("no summary: {stderr}"))?;
+    // "loss A → B": the loss fell.
+    let losses: Vec<f64> = line
+        .split("loss ")
+        .nth(1)
+        .map(|rest| {
+            rest.split(|c: char| c == ',' || c == '→')
+                .take(2)
+                .filter_map(|s| s.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        matches!(losses[..], [first, last] if last < first * 0.9),
+        "{line}"
+    );
+    assert!(stderr.matches("iteration ").count() >= 15, "{stderr}");
     Ok(())
 }
