@@ -230,6 +230,26 @@ pub fn scalar(resources: &[Scalar], name: &str) -> f64 {
         .sum()
 }
 
+/// Sets a scheduler up on its first SUBSCRIBED, not again after a
+/// failover (`already`): `setup` returns a line to log, or an error, which
+/// is logged before the framework is torn down.
+pub fn set_up_once(
+    driver: &mut dyn Driver,
+    already: bool,
+    setup: impl FnOnce(&mut dyn Driver) -> Result<String, String>,
+) {
+    if already {
+        return;
+    }
+    match setup(driver) {
+        Ok(line) => driver.log(Level::Info, &line),
+        Err(message) => {
+            driver.log(Level::Error, &message);
+            driver.teardown();
+        }
+    }
+}
+
 /// Environment variable `name` as a `T`, or `default` when it is unset.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
     match std::env::var(name) {

@@ -154,7 +154,7 @@ fn iterative_regression_converges_over_many_iterations() -> anyhow::Result<()> {
         .split("loss ")
         .nth(1)
         .map(|rest| {
-            rest.split(|c: char| c == ',' || c == '→')
+            rest.split([',', '→'])
                 .take(2)
                 .filter_map(|s| s.trim().parse().ok())
                 .collect()

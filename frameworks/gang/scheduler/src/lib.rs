@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use stoa_guest::scheduler::{
     Driver, Level, Offer, Program, Scheduler, TaskSpec, TaskState, TaskStatus, WasmProgram,
-    artifact, cpus_mem, env_or, fits,
+    artifact, cpus_mem, env_or, fits, set_up_once,
 };
 
 const RANK_MEM_MIB: f64 = 32.0;
@@ -73,23 +73,15 @@ impl Gang {
 
 impl Scheduler for Gang {
     fn subscribed(&mut self, driver: &mut dyn Driver, framework_id: &str) {
-        if !self.artifact.is_empty() {
-            return;
-        }
-        if let Err(message) = self.configure() {
-            driver.log(Level::Error, &message);
-            driver.teardown();
-            return;
-        }
-        let wait = env_or("GANG_WAIT_MS", 30_000).unwrap_or(30_000);
-        self.give_up_timer = Some(driver.set_timer(wait));
-        driver.log(
-            Level::Info,
-            &format!(
+        set_up_once(driver, !self.artifact.is_empty(), |d| {
+            self.configure()?;
+            let wait = env_or("GANG_WAIT_MS", 30_000)?;
+            self.give_up_timer = Some(d.set_timer(wait));
+            Ok(format!(
                 "{framework_id}: a gang of {} ranks × {} cpus",
                 self.size, self.rank_cpus
-            ),
-        );
+            ))
+        });
     }
 
     fn offers(&mut self, driver: &mut dyn Driver, offers: Vec<Offer>) {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use stoa_guest::scheduler::{
     Driver, Level, Offer, Program, Scheduler, TaskSpec, TaskState, TaskStatus, WasmProgram,
-    artifact, cpus_mem, env_or, fits,
+    artifact, cpus_mem, env_or, fits, set_up_once,
 };
 
 const TASK_CPUS: f64 = 0.1;
@@ -148,22 +148,13 @@ impl Iterative {
 
 impl Scheduler for Iterative {
     fn subscribed(&mut self, driver: &mut dyn Driver, framework_id: &str) {
-        if !self.artifact.is_empty() {
-            return;
-        }
-        match self.configure() {
-            Ok(()) => driver.log(
-                Level::Info,
-                &format!(
-                    "{framework_id}: {} iterations over {} partitions",
-                    self.iterations, self.partitions
-                ),
-            ),
-            Err(message) => {
-                driver.log(Level::Error, &message);
-                driver.teardown();
-            }
-        }
+        set_up_once(driver, !self.artifact.is_empty(), |_| {
+            self.configure()?;
+            Ok(format!(
+                "{framework_id}: {} iterations over {} partitions",
+                self.iterations, self.partitions
+            ))
+        });
     }
 
     fn offers(&mut self, driver: &mut dyn Driver, offers: Vec<Offer>) {

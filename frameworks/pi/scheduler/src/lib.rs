@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use stoa_guest::scheduler::{
     Driver, Level, Offer, Program, Scheduler, TaskSpec, TaskState, TaskStatus, WasmProgram,
-    artifact, cpus_mem, env_or, fits,
+    artifact, cpus_mem, env_or, fits, set_up_once,
 };
 
 const TASK_CPUS: f64 = 0.05;
@@ -68,22 +68,14 @@ fn index_of(task_id: &str) -> Option<usize> {
 
 impl Scheduler for Pi {
     fn subscribed(&mut self, driver: &mut dyn Driver, framework_id: &str) {
-        if !self.artifact.is_empty() {
-            return; // a failover: carry on
-        }
-        match self.configure() {
-            Ok(()) => driver.log(
-                Level::Info,
-                &format!(
-                    "{framework_id}: {} tasks of {} samples",
-                    self.total, self.samples
-                ),
-            ),
-            Err(message) => {
-                driver.log(Level::Error, &message);
-                driver.teardown();
-            }
-        }
+        // After a failover there is nothing to set up: carry on.
+        set_up_once(driver, !self.artifact.is_empty(), |_| {
+            self.configure()?;
+            Ok(format!(
+                "{framework_id}: {} tasks of {} samples",
+                self.total, self.samples
+            ))
+        });
     }
 
     fn offers(&mut self, driver: &mut dyn Driver, offers: Vec<Offer>) {

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use stoa_guest::scheduler::{
     Driver, Level, Offer, Program, Scheduler, TaskSpec, TaskState, TaskStatus, WasmProgram,
-    artifact, cpus_mem, env_or, fits,
+    artifact, cpus_mem, env_or, fits, set_up_once,
 };
 
 const MAP_CPUS: f64 = 0.1;
@@ -125,25 +125,14 @@ fn split_of(task_id: &str) -> Option<u64> {
 
 impl Scheduler for WordCount {
     fn subscribed(&mut self, driver: &mut dyn Driver, framework_id: &str) {
-        if !self.artifact.is_empty() {
-            return;
-        }
-        match self.configure() {
-            Ok(()) => {
-                driver.set_timer(TICK_MS);
-                driver.log(
-                    Level::Info,
-                    &format!(
-                        "{framework_id}: {} splits on {} nodes, delay {} ms",
-                        self.splits, self.nodes, self.delay_ms
-                    ),
-                );
-            }
-            Err(message) => {
-                driver.log(Level::Error, &message);
-                driver.teardown();
-            }
-        }
+        set_up_once(driver, !self.artifact.is_empty(), |d| {
+            self.configure()?;
+            d.set_timer(TICK_MS);
+            Ok(format!(
+                "{framework_id}: {} splits on {} nodes, delay {} ms",
+                self.splits, self.nodes, self.delay_ms
+            ))
+        });
     }
 
     fn offers(&mut self, driver: &mut dyn Driver, offers: Vec<Offer>) {
