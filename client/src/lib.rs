@@ -38,6 +38,12 @@ impl ClientConfig {
     }
 }
 
+/// The master refused a SUBSCRIBE (a bad framework, a principal that does
+/// not match, a torn-down id): trying again will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("the master refused the subscription: {0}")]
+pub struct Refused(pub String);
+
 /// A subscribed framework.
 #[derive(Debug)]
 pub struct SchedulerSession {
@@ -72,9 +78,7 @@ impl SchedulerSession {
                 receiver,
                 framework_id,
             }),
-            Ok(Some(Event::Error { message })) => {
-                bail!("the master refused the subscription: {message}")
-            }
+            Ok(Some(Event::Error { message })) => Err(Refused(message).into()),
             Ok(Some(other)) => bail!("expected SUBSCRIBED, the master sent {other:?}"),
             Ok(None) => bail!(
                 "the master closed the connection during SUBSCRIBE ({:?})",

@@ -247,7 +247,7 @@ pub async fn run(
                 }
                 Event::Failure { agent_id } => scheduler.failure(&mut calls, &agent_id),
                 Event::Error { message } => {
-                    if message.contains("failed over") {
+                    if message == stoa_proto::messages::FAILED_OVER {
                         bail!("another scheduler took framework {framework_id} over");
                     }
                     scheduler.error(&mut calls, &message);
@@ -269,7 +269,7 @@ async fn connect(
         match SchedulerSession::subscribe(config, info.clone()).await {
             Ok(session) => return Ok(session),
             // A refusal is final; only an unreachable master is retried.
-            Err(e) if format!("{e:#}").contains("refused the subscription") => return Err(e),
+            Err(e) if e.downcast_ref::<crate::Refused>().is_some() => return Err(e),
             Err(e) if Instant::now() + backoff > give_up => return Err(e),
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "cannot subscribe");

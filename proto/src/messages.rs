@@ -214,6 +214,10 @@ pub enum Call {
     },
 }
 
+/// The ERROR a scheduler gets when another takes its framework over: it
+/// should stop, not subscribe again.
+pub const FAILED_OVER: &str = "framework failed over to a new scheduler";
+
 /// Master → scheduler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {

@@ -1044,7 +1044,7 @@ impl Master {
             return;
         }
         if let Some(old) = entry.conn {
-            let message = "framework failed over to a new scheduler".to_string();
+            let message = stoa_proto::messages::FAILED_OVER.to_string();
             self.send_to_scheduler(
                 old,
                 Event::Error {
