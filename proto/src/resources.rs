@@ -307,6 +307,48 @@ impl Resources {
         .filter(|(_, v)| *v > 0)
     }
 
+    /// Every quantity but ports as a plain number in its user-facing unit:
+    /// cpus and named scalars in whole units (fractions allowed), mem and
+    /// disk in MiB, gpus as a count. What schedulers written against the
+    /// WIT interface see.
+    pub fn to_amounts(&self) -> Vec<(String, f64)> {
+        self.quantities()
+            .filter(|(name, _)| *name != "ports")
+            .map(|(name, v)| {
+                let amount = match name {
+                    "mem" | "disk" | "gpus" => v as f64,
+                    _ => v as f64 / 1000.0,
+                };
+                (name.to_string(), amount)
+            })
+            .collect()
+    }
+
+    /// The inverse of [`Resources::to_amounts`]; refuses negative, huge and
+    /// non-finite amounts and bad names.
+    pub fn from_amounts<'a>(
+        amounts: impl IntoIterator<Item = (&'a str, f64)>,
+    ) -> Result<Resources, ParseError> {
+        let mut r = Resources::new();
+        for (name, value) in amounts {
+            if !value.is_finite() || !(0.0..=1e12).contains(&value) {
+                return Err(ParseError::BadNumber {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                });
+            }
+            let (milli, whole) = ((value * 1000.0).round() as u64, value.round() as u64);
+            r = match name {
+                "cpus" => r.with_millicpus(milli),
+                "mem" => r.with_mem_mib(whole),
+                "disk" => r.with_disk_mib(whole),
+                "gpus" => r.with_gpus(whole),
+                name => r.with_scalar(name, milli)?,
+            };
+        }
+        Ok(r)
+    }
+
     /// A copy with each quantity except ports cut down to `cap(kind)` where
     /// that gives a limit; ports are kept only if `cap("ports")` is `None`.
     pub fn capped(&self, cap: impl Fn(&str) -> Option<u64>) -> Resources {
@@ -605,6 +647,27 @@ impl std::str::FromStr for Attributes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_are_in_user_units_and_round_trip() -> Result<(), ParseError> {
+        let r: Resources =
+            "cpus:0.25;mem:64;gpus:1;disk:10;bandwidth:2.5;ports:[31000-31001]".parse()?;
+        let amounts = r.to_amounts();
+        assert!(amounts.contains(&("cpus".to_string(), 0.25)));
+        assert!(amounts.contains(&("mem".to_string(), 64.0)));
+        assert!(amounts.contains(&("bandwidth".to_string(), 2.5)));
+        assert!(!amounts.iter().any(|(n, _)| n == "ports"));
+        let back = Resources::from_amounts(amounts.iter().map(|(n, v)| (n.as_str(), *v)))?;
+        assert_eq!(
+            back.to_string(),
+            "cpus:0.25;mem:64;disk:10;gpus:1;bandwidth:2.5"
+        );
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e13] {
+            assert!(Resources::from_amounts([("cpus", bad)]).is_err(), "{bad}");
+        }
+        assert!(Resources::from_amounts([("bad name", 1.0)]).is_err());
+        Ok(())
+    }
 
     fn r(s: &str) -> Resources {
         s.parse().expect("valid resources")

@@ -202,6 +202,76 @@ impl TaskState {
     }
 }
 
+/// Maps a [`TaskState`] to the same-named variant of another enum: the
+/// WIT `task-state` as each binding generator names it (host and guest
+/// bindings are different types with the same variants).
+#[macro_export]
+macro_rules! map_task_state {
+    ($state:expr, $target:ident) => {
+        match $state {
+            $crate::TaskState::Staging => $target::Staging,
+            $crate::TaskState::Starting => $target::Starting,
+            $crate::TaskState::Running => $target::Running,
+            $crate::TaskState::Killing => $target::Killing,
+            $crate::TaskState::Finished => $target::Finished,
+            $crate::TaskState::Failed => $target::Failed,
+            $crate::TaskState::Killed => $target::Killed,
+            $crate::TaskState::Error => $target::Error,
+            $crate::TaskState::Lost => $target::Lost,
+            $crate::TaskState::Dropped => $target::Dropped,
+            $crate::TaskState::Unreachable => $target::Unreachable,
+            $crate::TaskState::Gone => $target::Gone,
+            $crate::TaskState::Unknown => $target::Unknown,
+        }
+    };
+}
+
+/// Builds the WIT `offer` record from an [`crate::Offer`] in the types of
+/// one binding generator: `$offer` and `$scalar` are its `Offer` and
+/// `Scalar` (host and guest bindings are different types, same fields).
+#[macro_export]
+macro_rules! wit_offer {
+    ($o:expr, $offer:ident, $scalar:ident) => {{
+        let o: &$crate::Offer = $o;
+        $offer {
+            id: o.id.0,
+            agent_id: o.agent_id.as_str().to_string(),
+            hostname: o.hostname.clone(),
+            resources: o
+                .resources
+                .to_amounts()
+                .into_iter()
+                .map(|(name, value)| $scalar { name, value })
+                .collect(),
+            attributes: o
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            revocable: o.revocable,
+        }
+    }};
+}
+
+/// Builds the WIT `task-status` record from a [`TaskStatus`] and the
+/// update id to acknowledge, in one binding generator's types.
+#[macro_export]
+macro_rules! wit_task_status {
+    ($s:expr, $ack:expr, $status:ident, $state:ident) => {{
+        let s: &$crate::TaskStatus = $s;
+        $status {
+            task_id: s.task_id.as_str().to_string(),
+            state: $crate::map_task_state!(s.state, $state),
+            reason: s.reason.map(|r| r.to_string()),
+            message: s.message.clone(),
+            output: s.output.clone(),
+            exit_code: s.exit_code,
+            agent_id: s.agent_id.as_ref().map(|a| a.as_str().to_string()),
+            update_id: $ack.map(|u: $crate::UpdateId| u.0),
+        }
+    }};
+}
+
 impl fmt::Display for TaskState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = format!("{self:?}").to_uppercase();

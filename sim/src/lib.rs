@@ -5,6 +5,8 @@
 //! The same seed gives the same trace, so a failing seed is a reproducible
 //! bug report.
 
+pub mod guest;
+
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -30,6 +32,9 @@ pub struct SimConfig {
     pub latency: (Duration, Duration),
     /// Simulated task run time is uniform in this range.
     pub task_time: (Duration, Duration),
+    /// Each framework's scheduler: the built-in one when `None`, else what
+    /// this makes (a guest-SDK scheduler through [`guest::Guest`]).
+    pub framework: Option<fn(usize) -> Box<dyn guest::Framework>>,
 }
 
 impl Default for SimConfig {
@@ -43,6 +48,7 @@ impl Default for SimConfig {
             task_resources: Resources::new().with_millicpus(250).with_mem_mib(64),
             latency: (Duration::from_micros(100), Duration::from_millis(2)),
             task_time: (Duration::from_millis(1), Duration::from_millis(50)),
+            framework: None,
         }
     }
 }
@@ -63,6 +69,9 @@ struct Scheduler {
     pending: VecDeque<usize>,
     finished: BTreeSet<usize>,
     failed: Vec<String>,
+    /// A framework driven in place of the built-in logic.
+    guest: Option<Box<dyn guest::Framework>>,
+    torn_down: bool,
 }
 
 /// The outcome of a run.
@@ -94,6 +103,8 @@ pub struct Sim {
     /// agent (the simulator runs thousands).
     agent_timers: BTreeSet<(Time, usize)>,
     agent_timer_of: Vec<Option<Time>>,
+    /// Frameworks' timers: (due, sequence, framework, its timer id).
+    framework_timers: BTreeSet<(Time, u64, usize, u64)>,
 }
 
 /// Connection ids: agents are 1..=n, schedulers follow.
@@ -115,6 +126,7 @@ impl Sim {
             trace: Vec::new(),
             agent_timers: BTreeSet::new(),
             agent_timer_of: Vec::new(),
+            framework_timers: BTreeSet::new(),
             config,
         };
         for i in 0..sim.config.agents {
@@ -138,6 +150,8 @@ impl Sim {
                 pending: (0..sim.config.tasks_per_framework).collect(),
                 finished: BTreeSet::new(),
                 failed: Vec::new(),
+                guest: sim.config.framework.map(|make| make(f)),
+                torn_down: false,
             });
             sim.master
                 .handle_connected(sim.now, sim.sched_conn(f), Channel::Scheduler);
@@ -189,6 +203,7 @@ impl Sim {
             .into_iter()
             .flatten()
             .chain(self.agent_timers.first().map(|(t, _)| *t))
+            .chain(self.framework_timers.first().map(|t| t.0))
             .min();
             let Some(next) = next.filter(|t| *t <= end) else {
                 break;
@@ -208,9 +223,9 @@ impl Sim {
     }
 
     fn done(&self) -> bool {
-        self.schedulers
-            .iter()
-            .all(|s| s.finished.len() + s.failed.len() == self.config.tasks_per_framework)
+        self.schedulers.iter().all(|s| {
+            s.torn_down || s.finished.len() + s.failed.len() == self.config.tasks_per_framework
+        })
     }
 
     /// Handles everything due at `self.now`.
@@ -242,6 +257,32 @@ impl Sim {
             }
             self.agents[i].handle_timeout(now);
             self.drain_agent(i);
+        }
+        while let Some(&(t, seq, f, id)) = self.framework_timers.first() {
+            if t > now {
+                break;
+            }
+            self.framework_timers.remove(&(t, seq, f, id));
+            if let Some(mut g) = self.schedulers[f].guest.take() {
+                let reaction = g.timer(id);
+                self.schedulers[f].guest = Some(g);
+                self.apply(f, reaction);
+            }
+        }
+    }
+
+    /// Sends what a framework asked for and sets its timers.
+    fn apply(&mut self, f: usize, reaction: guest::Reaction) {
+        for call in reaction.calls {
+            self.send(Packet::SchedulerToMaster(f, call));
+        }
+        for (id, after) in reaction.timers {
+            self.seq += 1;
+            let at = self.now + after;
+            self.framework_timers.insert((at, self.seq, f, id));
+        }
+        if reaction.torn_down {
+            self.schedulers[f].torn_down = true;
         }
     }
 
@@ -360,7 +401,43 @@ impl Sim {
         }
     }
 
+    /// Counts a task's end for the outcome: finished with the greeting a
+    /// hello task gives, or ended otherwise.
+    fn tally(&mut self, f: usize, status: &stoa_proto::TaskStatus) {
+        let n = status
+            .task_id
+            .as_str()
+            .strip_prefix("task-")
+            .and_then(|n| n.parse::<usize>().ok());
+        let Some(n) = n else { return };
+        let s = &mut self.schedulers[f];
+        match status.state {
+            TaskState::Finished => {
+                let want = format!("hello, task-{n}").into_bytes();
+                if status.output.as_deref() == Some(want.as_slice()) {
+                    s.finished.insert(n);
+                } else {
+                    s.failed.push(format!("task-{n}: wrong output"));
+                }
+            }
+            st if st.is_terminal() => s.failed.push(format!("task-{n}: {st} {:?}", status.reason)),
+            _ => {}
+        }
+    }
+
     fn scheduler_event(&mut self, f: usize, event: Event) {
+        if let Event::Update { status, .. } = &event {
+            self.tally(f, status);
+        }
+        if let Some(mut g) = self.schedulers[f].guest.take() {
+            if let Event::Subscribed { framework_id, .. } = &event {
+                self.schedulers[f].id = Some(framework_id.clone());
+            }
+            let reaction = g.event(&event);
+            self.schedulers[f].guest = Some(g);
+            self.apply(f, reaction);
+            return;
+        }
         match event {
             Event::Subscribed { framework_id, .. } => self.schedulers[f].id = Some(framework_id),
             Event::Offers { offers } => {
@@ -398,27 +475,6 @@ impl Sim {
                         update_id,
                     };
                     self.send(Packet::SchedulerToMaster(f, call));
-                }
-                let n = status
-                    .task_id
-                    .as_str()
-                    .strip_prefix("task-")
-                    .and_then(|n| n.parse::<usize>().ok());
-                let Some(n) = n else { return };
-                let s = &mut self.schedulers[f];
-                match status.state {
-                    TaskState::Finished => {
-                        let want = format!("hello, task-{n}").into_bytes();
-                        if status.output.as_deref() == Some(want.as_slice()) {
-                            s.finished.insert(n);
-                        } else {
-                            s.failed.push(format!("task-{n}: wrong output"));
-                        }
-                    }
-                    st if st.is_terminal() => {
-                        s.failed.push(format!("task-{n}: {st} {:?}", status.reason))
-                    }
-                    _ => {}
                 }
             }
             Event::Rescind { .. }

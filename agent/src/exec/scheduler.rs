@@ -15,7 +15,7 @@ use std::time::Duration;
 use stoa_client::Calls;
 use stoa_proto::{
     AgentId, Artifact, CommandTask, Digest, FrameworkId, Offer, OfferId, Operation, Resources,
-    TaskId, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus, UpdateId, WasmTask,
+    TaskId, TaskInfo, TaskKind, TaskLimits, TaskStatus, UpdateId, WasmTask,
 };
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -413,89 +413,19 @@ impl stoa_client::Scheduler for ComponentScheduler {
     }
 }
 
-/// Resources as the scalars a scheduler sees (ports are not offered to
-/// components).
-fn scalars(r: &Resources) -> Vec<wit::Scalar> {
-    let milli = |v: u64| v as f64 / 1000.0;
-    let mut out = Vec::new();
-    for (name, value) in r.quantities() {
-        let value = match name {
-            "cpus" => milli(value),
-            "mem" | "disk" | "gpus" => value as f64,
-            "ports" => continue,
-            _ => milli(value),
-        };
-        out.push(wit::Scalar {
-            name: name.to_string(),
-            value,
-        });
-    }
-    out
-}
-
-fn resources(scalars: &[wit::Scalar]) -> Result<Resources, String> {
-    let mut r = Resources::new();
-    for s in scalars {
-        if !s.value.is_finite() || s.value < 0.0 || s.value > 1e12 {
-            return Err(format!("{} = {} is not a valid amount", s.name, s.value));
-        }
-        let milli = (s.value * 1000.0).round() as u64;
-        let whole = s.value.round() as u64;
-        r = match s.name.as_str() {
-            "cpus" => r.with_millicpus(milli),
-            "mem" => r.with_mem_mib(whole),
-            "disk" => r.with_disk_mib(whole),
-            "gpus" => r.with_gpus(whole),
-            name => r.with_scalar(name, milli).map_err(|e| e.to_string())?,
-        };
-    }
-    Ok(r)
-}
-
 fn wit_offer(o: &Offer) -> wit::Offer {
-    wit::Offer {
-        id: o.id.0,
-        agent_id: o.agent_id.as_str().to_string(),
-        hostname: o.hostname.clone(),
-        resources: scalars(&o.resources),
-        attributes: o
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        revocable: o.revocable,
-    }
+    use wit::{Offer as O, Scalar as S};
+    stoa_proto::wit_offer!(o, O, S)
 }
 
 fn wit_status(s: &TaskStatus, ack: Option<UpdateId>) -> wit::TaskStatus {
-    wit::TaskStatus {
-        task_id: s.task_id.as_str().to_string(),
-        state: wit_state(s.state),
-        reason: s.reason.map(|r| r.to_string()),
-        message: s.message.clone(),
-        output: s.output.clone(),
-        exit_code: s.exit_code,
-        agent_id: s.agent_id.as_ref().map(|a| a.as_str().to_string()),
-        update_id: ack.map(|u| u.0),
-    }
+    use wit::{TaskState as St, TaskStatus as T};
+    stoa_proto::wit_task_status!(s, ack, T, St)
 }
 
-fn wit_state(state: TaskState) -> wit::TaskState {
-    match state {
-        TaskState::Staging => wit::TaskState::Staging,
-        TaskState::Starting => wit::TaskState::Starting,
-        TaskState::Running => wit::TaskState::Running,
-        TaskState::Killing => wit::TaskState::Killing,
-        TaskState::Finished => wit::TaskState::Finished,
-        TaskState::Failed => wit::TaskState::Failed,
-        TaskState::Killed => wit::TaskState::Killed,
-        TaskState::Error => wit::TaskState::Error,
-        TaskState::Lost => wit::TaskState::Lost,
-        TaskState::Dropped => wit::TaskState::Dropped,
-        TaskState::Unreachable => wit::TaskState::Unreachable,
-        TaskState::Gone => wit::TaskState::Gone,
-        TaskState::Unknown => wit::TaskState::Unknown,
-    }
+fn resources(scalars: &[wit::Scalar]) -> Result<Resources, String> {
+    Resources::from_amounts(scalars.iter().map(|s| (s.name.as_str(), s.value)))
+        .map_err(|e| e.to_string())
 }
 
 /// A task spec from a component as the master takes it.

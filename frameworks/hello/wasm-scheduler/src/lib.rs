@@ -26,6 +26,17 @@ pub struct Hello {
 }
 
 impl Hello {
+    /// A scheduler already configured, for running natively (tests, the
+    /// simulator) where there is no WASI environment to read.
+    pub fn new(artifact: impl Into<String>, total: usize) -> Hello {
+        Hello {
+            artifact: artifact.into(),
+            total,
+            pending: (0..total).collect(),
+            ..Hello::default()
+        }
+    }
+
     fn spec(&self, i: usize) -> TaskSpec {
         TaskSpec {
             id: format!("task-{i}"),
