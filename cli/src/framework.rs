@@ -61,6 +61,10 @@ struct RunArgs {
     /// Memory limit of the scheduler instance, in MiB.
     #[arg(long, default_value_t = 256)]
     memory_mib: usize,
+    /// Fuel for each handler call: a scheduler that runs out traps and
+    /// stops instead of hanging the framework.
+    #[arg(long, default_value_t = 10_000_000_000)]
+    fuel_per_call: u64,
     /// Print a JSON line when the framework ends.
     #[arg(long)]
     json: bool,
@@ -99,7 +103,7 @@ pub async fn run(a: FrameworkArgs) -> anyhow::Result<()> {
     });
     let limits = SchedulerLimits {
         memory: a.memory_mib << 20,
-        ..SchedulerLimits::default()
+        fuel_per_call: a.fuel_per_call,
     };
     let mut scheduler = ComponentScheduler::new(&wasm, &name, &a.args, &env, limits)
         .with_context(|| format!("cannot load {}", a.scheduler.display()))?;

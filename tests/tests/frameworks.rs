@@ -71,6 +71,26 @@ fn a_component_that_is_not_a_scheduler_is_refused_clearly() -> anyhow::Result<()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a stoa:scheduler"), "{stderr}");
 
+    // A scheduler that runs out of fuel in a handler stops with the trap;
+    // it does not hang the framework.
+    let (scheduler, task) = (
+        path("hello_wasm_scheduler", "hello-wasm-scheduler")?,
+        path("hello_task", "hello-task")?,
+    );
+    let artifact = format!("task={task}");
+    let out = cluster.stoa(&[
+        "framework",
+        "run",
+        &scheduler,
+        "--artifact",
+        &artifact,
+        "--fuel-per-call",
+        "1000",
+    ])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trapped in subscribed"), "{stderr}");
+
     // A scheduler without its configuration says what is missing, and
     // ends its framework instead of idling.
     let scheduler = path("hello_wasm_scheduler", "hello-wasm-scheduler")?;
