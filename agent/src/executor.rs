@@ -242,21 +242,26 @@ fn launch(
         },
     );
     let events = started.events.clone();
-    let dir = match TaskDir::create(dir) {
-        Ok(dir) => dir,
-        Err(e) => {
-            let event = TaskEvent::ended(
-                TaskState::Error,
-                Reason::TaskInvalid,
-                format!("cannot create the task directory {}: {e}", dir.display()),
-            );
-            let _ = events.send((task_id, event));
-            return;
-        }
-    };
+    // The directory is made on the task's own thread (or task), not here:
+    // the file system is a launch's largest cost, and this loop serves
+    // every task of the framework.
+    let dir = dir.to_path_buf();
     if let TaskKind::Command(command) = &info.kind {
         let (command, log_limit) = (command.clone(), started.log_limit);
         tokio::spawn(async move {
+            let dir = match tokio::task::spawn_blocking(move || make_dir(&dir)).await {
+                Ok(Ok(dir)) => dir,
+                Ok(Err(event)) => {
+                    let _ = events.send((task_id, event));
+                    return;
+                }
+                Err(e) => {
+                    let message = format!("the task directory's set-up failed: {e}");
+                    let event = TaskEvent::ended(TaskState::Error, Reason::TaskInvalid, message);
+                    let _ = events.send((task_id, event));
+                    return;
+                }
+            };
             let running = || {
                 let _ = events.send((task_id.clone(), TaskEvent::Running));
             };
@@ -284,6 +289,13 @@ fn launch(
         .spawn({
             let (task_id, events) = (task_id.clone(), events.clone());
             move || {
+                let dir = match make_dir(&dir) {
+                    Ok(dir) => dir,
+                    Err(event) => {
+                        let _ = events.send((task_id, event));
+                        return;
+                    }
+                };
                 let running = || {
                     let _ = events.send((task_id.clone(), TaskEvent::Running));
                 };
@@ -302,4 +314,15 @@ fn launch(
         );
         let _ = events.send((task_id, event));
     }
+}
+
+/// A fresh task directory, or the terminal event of a task without one.
+fn make_dir(dir: &Path) -> Result<TaskDir, TaskEvent> {
+    TaskDir::create(dir).map_err(|e| {
+        TaskEvent::ended(
+            TaskState::Error,
+            Reason::TaskInvalid,
+            format!("cannot create the task directory {}: {e}", dir.display()),
+        )
+    })
 }
