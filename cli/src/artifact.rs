@@ -2,9 +2,7 @@
 //! tasks can name them by digest instead of carrying them.
 
 use anyhow::Context as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use stoa_client::ClientConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct ArtifactArgs {
@@ -20,15 +18,8 @@ enum ArtifactCommand {
 
 #[derive(Debug, clap::Args)]
 struct PutArgs {
-    /// The master's address.
-    #[arg(long, default_value = "127.0.0.1:5050", env = "STOA_MASTER")]
-    master: SocketAddr,
-    /// Directory with ca.pem and the client certificate.
-    #[arg(long, default_value = ".stoa/certs", env = "STOA_CERTS")]
-    certs: PathBuf,
-    /// Certificate name to present.
-    #[arg(long, default_value = "client")]
-    identity: String,
+    #[command(flatten)]
+    client: crate::connect::ClientArgs,
     /// Print JSON lines ({"file", "digest", "bytes"}) instead of text.
     #[arg(long)]
     json: bool,
@@ -39,8 +30,7 @@ struct PutArgs {
 
 pub async fn run(a: ArtifactArgs) -> anyhow::Result<()> {
     let ArtifactCommand::Put(a) = a.command;
-    let mut config = ClientConfig::new(a.master, &a.certs);
-    config.identity = a.identity.clone();
+    let config = a.client.config();
     for file in &a.files {
         let bytes =
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;

@@ -4,11 +4,10 @@
 //! `STOA_ARTIFACT_<NAME>` environment variables.
 
 use anyhow::Context as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use stoa_agent::exec::scheduler::{ComponentScheduler, SchedulerLimits};
-use stoa_client::{ClientConfig, DriverOptions};
+use stoa_client::DriverOptions;
 use stoa_proto::{FrameworkId, FrameworkInfo, Role};
 
 #[derive(Debug, clap::Args)]
@@ -28,15 +27,8 @@ enum FrameworkCommand {
 struct RunArgs {
     /// The scheduler component (.wasm).
     scheduler: PathBuf,
-    /// The master's address.
-    #[arg(long, default_value = "127.0.0.1:5050", env = "STOA_MASTER")]
-    master: SocketAddr,
-    /// Directory with ca.pem and the client certificate.
-    #[arg(long, default_value = ".stoa/certs", env = "STOA_CERTS")]
-    certs: PathBuf,
-    /// Certificate name to present (the framework's principal).
-    #[arg(long, default_value = "client")]
-    identity: String,
+    #[command(flatten)]
+    client: crate::connect::ClientArgs,
     /// Framework name (default: the component's file name).
     #[arg(long)]
     name: Option<String>,
@@ -79,8 +71,7 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 
 pub async fn run(a: FrameworkArgs) -> anyhow::Result<()> {
     let FrameworkCommand::Run(a) = a.command;
-    let mut config = ClientConfig::new(a.master, &a.certs);
-    config.identity = a.identity.clone();
+    let config = a.client.config();
     let wasm = std::fs::read(&a.scheduler)
         .with_context(|| format!("cannot read {}", a.scheduler.display()))?;
     let mut env = a.env.clone();

@@ -3,6 +3,7 @@
 
 mod artifact;
 mod bench;
+mod connect;
 mod framework;
 mod machine;
 mod operator;

@@ -663,14 +663,7 @@ impl Master {
                 }
             }
             (_, _) => {
-                self.send_to_scheduler(
-                    conn,
-                    Event::Error {
-                        message: "the first call must be SUBSCRIBE".into(),
-                    },
-                );
-                self.outbox
-                    .push_back(Transmit::Close(conn, "not subscribed".into()));
+                self.refuse_scheduler(conn, "the first call must be SUBSCRIBE".into());
             }
         }
     }
@@ -679,6 +672,17 @@ impl Master {
         let n = self.next_id;
         self.next_id += 1;
         format!("{}-{kind}{n}", self.instance)
+    }
+
+    /// Tells a scheduler why it is refused, then closes its connection.
+    fn refuse_scheduler(&mut self, conn: ConnId, message: String) {
+        self.send_to_scheduler(
+            conn,
+            Event::Error {
+                message: message.clone(),
+            },
+        );
+        self.outbox.push_back(Transmit::Close(conn, message));
     }
 
     fn send_to_scheduler(&mut self, conn: ConnId, event: Event) {
@@ -949,13 +953,7 @@ impl Master {
             info.principal = Some(proven.clone());
         }
         if let Err(message) = spec {
-            self.send_to_scheduler(
-                conn,
-                Event::Error {
-                    message: message.clone(),
-                },
-            );
-            self.outbox.push_back(Transmit::Close(conn, message));
+            self.refuse_scheduler(conn, message);
             return;
         }
         let Ok(spec) = spec else {
@@ -969,13 +967,7 @@ impl Master {
                 let message = format!(
                     "framework {id} was torn down; subscribe without an id to start afresh"
                 );
-                self.send_to_scheduler(
-                    conn,
-                    Event::Error {
-                        message: message.clone(),
-                    },
-                );
-                self.outbox.push_back(Transmit::Close(conn, message));
+                self.refuse_scheduler(conn, message);
                 return;
             }
             // Known to agents but not to this master (it restarted): the
@@ -1034,24 +1026,11 @@ impl Master {
             None
         };
         if let Some(message) = refusal {
-            self.send_to_scheduler(
-                conn,
-                Event::Error {
-                    message: message.clone(),
-                },
-            );
-            self.outbox.push_back(Transmit::Close(conn, message));
+            self.refuse_scheduler(conn, message);
             return;
         }
         if let Some(old) = entry.conn {
-            let message = stoa_proto::messages::FAILED_OVER.to_string();
-            self.send_to_scheduler(
-                old,
-                Event::Error {
-                    message: message.clone(),
-                },
-            );
-            self.outbox.push_back(Transmit::Close(old, message));
+            self.refuse_scheduler(old, stoa_proto::messages::FAILED_OVER.to_string());
             self.peers.remove(&old);
             self.framework_of.remove(&old);
             self.principals.remove(&old);
