@@ -313,8 +313,7 @@ impl State {
         framework_id: FrameworkId,
         task: Box<TaskInfo>,
     ) {
-        if let TaskKind::Wasm(wasm) = &task.kind
-            && let Artifact::Stored(digest) = wasm.artifact
+        if let Some(Artifact::Stored(digest)) = task.kind.artifact().cloned()
             && !self.store.contains(digest)
         {
             let waiting = self.fetching.entry(digest).or_default();
@@ -351,7 +350,7 @@ impl State {
                     return;
                 }
             },
-            TaskKind::Wasm(_) => {
+            TaskKind::Wasm(_) | TaskKind::Scheduler(_) => {
                 self.track_load(&framework_id, &task);
                 None
             }
@@ -395,7 +394,9 @@ impl State {
     }
 
     fn track_load(&mut self, framework_id: &FrameworkId, task: &TaskInfo) {
-        if matches!(task.kind, TaskKind::Wasm(_)) {
+        // Wasm runs inside the executor: its memory and CPU are the
+        // executor's.
+        if task.kind.artifact().is_some() {
             let r = &task.resources;
             self.wasm_load
                 .entry(framework_id.clone())

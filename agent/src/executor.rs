@@ -45,6 +45,9 @@ pub struct ExecutorConfig {
     pub runtime: RuntimeConfig,
     /// How long to keep tasks running without an agent.
     pub recovery_timeout: Duration,
+    /// How hosted scheduler instances reach the master (with the agent's
+    /// certificate); they cannot run without it.
+    pub master: Option<stoa_client::ClientConfig>,
 }
 
 /// How long an executor that must stop waits for its tasks' kill policies.
@@ -124,7 +127,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                         alone_since = Some(std::time::Instant::now());
                     }
                     Some(AgentToExecutor::Launch { task, dir, cgroup }) => {
-                        let started = Started { runtime: &runtime, events: &events_tx, log_limit: config.runtime.log_limit };
+                        let started = Started { runtime: &runtime, events: &events_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
                         launch(&started, &mut tasks, *task, Path::new(&dir), cgroup);
                     }
                     Some(AgentToExecutor::Kill { task_id }) => {
@@ -215,6 +218,7 @@ struct Started<'a> {
     runtime: &'a Arc<WasmRuntime>,
     events: &'a mpsc::UnboundedSender<(TaskId, TaskEvent)>,
     log_limit: u64,
+    master: Option<&'a stoa_client::ClientConfig>,
 }
 
 /// Starts a task: wasm on a thread of its own, where it runs synchronously
@@ -281,6 +285,35 @@ fn launch(
         return;
     }
     let runtime = started.runtime.clone();
+    if let TaskKind::Scheduler(hosted) = &info.kind {
+        let (hosted, master, log_limit) =
+            (hosted.clone(), started.master.cloned(), started.log_limit);
+        on_thread(task_id, dir, events, move |dir, running| {
+            let instance = crate::exec::hosted::Instance {
+                info,
+                hosted,
+                dir: TaskDir::existing(dir.root()),
+                runtime,
+                master,
+                log_limit,
+            };
+            crate::exec::hosted::run(instance, &kill.notify, running)
+        });
+        return;
+    }
+    on_thread(task_id, dir, events, move |dir, running| {
+        runtime.run(&info, Some(dir), kill.flag, running)
+    });
+}
+
+/// Runs a task on a thread of its own, in a fresh directory: `body` gets
+/// the directory and a callback for RUNNING, and returns the task's end.
+fn on_thread(
+    task_id: TaskId,
+    dir: PathBuf,
+    events: mpsc::UnboundedSender<(TaskId, TaskEvent)>,
+    body: impl FnOnce(&TaskDir, &dyn Fn()) -> TaskEvent + Send + 'static,
+) {
     let spawned = std::thread::Builder::new()
         .name(format!("task-{task_id}"))
         // Sync wasm runs on this stack; wasmtime's own wasm stack limit
@@ -299,7 +332,7 @@ fn launch(
                 let running = || {
                     let _ = events.send((task_id.clone(), TaskEvent::Running));
                 };
-                let end = runtime.run(&info, Some(&dir), kill.flag, running);
+                let end = body(&dir, &running);
                 if let Err(e) = dir.mark_ended() {
                     tracing::warn!(task = %task_id, error = %e, "cannot mark the task ended");
                 }

@@ -1,14 +1,15 @@
-//! `stoa framework run`: hosts a scheduler component on this machine (the
-//! self-hosted way to run a wasm framework). Artifacts named on the command
-//! line are uploaded first and handed to the scheduler as
-//! `STOA_ARTIFACT_<NAME>` environment variables.
+//! Wasm frameworks: `stoa framework run` hosts a scheduler component on
+//! this machine (self-hosted); `stoa submit` hands it to the master, which
+//! runs it on an agent and keeps it running (cluster-hosted). Artifacts
+//! named on the command line are uploaded first and handed to the
+//! scheduler as `STOA_ARTIFACT_<NAME>` environment variables.
 
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::time::Duration;
 use stoa_agent::exec::scheduler::{ComponentScheduler, SchedulerLimits};
-use stoa_client::DriverOptions;
-use stoa_proto::{FrameworkId, FrameworkInfo, Role};
+use stoa_client::{ClientConfig, DriverOptions};
+use stoa_proto::{FrameworkId, FrameworkInfo, Resources, Role, Submission};
 
 #[derive(Debug, clap::Args)]
 pub struct FrameworkArgs {
@@ -23,8 +24,9 @@ enum FrameworkCommand {
     Run(RunArgs),
 }
 
+/// What every way of hosting a scheduler component takes.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
+struct ComponentArgs {
     /// The scheduler component (.wasm).
     scheduler: PathBuf,
     #[command(flatten)]
@@ -38,9 +40,6 @@ struct RunArgs {
     /// Seconds the framework's tasks outlive a lost scheduler.
     #[arg(long, default_value_t = 60)]
     failover_timeout: u64,
-    /// Take over a framework the master knows (after a scheduler restart).
-    #[arg(long)]
-    framework_id: Option<FrameworkId>,
     /// NAME=PATH: upload PATH and set STOA_ARTIFACT_<NAME> to its digest.
     #[arg(long = "artifact", value_parser = key_value)]
     artifacts: Vec<(String, String)>,
@@ -50,16 +49,35 @@ struct RunArgs {
     /// An argument for the scheduler (repeatable).
     #[arg(long = "arg")]
     args: Vec<String>,
-    /// Memory limit of the scheduler instance, in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory_mib: usize,
     /// Fuel for each handler call: a scheduler that runs out traps and
     /// stops instead of hanging the framework.
     #[arg(long, default_value_t = 10_000_000_000)]
     fuel_per_call: u64,
-    /// Print a JSON line when the framework ends.
+    /// Print JSON (the framework's id and how it ended).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    component: ComponentArgs,
+    /// Take over a framework the master knows (after a scheduler restart).
+    #[arg(long)]
+    framework_id: Option<FrameworkId>,
+    /// Memory limit of the scheduler instance, in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    component: ComponentArgs,
+    /// What the scheduler holds on its agent; its `mem` is the instance's
+    /// memory limit.
+    #[arg(long, default_value = "cpus:0.1;mem:128")]
+    resources: Resources,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -69,54 +87,108 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+impl ComponentArgs {
+    fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.scheduler
+                .file_stem()
+                .map_or("framework".into(), |s| s.to_string_lossy().into_owned())
+        })
+    }
+
+    fn framework(&self) -> FrameworkInfo {
+        let mut info = FrameworkInfo::new(self.name(), self.role.clone());
+        info.failover_timeout_ms = self.failover_timeout.saturating_mul(1000);
+        info
+    }
+
+    /// The component's bytes and its environment, with every artifact
+    /// uploaded and named in it.
+    async fn prepare(
+        &self,
+        config: &ClientConfig,
+    ) -> anyhow::Result<(Vec<u8>, Vec<(String, String)>)> {
+        let wasm = std::fs::read(&self.scheduler)
+            .with_context(|| format!("cannot read {}", self.scheduler.display()))?;
+        let mut env = self.env.clone();
+        for (name, path) in &self.artifacts {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+            let digest = stoa_client::upload_artifact(config, &bytes)
+                .await
+                .with_context(|| format!("cannot upload {path}"))?;
+            let var = format!(
+                "STOA_ARTIFACT_{}",
+                name.to_ascii_uppercase().replace(['-', '.'], "_")
+            );
+            tracing::info!(%var, %digest, "uploaded {path}");
+            env.push((var, digest.to_string()));
+        }
+        Ok((wasm, env))
+    }
+}
+
 pub async fn run(a: FrameworkArgs) -> anyhow::Result<()> {
     let FrameworkCommand::Run(a) = a.command;
-    let config = a.client.config();
-    let wasm = std::fs::read(&a.scheduler)
-        .with_context(|| format!("cannot read {}", a.scheduler.display()))?;
-    let mut env = a.env.clone();
-    for (name, path) in &a.artifacts {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
-        let digest = stoa_client::upload_artifact(&config, &bytes)
-            .await
-            .with_context(|| format!("cannot upload {path}"))?;
-        let var = format!(
-            "STOA_ARTIFACT_{}",
-            name.to_ascii_uppercase().replace(['-', '.'], "_")
-        );
-        tracing::info!(%var, %digest, "uploaded {path}");
-        env.push((var, digest.to_string()));
-    }
-    let name = a.name.clone().unwrap_or_else(|| {
-        a.scheduler
-            .file_stem()
-            .map_or("framework".into(), |s| s.to_string_lossy().into_owned())
-    });
+    let c = &a.component;
+    let config = c.client.config();
+    let (wasm, env) = c.prepare(&config).await?;
     let limits = SchedulerLimits {
         memory: a.memory_mib << 20,
-        fuel_per_call: a.fuel_per_call,
+        fuel_per_call: c.fuel_per_call,
     };
-    let mut scheduler = ComponentScheduler::new(&wasm, &name, &a.args, &env, limits)
-        .with_context(|| format!("cannot load {}", a.scheduler.display()))?;
-    let mut info = FrameworkInfo::new(name, a.role.clone());
+    let mut scheduler =
+        ComponentScheduler::new(&wasm, &c.name(), &c.args, &env, limits, Default::default())
+            .with_context(|| format!("cannot load {}", c.scheduler.display()))?;
+    let mut info = c.framework();
     info.id = a.framework_id.clone();
-    info.failover_timeout_ms = a.failover_timeout.saturating_mul(1000);
     let options = DriverOptions {
         // The component acknowledges (the Rust SDK does it for its authors).
         implicit_acks: false,
-        reconnect_for: Duration::from_secs(a.failover_timeout.max(10)),
+        reconnect_for: Duration::from_secs(c.failover_timeout.max(10)),
     };
     let framework_id = stoa_client::scheduler::run(&config, info, &mut scheduler, options).await?;
     if let Some(failure) = scheduler.failure() {
         anyhow::bail!("framework {framework_id}: {failure}");
     }
-    if a.json {
+    if c.json {
         println!(
             "{}",
             serde_json::json!({ "framework_id": framework_id.to_string(), "ended": "teardown" })
         );
     } else {
         eprintln!("framework {framework_id} ended");
+    }
+    Ok(())
+}
+
+/// `stoa submit`: uploads the scheduler and its artifacts, and asks the
+/// master to host it.
+pub async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
+    let c = &a.component;
+    let config = c.client.config();
+    let (wasm, env) = c.prepare(&config).await?;
+    let artifact = stoa_client::upload_artifact(&config, &wasm)
+        .await
+        .with_context(|| format!("cannot upload {}", c.scheduler.display()))?;
+    let submission = Submission {
+        framework: c.framework(),
+        artifact,
+        args: c.args.clone(),
+        env,
+        resources: a.resources.clone(),
+        fuel_per_call: c.fuel_per_call,
+    };
+    let framework_id = stoa_client::submit(&config, submission).await?;
+    if c.json {
+        println!(
+            "{}",
+            serde_json::json!({ "framework_id": framework_id.to_string(), "scheduler": artifact.to_string() })
+        );
+    } else {
+        println!("{framework_id}");
+        eprintln!(
+            "submitted: the master runs the scheduler of framework {framework_id}; see `stoa frameworks`, end it with `stoa teardown {framework_id}`"
+        );
     }
     Ok(())
 }

@@ -37,7 +37,7 @@ enum Command {
     /// Run a local cluster (a master and agents) with all state in one directory.
     Up(up::UpArgs),
     /// Show every role: weight, quota and what it holds.
-    Roles(operator::RolesArgs),
+    Roles(operator::ListArgs),
     /// Set a role's weight (its fair share relative to its siblings).
     Weight(operator::WeightArgs),
     /// Set or remove a role's quota (guarantee and limit).
@@ -54,6 +54,14 @@ enum Command {
     Executor(ExecutorArgs),
     /// Run a wasm framework: its scheduler component hosted here.
     Framework(framework::FrameworkArgs),
+    /// Hand a wasm framework to the cluster: the master runs its scheduler
+    /// component on an agent and restarts it elsewhere if that agent is
+    /// lost. Prints the framework's id.
+    Submit(framework::SubmitArgs),
+    /// Show every framework: its role, scheduler and tasks.
+    Frameworks(operator::ListArgs),
+    /// End a framework: its tasks and hosted scheduler are killed.
+    Teardown(operator::TeardownArgs),
     /// Measure launch latency and throughput of wasm tasks on this machine.
     Bench(bench::BenchArgs),
     /// Create a task or scheduler crate that builds into a component.
@@ -190,6 +198,13 @@ struct ExecutorArgs {
     /// Seconds to keep tasks running without an agent.
     #[arg(long, default_value_t = 900)]
     recovery_timeout: u64,
+    /// The master's address, for hosted schedulers.
+    #[arg(long)]
+    master: Option<SocketAddr>,
+    /// Directory with ca.pem, agent.pem and agent.key: hosted schedulers
+    /// reach the master as this agent.
+    #[arg(long)]
+    certs: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -288,7 +303,12 @@ fn main() -> anyhow::Result<()> {
                 };
                 let work_dir = stoa_agent::driver::WorkDir(a.work_dir.clone());
                 let pool = stoa_agent::exec::wasm::PoolSize::for_agent(&info.resources);
+                // Executors may start in another directory than the agent's.
+                let certs = std::path::absolute(&a.certs)
+                    .with_context(|| format!("--certs {}", a.certs.display()))?;
                 let args = [
+                    ("--master", a.master.to_string()),
+                    ("--certs", certs.display().to_string()),
                     ("--artifacts", work_dir.artifacts().display().to_string()),
                     ("--cache", work_dir.compiled().display().to_string()),
                     ("--cache-mib", a.cache_mib.to_string()),
@@ -340,6 +360,9 @@ fn main() -> anyhow::Result<()> {
             Command::Logs(a) => operator::logs(a).await,
             Command::Executor(a) => executor(a).await,
             Command::Framework(a) => framework::run(a).await,
+            Command::Submit(a) => framework::submit(a).await,
+            Command::Frameworks(a) => operator::frameworks(a).await,
+            Command::Teardown(a) => operator::teardown(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::New(a) => scaffold::new(a),
             Command::Build(a) => tokio::task::spawn_blocking(move || scaffold::build(a)).await?,
@@ -384,6 +407,11 @@ async fn executor(a: ExecutorArgs) -> anyhow::Result<()> {
         dir: a.dir,
         runtime,
         recovery_timeout: Duration::from_secs(a.recovery_timeout),
+        master: a.master.zip(a.certs).map(|(master, certs)| {
+            let mut config = stoa_client::ClientConfig::new(master, certs);
+            config.identity = "agent".into();
+            config
+        }),
     })
     .await
 }

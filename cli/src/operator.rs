@@ -19,7 +19,7 @@ pub struct Target {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RolesArgs {
+pub struct ListArgs {
     #[command(flatten)]
     target: Target,
     /// Print JSON instead of a table.
@@ -93,7 +93,7 @@ async fn call(target: &Target, call: OperatorCall) -> anyhow::Result<OperatorRep
     }
 }
 
-pub async fn roles(a: RolesArgs) -> anyhow::Result<()> {
+pub async fn roles(a: ListArgs) -> anyhow::Result<()> {
     let OperatorReply::Roles(roles) = call(&a.target, OperatorCall::GetRoles).await? else {
         bail!("the master answered something other than a role list");
     };
@@ -227,4 +227,77 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(FOLLOW_POLL).await;
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TeardownArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The framework's id (see `stoa frameworks`).
+    framework_id: stoa_proto::FrameworkId,
+}
+
+pub async fn frameworks(a: ListArgs) -> anyhow::Result<()> {
+    let OperatorReply::Frameworks(list) = call(&a.target, OperatorCall::GetFrameworks).await?
+    else {
+        bail!("the master answered something other than a framework list");
+    };
+    if a.json {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "id": f.id.as_str(),
+                    "name": f.name,
+                    "role": f.role.as_str(),
+                    "principal": f.principal,
+                    "connected": f.connected,
+                    "tasks": f.tasks,
+                    "hosted": f.hosted.as_ref().map(|h| serde_json::json!({
+                        "instance": h.instance.as_ref().map(|(t, _)| t.as_str()),
+                        "agent": h.instance.as_ref().map(|(_, a)| a.as_str()),
+                        "launched": h.launched,
+                    })),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<20} {:<16} {:<12} {:<10} {:>6}  scheduler",
+        "ID", "NAME", "ROLE", "PRINCIPAL", "CONNECTED", "TASKS"
+    );
+    for f in list {
+        let scheduler = match &f.hosted {
+            None => "self-hosted".to_string(),
+            Some(h) => match &h.instance {
+                Some((task, agent)) => format!("hosted: {task} on {agent}"),
+                None => format!("hosted: waiting to start (started {} so far)", h.launched),
+            },
+        };
+        println!(
+            "{:<28} {:<20} {:<16} {:<12} {:<10} {:>6}  {}",
+            f.id.as_str(),
+            f.name,
+            f.role.as_str(),
+            f.principal.as_deref().unwrap_or("-"),
+            if f.connected { "yes" } else { "no" },
+            f.tasks,
+            scheduler
+        );
+    }
+    Ok(())
+}
+
+pub async fn teardown(a: TeardownArgs) -> anyhow::Result<()> {
+    call(
+        &a.target,
+        OperatorCall::Teardown {
+            framework_id: a.framework_id.clone(),
+        },
+    )
+    .await?;
+    eprintln!("framework {} torn down", a.framework_id);
+    Ok(())
 }

@@ -26,6 +26,10 @@ pub struct ClientConfig {
     pub certs: PathBuf,
     /// Certificate name in `certs` (default `client`).
     pub identity: String,
+    /// Set for a cluster-hosted scheduler instance: its task id and the
+    /// token the master gave it. It then subscribes with
+    /// SUBSCRIBE_HOSTED, as the principal that submitted the framework.
+    pub hosted: Option<(TaskId, stoa_proto::Digest)>,
 }
 
 impl ClientConfig {
@@ -34,6 +38,7 @@ impl ClientConfig {
             master,
             certs: certs.into(),
             identity: "client".into(),
+            hosted: None,
         }
     }
 }
@@ -66,10 +71,15 @@ impl SchedulerSession {
         let endpoint = stoa_transport::client_endpoint(config.master)?;
         let (conn, mut sender, mut receiver) =
             stoa_transport::connect(&endpoint, config.master, tls).await?;
-        sender
-            .send(&Call::Subscribe { framework })
-            .await
-            .context("cannot send SUBSCRIBE")?;
+        let call = match &config.hosted {
+            None => Call::Subscribe { framework },
+            Some((task_id, token)) => Call::SubscribeHosted {
+                framework,
+                task_id: task_id.clone(),
+                token: *token,
+            },
+        };
+        sender.send(&call).await.context("cannot send SUBSCRIBE")?;
         match receiver.recv::<Event>().await {
             Ok(Some(Event::Subscribed { framework_id, .. })) => Ok(SchedulerSession {
                 _endpoint: endpoint,
@@ -188,6 +198,38 @@ pub async fn operator_call(
             conn.close_reason(),
             config.certs.display()
         ),
+    }
+}
+
+/// Asks the master to host a scheduler (`stoa submit`); returns the id
+/// the master gave the framework. The component must already be in the
+/// artifact store ([`upload_artifact`]).
+pub async fn submit(
+    config: &ClientConfig,
+    submission: stoa_proto::Submission,
+) -> anyhow::Result<FrameworkId> {
+    let identity = Identity::load(&config.certs, &config.identity)?;
+    let tls = stoa_transport::client_config(&identity, ALPN_SCHEDULER)?;
+    let endpoint = stoa_transport::client_endpoint(config.master)?;
+    let (conn, mut sender, mut receiver) =
+        stoa_transport::connect(&endpoint, config.master, tls).await?;
+    sender
+        .send(&Call::Submit {
+            submission: Box::new(submission),
+        })
+        .await
+        .context("cannot send SUBMIT")?;
+    let reply = receiver.recv::<Event>().await;
+    conn.close(stoa_transport::close::NORMAL, b"done");
+    match reply {
+        Ok(Some(Event::Submitted { framework_id })) => Ok(framework_id),
+        Ok(Some(Event::Error { message })) => Err(Refused(message).into()),
+        Ok(Some(other)) => bail!("expected SUBMITTED, the master sent {other:?}"),
+        Ok(None) => bail!(
+            "the master closed the connection during SUBMIT ({:?})",
+            conn.close_reason()
+        ),
+        Err(e) => bail!("SUBMIT failed: {e}"),
     }
 }
 

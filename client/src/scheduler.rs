@@ -182,11 +182,17 @@ pub async fn run(
     let mut calls = Calls::default();
     let mut timers: BTreeMap<u64, Instant> = BTreeMap::new();
     loop {
+        let failing_over = info.id.is_some();
         let mut session = connect(config, &info, &options).await?;
         let framework_id = session.framework_id().clone();
         info.id = Some(framework_id.clone());
         tracing::info!(framework = %framework_id, "subscribed");
         scheduler.subscribed(&mut calls, &framework_id);
+        if failing_over {
+            // Tasks may have changed state while no scheduler listened:
+            // ask for the state of every task (implicit reconciliation).
+            calls.call(Call::Reconcile { tasks: Vec::new() });
+        }
         let mut silence = Duration::from_secs(30);
         loop {
             if !flush(&mut session, &mut calls, &mut timers).await {
@@ -246,6 +252,9 @@ pub async fn run(
                     }
                 }
                 Event::Failure { agent_id } => scheduler.failure(&mut calls, &agent_id),
+                Event::Submitted { .. } => {
+                    tracing::warn!("ignoring SUBMITTED on a subscribed connection");
+                }
                 Event::Error { message } => {
                     if message == stoa_proto::messages::FAILED_OVER {
                         bail!("another scheduler took framework {framework_id} over");

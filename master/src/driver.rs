@@ -107,7 +107,9 @@ pub async fn run(
             .map(|d| d.as_millis())
             .unwrap_or(0)
     );
-    let mut master = Master::new(config.core.clone(), &instance);
+    let mut core = config.core.clone();
+    core.secret = store.secret()?;
+    let mut master = Master::new(core, &instance);
     tracing::info!(
         registry = %config.registry.display(),
         weights = registry.weights.len(),
@@ -309,7 +311,7 @@ async fn serve(
         let name = stoa_transport::peer_name(&conn);
         if !name
             .as_deref()
-            .is_some_and(|n| n == "agent" || n.starts_with("agent-"))
+            .is_some_and(stoa_proto::messages::is_agent_principal)
         {
             tracing::warn!(conn = id.0, peer = ?name, "refused an agent connection without an agent certificate");
             conn.close(

@@ -1,14 +1,19 @@
 //! The registry on disk: one redb file holding the master core's
 //! [`Registry`], written in one transaction per change so a crash leaves
-//! either the old or the new state, never a torn one.
+//! either the old or the new state, never a torn one. Hosted frameworks
+//! live under a key of their own (so files from before hosting existed
+//! still load), beside the master's secret.
 
 use anyhow::Context as _;
+use rand_core::TryRngCore as _;
 use redb::{Database, ReadableDatabase as _, TableDefinition};
 use std::path::Path;
 use stoa_master_core::registry::Registry;
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("registry");
 const KEY: &str = "registry";
+const HOSTED: &str = "hosted";
+const SECRET: &str = "secret";
 
 #[derive(Debug)]
 pub struct RegistryStore {
@@ -35,20 +40,51 @@ impl RegistryStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Registry::default()),
             Err(e) => return Err(e.into()),
         };
-        match redb::ReadableTable::get(&table, KEY)? {
-            Some(bytes) => postcard::from_bytes(bytes.value())
-                .context("the registry file is corrupt; restore it from a backup or move it away to start empty"),
-            None => Ok(Registry::default()),
+        let corrupt =
+            "the registry file is corrupt; restore it from a backup or move it away to start empty";
+        let mut registry: Registry = match redb::ReadableTable::get(&table, KEY)? {
+            Some(bytes) => postcard::from_bytes(bytes.value()).context(corrupt)?,
+            None => Registry::default(),
+        };
+        if let Some(bytes) = redb::ReadableTable::get(&table, HOSTED)? {
+            registry.hosted = postcard::from_bytes(bytes.value()).context(corrupt)?;
         }
+        Ok(registry)
+    }
+
+    /// The key of hosted schedulers' tokens: made once, kept for good, so
+    /// instances running across a master restart stay valid.
+    pub fn secret(&self) -> anyhow::Result<[u8; 32]> {
+        let txn = self.db.begin_write()?;
+        let secret = {
+            let mut table = txn.open_table(TABLE)?;
+            let stored = redb::ReadableTable::get(&table, SECRET)?
+                .and_then(|v| <[u8; 32]>::try_from(v.value()).ok());
+            match stored {
+                Some(secret) => secret,
+                None => {
+                    let mut secret = [0u8; 32];
+                    rand_core::OsRng
+                        .try_fill_bytes(&mut secret)
+                        .context("cannot read random bytes for the master's secret")?;
+                    table.insert(SECRET, secret.as_slice())?;
+                    secret
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(secret)
     }
 
     /// Replaces the stored registry, durably, before returning.
     pub fn save(&self, registry: &Registry) -> anyhow::Result<()> {
         let bytes = postcard::to_stdvec(registry)?;
+        let hosted = postcard::to_stdvec(&registry.hosted)?;
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(TABLE)?;
             table.insert(KEY, bytes.as_slice())?;
+            table.insert(HOSTED, hosted.as_slice())?;
         }
         txn.commit()?;
         Ok(())

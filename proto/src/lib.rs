@@ -22,12 +22,12 @@ pub use framing::{FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use ids::{AgentId, FrameworkId, IdError, OfferId, TaskId, UpdateId};
 pub use messages::{
     AgentInfo, AgentToMaster, Call, Event, FrameworkInfo, MasterToAgent, Offer, OfferConstraint,
-    Operation, RunningTask,
+    Operation, RunningTask, Submission,
 };
 pub use resources::{Attributes, ParseError, PortRange, Resources};
 pub use role::{Role, RoleError};
 pub use task::{
-    Artifact, CommandTask, DEFAULT_KILL_GRACE_MS, Digest, Reason, TaskInfo, TaskKind, TaskLimits,
-    TaskState, TaskStatus, WasmTask,
+    Artifact, CommandTask, DEFAULT_KILL_GRACE_MS, Digest, HostedScheduler, Reason, TaskInfo,
+    TaskKind, TaskLimits, TaskState, TaskStatus, WasmTask,
 };
 pub use time::Time;

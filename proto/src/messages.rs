@@ -5,7 +5,7 @@
 use crate::ids::{AgentId, FrameworkId, OfferId, TaskId, UpdateId};
 use crate::resources::{Attributes, Resources};
 use crate::role::Role;
-use crate::task::{TaskInfo, TaskState, TaskStatus};
+use crate::task::{Digest, TaskInfo, TaskState, TaskStatus};
 use serde::{Deserialize, Serialize};
 
 /// What an agent tells the master about itself.
@@ -212,6 +212,44 @@ pub enum Call {
     UpdateFramework {
         framework: FrameworkInfo,
     },
+    /// SUBSCRIBE from a cluster-hosted scheduler instance (task `task_id`
+    /// of the framework, launched by the master): it subscribes as the
+    /// principal that submitted the framework.
+    SubscribeHosted {
+        framework: FrameworkInfo,
+        task_id: TaskId,
+        token: Digest,
+    },
+    /// Asks the master to host a scheduler (`stoa submit`); the only call
+    /// besides SUBSCRIBE that may open a connection. Answered with
+    /// SUBMITTED or ERROR.
+    Submit {
+        submission: Box<Submission>,
+    },
+}
+
+/// A framework whose scheduler the master runs on an agent, restarting it
+/// (on another agent if its own is lost) until the framework ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The framework; `id` must be unset (the master names it) and
+    /// `principal` is the submitter's certificate.
+    pub framework: FrameworkInfo,
+    /// The scheduler component, already in the master's artifact store.
+    pub artifact: Digest,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// What the scheduler instance holds on its agent: `mem` is its
+    /// memory limit.
+    pub resources: Resources,
+    /// Fuel for each handler call.
+    pub fuel_per_call: u64,
+}
+
+/// Whether a certificate name is an agent's (`agent` or `agent-*`): only
+/// agents may register resources, report task states and host schedulers.
+pub fn is_agent_principal(name: &str) -> bool {
+    name == "agent" || name.starts_with("agent-")
 }
 
 /// The ERROR a scheduler gets when another takes its framework over: it
@@ -247,5 +285,9 @@ pub enum Event {
     /// An agent was lost: its tasks are being reported LOST or UNREACHABLE.
     Failure {
         agent_id: AgentId,
+    },
+    /// The answer to SUBMIT: the master hosts the framework's scheduler.
+    Submitted {
+        framework_id: FrameworkId,
     },
 }

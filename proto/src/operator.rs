@@ -43,6 +43,34 @@ pub enum OperatorCall {
         offset: u64,
         max_len: u32,
     },
+    GetFrameworks,
+    /// Ends a framework: its tasks (and its hosted scheduler) are killed.
+    Teardown {
+        framework_id: FrameworkId,
+    },
+}
+
+/// One framework as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameworkStatus {
+    pub id: FrameworkId,
+    pub name: String,
+    pub role: Role,
+    pub principal: Option<String>,
+    /// Its scheduler is subscribed now.
+    pub connected: bool,
+    /// Tasks not yet ended, its hosted scheduler's excluded.
+    pub tasks: usize,
+    /// Set when the master hosts its scheduler.
+    pub hosted: Option<HostedStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedStatus {
+    /// The instance that should be running, and its agent.
+    pub instance: Option<(TaskId, AgentId)>,
+    /// Instances started so far.
+    pub launched: u64,
 }
 
 /// One role as operators see it.
@@ -65,5 +93,6 @@ pub enum OperatorReply {
     Done,
     Roles(Vec<RoleStatus>),
     Log(LogChunk),
+    Frameworks(Vec<FrameworkStatus>),
     Refused { message: String },
 }

@@ -93,6 +93,26 @@ pub enum TaskKind {
     /// task's resources. Only frameworks the master's ACL allows may launch
     /// one.
     Command(CommandTask),
+    /// A scheduler component the master runs for a framework submitted
+    /// with `stoa submit`. Only the master launches these; an ACCEPT that
+    /// names one is refused.
+    Scheduler(HostedScheduler),
+}
+
+/// A cluster-hosted scheduler: the component, how to configure it, and the
+/// proof that this instance is the one the master launched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedScheduler {
+    pub artifact: Artifact,
+    /// The framework it subscribes as; its id is always set.
+    pub framework: crate::messages::FrameworkInfo,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Fuel for each handler call.
+    pub fuel_per_call: u64,
+    /// Presented with SUBSCRIBE_HOSTED: the master accepts only the
+    /// instance it launched last, and only from an agent.
+    pub token: Digest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +159,16 @@ impl CommandTask {
 }
 
 impl TaskKind {
+    /// The wasm binary the task runs in its executor; `None` for a native
+    /// program.
+    pub fn artifact(&self) -> Option<&Artifact> {
+        match self {
+            TaskKind::Wasm(w) => Some(&w.artifact),
+            TaskKind::Scheduler(s) => Some(&s.artifact),
+            TaskKind::Command(_) => None,
+        }
+    }
+
     /// A wasm task with `input` and no arguments or environment.
     pub fn wasm(artifact: Artifact, input: Vec<u8>) -> TaskKind {
         TaskKind::Wasm(WasmTask {

@@ -350,6 +350,7 @@ impl Sim {
                     let input = match &task.kind {
                         TaskKind::Wasm(wasm) => wasm.input.clone(),
                         TaskKind::Command(command) => command.argv.join(" ").into_bytes(),
+                        TaskKind::Scheduler(hosted) => hosted.framework.name.clone().into_bytes(),
                     };
                     let input = &input;
                     let output = [b"hello, ".as_slice(), input].concat();
@@ -480,6 +481,7 @@ impl Sim {
             Event::Rescind { .. }
             | Event::Error { .. }
             | Event::Heartbeat
+            | Event::Submitted { .. }
             | Event::Failure { .. } => {}
         }
     }
@@ -553,6 +555,10 @@ fn describe_call(c: &Call) -> String {
         Call::Teardown => "Teardown".into(),
         Call::Reconcile { tasks } => format!("Reconcile {} tasks", tasks.len()),
         Call::UpdateFramework { framework } => format!("UpdateFramework {}", framework.name),
+        Call::SubscribeHosted {
+            framework, task_id, ..
+        } => format!("SubscribeHosted {} as {task_id}", framework.name),
+        Call::Submit { submission } => format!("Submit {}", submission.framework.name),
     }
 }
 
@@ -577,6 +583,7 @@ fn describe_event(e: &Event) -> String {
         Event::Error { message } => format!("Error {message}"),
         Event::Heartbeat => "Heartbeat".into(),
         Event::Failure { agent_id } => format!("Failure {agent_id}"),
+        Event::Submitted { framework_id } => format!("Submitted {framework_id}"),
     }
 }
 

@@ -35,6 +35,19 @@ pub struct SchedulerLimits {
     pub memory: usize,
 }
 
+/// Where a hosted scheduler's stdout and stderr go: the host's stderr
+/// (`stoa framework run`), or capped log files (a cluster-hosted instance,
+/// read with `stoa logs`).
+#[derive(Debug, Default)]
+pub enum SchedulerOutput {
+    #[default]
+    Inherit,
+    Logs {
+        stdout: crate::exec::task_dir::CappedLog,
+        stderr: crate::exec::task_dir::CappedLog,
+    },
+}
+
 impl Default for SchedulerLimits {
     fn default() -> Self {
         SchedulerLimits {
@@ -78,6 +91,9 @@ struct State {
     calls: Vec<HostCall>,
     next_timer: u64,
     name: String,
+    /// Where the component's log calls are written besides the host's
+    /// log: a hosted instance's stderr file.
+    log: Option<crate::exec::task_dir::CappedLog>,
 }
 
 impl WasiView for State {
@@ -155,6 +171,15 @@ impl bindings::stoa::scheduler::driver::Host for State {
             wit::Level::Warn => tracing::warn!(scheduler = %name, "{message}"),
             wit::Level::Error => tracing::error!(scheduler = %name, "{message}"),
         }
+        if let Some(log) = &self.log {
+            let tag = match level {
+                wit::Level::Debug => "debug",
+                wit::Level::Info => "info",
+                wit::Level::Warn => "warn",
+                wit::Level::Error => "error",
+            };
+            log.write_line(&format!("{tag} {message}"));
+        }
     }
     fn teardown(&mut self) {
         self.calls.push(HostCall::Teardown);
@@ -190,6 +215,7 @@ impl ComponentScheduler {
         args: &[String],
         env: &[(String, String)],
         limits: SchedulerLimits,
+        output: SchedulerOutput,
     ) -> anyhow::Result<ComponentScheduler> {
         let mut config = Config::new();
         config.consume_fuel(true);
@@ -203,11 +229,20 @@ impl ComponentScheduler {
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let mut argv = vec![name.to_string()];
         argv.extend(args.iter().cloned());
-        let wasi = WasiCtx::builder()
+        let mut builder = WasiCtx::builder();
+        let log = match output {
+            SchedulerOutput::Inherit => {
+                builder.inherit_stdout().inherit_stderr();
+                None
+            }
+            SchedulerOutput::Logs { stdout, stderr } => {
+                builder.stdout(stdout).stderr(stderr.clone());
+                Some(stderr)
+            }
+        };
+        let wasi = builder
             .args(&argv)
             .envs(env)
-            .inherit_stdout()
-            .inherit_stderr()
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -224,6 +259,7 @@ impl ComponentScheduler {
             calls: Vec::new(),
             next_timer: 0,
             name: name.to_string(),
+            log,
         };
         let mut store = Store::new(&engine, state);
         store.limiter(|s| &mut s.limits);

@@ -135,6 +135,12 @@ impl CappedLog {
         Ok(())
     }
 
+    /// Appends one line, as the host writes it (a hosted scheduler's log
+    /// calls).
+    pub fn write_line(&self, line: &str) {
+        let _ = self.write(format!("{line}\n").as_bytes());
+    }
+
     /// Bytes kept so far (the truncation note aside).
     pub fn written(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).written

@@ -118,6 +118,17 @@ impl Master {
         if task.resources.mem_mib() == 0 {
             return invalid("a task needs mem (its memory limit), e.g. mem:32".into());
         }
+        if crate::hosted::is_instance(&task.task_id) {
+            return invalid(format!(
+                "task ids starting with {} are the master's own",
+                crate::hosted::INSTANCE_PREFIX
+            ));
+        }
+        if matches!(task.kind, TaskKind::Scheduler(_)) {
+            return invalid(
+                "a framework cannot launch a hosted scheduler; submit it with `stoa submit`".into(),
+            );
+        }
         if matches!(&task.kind, TaskKind::Command(c) if c.argv.is_empty()) {
             return invalid("a command task needs argv[0], the program to run".into());
         }

@@ -10,6 +10,7 @@
 
 mod accept;
 pub mod acl;
+pub mod hosted;
 pub mod registry;
 
 use registry::{QuotaSpec, Registry};
@@ -61,6 +62,10 @@ pub struct MasterConfig {
     pub allocator: AllocatorConfig,
     /// Who may do what beyond the defaults.
     pub acls: acl::Acls,
+    /// Keys the tokens of hosted scheduler instances. Must be secret and
+    /// the same across master restarts (the driver keeps it with the
+    /// registry).
+    pub secret: [u8; 32],
 }
 
 impl Default for MasterConfig {
@@ -73,6 +78,7 @@ impl Default for MasterConfig {
             offer_timeout: None,
             allocator: AllocatorConfig::default(),
             acls: acl::Acls::default(),
+            secret: [0; 32],
         }
     }
 }
@@ -157,6 +163,8 @@ pub struct Master {
     removed_frameworks: VecDeque<FrameworkId>,
     /// When connected schedulers are next sent HEARTBEAT.
     next_scheduler_heartbeat: Option<Time>,
+    /// Frameworks whose schedulers the master runs (`stoa submit`).
+    hosted: BTreeMap<FrameworkId, hosted::Hosted>,
 }
 
 /// How many torn-down framework ids the master remembers.
@@ -200,6 +208,7 @@ impl Master {
             allocation_due: None,
             outbox: VecDeque::new(),
             placements: VecDeque::new(),
+            hosted: BTreeMap::new(),
         }
     }
 
@@ -229,6 +238,7 @@ impl Master {
             }
         }
         self.registry = registry;
+        self.restore_hosted();
     }
 
     /// The registry to persist, if it changed. See [`registry`] for the
@@ -270,6 +280,34 @@ impl Master {
                 "task {task} ran on agent {agent}, which is not connected"
             )),
         }
+    }
+
+    /// Every framework, as `stoa frameworks` shows it.
+    pub fn framework_list(&self) -> Vec<stoa_proto::operator::FrameworkStatus> {
+        let mut running: HashMap<&FrameworkId, usize> = HashMap::new();
+        for ((fw, task), t) in &self.tasks {
+            if !t.state.is_terminal() && !hosted::is_instance(task) {
+                *running.entry(fw).or_default() += 1;
+            }
+        }
+        self.frameworks
+            .iter()
+            .map(|(id, f)| stoa_proto::operator::FrameworkStatus {
+                id: id.clone(),
+                name: f.info.name.clone(),
+                role: f.info.role.clone(),
+                principal: f.info.principal.clone(),
+                connected: f.conn.is_some(),
+                tasks: running.get(id).copied().unwrap_or(0),
+                hosted: self
+                    .hosted
+                    .get(id)
+                    .map(|h| stoa_proto::operator::HostedStatus {
+                        instance: h.record.current.clone(),
+                        launched: h.record.launched,
+                    }),
+            })
+            .collect()
     }
 
     fn remember_placement(&mut self, key: &(FrameworkId, TaskId), agent: &AgentId) {
@@ -344,6 +382,22 @@ impl Master {
                 } else {
                     Err(format!(
                         "{agent} has no dynamic reservation of {resources} for {role} (static reservations change with the agent's --resources)"
+                    ))
+                }
+            }
+            OperatorCall::GetFrameworks => return OperatorReply::Frameworks(self.framework_list()),
+            OperatorCall::Teardown { framework_id } => {
+                if self.frameworks.contains_key(&framework_id) {
+                    tracing::info!(framework = %framework_id, "an operator tore the framework down");
+                    if let Some(conn) = self.frameworks.get(&framework_id).and_then(|f| f.conn) {
+                        self.refuse_scheduler(conn, "an operator tore the framework down".into());
+                        self.handle_disconnected(now, conn);
+                    }
+                    self.remove_framework(now, &framework_id);
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no framework {framework_id} is known to this master"
                     ))
                 }
             }
@@ -474,6 +528,7 @@ impl Master {
             .chain(offer_expiry)
             .chain(self.allocation_due)
             .chain(self.next_scheduler_heartbeat)
+            .chain(self.next_instance_due())
             .min()
     }
 
@@ -531,6 +586,10 @@ impl Master {
             .is_some_and(|t| t <= now)
         {
             self.request_allocation(now);
+        }
+        if self.next_instance_due().is_some_and(|t| t <= now) {
+            self.check_instances(now);
+            self.place_instances(now);
         }
         if self.allocation_due.is_some_and(|t| t <= now) {
             self.allocation_due = None;
@@ -615,9 +674,23 @@ impl Master {
         let peer = self.peers.get(&conn).copied();
         match (peer, call) {
             (Some(Peer::Pending(Channel::Scheduler)), Call::Subscribe { framework }) => {
-                self.subscribe(now, conn, framework)
+                self.subscribe(now, conn, framework, false)
             }
-            (Some(Peer::Framework), Call::Subscribe { .. }) => {
+            (
+                Some(Peer::Pending(Channel::Scheduler)),
+                Call::SubscribeHosted {
+                    framework,
+                    task_id,
+                    token,
+                },
+            ) => self.subscribe_hosted(now, conn, framework, task_id, token),
+            (Some(Peer::Pending(Channel::Scheduler)), Call::Submit { submission }) => {
+                self.submit(now, conn, *submission)
+            }
+            (
+                Some(Peer::Framework),
+                Call::Subscribe { .. } | Call::SubscribeHosted { .. } | Call::Submit { .. },
+            ) => {
                 self.send_to_scheduler(
                     conn,
                     Event::Error {
@@ -659,11 +732,12 @@ impl Master {
                     Call::UpdateFramework { framework } => {
                         self.update_framework(now, conn, &fw, framework)
                     }
-                    Call::Subscribe { .. } => {}
+                    Call::Subscribe { .. } | Call::SubscribeHosted { .. } | Call::Submit { .. } => {
+                    }
                 }
             }
             (_, _) => {
-                self.refuse_scheduler(conn, "the first call must be SUBSCRIBE".into());
+                self.refuse_scheduler(conn, "the first call must be SUBSCRIBE or SUBMIT".into());
             }
         }
     }
@@ -795,12 +869,13 @@ impl Master {
                     .unwrap_or(u64::MAX),
             },
         ));
-        self.reconcile_agent_tasks(&id, tasks);
+        self.reconcile_agent_tasks(now, &id, tasks);
+        self.check_instances(now);
         self.request_allocation(now);
     }
 
     /// Brings the books for `agent` in line with what it reports running.
-    fn reconcile_agent_tasks(&mut self, agent: &AgentId, reported: Vec<RunningTask>) {
+    fn reconcile_agent_tasks(&mut self, now: Time, agent: &AgentId, reported: Vec<RunningTask>) {
         let known = self.task_keys_where(|_, t| &t.agent == agent && !t.state.is_terminal());
         for key in known {
             if !reported
@@ -814,12 +889,20 @@ impl Master {
                     )
                     .on(agent.clone());
                 self.release_task(&key, TaskState::Lost, None);
+                if hosted::is_instance(&key.1) {
+                    self.instance_update(now, &key.0, &key.1, TaskState::Lost);
+                    continue;
+                }
                 self.tasks.remove(&key);
                 self.send_to_framework(&key.0, Event::Update { status, ack: None });
             }
         }
         for r in reported {
             let key = (r.framework_id.clone(), r.task_id.clone());
+            if hosted::is_instance(&r.task_id) {
+                self.reported_instance(agent, r);
+                continue;
+            }
             match self.tasks.get_mut(&key) {
                 Some(task) => {
                     if task.state == TaskState::Unreachable {
@@ -939,10 +1022,13 @@ impl Master {
                 .on(id.clone());
             self.send_to_framework(&key.0, Event::Update { status, ack: None });
         }
+        self.check_instances(now);
         self.request_allocation(now);
     }
 
-    fn subscribe(&mut self, now: Time, conn: ConnId, mut info: FrameworkInfo) {
+    /// SUBSCRIBE, or SUBSCRIBE_HOSTED once the instance is checked
+    /// (`hosted`).
+    fn subscribe(&mut self, now: Time, conn: ConnId, mut info: FrameworkInfo, hosted: bool) {
         let spec = match (self.principals.get(&conn), &info.principal) {
             (Some(proven), Some(claimed)) if proven != claimed => Err(format!(
                 "the framework claims principal {claimed:?} but its certificate names {proven:?}"
@@ -961,7 +1047,7 @@ impl Master {
         };
         let id = match info.id.clone() {
             Some(id) if self.frameworks.contains_key(&id) => {
-                return self.fail_over(now, conn, id, info, spec);
+                return self.fail_over(now, conn, id, info, spec, hosted);
             }
             Some(id) if self.removed_frameworks.contains(&id) => {
                 let message = format!(
@@ -1008,6 +1094,7 @@ impl Master {
         id: FrameworkId,
         info: FrameworkInfo,
         spec: FrameworkSpec,
+        hosted: bool,
     ) {
         let Some(entry) = self.frameworks.get(&id) else {
             return;
@@ -1029,7 +1116,10 @@ impl Master {
             self.refuse_scheduler(conn, message);
             return;
         }
-        if let Some(old) = entry.conn {
+        if !hosted {
+            self.stop_hosting(&id, "a scheduler subscribed to it from elsewhere");
+        }
+        if let Some(old) = self.frameworks.get(&id).and_then(|e| e.conn) {
             self.refuse_scheduler(old, stoa_proto::messages::FAILED_OVER.to_string());
             self.peers.remove(&old);
             self.framework_of.remove(&old);
@@ -1071,7 +1161,9 @@ impl Master {
         let statuses: Vec<TaskStatus> = if tasks.is_empty() {
             self.tasks
                 .iter()
-                .filter(|((f, _), t)| f == fw && !t.state.is_terminal())
+                .filter(|((f, id), t)| {
+                    f == fw && !t.state.is_terminal() && !hosted::is_instance(id)
+                })
                 .map(|((_, task_id), t)| {
                     TaskStatus::new(task_id.clone(), t.state).on(t.agent.clone())
                 })
@@ -1411,6 +1503,7 @@ impl Master {
     }
 
     fn allocate(&mut self, now: Time) {
+        self.place_instances(now);
         let mut batches: BTreeMap<FrameworkId, Vec<Offer>> = BTreeMap::new();
         for plan in self.allocator.allocate(now) {
             let Some(agent) = self.agents.get(&plan.agent) else {

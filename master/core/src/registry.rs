@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use stoa_proto::{AgentId, Resources, Role};
+use stoa_proto::{AgentId, FrameworkId, Resources, Role, Submission, TaskId};
 
 /// A role's quota as operators set it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,4 +25,22 @@ pub struct Registry {
     pub quotas: BTreeMap<Role, QuotaSpec>,
     /// Dynamic reservations per agent and role.
     pub reservations: BTreeMap<AgentId, BTreeMap<Role, Resources>>,
+    /// Frameworks whose schedulers the master hosts. Stored apart from the
+    /// rest (see the master's registry store), so registries written before
+    /// hosting existed still load.
+    #[serde(skip)]
+    pub hosted: BTreeMap<FrameworkId, HostedRecord>,
+}
+
+/// A hosted framework as the registry keeps it: enough to keep hosting it
+/// after a master restart, and to recognise the instance that should be
+/// running when its agent re-registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedRecord {
+    /// With `framework.id` and `framework.principal` set.
+    pub submission: Submission,
+    /// Instances launched so far: names the next one.
+    pub launched: u64,
+    /// The instance that should be running, and its agent.
+    pub current: Option<(TaskId, AgentId)>,
 }

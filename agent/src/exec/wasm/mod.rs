@@ -374,6 +374,12 @@ impl WasmRuntime {
         result
     }
 
+    /// The bytes of `artifact`, checked against its digest: the reason
+    /// and message of a task that cannot have them otherwise.
+    pub fn artifact_bytes(&self, artifact: &Artifact) -> Result<Vec<u8>, (Reason, String)> {
+        self.bytes_of(artifact).map_err(|r| (r.reason, r.message))
+    }
+
     fn bytes_of(&self, artifact: &Artifact) -> Result<Vec<u8>, Refused> {
         let unavailable = |message: String| Refused {
             reason: Reason::ArtifactUnavailable,

@@ -128,7 +128,8 @@ pub async fn run(opts: HelloOptions) -> anyhow::Result<HelloReport> {
             Event::Rescind { .. }
             | Event::Subscribed { .. }
             | Event::Heartbeat
-            | Event::Failure { .. } => {}
+            | Event::Failure { .. }
+            | Event::Submitted { .. } => {}
         }
     }
     let framework_id = session.framework_id().to_string();
