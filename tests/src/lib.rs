@@ -169,6 +169,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// Loses agent `i` as a crashed machine would be lost: the agent and
+    /// every executor it started are killed.
+    pub fn lose_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_agent(i)?;
+        stoa_agent::executors::stop_leftovers(&self.agent_dir(i).join("executors"));
+        Ok(())
+    }
+
+    /// The id agent `i` registered with.
+    pub fn agent_id(&self, i: usize) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.agent_dir(i).join("agent_id"))?
+            .trim()
+            .to_string())
+    }
+
     /// Starts agent `i` again on its work directory (and agent id), with
     /// `extra` flags. It re-registers on its own; tests wait for what they
     /// need to see.

@@ -92,3 +92,81 @@ fn a_submitted_scheduler_runs_on_an_agent_until_its_framework_ends() -> anyhow::
     );
     Ok(())
 }
+
+#[test]
+fn a_hosted_scheduler_survives_the_loss_of_its_agent() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3, "cpus:1;mem:1024")?;
+    let scheduler = path("service_scheduler", "service-scheduler")?;
+    let task = format!("task={}", path("misbehave_task", "misbehave-task")?);
+    // Two 0.5-cpu instances: the scheduler's agent (0.9 cpus left after
+    // the scheduler's 0.1) holds one, another agent the other.
+    let id = submit(
+        &cluster,
+        &[
+            &scheduler,
+            "--artifact",
+            &task,
+            "--env",
+            "SERVICE_INPUT=sleep:600000",
+            "--env",
+            "SERVICE_INSTANCES=2",
+            "--env",
+            "SERVICE_CPUS=0.5",
+            "--failover-timeout",
+            "120",
+        ],
+    )?;
+    let ours = |l: &[serde_json::Value]| l.iter().find(|f| f["id"] == id.as_str()).cloned();
+    let before = wait_frameworks(
+        &cluster,
+        "two running instances",
+        Duration::from_secs(30),
+        |l| ours(l).is_some_and(|f| f["tasks"] == 2 && f["connected"] == true),
+    )?;
+    let host = ours(&before).context("listed")?["hosted"]["agent"]
+        .as_str()
+        .context("hosted on an agent")?
+        .to_string();
+    let lost = (1..=3)
+        .find(|i| cluster.agent_id(*i).is_ok_and(|a| a == host))
+        .context("the scheduler's agent is one of ours")?;
+    cluster.lose_agent(lost)?;
+
+    // A second instance starts elsewhere, as the same framework.
+    let after = wait_frameworks(
+        &cluster,
+        "a new scheduler instance",
+        Duration::from_secs(60),
+        |l| {
+            ours(l).is_some_and(|f| {
+                f["hosted"]["launched"] == 2
+                    && f["connected"] == true
+                    && f["hosted"]["agent"].as_str().is_some_and(|a| a != host)
+            })
+        },
+    )?;
+    let f = ours(&after).context("listed")?;
+    assert_eq!(f["principal"], "client", "{f}");
+    assert_eq!(f["hosted"]["instance"], "stoa-scheduler-2", "{f}");
+
+    // It reconciled: the instance on a surviving agent was adopted, not
+    // launched again; only the one on the lost agent is replaced.
+    let start = Instant::now();
+    let log = loop {
+        let out = cluster.stoa(&["logs", "stoa-scheduler-2", "--stderr"])?;
+        let log = String::from_utf8_lossy(&out.stdout).into_owned();
+        if log.contains("launching 1 instances") {
+            break log;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "the new scheduler did not take over; its log:\n{log}\n{}",
+                cluster.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(log.matches("adopted svc-").count(), 1, "{log}");
+    assert!(log.contains("reconciled: 1 instances running"), "{log}");
+    Ok(())
+}

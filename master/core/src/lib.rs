@@ -1238,6 +1238,7 @@ impl Master {
         if fw_failover_now(self.frameworks.get(id)) {
             self.remove_framework(now, id);
         }
+        self.check_instances(now);
         self.request_allocation(now);
     }
 

@@ -1,0 +1,336 @@
+//! Long-running services, in the manner of Marathon: keeps
+//! `SERVICE_INSTANCES` instances of a task running, replaces one that
+//! ends or is lost (after a backoff that grows with failures in a row),
+//! and survives its own restarts: a new scheduler instance (a failover,
+//! e.g. a cluster-hosted scheduler moved to another agent) first
+//! reconciles, adopts the instances still running, and only then launches
+//! what is missing.
+//!
+//! Configuration (WASI environment):
+//! - `STOA_ARTIFACT_TASK` and `SERVICE_INPUT`: a wasm task and its input;
+//!   or `SERVICE_COMMAND`: a native program and its arguments, separated
+//!   by spaces (needs the master's `launch_native` permission), killed
+//!   with SIGTERM and, after `SERVICE_GRACE_MS` (default 3,000), SIGKILL;
+//! - `SERVICE_INSTANCES` (default 2), `SERVICE_CPUS` (default 0.1),
+//!   `SERVICE_MEM` (MiB, default 32).
+
+use std::collections::BTreeMap;
+use stoa_guest::scheduler::{
+    CommandProgram, Driver, Level, Offer, Program, Scheduler, TaskSpec, TaskState, TaskStatus,
+    WasmProgram, artifact, cpus_mem, env_or, fits, set_up_once,
+};
+
+/// How long a new scheduler instance waits for reconciliation before it
+/// launches anything.
+const SETTLE_MS: u64 = 1_000;
+const FIRST_BACKOFF_MS: u64 = 500;
+const MAX_BACKOFF_MS: u64 = 30_000;
+
+#[derive(Debug, Default)]
+pub struct Service {
+    program: Option<Program>,
+    instances: usize,
+    cpus: f64,
+    mem: f64,
+    /// Instances launched or running, by task id.
+    live: BTreeMap<String, TaskState>,
+    /// Reconciliation is over: offers may be used.
+    settled: bool,
+    settle_timer: Option<u64>,
+    /// Launches are held back until this timer fires.
+    backoff_timer: Option<u64>,
+    failures: u32,
+    /// Names this scheduler instance's launches apart from earlier ones'.
+    epoch: String,
+    launched: u64,
+}
+
+impl Service {
+    fn configure(&mut self) -> Result<String, String> {
+        self.instances = env_or("SERVICE_INSTANCES", 2)?;
+        self.cpus = env_or("SERVICE_CPUS", 0.1)?;
+        self.mem = env_or("SERVICE_MEM", 32.0)?;
+        let command: String = env_or("SERVICE_COMMAND", String::new())?;
+        let program = if command.trim().is_empty() {
+            Program::Wasm(WasmProgram {
+                artifact: artifact("task")?,
+                input: env_or("SERVICE_INPUT", String::new())?.into_bytes(),
+                args: Vec::new(),
+                env: Vec::new(),
+            })
+        } else {
+            Program::Command(CommandProgram {
+                argv: command.split_whitespace().map(str::to_string).collect(),
+                env: Vec::new(),
+                input: Vec::new(),
+                kill_grace_ms: Some(env_or("SERVICE_GRACE_MS", 3_000)?),
+            })
+        };
+        self.program = Some(program);
+        Ok(format!(
+            "keeping {} instances of {} cpus, {} MiB running",
+            self.instances, self.cpus, self.mem
+        ))
+    }
+
+    fn spec(&mut self) -> Option<TaskSpec> {
+        let program = self.program.clone()?;
+        self.launched += 1;
+        Some(TaskSpec {
+            id: format!("svc-{}-{}", self.epoch, self.launched),
+            name: "service instance".into(),
+            resources: cpus_mem(self.cpus, self.mem),
+            program,
+            timeout_ms: None,
+            fuel: None,
+        })
+    }
+
+    fn missing(&self) -> usize {
+        self.instances.saturating_sub(self.live.len())
+    }
+}
+
+impl Scheduler for Service {
+    fn subscribed(&mut self, driver: &mut dyn Driver, framework_id: &str) {
+        set_up_once(driver, self.program.is_some(), |_| {
+            let line = self.configure()?;
+            Ok(format!("{framework_id}: {line}"))
+        });
+        // Every subscription, the first included: this scheduler may be a
+        // new instance of a framework whose tasks are running.
+        self.epoch = format!("{:x}", epoch_now());
+        self.settled = false;
+        driver.reconcile(&[]);
+        self.settle_timer = Some(driver.set_timer(SETTLE_MS));
+    }
+
+    fn offers(&mut self, driver: &mut dyn Driver, offers: Vec<Offer>) {
+        for offer in offers {
+            let ready = self.settled && self.backoff_timer.is_none();
+            let room = fits(&offer, self.cpus, self.mem, self.missing());
+            if !ready || room == 0 {
+                driver.decline(&[offer.id], Some(if ready { 5_000 } else { 500 }));
+                continue;
+            }
+            let tasks: Vec<TaskSpec> = (0..room).filter_map(|_| self.spec()).collect();
+            for t in &tasks {
+                self.live.insert(t.id.clone(), TaskState::Staging);
+            }
+            driver.log(
+                Level::Info,
+                &format!("launching {} instances on {}", tasks.len(), offer.hostname),
+            );
+            driver.accept(&[offer.id], tasks, None);
+        }
+        if self.missing() == 0 {
+            driver.suppress();
+        }
+    }
+
+    fn update(&mut self, driver: &mut dyn Driver, status: &TaskStatus) {
+        if !status.task_id.starts_with("svc-") {
+            return;
+        }
+        let id = status.task_id.clone();
+        match status.state {
+            TaskState::Staging | TaskState::Starting | TaskState::Running => {
+                if !self.live.contains_key(&id) {
+                    if self.live.len() >= self.instances {
+                        driver.log(Level::Info, &format!("{id} is one too many; killing it"));
+                        driver.kill(&id);
+                        return;
+                    }
+                    driver.log(
+                        Level::Info,
+                        &format!("adopted {id}, running before this scheduler started"),
+                    );
+                }
+                if status.state == TaskState::Running
+                    && self.live.get(&id) != Some(&TaskState::Running)
+                {
+                    self.failures = 0;
+                }
+                self.live.insert(id, status.state);
+            }
+            TaskState::Killing => {}
+            state => {
+                // Ended, or out of reach (UNREACHABLE): replaced either way;
+                // one that comes back is then one too many and is killed.
+                if self.live.remove(&id).is_none() {
+                    return;
+                }
+                driver.log(
+                    Level::Warn,
+                    &format!(
+                        "{id} ended {state:?} ({}): {}; replacing it",
+                        status.reason.as_deref().unwrap_or("-"),
+                        status.message
+                    ),
+                );
+                if state != TaskState::Finished && state != TaskState::Unreachable {
+                    self.failures = self.failures.saturating_add(1);
+                }
+                if self.failures > 0 && self.backoff_timer.is_none() {
+                    let backoff = FIRST_BACKOFF_MS
+                        .saturating_mul(1 << (self.failures - 1).min(10))
+                        .min(MAX_BACKOFF_MS);
+                    self.backoff_timer = Some(driver.set_timer(backoff));
+                } else {
+                    driver.revive();
+                }
+            }
+        }
+    }
+
+    fn timer(&mut self, driver: &mut dyn Driver, id: u64) {
+        if self.settle_timer == Some(id) {
+            self.settle_timer = None;
+            self.settled = true;
+            driver.log(
+                Level::Info,
+                &format!("reconciled: {} instances running", self.live.len()),
+            );
+        }
+        if self.backoff_timer == Some(id) {
+            self.backoff_timer = None;
+        }
+        if self.missing() > 0 {
+            driver.revive();
+        }
+    }
+}
+
+/// Wall-clock nanoseconds: distinct across this scheduler's instances.
+fn epoch_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+stoa_guest::export_scheduler!(Service);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stoa_guest::scheduler::{Recorded, Recorder};
+
+    fn offer(cpus: f64) -> Offer {
+        Offer {
+            id: 7,
+            agent_id: "a".into(),
+            hostname: "h".into(),
+            resources: cpus_mem(cpus, 1024.0),
+            attributes: Vec::new(),
+            revocable: false,
+        }
+    }
+
+    fn status(id: &str, state: TaskState) -> TaskStatus {
+        TaskStatus {
+            task_id: id.into(),
+            state,
+            reason: None,
+            message: String::new(),
+            output: None,
+            exit_code: None,
+            agent_id: Some("a".into()),
+            update_id: None,
+        }
+    }
+
+    fn service(instances: usize) -> Service {
+        Service {
+            program: Some(Program::Command(CommandProgram {
+                argv: vec!["sleep".into(), "600".into()],
+                env: Vec::new(),
+                input: Vec::new(),
+                kill_grace_ms: Some(100),
+            })),
+            instances,
+            cpus: 0.5,
+            mem: 32.0,
+            epoch: "e".into(),
+            ..Service::default()
+        }
+    }
+
+    fn settle(s: &mut Service, d: &mut Recorder) {
+        s.settle_timer = Some(1);
+        s.timer(d, 1);
+    }
+
+    fn launched(calls: &[Recorded]) -> usize {
+        calls
+            .iter()
+            .map(|c| match c {
+                Recorded::Accept { tasks, .. } => tasks.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn waits_for_reconciliation_then_fills_up_to_the_target() {
+        let (mut s, mut d) = (service(3), Recorder::default());
+        s.offers(&mut d, vec![offer(4.0)]);
+        assert_eq!(launched(&d.take()), 0, "nothing before reconciliation");
+        settle(&mut s, &mut d);
+        s.offers(&mut d, vec![offer(1.0)]);
+        assert_eq!(launched(&d.take()), 2, "1 cpu holds two 0.5-cpu instances");
+        s.offers(&mut d, vec![offer(4.0)]);
+        let calls = d.take();
+        assert_eq!(launched(&calls), 1, "{calls:?}");
+        assert!(calls.contains(&Recorded::Suppress), "{calls:?}");
+    }
+
+    #[test]
+    fn adopts_running_instances_after_a_failover_and_kills_extras() {
+        let (mut s, mut d) = (service(2), Recorder::default());
+        s.update(&mut d, &status("svc-old-1", TaskState::Running));
+        s.update(&mut d, &status("svc-old-2", TaskState::Running));
+        s.update(&mut d, &status("svc-old-3", TaskState::Running));
+        let calls = d.take();
+        assert!(
+            calls.contains(&Recorded::Kill("svc-old-3".into())),
+            "{calls:?}"
+        );
+        settle(&mut s, &mut d);
+        s.offers(&mut d, vec![offer(4.0)]);
+        assert_eq!(launched(&d.take()), 0, "both adopted instances count");
+    }
+
+    #[test]
+    fn replaces_failed_instances_after_a_growing_backoff() {
+        let (mut s, mut d) = (service(1), Recorder::default());
+        settle(&mut s, &mut d);
+        s.offers(&mut d, vec![offer(1.0)]);
+        let id = s.live.keys().next().cloned().unwrap_or_default();
+        s.update(&mut d, &status(&id, TaskState::Running));
+        d.take();
+        s.update(&mut d, &status(&id, TaskState::Failed));
+        assert!(
+            d.take()
+                .iter()
+                .any(|c| matches!(c, Recorded::SetTimer { delay_ms: 500, .. })),
+            "first failure: 500 ms"
+        );
+        s.offers(&mut d, vec![offer(1.0)]);
+        assert_eq!(launched(&d.take()), 0, "held back during the backoff");
+        let timer = s.backoff_timer.unwrap_or_default();
+        s.timer(&mut d, timer);
+        s.offers(&mut d, vec![offer(1.0)]);
+        let id2 = s.live.keys().next().cloned().unwrap_or_default();
+        s.update(&mut d, &status(&id2, TaskState::Failed));
+        assert!(
+            d.take().iter().any(|c| matches!(
+                c,
+                Recorded::SetTimer {
+                    delay_ms: 1_000,
+                    ..
+                }
+            )),
+            "second failure in a row: 1 s"
+        );
+    }
+}
