@@ -109,4 +109,39 @@ mod tests {
         assert_eq!(RegistryStore::open(&path)?.load()?, reg);
         Ok(())
     }
+
+    #[test]
+    fn hosted_frameworks_and_the_secret_survive_reopening() -> anyhow::Result<()> {
+        use stoa_master_core::registry::HostedRecord;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("registry.redb");
+        let mut framework = stoa_proto::FrameworkInfo::new("svc", "eng".parse()?);
+        framework.id = Some("f1".parse()?);
+        let mut reg = Registry::default();
+        reg.hosted.insert(
+            "f1".parse()?,
+            HostedRecord {
+                submission: stoa_proto::Submission {
+                    framework,
+                    artifact: stoa_proto::Digest::of(b"s"),
+                    args: Vec::new(),
+                    env: Vec::new(),
+                    resources: "cpus:0.1;mem:64".parse()?,
+                    fuel_per_call: 1,
+                },
+                launched: 3,
+                current: Some(("stoa-scheduler-3".parse()?, "a1".parse()?)),
+            },
+        );
+        let secret = {
+            let store = RegistryStore::open(&path)?;
+            store.save(&reg)?;
+            store.secret()?
+        };
+        let store = RegistryStore::open(&path)?;
+        assert_eq!(store.load()?, reg);
+        assert_eq!(store.secret()?, secret, "the secret is made once");
+        assert_ne!(secret, [0; 32]);
+        Ok(())
+    }
 }

@@ -1270,6 +1270,11 @@ impl Master {
             self.tasks.remove(&key);
         }
         self.frameworks.remove(id);
+        // Its scheduler instance, if hosted, was killed with its tasks.
+        if self.hosted.remove(id).is_some() {
+            self.registry.hosted.remove(id);
+            self.registry_dirty = true;
+        }
         self.removed_frameworks.push_back(id.clone());
         if self.removed_frameworks.len() > MAX_REMOVED_FRAMEWORKS {
             self.removed_frameworks.pop_front();
@@ -1327,6 +1332,24 @@ impl Master {
     ) {
         status.agent_id = Some(agent.clone());
         let key = (framework_id.clone(), status.task_id.clone());
+        if hosted::is_instance(&status.task_id) {
+            // The master's own task: acknowledged here, never relayed.
+            if self.tasks.get(&key).is_some_and(|t| t.agent == agent) {
+                self.release_task(&key, status.state, Some(update_id));
+                self.instance_update(now, &framework_id, &status.task_id, status.state);
+                if status.state.is_terminal() {
+                    self.request_allocation(now);
+                }
+            }
+            self.outbox.push_back(Transmit::ToAgent(
+                conn,
+                MasterToAgent::AcknowledgeUpdate {
+                    task_id: status.task_id,
+                    update_id,
+                },
+            ));
+            return;
+        }
         if let Some(task) = self.tasks.get(&key)
             && task.agent == agent
             && !task.state.is_terminal()

@@ -1070,3 +1070,432 @@ fn update_framework_changes_what_it_may_and_refuses_a_new_role() {
     m.handle_disconnected(t(3), SCHED);
     assert!(drain(&mut m).iter().any(|tx| matches!(tx, Transmit::ToAgent(_, MasterToAgent::KillTask { framework_id, .. }) if *framework_id == id)));
 }
+
+// ---- cluster-hosted schedulers ---------------------------------------------
+
+const SUBMITTER: ConnId = ConnId(30);
+const SECRET: [u8; 32] = [7; 32];
+
+fn hosted_config() -> MasterConfig {
+    MasterConfig {
+        secret: SECRET,
+        ..MasterConfig::default()
+    }
+}
+
+fn submission() -> stoa_proto::Submission {
+    stoa_proto::Submission {
+        framework: FrameworkInfo {
+            failover_timeout_ms: 60_000,
+            ..FrameworkInfo::new("svc", "eng".parse().expect("role"))
+        },
+        artifact: stoa_proto::Digest::of(b"scheduler"),
+        args: vec!["--fast".into()],
+        env: vec![("K".into(), "V".into())],
+        resources: "cpus:0.1;mem:128".parse().expect("r"),
+        fuel_per_call: 1_000,
+    }
+}
+
+/// Submits as `alice` at `now`; returns what the master answered.
+fn submit_at(m: &mut Master, now: Time, s: stoa_proto::Submission) -> Vec<Transmit> {
+    m.handle_connected(now, SUBMITTER, Channel::Scheduler);
+    m.handle_authenticated(SUBMITTER, "alice".into());
+    m.handle_scheduler_call(
+        now,
+        SUBMITTER,
+        Call::Submit {
+            submission: Box::new(s),
+        },
+    );
+    drain(m)
+}
+
+/// The instance a RunTask in `out` starts: (agent conn, framework, task id, token).
+fn started_instance(out: &[Transmit]) -> Option<(ConnId, FrameworkId, TaskId, stoa_proto::Digest)> {
+    out.iter().find_map(|tx| match tx {
+        Transmit::ToAgent(conn, MasterToAgent::RunTask { framework_id, task }) => {
+            match &task.kind {
+                TaskKind::Scheduler(h) => {
+                    Some((*conn, framework_id.clone(), task.task_id.clone(), h.token))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    })
+}
+
+/// A master with one agent and a submitted framework whose first instance
+/// was started; returns the framework and the instance.
+fn hosted_cluster() -> (Master, FrameworkId, TaskId, stoa_proto::Digest) {
+    let mut m = Master::new(hosted_config(), "m");
+    register(&mut m, "cpus:2;mem:1024".parse().expect("r"), Vec::new());
+    drain(&mut m);
+    let out = submit_at(&mut m, t(0), submission());
+    let fw = match out.as_slice() {
+        [
+            Transmit::ToScheduler(SUBMITTER, Event::Submitted { framework_id }),
+            Transmit::Close(SUBMITTER, _),
+        ] => framework_id.clone(),
+        other => panic!("expected SUBMITTED, got {other:?}"),
+    };
+    let out = allocate_now(&mut m);
+    let (conn, id, task, token) = started_instance(&out).expect("an instance started");
+    assert_eq!((conn, &id), (AGENT, &fw));
+    (m, fw, task, token)
+}
+
+/// An instance subscribing on `conn`, authenticated as `who`.
+fn subscribe_instance(
+    m: &mut Master,
+    now: Time,
+    (conn, who): (ConnId, &str),
+    fw: &FrameworkId,
+    task: &TaskId,
+    token: stoa_proto::Digest,
+) -> Vec<Transmit> {
+    m.handle_connected(now, conn, Channel::Scheduler);
+    m.handle_authenticated(conn, who.into());
+    let framework = FrameworkInfo {
+        id: Some(fw.clone()),
+        ..submission().framework
+    };
+    m.handle_scheduler_call(
+        now,
+        conn,
+        Call::SubscribeHosted {
+            framework,
+            task_id: task.clone(),
+            token,
+        },
+    );
+    drain(m)
+}
+
+fn instance_update(
+    m: &mut Master,
+    now: Time,
+    fw: &FrameworkId,
+    task: &TaskId,
+    state: TaskState,
+    update: u64,
+) -> Vec<Transmit> {
+    m.handle_agent_message(
+        now,
+        AGENT,
+        AgentToMaster::StatusUpdate {
+            framework_id: fw.clone(),
+            update_id: UpdateId(update),
+            status: TaskStatus::new(task.clone(), state),
+        },
+    );
+    drain(m)
+}
+
+fn refused(out: &[Transmit], needle: &str) -> bool {
+    out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(_, Event::Error { message }) if message.contains(needle)))
+}
+
+#[test]
+fn a_hosted_instance_subscribes_only_from_an_agent_with_its_token_as_the_submitter() {
+    let (mut m, fw, instance, token) = hosted_cluster();
+    assert_eq!(instance.as_str(), "stoa-scheduler-1");
+    assert_eq!(token, hosted::token(&SECRET, &fw, &instance));
+    assert!(refused(
+        &subscribe_instance(&mut m, t(10), (ConnId(40), "alice"), &fw, &instance, token),
+        "only an agent"
+    ));
+    let forged = stoa_proto::Digest::of(b"guess");
+    assert!(refused(
+        &subscribe_instance(&mut m, t(10), (ConnId(41), "agent"), &fw, &instance, forged),
+        "wrong token"
+    ));
+    let other = TaskId::new("stoa-scheduler-9").expect("id");
+    let other_token = hosted::token(&SECRET, &fw, &other);
+    assert!(refused(
+        &subscribe_instance(
+            &mut m,
+            t(10),
+            (ConnId(42), "agent"),
+            &fw,
+            &other,
+            other_token
+        ),
+        "not the current"
+    ));
+
+    let out = subscribe_instance(
+        &mut m,
+        t(10),
+        (ConnId(43), "agent-2"),
+        &fw,
+        &instance,
+        token,
+    );
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToScheduler(ConnId(43), Event::Subscribed { framework_id, .. })] if *framework_id == fw),
+        "{out:?}"
+    );
+    let listed = m.framework_list();
+    assert_eq!(listed[0].principal.as_deref(), Some("alice"));
+    assert!(listed[0].connected);
+    assert_eq!(listed[0].hosted.as_ref().map(|h| h.launched), Some(1));
+
+    // The instance's own updates are acknowledged by the master, never
+    // shown to the framework, and reconciliation leaves it out.
+    let out = instance_update(&mut m, t(20), &fw, &instance, TaskState::Running, 1);
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Transmit::ToAgent(
+                AGENT,
+                MasterToAgent::AcknowledgeUpdate { .. }
+            )]
+        ),
+        "{out:?}"
+    );
+    m.handle_scheduler_call(t(21), ConnId(43), Call::Reconcile { tasks: vec![] });
+    assert!(drain(&mut m).is_empty());
+
+    // A framework may not launch a hosted scheduler or use the reserved ids.
+    let offer = allocate_now(&mut m).into_iter().find_map(|tx| match tx {
+        Transmit::ToScheduler(_, Event::Offers { offers }) => offers.first().map(|o| o.id),
+        _ => None,
+    });
+    let offer = offer.expect("an offer to the hosted framework");
+    m.handle_scheduler_call(
+        t(30),
+        ConnId(43),
+        Call::Accept {
+            offer_ids: vec![offer],
+            operations: vec![Operation::Launch {
+                tasks: vec![task("stoa-scheduler-5", "cpus:0.1;mem:32")],
+            }],
+            refuse_ms: None,
+        },
+    );
+    let out = drain(&mut m);
+    assert!(out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(_, Event::Update { status, .. }) if status.state == TaskState::Error && status.message.contains("the master's own"))), "{out:?}");
+}
+
+#[test]
+fn a_failed_instance_is_restarted_with_backoff_and_a_finished_one_ends_hosting() {
+    let (mut m, fw, first, _) = hosted_cluster();
+    instance_update(&mut m, t(10), &fw, &first, TaskState::Running, 1);
+    instance_update(&mut m, t(100), &fw, &first, TaskState::Failed, 2);
+    m.handle_timeout(t(1_099));
+    assert!(
+        started_instance(&drain(&mut m)).is_none(),
+        "1 s after the first failure"
+    );
+    m.handle_timeout(t(1_100));
+    let (_, _, second, _) = started_instance(&drain(&mut m)).expect("restarted");
+    assert_eq!(second.as_str(), "stoa-scheduler-2");
+    instance_update(&mut m, t(1_200), &fw, &second, TaskState::Failed, 3);
+    m.handle_timeout(t(2_300));
+    assert!(
+        started_instance(&drain(&mut m)).is_none(),
+        "2 s after the second failure in a row"
+    );
+    m.handle_timeout(t(3_200));
+    let (_, _, third, _) = started_instance(&drain(&mut m)).expect("restarted again");
+    instance_update(&mut m, t(3_300), &fw, &third, TaskState::Finished, 4);
+    let listed = m.framework_list();
+    assert!(
+        listed[0].hosted.is_none(),
+        "a finished scheduler is not restarted"
+    );
+    assert!(m.poll_registry().is_some_and(|r| r.hosted.is_empty()));
+}
+
+#[test]
+fn a_lost_agent_moves_the_instance_once_its_scheduler_is_silent() {
+    let (mut m, fw, first, token) = hosted_cluster();
+    let other = ConnId(11);
+    m.handle_connected(t(0), other, Channel::Agent);
+    let info = AgentInfo {
+        reservations: Vec::new(),
+        hostname: "h2".into(),
+        resources: "cpus:2;mem:1024".parse().expect("r"),
+        attributes: Attributes::default(),
+    };
+    m.handle_agent_message(
+        t(0),
+        other,
+        AgentToMaster::Register {
+            info,
+            agent_id: None,
+            tasks: vec![],
+        },
+    );
+    drain(&mut m);
+    let lost_agent = m.framework_list()[0]
+        .hosted
+        .clone()
+        .and_then(|h| h.instance)
+        .expect("placed")
+        .1;
+    subscribe_instance(&mut m, t(10), (ConnId(43), "agent"), &fw, &first, token);
+    instance_update(&mut m, t(10), &fw, &first, TaskState::Running, 1);
+
+    // Its agent goes; the scheduler itself still talks: nothing moves.
+    m.handle_disconnected(t(1_000), AGENT);
+    m.handle_agent_message(t(19_000), other, AgentToMaster::Heartbeat);
+    m.handle_timeout(t(20_000));
+    assert!(started_instance(&drain(&mut m)).is_none());
+    // The scheduler falls silent too: after the agent timeout (5 s) a new
+    // instance starts on the other agent.
+    m.handle_disconnected(t(20_000), ConnId(43));
+    m.handle_agent_message(t(24_000), other, AgentToMaster::Heartbeat);
+    m.handle_timeout(t(24_999));
+    assert!(started_instance(&drain(&mut m)).is_none());
+    m.handle_timeout(t(25_000));
+    let (conn, _, second, second_token) = started_instance(&drain(&mut m)).expect("moved");
+    assert_eq!((conn, second.as_str()), (other, "stoa-scheduler-2"));
+    // The old instance cannot come back as the framework's scheduler.
+    assert!(refused(
+        &subscribe_instance(&mut m, t(25_001), (ConnId(44), "agent"), &fw, &first, token),
+        "not the current"
+    ));
+    let out = subscribe_instance(
+        &mut m,
+        t(25_002),
+        (ConnId(45), "agent"),
+        &fw,
+        &second,
+        second_token,
+    );
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Transmit::ToScheduler(_, Event::Subscribed { .. })]
+        ),
+        "{out:?}"
+    );
+    // Its agent returns, still running the old instance: it is killed.
+    m.handle_connected(t(30_000), AGENT, Channel::Agent);
+    let info = AgentInfo {
+        reservations: Vec::new(),
+        hostname: "h".into(),
+        resources: "cpus:2;mem:1024".parse().expect("r"),
+        attributes: Attributes::default(),
+    };
+    let running = RunningTask {
+        framework_id: fw.clone(),
+        task_id: first.clone(),
+        resources: "cpus:0.1;mem:128".parse().expect("r"),
+        state: TaskState::Running,
+    };
+    m.handle_agent_message(
+        t(30_000),
+        AGENT,
+        AgentToMaster::Register {
+            info,
+            agent_id: Some(lost_agent),
+            tasks: vec![running],
+        },
+    );
+    let out = drain(&mut m);
+    assert!(out.iter().any(|tx| matches!(tx, Transmit::ToAgent(AGENT, MasterToAgent::KillTask { task_id, .. }) if *task_id == first)), "{out:?}");
+}
+
+#[test]
+fn subscribing_from_elsewhere_takes_a_framework_off_hosting() {
+    let (mut m, fw, first, _) = hosted_cluster();
+    m.handle_connected(t(10), ConnId(50), Channel::Scheduler);
+    m.handle_authenticated(ConnId(50), "alice".into());
+    let framework = FrameworkInfo {
+        id: Some(fw.clone()),
+        ..submission().framework
+    };
+    m.handle_scheduler_call(t(10), ConnId(50), Call::Subscribe { framework });
+    let out = drain(&mut m);
+    assert!(out.iter().any(|tx| matches!(tx, Transmit::ToAgent(AGENT, MasterToAgent::KillTask { task_id, .. }) if *task_id == first)), "{out:?}");
+    assert!(
+        out.iter().any(|tx| matches!(
+            tx,
+            Transmit::ToScheduler(ConnId(50), Event::Subscribed { .. })
+        )),
+        "{out:?}"
+    );
+    assert!(m.framework_list()[0].hosted.is_none());
+}
+
+#[test]
+fn submissions_are_checked_and_hosting_survives_a_master_restart() {
+    let mut m = Master::new(hosted_config(), "m");
+    let with_id = stoa_proto::Submission {
+        framework: FrameworkInfo {
+            id: Some(FrameworkId::new("x").expect("id")),
+            ..submission().framework
+        },
+        ..submission()
+    };
+    assert!(refused(
+        &submit_at(&mut m, t(0), with_id),
+        "leave its id unset"
+    ));
+    let no_mem = stoa_proto::Submission {
+        resources: "cpus:1".parse().expect("r"),
+        ..submission()
+    };
+    assert!(refused(&submit_at(&mut m, t(0), no_mem), "needs mem"));
+    let (mut m, fw, first, token) = hosted_cluster();
+    let registry = m.poll_registry().expect("hosting is recorded");
+
+    // A new master run: the framework is still hosted, and an agent
+    // re-registering with the instance keeps it (nothing killed or
+    // started), and the instance may subscribe again.
+    let mut m = Master::new(hosted_config(), "m2");
+    m.restore(registry);
+    assert_eq!(m.framework_list()[0].id, fw);
+    m.handle_connected(t(100), AGENT, Channel::Agent);
+    let info = AgentInfo {
+        reservations: Vec::new(),
+        hostname: "h".into(),
+        resources: "cpus:2;mem:1024".parse().expect("r"),
+        attributes: Attributes::default(),
+    };
+    let agent_id = m.framework_list()[0]
+        .hosted
+        .clone()
+        .and_then(|h| h.instance)
+        .expect("recorded")
+        .1;
+    let running = RunningTask {
+        framework_id: fw.clone(),
+        task_id: first.clone(),
+        resources: "cpus:0.1;mem:128".parse().expect("r"),
+        state: TaskState::Running,
+    };
+    m.handle_agent_message(
+        t(100),
+        AGENT,
+        AgentToMaster::Register {
+            info,
+            agent_id: Some(agent_id),
+            tasks: vec![running],
+        },
+    );
+    let out = allocate_now(&mut m);
+    assert!(
+        !out.iter()
+            .any(|tx| matches!(tx, Transmit::ToAgent(_, MasterToAgent::KillTask { .. }))),
+        "{out:?}"
+    );
+    assert!(started_instance(&out).is_none(), "{out:?}");
+    let out = subscribe_instance(&mut m, t(200), (ConnId(43), "agent"), &fw, &first, token);
+    assert!(
+        matches!(
+            out.as_slice(),
+            [Transmit::ToScheduler(_, Event::Subscribed { .. })]
+        ),
+        "{out:?}"
+    );
+    m.handle_timeout(t(60_000));
+    assert!(
+        started_instance(&drain(&mut m)).is_none(),
+        "the instance is reachable"
+    );
+}
