@@ -162,7 +162,7 @@ fn start(c: &mut Criterion, runtime: &WasmRuntime, hello_task: &TaskInfo) {
                 let begin = Instant::now();
                 let dir = TaskDir::create(&work.path().join("task")).expect("task dir");
                 let cgroup = cgroups.create("bench", "task-t", &limits).expect("cgroup");
-                let mut running = None;
+                let running = std::cell::Cell::new(None);
                 let end = tokio.block_on(stoa_agent::exec::native::run(
                     &native,
                     &command,
@@ -170,10 +170,10 @@ fn start(c: &mut Criterion, runtime: &WasmRuntime, hello_task: &TaskInfo) {
                     Some(cgroup),
                     1 << 20,
                     &never,
-                    || running = Some(Instant::now()),
+                    |_| running.set(Some(Instant::now())),
                 ));
                 assert!(matches!(end, TaskEvent::Finished { .. }), "{end:?}");
-                total += running.expect("running") - begin;
+                total += running.get().expect("running") - begin;
                 cgroups.remove("bench", "task-t").expect("remove");
             }
             total

@@ -266,8 +266,8 @@ fn launch(
                     return;
                 }
             };
-            let running = || {
-                let _ = events.send((task_id.clone(), TaskEvent::Running));
+            let report = |event| {
+                let _ = events.send((task_id.clone(), event));
             };
             let cgroup = cgroup.map(Cgroup::from_paths);
             let end = native::run(
@@ -277,7 +277,7 @@ fn launch(
                 cgroup,
                 log_limit,
                 &kill.notify,
-                running,
+                report,
             )
             .await;
             let _ = events.send((task_id, end));

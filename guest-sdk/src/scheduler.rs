@@ -5,7 +5,8 @@
 
 use crate::scheduler_bindings::stoa::scheduler::driver;
 pub use crate::scheduler_bindings::stoa::scheduler::types::{
-    CommandProgram, Level, Offer, Program, Scalar, TaskSpec, TaskState, TaskStatus, WasmProgram,
+    CommandProgram, HealthCheck, Level, Offer, Program, Scalar, TaskSpec, TaskState, TaskStatus,
+    WasmProgram,
 };
 
 /// What a scheduler may ask of the master. Calls are sent when the handler

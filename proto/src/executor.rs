@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskEvent {
     Running,
+    /// A health check's verdict changed; the task still runs.
+    Health {
+        healthy: bool,
+    },
     /// Ended well: a `stoa:task` returned its output, or a command exited 0.
     Finished {
         output: Vec<u8>,
@@ -38,7 +42,7 @@ impl TaskEvent {
     }
 
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, TaskEvent::Running)
+        !matches!(self, TaskEvent::Running | TaskEvent::Health { .. })
     }
 }
 

@@ -143,6 +143,48 @@ pub struct CommandTask {
     /// At most this many processes and threads at once; the agent's limit
     /// when `None` or higher.
     pub max_pids: Option<u32>,
+    /// Checked while the program runs; the task is killed (TASK_KILLED,
+    /// reason `unhealthy`) after too many failed checks in a row.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A command health check, as in Mesos: `argv` runs in the task's sandbox
+/// and cgroup, with the task's environment, every `interval_ms`; it passes
+/// when it exits 0 within `timeout_ms`. Failures in the first
+/// `grace_period_ms` of the task do not count; `max_failures` in a row
+/// kill it. Each change of verdict is a TASK_RUNNING update with
+/// `healthy` set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub argv: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub grace_period_ms: u64,
+    pub max_failures: u32,
+}
+
+/// Builds a [`CommandTask`] from the WIT `command-program` record of any
+/// binding generator (host and guest bindings are different types with the
+/// same fields).
+#[macro_export]
+macro_rules! command_from_wit {
+    ($c:expr) => {{
+        let c = $c;
+        $crate::CommandTask {
+            argv: c.argv.clone(),
+            env: c.env.clone(),
+            input: c.input.clone(),
+            kill_grace_ms: c.kill_grace_ms,
+            max_pids: None,
+            health_check: c.health_check.as_ref().map(|h| $crate::HealthCheck {
+                argv: h.argv.clone(),
+                interval_ms: h.interval_ms,
+                timeout_ms: h.timeout_ms,
+                grace_period_ms: h.grace_period_ms,
+                max_failures: h.max_failures,
+            }),
+        }
+    }};
 }
 
 impl CommandTask {
@@ -154,6 +196,7 @@ impl CommandTask {
             input: Vec::new(),
             kill_grace_ms: None,
             max_pids: None,
+            health_check: None,
         }
     }
 }
@@ -298,6 +341,7 @@ macro_rules! wit_task_status {
             exit_code: s.exit_code,
             agent_id: s.agent_id.as_ref().map(|a| a.as_str().to_string()),
             update_id: $ack.map(|u: $crate::UpdateId| u.0),
+            healthy: s.healthy,
         }
     }};
 }
@@ -360,12 +404,15 @@ pub enum Reason {
     /// The agent cannot contain the task as its kind needs (native tasks
     /// need cgroups).
     IsolationUnavailable,
+    /// Killed after failing its health check too many times in a row.
+    Unhealthy,
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             Reason::TaskFailed => "task-failed",
+            Reason::Unhealthy => "unhealthy",
             Reason::MemoryLimit => "memory-limit",
             Reason::FuelExhausted => "fuel-exhausted",
             Reason::Timeout => "timeout",
@@ -406,6 +453,8 @@ pub struct TaskStatus {
     /// A command's exit code, once it exited.
     pub exit_code: Option<i32>,
     pub agent_id: Option<AgentId>,
+    /// The last health check's verdict, for tasks that have one.
+    pub healthy: Option<bool>,
 }
 
 impl TaskStatus {
@@ -418,6 +467,7 @@ impl TaskStatus {
             output: None,
             exit_code: None,
             agent_id: None,
+            healthy: None,
         }
     }
     pub fn because(mut self, reason: Reason, message: impl Into<String>) -> Self {

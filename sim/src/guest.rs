@@ -6,8 +6,8 @@
 use std::time::Duration;
 use stoa_guest::scheduler::{self as guest, Recorded, Recorder, Scheduler};
 use stoa_proto::{
-    Artifact, Call, CommandTask, Digest, Event, Offer, OfferId, Operation, Resources, TaskId,
-    TaskInfo, TaskKind, TaskLimits, TaskStatus, UpdateId, WasmTask,
+    Artifact, Call, Digest, Event, Offer, OfferId, Operation, Resources, TaskId, TaskInfo,
+    TaskKind, TaskLimits, TaskStatus, UpdateId, WasmTask,
 };
 
 /// What a framework asked for in answer to one event.
@@ -162,13 +162,7 @@ fn task_info(spec: &guest::TaskSpec) -> Option<TaskInfo> {
             args: w.args.clone(),
             env: w.env.clone(),
         }),
-        guest::Program::Command(c) => TaskKind::Command(CommandTask {
-            argv: c.argv.clone(),
-            env: c.env.clone(),
-            input: c.input.clone(),
-            kill_grace_ms: c.kill_grace_ms,
-            max_pids: None,
-        }),
+        guest::Program::Command(c) => TaskKind::Command(stoa_proto::command_from_wit!(c)),
     };
     Some(TaskInfo {
         task_id: TaskId::new(spec.id.clone()).ok()?,

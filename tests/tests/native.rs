@@ -7,7 +7,9 @@ use nix::unistd::Pid;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use stoa_agent::cgroups::{Cgroup, Cgroups, Hierarchy, default_root};
-use stoa_proto::{CommandTask, Reason, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState};
+use stoa_proto::{
+    CommandTask, HealthCheck, Reason, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState,
+};
 use stoa_tests::{Cluster, TestFramework};
 
 /// The test client's certificate is `client`; only it may run natively.
@@ -270,6 +272,52 @@ fn a_kill_takes_down_the_whole_process_tree() -> anyhow::Result<()> {
                 assert!(dead(*pid), "process {pid} of a killed task survived");
             }
             removed(&cgroup).await?;
+            fw.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
+
+#[test]
+fn a_task_failing_its_health_check_is_reported_unhealthy_then_killed() -> anyhow::Result<()> {
+    let cluster = cluster()?;
+    runtime()?
+        .block_on(async {
+            let mut fw = TestFramework::subscribe(&cluster.client(), "checked").await?;
+            // Healthy for a second, then its check fails; it ignores
+            // SIGTERM, so the kill waits out the grace period.
+            let script = "trap '' TERM; sleep 1; touch sick; sleep 100";
+            let task = with(command("svc", "cpus:0.1;mem:64", script)?, |c| {
+                c.kill_grace_ms = Some(300);
+                c.health_check = Some(HealthCheck {
+                    argv: vec!["/bin/sh".into(), "-c".into(), "test ! -e sick".into()],
+                    interval_ms: 200,
+                    timeout_ms: 1_000,
+                    grace_period_ms: 0,
+                    max_failures: 3,
+                });
+            });
+            fw.launch_all(vec![task]).await?;
+            let mut seen = Vec::new();
+            let end = loop {
+                let status = fw.next_update().await?;
+                if status.task_id.as_str() != "svc" {
+                    continue;
+                }
+                if status.state.is_terminal() {
+                    break status;
+                }
+                if status.state == TaskState::Running {
+                    seen.push(status.healthy);
+                }
+            };
+            assert_eq!(
+                seen,
+                [None, Some(true), Some(false)],
+                "RUNNING, then each verdict once"
+            );
+            assert_eq!(end.state, TaskState::Killed, "{end:?}");
+            assert_eq!(end.reason, Some(Reason::Unhealthy), "{end:?}");
+            assert!(end.message.contains("3 failed health checks"), "{end:?}");
             fw.teardown().await
         })
         .map_err(|e| e.context(cluster.logs()))

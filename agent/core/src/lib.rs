@@ -234,6 +234,11 @@ impl Agent {
         }
         let status = match event {
             TaskEvent::Running => TaskStatus::new(task_id, TaskState::Running),
+            TaskEvent::Health { healthy } => {
+                let mut s = TaskStatus::new(task_id, TaskState::Running);
+                s.healthy = Some(healthy);
+                s
+            }
             TaskEvent::Finished { output, exit_code } => {
                 let mut s = TaskStatus::new(task_id, TaskState::Finished);
                 s.output = Some(output);

@@ -7,7 +7,9 @@
 //! stderr are copied into the task's capped logs. A kill is SIGTERM to
 //! its process group, the task's grace period, then SIGKILL to everything
 //! in the cgroup. Whatever is left when the program exits is killed too:
-//! a task ends with all of its processes.
+//! a task ends with all of its processes. A task with a health check has
+//! it run beside it, in its sandbox and cgroup; too many failures in a row
+//! kill it by the same policy.
 
 use crate::cgroups::{Cgroup, enter_on_exec};
 use crate::core::TaskEvent;
@@ -18,21 +20,27 @@ use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use stoa_proto::side::LogStream;
-use stoa_proto::{CommandTask, DEFAULT_KILL_GRACE_MS, Reason, TaskInfo, TaskState};
+use stoa_proto::{CommandTask, DEFAULT_KILL_GRACE_MS, HealthCheck, Reason, TaskInfo, TaskState};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Notify;
 
 /// How long the end of a task waits for its logs to drain.
 const LOG_DRAIN: Duration = Duration::from_secs(5);
 
+/// Health checks run at most this often, whatever a task asks.
+const MIN_HEALTH_INTERVAL_MS: u64 = 100;
+
 /// Why a task stopped before its program exited.
 enum Stop {
     Killed,
     Timeout(Duration),
+    /// This many health checks failed in a row.
+    Unhealthy(u32),
 }
 
-/// Runs `command` to its end. `on_running` is called once the program
-/// started; `kill` ends it by the task's kill policy.
+/// Runs `command` to its end. `report` gets RUNNING once the program
+/// started, then each change of its health; `kill` ends it by the task's
+/// kill policy.
 pub async fn run(
     task: &TaskInfo,
     command: &CommandTask,
@@ -40,7 +48,7 @@ pub async fn run(
     cgroup: Option<Cgroup>,
     log_limit: u64,
     kill: &Notify,
-    on_running: impl FnOnce(),
+    report: impl Fn(TaskEvent),
 ) -> TaskEvent {
     let Some(cgroup) = cgroup else {
         return TaskEvent::ended(
@@ -103,7 +111,7 @@ pub async fn run(
             );
         }
     };
-    on_running();
+    report(TaskEvent::Running);
     let pid = child.id().and_then(|p| i32::try_from(p).ok());
 
     let mut drains = Vec::new();
@@ -126,9 +134,16 @@ pub async fn run(
     }
 
     let timeout = task.limits.timeout_ms.map(Duration::from_millis);
+    let health = async {
+        match &command.health_check {
+            Some(check) => watch_health(check, &command.env, dir, &cgroup, &report).await,
+            None => std::future::pending().await,
+        }
+    };
     let stopped = tokio::select! {
         status = child.wait() => Ok(status),
         () = kill.notified() => Err(Stop::Killed),
+        failures = health => Err(Stop::Unhealthy(failures)),
         () = crate::driver::sleep_until(timeout.map(|t| std::time::Instant::now() + t)) => {
             Err(Stop::Timeout(timeout.unwrap_or_default()))
         }
@@ -167,6 +182,81 @@ pub async fn run(
     verdict(task, stopped.err(), status, cgroup.oom_killed())
 }
 
+/// Runs `check` every interval until it fails `max_failures` times in a
+/// row (failures in the grace period aside); returns that count. Reports
+/// each change of verdict.
+async fn watch_health(
+    check: &HealthCheck,
+    env: &[(String, String)],
+    dir: &TaskDir,
+    cgroup: &Cgroup,
+    report: &impl Fn(TaskEvent),
+) -> u32 {
+    let started = tokio::time::Instant::now();
+    let interval = Duration::from_millis(check.interval_ms.max(MIN_HEALTH_INTERVAL_MS));
+    let timeout = Duration::from_millis(check.timeout_ms.max(1));
+    let grace = Duration::from_millis(check.grace_period_ms);
+    let (mut failures, mut last) = (0, None);
+    loop {
+        tokio::time::sleep(interval).await;
+        let passed = check_once(check, env, dir, cgroup, timeout).await;
+        let counts = started.elapsed() >= grace;
+        if passed {
+            failures = 0;
+        } else if counts {
+            failures += 1;
+        }
+        // A failure in the grace period is not news.
+        if (passed || counts) && last != Some(passed) {
+            report(TaskEvent::Health { healthy: passed });
+            last = Some(passed);
+        }
+        if failures >= check.max_failures.max(1) {
+            return failures;
+        }
+    }
+}
+
+/// One health check: passes when the command exits 0 within `timeout`.
+async fn check_once(
+    check: &HealthCheck,
+    env: &[(String, String)],
+    dir: &TaskDir,
+    cgroup: &Cgroup,
+    timeout: Duration,
+) -> bool {
+    let Some((program, args)) = check.argv.split_first() else {
+        return false;
+    };
+    let Ok(entry) = cgroup.entry() else {
+        return false;
+    };
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir.sandbox())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    enter_on_exec(&mut command, entry);
+    let Ok(mut child) = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+    else {
+        return false;
+    };
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) => status.success(),
+        _ => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            false
+        }
+    }
+}
+
 /// The terminal event from how the task stopped.
 fn verdict(
     task: &TaskInfo,
@@ -186,6 +276,11 @@ fn verdict(
             TaskState::Killed,
             Reason::KilledByScheduler,
             "killed".into(),
+        ),
+        Some(Stop::Unhealthy(failures)) => end(
+            TaskState::Killed,
+            Reason::Unhealthy,
+            format!("killed after {failures} failed health checks in a row"),
         ),
         Some(Stop::Timeout(after)) => end(
             TaskState::Failed,

@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use std::time::Duration;
 use stoa_client::Calls;
 use stoa_proto::{
-    AgentId, Artifact, CommandTask, Digest, FrameworkId, Offer, OfferId, Operation, Resources,
-    TaskId, TaskInfo, TaskKind, TaskLimits, TaskStatus, UpdateId, WasmTask,
+    AgentId, Artifact, Digest, FrameworkId, Offer, OfferId, Operation, Resources, TaskId, TaskInfo,
+    TaskKind, TaskLimits, TaskStatus, UpdateId, WasmTask,
 };
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -407,6 +407,7 @@ impl ComponentScheduler {
             exit_code: None,
             agent_id: None,
             update_id: None,
+            healthy: None,
         };
         self.handle(calls, "update", |i, s| i.call_update(s, &status));
     }
@@ -477,13 +478,7 @@ fn task_info(spec: &wit::TaskSpec) -> Result<TaskInfo, String> {
                 env: w.env.clone(),
             })
         }
-        wit::Program::Command(c) => TaskKind::Command(CommandTask {
-            argv: c.argv.clone(),
-            env: c.env.clone(),
-            input: c.input.clone(),
-            kill_grace_ms: c.kill_grace_ms,
-            max_pids: None,
-        }),
+        wit::Program::Command(c) => TaskKind::Command(stoa_proto::command_from_wit!(c)),
     };
     Ok(TaskInfo {
         task_id,

@@ -198,6 +198,7 @@ mod tests {
             exit_code: None,
             agent_id: Some("a".into()),
             update_id: None,
+            healthy: None,
         }
     }
 

@@ -183,6 +183,7 @@ mod tests {
             exit_code: None,
             agent_id: Some("a1".into()),
             update_id: Some(i as u64 + 100),
+            healthy: None,
         }
     }
 

@@ -160,6 +160,7 @@ mod tests {
             exit_code: None,
             agent_id: Some("a".into()),
             update_id: Some(1),
+            healthy: None,
         }
     }
 

@@ -8,16 +8,22 @@
 //!
 //! Configuration (WASI environment):
 //! - `STOA_ARTIFACT_TASK` and `SERVICE_INPUT`: a wasm task and its input;
-//!   or `SERVICE_COMMAND`: a native program and its arguments, separated
-//!   by spaces (needs the master's `launch_native` permission), killed
-//!   with SIGTERM and, after `SERVICE_GRACE_MS` (default 3,000), SIGKILL;
+//!   or `SERVICE_COMMAND`: a native shell command (`/bin/sh -c`; needs the
+//!   master's `launch_native` permission), killed with SIGTERM and, after
+//!   `SERVICE_GRACE_MS` (default 3,000), SIGKILL;
+//! - `SERVICE_HEALTH`: a shell command that checks a native instance
+//!   every `SERVICE_HEALTH_INTERVAL_MS` (default 10,000), within
+//!   `SERVICE_HEALTH_TIMEOUT_MS` (default 5,000); after
+//!   `SERVICE_HEALTH_FAILURES` failures in a row (default 3) the agent
+//!   kills the instance, and it is replaced. Failures in its first
+//!   `SERVICE_HEALTH_GRACE_MS` (default 0) do not count;
 //! - `SERVICE_INSTANCES` (default 2), `SERVICE_CPUS` (default 0.1),
 //!   `SERVICE_MEM` (MiB, default 32).
 
 use std::collections::BTreeMap;
 use stoa_guest::scheduler::{
-    CommandProgram, Driver, Level, Offer, Program, Scheduler, TaskSpec, TaskState, TaskStatus,
-    WasmProgram, artifact, cpus_mem, env_or, fits, set_up_once,
+    CommandProgram, Driver, HealthCheck, Level, Offer, Program, Scheduler, TaskSpec, TaskState,
+    TaskStatus, WasmProgram, artifact, cpus_mem, env_or, fits, set_up_once,
 };
 
 /// How long a new scheduler instance waits for reconciliation before it
@@ -59,11 +65,24 @@ impl Service {
                 env: Vec::new(),
             })
         } else {
+            let health: String = env_or("SERVICE_HEALTH", String::new())?;
+            let health_check = if health.trim().is_empty() {
+                None
+            } else {
+                Some(HealthCheck {
+                    argv: shell(&health),
+                    interval_ms: env_or("SERVICE_HEALTH_INTERVAL_MS", 10_000)?,
+                    timeout_ms: env_or("SERVICE_HEALTH_TIMEOUT_MS", 5_000)?,
+                    grace_period_ms: env_or("SERVICE_HEALTH_GRACE_MS", 0)?,
+                    max_failures: env_or("SERVICE_HEALTH_FAILURES", 3)?,
+                })
+            };
             Program::Command(CommandProgram {
-                argv: command.split_whitespace().map(str::to_string).collect(),
-                env: Vec::new(),
+                argv: shell(&command),
+                env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
                 input: Vec::new(),
                 kill_grace_ms: Some(env_or("SERVICE_GRACE_MS", 3_000)?),
+                health_check,
             })
         };
         self.program = Some(program);
@@ -133,6 +152,11 @@ impl Scheduler for Service {
             return;
         }
         let id = status.task_id.clone();
+        match status.healthy {
+            Some(false) => driver.log(Level::Warn, &format!("{id} is unhealthy")),
+            Some(true) => driver.log(Level::Info, &format!("{id} is healthy")),
+            None => {}
+        }
         match status.state {
             TaskState::Staging | TaskState::Starting | TaskState::Running => {
                 if !self.live.contains_key(&id) {
@@ -201,6 +225,11 @@ impl Scheduler for Service {
     }
 }
 
+/// `command` run by the shell.
+fn shell(command: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), command.into()]
+}
+
 /// Wall-clock nanoseconds: distinct across this scheduler's instances.
 fn epoch_now() -> u128 {
     std::time::SystemTime::now()
@@ -236,6 +265,7 @@ mod tests {
             exit_code: None,
             agent_id: Some("a".into()),
             update_id: None,
+            healthy: None,
         }
     }
 
@@ -246,6 +276,7 @@ mod tests {
                 env: Vec::new(),
                 input: Vec::new(),
                 kill_grace_ms: Some(100),
+                health_check: None,
             })),
             instances,
             cpus: 0.5,
