@@ -22,6 +22,19 @@ enum FrameworkCommand {
     /// Run a scheduler component (stoa:scheduler) here until it tears its
     /// framework down.
     Run(RunArgs),
+    /// Send a message to a running framework's scheduler (its `message`
+    /// handler), e.g. `scale 5` to the service framework.
+    Message(MessageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MessageArgs {
+    /// The framework (see `stoa frameworks`).
+    framework_id: FrameworkId,
+    /// The message, as text.
+    text: String,
+    #[command(flatten)]
+    client: crate::connect::ClientArgs,
 }
 
 /// What every way of hosting a scheduler component takes.
@@ -128,7 +141,18 @@ impl ComponentArgs {
 }
 
 pub async fn run(a: FrameworkArgs) -> anyhow::Result<()> {
-    let FrameworkCommand::Run(a) = a.command;
+    match a.command {
+        FrameworkCommand::Run(a) => run_here(a).await,
+        FrameworkCommand::Message(a) => {
+            let config = a.client.config();
+            stoa_client::send_message(&config, a.framework_id.clone(), a.text.into_bytes()).await?;
+            eprintln!("delivered to the scheduler of {}", a.framework_id);
+            Ok(())
+        }
+    }
+}
+
+async fn run_here(a: RunArgs) -> anyhow::Result<()> {
     let c = &a.component;
     let config = c.client.config();
     let (wasm, env) = c.prepare(&config).await?;

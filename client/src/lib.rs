@@ -208,28 +208,51 @@ pub async fn submit(
     config: &ClientConfig,
     submission: stoa_proto::Submission,
 ) -> anyhow::Result<FrameworkId> {
+    let call = Call::Submit {
+        submission: Box::new(submission),
+    };
+    match request(config, "SUBMIT", &call).await? {
+        Event::Submitted { framework_id } => Ok(framework_id),
+        other => bail!("expected SUBMITTED, the master sent {other:?}"),
+    }
+}
+
+/// Sends `data` to the scheduler of `framework_id` (its MESSAGE event);
+/// the client must be the framework's principal.
+pub async fn send_message(
+    config: &ClientConfig,
+    framework_id: FrameworkId,
+    data: Vec<u8>,
+) -> anyhow::Result<()> {
+    let call = Call::SendMessage { framework_id, data };
+    match request(config, "SEND_MESSAGE", &call).await? {
+        Event::Delivered => Ok(()),
+        other => bail!("expected DELIVERED, the master sent {other:?}"),
+    }
+}
+
+/// One call on a fresh scheduler-channel connection, answered by one
+/// event; an ERROR answer is a [`Refused`].
+async fn request(config: &ClientConfig, what: &str, call: &Call) -> anyhow::Result<Event> {
     let identity = Identity::load(&config.certs, &config.identity)?;
     let tls = stoa_transport::client_config(&identity, ALPN_SCHEDULER)?;
     let endpoint = stoa_transport::client_endpoint(config.master)?;
     let (conn, mut sender, mut receiver) =
         stoa_transport::connect(&endpoint, config.master, tls).await?;
     sender
-        .send(&Call::Submit {
-            submission: Box::new(submission),
-        })
+        .send(call)
         .await
-        .context("cannot send SUBMIT")?;
+        .with_context(|| format!("cannot send {what}"))?;
     let reply = receiver.recv::<Event>().await;
     conn.close(stoa_transport::close::NORMAL, b"done");
     match reply {
-        Ok(Some(Event::Submitted { framework_id })) => Ok(framework_id),
         Ok(Some(Event::Error { message })) => Err(Refused(message).into()),
-        Ok(Some(other)) => bail!("expected SUBMITTED, the master sent {other:?}"),
+        Ok(Some(event)) => Ok(event),
         Ok(None) => bail!(
-            "the master closed the connection during SUBMIT ({:?})",
+            "the master closed the connection during {what} ({:?})",
             conn.close_reason()
         ),
-        Err(e) => bail!("SUBMIT failed: {e}"),
+        Err(e) => bail!("{what} failed: {e}"),
     }
 }
 

@@ -43,6 +43,10 @@ pub trait Scheduler {
     fn error(&mut self, calls: &mut Calls, message: &str) {
         let _ = (calls, message);
     }
+    /// Bytes sent to the framework from outside (`stoa framework message`).
+    fn message(&mut self, calls: &mut Calls, data: &[u8]) {
+        let _ = (calls, data);
+    }
 }
 
 /// What a handler asks for: calls to the master, timers, the end.
@@ -252,8 +256,11 @@ pub async fn run(
                     }
                 }
                 Event::Failure { agent_id } => scheduler.failure(&mut calls, &agent_id),
-                Event::Submitted { .. } => {
-                    tracing::warn!("ignoring SUBMITTED on a subscribed connection");
+                Event::Message { data } => scheduler.message(&mut calls, &data),
+                Event::Submitted { .. } | Event::Delivered => {
+                    tracing::warn!(
+                        "ignoring an answer to SUBMIT or SEND_MESSAGE on a subscribed connection"
+                    );
                 }
                 Event::Error { message } => {
                     if message == stoa_proto::messages::FAILED_OVER {

@@ -57,6 +57,10 @@ pub trait Scheduler: Default + 'static {
     fn error(&mut self, driver: &mut dyn Driver, message: &str) {
         let _ = (driver, message);
     }
+    /// Bytes sent to the framework from outside (`stoa framework message`).
+    fn message(&mut self, driver: &mut dyn Driver, data: &[u8]) {
+        let _ = (driver, data);
+    }
 }
 
 /// The driver of a scheduler component: the host's imports.
@@ -342,6 +346,9 @@ macro_rules! export_scheduler {
             }
             fn error(message: ::std::string::String) {
                 __stoa_with(|s, d| $crate::scheduler::Scheduler::error(s, d, &message))
+            }
+            fn message(data: ::std::vec::Vec<u8>) {
+                __stoa_with(|s, d| $crate::scheduler::Scheduler::message(s, d, &data))
             }
         }
 

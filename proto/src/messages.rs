@@ -226,7 +226,17 @@ pub enum Call {
     Submit {
         submission: Box<Submission>,
     },
+    /// Sends `data` to the scheduler of `framework_id` (as a MESSAGE
+    /// event); only the framework's principal may. May open a connection
+    /// like SUBMIT; answered with DELIVERED or ERROR.
+    SendMessage {
+        framework_id: FrameworkId,
+        data: Vec<u8>,
+    },
 }
+
+/// Largest MESSAGE payload.
+pub const MAX_MESSAGE: usize = 64 * 1024;
 
 /// A framework whose scheduler the master runs on an agent, restarting it
 /// (on another agent if its own is lost) until the framework ends.
@@ -290,4 +300,10 @@ pub enum Event {
     Submitted {
         framework_id: FrameworkId,
     },
+    /// Bytes sent to this framework from outside (SEND_MESSAGE).
+    Message {
+        data: Vec<u8>,
+    },
+    /// The answer to SEND_MESSAGE: the scheduler was sent the message.
+    Delivered,
 }

@@ -129,7 +129,8 @@ impl<S: Scheduler + std::fmt::Debug> Framework for Guest<S> {
             Event::Rescind { offer_id } => self.scheduler.rescind(d, offer_id.0),
             Event::Failure { agent_id } => self.scheduler.failure(d, agent_id.as_str()),
             Event::Error { message } => self.scheduler.error(d, message),
-            Event::Heartbeat | Event::Submitted { .. } => {}
+            Event::Message { data } => self.scheduler.message(d, data),
+            Event::Heartbeat | Event::Submitted { .. } | Event::Delivered => {}
         }
         self.react()
     }

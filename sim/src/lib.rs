@@ -482,6 +482,8 @@ impl Sim {
             | Event::Error { .. }
             | Event::Heartbeat
             | Event::Submitted { .. }
+            | Event::Message { .. }
+            | Event::Delivered
             | Event::Failure { .. } => {}
         }
     }
@@ -559,6 +561,9 @@ fn describe_call(c: &Call) -> String {
             framework, task_id, ..
         } => format!("SubscribeHosted {} as {task_id}", framework.name),
         Call::Submit { submission } => format!("Submit {}", submission.framework.name),
+        Call::SendMessage { framework_id, data } => {
+            format!("SendMessage {} bytes to {framework_id}", data.len())
+        }
     }
 }
 
@@ -584,6 +589,8 @@ fn describe_event(e: &Event) -> String {
         Event::Heartbeat => "Heartbeat".into(),
         Event::Failure { agent_id } => format!("Failure {agent_id}"),
         Event::Submitted { framework_id } => format!("Submitted {framework_id}"),
+        Event::Message { data } => format!("Message {} bytes", data.len()),
+        Event::Delivered => "Delivered".into(),
     }
 }
 

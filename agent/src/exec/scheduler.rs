@@ -448,6 +448,10 @@ impl stoa_client::Scheduler for ComponentScheduler {
         let message = message.to_string();
         self.handle(calls, "error", |i, s| i.call_error(s, &message));
     }
+
+    fn message(&mut self, calls: &mut Calls, data: &[u8]) {
+        self.handle(calls, "message", |i, s| i.call_message(s, data));
+    }
 }
 
 fn wit_offer(o: &Offer) -> wit::Offer {

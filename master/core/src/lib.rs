@@ -687,9 +687,15 @@ impl Master {
             (Some(Peer::Pending(Channel::Scheduler)), Call::Submit { submission }) => {
                 self.submit(now, conn, *submission)
             }
+            (Some(Peer::Pending(Channel::Scheduler)), Call::SendMessage { framework_id, data }) => {
+                self.send_message(conn, &framework_id, data)
+            }
             (
                 Some(Peer::Framework),
-                Call::Subscribe { .. } | Call::SubscribeHosted { .. } | Call::Submit { .. },
+                Call::Subscribe { .. }
+                | Call::SubscribeHosted { .. }
+                | Call::Submit { .. }
+                | Call::SendMessage { .. },
             ) => {
                 self.send_to_scheduler(
                     conn,
@@ -732,12 +738,49 @@ impl Master {
                     Call::UpdateFramework { framework } => {
                         self.update_framework(now, conn, &fw, framework)
                     }
-                    Call::Subscribe { .. } | Call::SubscribeHosted { .. } | Call::Submit { .. } => {
-                    }
+                    Call::Subscribe { .. }
+                    | Call::SubscribeHosted { .. }
+                    | Call::Submit { .. }
+                    | Call::SendMessage { .. } => {}
                 }
             }
             (_, _) => {
-                self.refuse_scheduler(conn, "the first call must be SUBSCRIBE or SUBMIT".into());
+                self.refuse_scheduler(
+                    conn,
+                    "the first call must be SUBSCRIBE, SUBMIT or SEND_MESSAGE".into(),
+                );
+            }
+        }
+    }
+
+    /// SEND_MESSAGE: bytes for a framework's scheduler, from its own
+    /// principal. Answered on `conn`, which then closes.
+    fn send_message(&mut self, conn: ConnId, fw: &FrameworkId, data: Vec<u8>) {
+        let principal = self.principals.get(&conn);
+        let refusal = match self.frameworks.get(fw) {
+            None => Some(format!("no framework {fw} is known to this master")),
+            Some(f) if f.info.principal.as_ref() != principal => Some(format!(
+                "framework {fw} belongs to principal {}",
+                f.info.principal.as_deref().unwrap_or("(none)")
+            )),
+            Some(f) if f.conn.is_none() => Some(format!(
+                "framework {fw} has no scheduler connected now; try again shortly"
+            )),
+            Some(_) if data.len() > stoa_proto::messages::MAX_MESSAGE => Some(format!(
+                "a message may hold at most {} bytes",
+                stoa_proto::messages::MAX_MESSAGE
+            )),
+            Some(_) => None,
+        };
+        match refusal {
+            Some(message) => {
+                self.refuse_scheduler(conn, format!("SEND_MESSAGE refused: {message}"))
+            }
+            None => {
+                self.send_to_framework(fw, Event::Message { data });
+                self.send_to_scheduler(conn, Event::Delivered);
+                self.outbox
+                    .push_back(Transmit::Close(conn, "delivered".into()));
             }
         }
     }

@@ -1499,3 +1499,33 @@ fn submissions_are_checked_and_hosting_survives_a_master_restart() {
         "the instance is reachable"
     );
 }
+
+#[test]
+fn messages_reach_a_connected_scheduler_from_its_own_principal_only() {
+    let (mut m, fw, instance, token) = hosted_cluster();
+    let send = |m: &mut Master, conn: ConnId, who: &str, data: Vec<u8>| {
+        m.handle_connected(t(10), conn, Channel::Scheduler);
+        m.handle_authenticated(conn, who.into());
+        let framework_id = fw.clone();
+        m.handle_scheduler_call(t(10), conn, Call::SendMessage { framework_id, data });
+        drain(m)
+    };
+    assert!(refused(
+        &send(&mut m, ConnId(60), "alice", b"scale 2".to_vec()),
+        "no scheduler connected"
+    ));
+    subscribe_instance(&mut m, t(10), (ConnId(43), "agent"), &fw, &instance, token);
+    assert!(refused(
+        &send(&mut m, ConnId(61), "mallory", b"scale 2".to_vec()),
+        "belongs to principal alice"
+    ));
+    let huge = vec![0; stoa_proto::messages::MAX_MESSAGE + 1];
+    assert!(refused(&send(&mut m, ConnId(62), "alice", huge), "at most"));
+    let out = send(&mut m, ConnId(63), "alice", b"scale 2".to_vec());
+    assert!(out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(ConnId(43), Event::Message { data }) if data == b"scale 2")), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|tx| matches!(tx, Transmit::ToScheduler(ConnId(63), Event::Delivered))),
+        "{out:?}"
+    );
+}

@@ -129,7 +129,9 @@ pub async fn run(opts: HelloOptions) -> anyhow::Result<HelloReport> {
             | Event::Subscribed { .. }
             | Event::Heartbeat
             | Event::Failure { .. }
-            | Event::Submitted { .. } => {}
+            | Event::Submitted { .. }
+            | Event::Message { .. }
+            | Event::Delivered => {}
         }
     }
     let framework_id = session.framework_id().to_string();

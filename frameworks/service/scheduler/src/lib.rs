@@ -19,6 +19,9 @@
 //!   `SERVICE_HEALTH_GRACE_MS` (default 0) do not count;
 //! - `SERVICE_INSTANCES` (default 2), `SERVICE_CPUS` (default 0.1),
 //!   `SERVICE_MEM` (MiB, default 32).
+//!
+//! `stoa framework message ID "scale N"` changes the number of instances
+//! while it runs: more are launched, or the newest are killed.
 
 use std::collections::BTreeMap;
 use stoa_guest::scheduler::{
@@ -96,7 +99,7 @@ impl Service {
         let program = self.program.clone()?;
         self.launched += 1;
         Some(TaskSpec {
-            id: format!("svc-{}-{}", self.epoch, self.launched),
+            id: format!("svc-{}-{:06}", self.epoch, self.launched),
             name: "service instance".into(),
             resources: cpus_mem(self.cpus, self.mem),
             program,
@@ -187,7 +190,8 @@ impl Scheduler for Service {
                 driver.log(
                     Level::Warn,
                     &format!(
-                        "{id} ended {state:?} ({}): {}; replacing it",
+                        "{id} ended {} ({}): {}; replacing it",
+                        format!("{state:?}").trim_start_matches("TaskState::"),
                         status.reason.as_deref().unwrap_or("-"),
                         status.message
                     ),
@@ -204,6 +208,36 @@ impl Scheduler for Service {
                     driver.revive();
                 }
             }
+        }
+    }
+
+    fn message(&mut self, driver: &mut dyn Driver, data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let Some(n) = text
+            .trim()
+            .strip_prefix("scale ")
+            .and_then(|n| n.trim().parse::<usize>().ok())
+        else {
+            driver.log(
+                Level::Warn,
+                &format!("ignoring message {text:?}: expected \"scale N\""),
+            );
+            return;
+        };
+        driver.log(
+            Level::Info,
+            &format!("scaling from {} to {n} instances", self.instances),
+        );
+        self.instances = n;
+        // The newest go first: their ids sort last within this epoch.
+        let extra = self.live.len().saturating_sub(n);
+        let doomed: Vec<String> = self.live.keys().rev().take(extra).cloned().collect();
+        for id in doomed {
+            self.live.remove(&id);
+            driver.kill(&id);
+        }
+        if self.missing() > 0 {
+            driver.revive();
         }
     }
 
@@ -329,6 +363,25 @@ mod tests {
         settle(&mut s, &mut d);
         s.offers(&mut d, vec![offer(4.0)]);
         assert_eq!(launched(&d.take()), 0, "both adopted instances count");
+    }
+
+    #[test]
+    fn a_scale_message_launches_more_or_kills_the_extra() {
+        let (mut s, mut d) = (service(1), Recorder::default());
+        settle(&mut s, &mut d);
+        s.message(&mut d, b"scale 3");
+        assert!(d.take().contains(&Recorded::Revive));
+        s.offers(&mut d, vec![offer(4.0)]);
+        assert_eq!(launched(&d.take()), 3);
+        s.message(&mut d, b"scale 1");
+        let kills = d
+            .take()
+            .into_iter()
+            .filter(|c| matches!(c, Recorded::Kill(_)))
+            .count();
+        assert_eq!((kills, s.live.len()), (2, 1));
+        s.message(&mut d, b"grow please");
+        assert!(matches!(&d.take()[..], [Recorded::Log(Level::Warn, _)]));
     }
 
     #[test]
