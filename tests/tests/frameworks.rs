@@ -59,6 +59,10 @@ fn the_hello_wasm_scheduler_runs_its_tasks_and_tears_down() -> anyhow::Result<()
     let line: serde_json::Value = serde_json::from_slice(&stdout)?;
     assert_eq!(line["ended"], "teardown");
     assert!(stderr.contains("all 30 tasks finished"), "{stderr}");
+    assert!(
+        stderr.contains("hello: subscribed as"),
+        "WASI stderr: {stderr}"
+    );
     Ok(())
 }
 
@@ -185,5 +189,37 @@ fn iterative_regression_converges_over_many_iterations() -> anyhow::Result<()> {
         "{line}"
     );
     assert!(stderr.matches("iteration ").count() >= 15, "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn a_python_scheduler_built_with_componentize_py_runs_its_tasks() -> anyhow::Result<()> {
+    // Built by `./dev` with componentize-py against wit/scheduler as it
+    // is (frameworks/hello/python-scheduler).
+    let scheduler = wasm_path("hello_task", "hello-task")?
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .map(|target| target.join("python/hello_python_scheduler.wasm"))
+        .filter(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("the Python scheduler is not built; run ./dev test"))?;
+    let cluster = Cluster::start(1, "cpus:1;mem:1024")?;
+    let task = format!("task={}", path("hello_task", "hello-task")?);
+    let scheduler = scheduler.display().to_string();
+    let out = cluster.stoa(&[
+        "framework",
+        "run",
+        &scheduler,
+        "--artifact",
+        &task,
+        "--env",
+        "HELLO_TASKS=6",
+        "--json",
+    ])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success(), "{stderr}\n{}", cluster.logs());
+    assert!(stderr.contains("python: all 6 tasks finished"), "{stderr}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(line["ended"], "teardown");
     Ok(())
 }

@@ -104,6 +104,7 @@ fn a_submitted_scheduler_runs_on_an_agent_until_its_framework_ends() -> anyhow::
     )?;
     let out = cluster.stoa(&["logs", "stoa-scheduler-1", "--stderr"])?;
     let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("hello: subscribed as"), "WASI stderr: {log}");
     assert!(
         log.contains("all 12 tasks finished"),
         "{log}\n{}",

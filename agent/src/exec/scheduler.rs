@@ -289,7 +289,7 @@ impl ComponentScheduler {
         &mut self,
         calls: &mut Calls,
         what: &str,
-        f: impl FnOnce(&bindings::Scheduler, &mut Store<State>) -> wasmtime::Result<()>,
+        f: impl FnOnce(&bindings::Scheduler, &mut Store<State>) -> wasmtime::Result<()> + Send,
     ) {
         if self.failed.is_some() {
             return;
@@ -298,7 +298,21 @@ impl ComponentScheduler {
             self.fail(calls, format!("cannot refuel: {e:#}"));
             return;
         }
-        let result = f(&self.instance, &mut self.store);
+        let (instance, store) = (&self.instance, &mut self.store);
+        let result = if tokio::runtime::Handle::try_current().is_ok() {
+            // WASI's synchronous host calls (a write to stderr, a poll)
+            // block on a Tokio runtime of their own, which Tokio forbids on
+            // a thread that is driving one: the call runs on a thread
+            // outside any runtime.
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| f(instance, store))
+                    .join()
+                    .unwrap_or_else(|_| Err(wasmtime::Error::msg("the host panicked")))
+            })
+        } else {
+            f(instance, store)
+        };
         let made = std::mem::take(&mut self.store.data_mut().calls);
         if let Err(e) = result {
             self.fail(calls, format!("the scheduler trapped in {what}: {e:#}"));

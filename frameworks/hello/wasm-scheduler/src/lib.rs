@@ -60,6 +60,9 @@ fn index_of(task_id: &str) -> Option<usize> {
 
 impl Scheduler for Hello {
     fn subscribed(&mut self, driver: &mut dyn Driver, framework_id: &str) {
+        // Plain WASI output works too: it reaches the host's stderr, or the
+        // scheduler's log when the cluster hosts it.
+        eprintln!("hello: subscribed as {framework_id}");
         if self.total > 0 {
             // A failover: what is still pending is still to do.
             driver.log(Level::Info, &format!("resubscribed as {framework_id}"));
