@@ -884,6 +884,15 @@ impl Allocator {
             .ok_or_else(|| AllocatorError::UnknownAgent(id.clone()))
     }
 
+    /// The unreserved resources of `agent` that nobody holds (neither
+    /// offered nor used).
+    pub fn free_unreserved(&self, agent: &AgentId) -> Option<&Resources> {
+        self.agent_index
+            .get(agent)
+            .and_then(|&i| self.agents[i].as_ref())
+            .map(|a| &a.free.unreserved)
+    }
+
     fn agent_mut(&mut self, id: &AgentId) -> Result<&mut AgentState, AllocatorError> {
         self.agent_index
             .get(id)

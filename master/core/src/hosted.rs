@@ -377,17 +377,36 @@ impl Master {
             unreserved: resources.clone(),
             reserved: Default::default(),
         };
-        for rescinding in [false, true] {
-            for agent in &candidates {
-                if rescinding {
-                    self.rescind_where(|o| &o.agent_id == agent);
-                }
-                if self.allocator.claim(fw, agent, &allocation).is_ok() {
-                    return Some((agent.clone(), allocation));
-                }
+        for agent in &candidates {
+            if self.allocator.claim(fw, agent, &allocation).is_ok() {
+                return Some((agent.clone(), allocation));
             }
         }
-        None
+        // Rescind one agent's offers, and only where that makes room:
+        // while an instance waits for space, other frameworks' offers are
+        // not withdrawn again and again for nothing.
+        let fits = |master: &Master, agent: &AgentId| {
+            let offered = master
+                .offers
+                .values()
+                .filter(|o| &o.offer.agent_id == agent)
+                .try_fold(Resources::new(), |sum, o| {
+                    sum.checked_add(&o.allocation.unreserved)
+                });
+            let free = master.allocator.free_unreserved(agent);
+            match (offered, free) {
+                (Some(offered), Some(free)) => offered
+                    .checked_add(free)
+                    .is_some_and(|room| room.contains(resources)),
+                _ => false,
+            }
+        };
+        let agent = candidates.into_iter().find(|a| fits(self, a))?;
+        self.rescind_where(|o| o.agent_id == agent);
+        self.allocator
+            .claim(fw, &agent, &allocation)
+            .ok()
+            .map(|()| (agent, allocation))
     }
 
     fn launch_instance(&mut self, fw: &FrameworkId, agent: AgentId, allocation: Allocation) {

@@ -1529,3 +1529,42 @@ fn messages_reach_a_connected_scheduler_from_its_own_principal_only() {
         "{out:?}"
     );
 }
+
+#[test]
+fn an_instance_takes_offered_resources_only_where_it_then_fits() {
+    // A framework holds an offer of the whole agent (cpus:2;mem:1024).
+    let (mut m, _, offer) = cluster_with(hosted_config(), None);
+    let out = submit_at(&mut m, t(10), submission());
+    assert!(
+        out.iter()
+            .any(|tx| matches!(tx, Transmit::ToScheduler(_, Event::Submitted { .. })))
+    );
+    let out = allocate_now(&mut m);
+    assert!(out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(SCHED, Event::Rescind { offer_id }) if *offer_id == offer.id)), "{out:?}");
+    assert!(started_instance(&out).is_some(), "{out:?}");
+    let out = allocate_now(&mut m);
+    assert!(
+        out.iter()
+            .any(|tx| matches!(tx, Transmit::ToScheduler(SCHED, Event::Offers { .. }))),
+        "the rest is offered again: {out:?}"
+    );
+
+    // An instance no agent can hold waits, and does not withdraw the
+    // other framework's offers while it does.
+    let huge = stoa_proto::Submission {
+        resources: "cpus:8;mem:128".parse().expect("r"),
+        ..submission()
+    };
+    submit_at(&mut m, t(20), huge);
+    for ms in [1_000, 2_000, 3_000] {
+        m.handle_agent_message(t(ms), AGENT, AgentToMaster::Heartbeat);
+        m.handle_timeout(t(ms + 50));
+        let out = drain(&mut m);
+        assert!(
+            !out.iter()
+                .any(|tx| matches!(tx, Transmit::ToScheduler(_, Event::Rescind { .. }))),
+            "{out:?}"
+        );
+        assert!(started_instance(&out).is_none());
+    }
+}
