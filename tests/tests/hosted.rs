@@ -84,17 +84,6 @@ fn a_submitted_scheduler_runs_on_an_agent_until_its_framework_ends() -> anyhow::
         &cluster,
         &[&scheduler, "--artifact", &task, "--env", "HELLO_TASKS=12"],
     )?;
-    // While it runs, operators see where; it subscribed as the submitter.
-    let seen = wait_frameworks(
-        &cluster,
-        "the framework's listing",
-        Duration::from_secs(30),
-        |l| l.iter().any(|f| f["id"] == id.as_str()) || l.is_empty(),
-    )?;
-    if let Some(f) = seen.iter().find(|f| f["id"] == id.as_str()) {
-        assert_eq!(f["principal"], "client", "{f}");
-        assert!(f["hosted"]["launched"].as_u64() >= Some(1), "{f}");
-    }
     // hello tears its framework down once its tasks finish; hosting ends.
     wait_frameworks(
         &cluster,

@@ -261,35 +261,13 @@ impl Master {
     /// A re-registering agent reports an instance. The current one is
     /// taken back into the books; any other is booked until it ends, and
     /// killed.
-    pub(super) fn reported_instance(&mut self, agent: &AgentId, r: RunningTask) {
-        let key = (r.framework_id.clone(), r.task_id.clone());
+    pub(super) fn reported_instance(&mut self, agent: &AgentId, r: &RunningTask) {
         let is_current = self
             .hosted
             .get(&r.framework_id)
             .and_then(|h| h.record.current.as_ref())
             .is_some_and(|(t, a)| t == &r.task_id && a == agent);
-        match self.tasks.get_mut(&key) {
-            Some(task) => {
-                if task.state == TaskState::Unreachable {
-                    task.state = r.state;
-                }
-            }
-            None => {
-                let allocation = self.claim_running(agent, &r);
-                self.remember_placement(&key, agent);
-                self.tasks.insert(
-                    key,
-                    TaskEntry {
-                        agent: agent.clone(),
-                        allocation,
-                        state: r.state,
-                        revocable: false,
-                        preempting: false,
-                        terminal_update: None,
-                    },
-                );
-            }
-        }
+        self.book_reported(agent, r);
         if !is_current {
             tracing::info!(framework = %r.framework_id, instance = %r.task_id, "killing a hosted scheduler instance that was replaced");
             self.kill_instance(&r.framework_id, &r.task_id, agent);

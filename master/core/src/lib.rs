@@ -941,40 +941,42 @@ impl Master {
             }
         }
         for r in reported {
-            let key = (r.framework_id.clone(), r.task_id.clone());
             if hosted::is_instance(&r.task_id) {
-                self.reported_instance(agent, r);
-                continue;
-            }
-            match self.tasks.get_mut(&key) {
-                Some(task) => {
-                    if task.state == TaskState::Unreachable {
-                        task.state = r.state;
-                        let status = TaskStatus::new(r.task_id, r.state).on(agent.clone());
-                        self.send_to_framework(
-                            &r.framework_id,
-                            Event::Update { status, ack: None },
-                        );
-                    }
-                }
-                None => {
-                    // A task from before this master started: take it into the books.
-                    let allocation = self.claim_running(agent, &r);
-                    self.remember_placement(&key, agent);
-                    self.tasks.insert(
-                        key,
-                        TaskEntry {
-                            agent: agent.clone(),
-                            allocation,
-                            state: r.state,
-                            revocable: false,
-                            preempting: false,
-                            terminal_update: None,
-                        },
-                    );
-                }
+                self.reported_instance(agent, &r);
+            } else if self.book_reported(agent, &r) {
+                let status = TaskStatus::new(r.task_id, r.state).on(agent.clone());
+                self.send_to_framework(&r.framework_id, Event::Update { status, ack: None });
             }
         }
+    }
+
+    /// Takes a task a registering agent reports into the books: one that
+    /// was unreachable is reachable again (true is returned, for its
+    /// framework to hear it); one this master does not know (from before
+    /// it started) is booked with what it holds.
+    fn book_reported(&mut self, agent: &AgentId, r: &RunningTask) -> bool {
+        let key = (r.framework_id.clone(), r.task_id.clone());
+        if let Some(task) = self.tasks.get_mut(&key) {
+            let back = task.state == TaskState::Unreachable;
+            if back {
+                task.state = r.state;
+            }
+            return back;
+        }
+        let allocation = self.claim_running(agent, r);
+        self.remember_placement(&key, agent);
+        self.tasks.insert(
+            key,
+            TaskEntry {
+                agent: agent.clone(),
+                allocation,
+                state: r.state,
+                revocable: false,
+                preempting: false,
+                terminal_update: None,
+            },
+        );
+        false
     }
 
     /// Books a task reported by a re-registering agent as held, from the

@@ -1074,6 +1074,16 @@ fn update_framework_changes_what_it_may_and_refuses_a_new_role() {
 // ---- cluster-hosted schedulers ---------------------------------------------
 
 const SUBMITTER: ConnId = ConnId(30);
+
+/// An agent with cpus:2;mem:1024 and nothing reserved.
+fn agent_info(hostname: &str) -> AgentInfo {
+    AgentInfo {
+        reservations: Vec::new(),
+        hostname: hostname.into(),
+        resources: "cpus:2;mem:1024".parse().expect("r"),
+        attributes: Attributes::default(),
+    }
+}
 const SECRET: [u8; 32] = [7; 32];
 
 fn hosted_config() -> MasterConfig {
@@ -1314,12 +1324,7 @@ fn a_lost_agent_moves_the_instance_once_its_scheduler_is_silent() {
     let (mut m, fw, first, token) = hosted_cluster();
     let other = ConnId(11);
     m.handle_connected(t(0), other, Channel::Agent);
-    let info = AgentInfo {
-        reservations: Vec::new(),
-        hostname: "h2".into(),
-        resources: "cpus:2;mem:1024".parse().expect("r"),
-        attributes: Attributes::default(),
-    };
+    let info = agent_info("h2");
     m.handle_agent_message(
         t(0),
         other,
@@ -1375,12 +1380,7 @@ fn a_lost_agent_moves_the_instance_once_its_scheduler_is_silent() {
     );
     // Its agent returns, still running the old instance: it is killed.
     m.handle_connected(t(30_000), AGENT, Channel::Agent);
-    let info = AgentInfo {
-        reservations: Vec::new(),
-        hostname: "h".into(),
-        resources: "cpus:2;mem:1024".parse().expect("r"),
-        attributes: Attributes::default(),
-    };
+    let info = agent_info("h");
     let running = RunningTask {
         framework_id: fw.clone(),
         task_id: first.clone(),
@@ -1451,12 +1451,7 @@ fn submissions_are_checked_and_hosting_survives_a_master_restart() {
     m.restore(registry);
     assert_eq!(m.framework_list()[0].id, fw);
     m.handle_connected(t(100), AGENT, Channel::Agent);
-    let info = AgentInfo {
-        reservations: Vec::new(),
-        hostname: "h".into(),
-        resources: "cpus:2;mem:1024".parse().expect("r"),
-        attributes: Attributes::default(),
-    };
+    let info = agent_info("h");
     let agent_id = m.framework_list()[0]
         .hosted
         .clone()
