@@ -77,7 +77,13 @@ fn bench(c: &mut Criterion) {
     );
     launch.bench_function("stoa", |b| {
         b.iter(|| {
-            let end = runtime.run(&hello_task, None, Arc::new(AtomicBool::new(false)), || {});
+            let end = runtime.run(
+                &hello_task,
+                None,
+                Arc::new(AtomicBool::new(false)),
+                None,
+                || {},
+            );
             assert!(matches!(end, TaskEvent::Finished { .. }));
             black_box(end)
         })
@@ -92,6 +98,7 @@ fn bench(c: &mut Criterion) {
                 &hello_task,
                 Some(&dir),
                 Arc::new(AtomicBool::new(false)),
+                None,
                 || {},
             );
             assert!(matches!(end, TaskEvent::Finished { .. }));
@@ -119,7 +126,7 @@ fn bench(c: &mut Criterion) {
     let expected = misbehave_task::work(WORK_ROUNDS).to_le_bytes().to_vec();
     cpu.bench_function("wasm", |b| {
         b.iter(|| {
-            let end = runtime.run(&work, None, Arc::new(AtomicBool::new(false)), || {});
+            let end = runtime.run(&work, None, Arc::new(AtomicBool::new(false)), None, || {});
             assert_eq!(
                 end,
                 TaskEvent::Finished {
@@ -190,6 +197,7 @@ fn start(c: &mut Criterion, runtime: &WasmRuntime, hello_task: &TaskInfo) {
                     hello_task,
                     Some(&dir),
                     Arc::new(AtomicBool::new(false)),
+                    None,
                     || running = Some(Instant::now()),
                 );
                 assert!(matches!(end, TaskEvent::Finished { .. }));

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use stoa_proto::executor::{AgentToExecutor, CgroupPaths};
+use stoa_proto::executor::{AgentToExecutor, CgroupPaths, ExecutorToAgent};
 use stoa_proto::side::{SideReply, SideRequest};
 use stoa_proto::{
     AgentId, AgentInfo, Artifact, CommandTask, Digest, FrameworkId, MasterToAgent, Reason, TaskId,
@@ -273,6 +273,19 @@ impl State {
                             .send(&framework_id, AgentToExecutor::Kill { task_id });
                     }
                 }
+                Action::Deliver {
+                    framework_id,
+                    task_id,
+                    data,
+                } => {
+                    if self.executors.is_running(&framework_id) {
+                        self.executors
+                            .send(&framework_id, AgentToExecutor::Message { task_id, data });
+                    } else {
+                        let why = "the task has not started yet";
+                        self.agent.undelivered(framework_id, task_id, why);
+                    }
+                }
                 Action::Forget {
                     framework_id,
                     task_id,
@@ -503,17 +516,22 @@ impl State {
 
     fn on_executor(&mut self, now: Time, input: FromExecutor) {
         match input {
-            FromExecutor::Event {
-                framework_id,
-                task_id,
-                event,
-            } => {
-                if event.is_terminal() {
-                    self.task_ended(&framework_id, &task_id);
+            FromExecutor::Said { framework_id, msg } => match msg {
+                ExecutorToAgent::Event { task_id, event } => {
+                    if event.is_terminal() {
+                        self.task_ended(&framework_id, &task_id);
+                    }
+                    self.agent
+                        .handle_task_event(now, framework_id, task_id, event);
                 }
-                self.agent
-                    .handle_task_event(now, framework_id, task_id, event);
-            }
+                ExecutorToAgent::Message { task_id, data } => {
+                    self.agent.handle_task_message(framework_id, task_id, data)
+                }
+                ExecutorToAgent::Undelivered { task_id, message } => {
+                    self.agent.undelivered(framework_id, task_id, &message)
+                }
+                ExecutorToAgent::Hello { .. } => {}
+            },
             FromExecutor::Gone {
                 framework_id,
                 generation,

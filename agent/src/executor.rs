@@ -11,6 +11,7 @@
 
 use crate::cgroups::Cgroup;
 use crate::driver::sleep_until;
+use crate::exec::mailbox::{Inbox, OUTBOX_LEN, Outgoing, mailbox};
 use crate::exec::native;
 use crate::exec::task_dir::TaskDir;
 use crate::exec::wasm::{RuntimeConfig, WasmRuntime};
@@ -57,6 +58,8 @@ struct Task {
     info: TaskInfo,
     last: Option<TaskEvent>,
     kill: Kill,
+    /// Where the scheduler's messages go; wasm tasks only.
+    inbox: Option<Inbox>,
 }
 
 /// Asks a task to stop: wasm polls the flag at each epoch tick, a native
@@ -92,6 +95,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     let mut tasks: HashMap<TaskId, Task> = HashMap::new();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<(TaskId, TaskEvent)>();
     let (msgs_tx, mut msgs_rx) = mpsc::channel::<(u64, Option<AgentToExecutor>)>(1024);
+    let (outbox_tx, mut outbox_rx) = mpsc::channel::<Outgoing>(OUTBOX_LEN);
     let mut agent: Option<(u64, OwnedWriteHalf)> = None;
     let mut generation = 0u64;
     let mut alone_since = Some(std::time::Instant::now());
@@ -127,12 +131,22 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                         alone_since = Some(std::time::Instant::now());
                     }
                     Some(AgentToExecutor::Launch { task, dir, cgroup }) => {
-                        let started = Started { runtime: &runtime, events: &events_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
+                        let started = Started { runtime: &runtime, events: &events_tx, outbox: &outbox_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
                         launch(&started, &mut tasks, *task, Path::new(&dir), cgroup);
                     }
                     Some(AgentToExecutor::Kill { task_id }) => {
                         if let Some(t) = tasks.get(&task_id) {
                             t.kill.trigger();
+                        }
+                    }
+                    Some(AgentToExecutor::Message { task_id, data }) => {
+                        let delivered = match tasks.get(&task_id) {
+                            None => Err("this executor has no such task".to_string()),
+                            Some(Task { inbox: None, .. }) => Err("only wasm tasks receive messages".to_string()),
+                            Some(Task { inbox: Some(inbox), .. }) => inbox.deliver(data),
+                        };
+                        if let (Err(message), Some((_, write))) = (delivered, agent.as_mut()) {
+                            let _ = io::send(write, &ExecutorToAgent::Undelivered { task_id, message }).await;
                         }
                     }
                     Some(AgentToExecutor::Forget { task_id }) => {
@@ -151,6 +165,14 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                 }
                 if let Some((_, write)) = agent.as_mut()
                     && io::send(write, &ExecutorToAgent::Event { task_id, event }).await.is_err()
+                {
+                    agent = None;
+                    alone_since = Some(std::time::Instant::now());
+                }
+            }
+            Some((task_id, data)) = outbox_rx.recv(), if agent.is_some() => {
+                if let Some((_, write)) = agent.as_mut()
+                    && io::send(write, &ExecutorToAgent::Message { task_id, data }).await.is_err()
                 {
                     agent = None;
                     alone_since = Some(std::time::Instant::now());
@@ -217,6 +239,7 @@ async fn read_agent(
 struct Started<'a> {
     runtime: &'a Arc<WasmRuntime>,
     events: &'a mpsc::UnboundedSender<(TaskId, TaskEvent)>,
+    outbox: &'a mpsc::Sender<Outgoing>,
     log_limit: u64,
     master: Option<&'a stoa_client::ClientConfig>,
 }
@@ -237,12 +260,20 @@ fn launch(
         return;
     }
     let kill = Kill::default();
+    let (inbox, mail) = match &info.kind {
+        TaskKind::Wasm(_) => {
+            let (inbox, mail) = mailbox(task_id.clone(), started.outbox.clone());
+            (Some(inbox), Some(mail))
+        }
+        TaskKind::Command(_) | TaskKind::Scheduler(_) => (None, None),
+    };
     tasks.insert(
         task_id.clone(),
         Task {
             info: info.clone(),
             last: None,
             kill: kill.clone(),
+            inbox,
         },
     );
     let events = started.events.clone();
@@ -302,7 +333,7 @@ fn launch(
         return;
     }
     on_thread(task_id, dir, events, move |dir, running| {
-        runtime.run(&info, Some(dir), kill.flag, running)
+        runtime.run(&info, Some(dir), kill.flag, mail, running)
     });
 }
 

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use stoa_proto::executor::{AgentToExecutor, ExecutorTask, ExecutorToAgent, TaskEvent};
-use stoa_proto::{FrameworkId, TaskId};
+use stoa_proto::executor::{AgentToExecutor, ExecutorTask, ExecutorToAgent};
+use stoa_proto::FrameworkId;
 use stoa_transport::framed::io;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -23,10 +23,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// What executors tell the agent.
 #[derive(Debug)]
 pub enum FromExecutor {
-    Event {
+    /// What the executor said after its hello: a task event or message.
+    Said {
         framework_id: FrameworkId,
-        task_id: TaskId,
-        event: TaskEvent,
+        msg: ExecutorToAgent,
     },
     /// The executor's connection ended: it exited or crashed.
     Gone {
@@ -392,14 +392,11 @@ async fn serve(
         async move {
             loop {
                 match io::recv::<ExecutorToAgent>(&mut read).await {
-                    Ok(Some(ExecutorToAgent::Event { task_id, event })) => {
-                        let _ = events.send(FromExecutor::Event {
-                            framework_id: framework.clone(),
-                            task_id,
-                            event,
-                        });
-                    }
                     Ok(Some(ExecutorToAgent::Hello { .. })) => {}
+                    Ok(Some(msg)) => {
+                        let framework_id = framework.clone();
+                        let _ = events.send(FromExecutor::Said { framework_id, msg });
+                    }
                     Ok(None) => return,
                     Err(e) => {
                         tracing::warn!(framework = %framework, error = %e, "bad data from an executor");

@@ -11,8 +11,8 @@ use anyhow::bail;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use stoa_proto::{
-    AgentId, Call, Event, FrameworkId, FrameworkInfo, Offer, OfferId, Operation, TaskId, TaskInfo,
-    TaskStatus, UpdateId,
+    AgentId, Call, Event, FrameworkId, FrameworkInfo, MessageSource, Offer, OfferId, Operation,
+    TaskId, TaskInfo, TaskStatus, UpdateId,
 };
 use tokio::time::Instant;
 
@@ -43,9 +43,10 @@ pub trait Scheduler {
     fn error(&mut self, calls: &mut Calls, message: &str) {
         let _ = (calls, message);
     }
-    /// Bytes sent to the framework from outside (`stoa framework message`).
-    fn message(&mut self, calls: &mut Calls, data: &[u8]) {
-        let _ = (calls, data);
+    /// Bytes sent to the framework: by one of its tasks (`from`), or from
+    /// outside (`stoa framework message`, `from` is `None`).
+    fn message(&mut self, calls: &mut Calls, from: Option<&MessageSource>, data: &[u8]) {
+        let _ = (calls, from, data);
     }
 }
 
@@ -107,6 +108,12 @@ impl Calls {
 
     pub fn kill(&mut self, task_id: TaskId) {
         self.call(Call::Kill { task_id });
+    }
+
+    /// MESSAGE: `data` for a running task's inbox. Best effort; a task
+    /// that cannot get it comes back as [`Scheduler::error`].
+    pub fn message(&mut self, task_id: TaskId, data: Vec<u8>) {
+        self.call(Call::Message { task_id, data });
     }
 
     pub fn acknowledge(&mut self, agent_id: AgentId, task_id: TaskId, update_id: UpdateId) {
@@ -256,7 +263,9 @@ pub async fn run(
                     }
                 }
                 Event::Failure { agent_id } => scheduler.failure(&mut calls, &agent_id),
-                Event::Message { data } => scheduler.message(&mut calls, &data),
+                Event::Message { from, data } => {
+                    scheduler.message(&mut calls, from.as_ref(), &data)
+                }
                 Event::Submitted { .. } | Event::Delivered => {
                     tracing::warn!(
                         "ignoring an answer to SUBMIT or SEND_MESSAGE on a subscribed connection"

@@ -51,3 +51,11 @@ pub use bindings::Guest as Task;
 
 /// Exports a type implementing [`Task`] as the component's `run`.
 pub use bindings::export_task;
+
+/// Talking with the scheduler while a task runs: [`messages::receive`]
+/// waits for the next MESSAGE the scheduler sent this task,
+/// [`messages::send`] sends one back (a MESSAGE event naming the task).
+/// Best effort both ways, at most 64 KiB each.
+pub mod messages {
+    pub use crate::bindings::stoa::task::messages::{receive, send};
+}

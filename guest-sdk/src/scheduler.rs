@@ -5,8 +5,8 @@
 
 use crate::scheduler_bindings::stoa::scheduler::driver;
 pub use crate::scheduler_bindings::stoa::scheduler::types::{
-    CommandProgram, HealthCheck, Level, Offer, Program, Scalar, TaskSpec, TaskState, TaskStatus,
-    WasmProgram,
+    CommandProgram, HealthCheck, Level, MessageSource, Offer, Program, Scalar, TaskSpec, TaskState,
+    TaskStatus, WasmProgram,
 };
 
 /// What a scheduler may ask of the master. Calls are sent when the handler
@@ -19,6 +19,9 @@ pub trait Driver {
     fn launch_group(&mut self, offer_ids: &[u64], tasks: Vec<TaskSpec>, refuse_ms: Option<u64>);
     fn decline(&mut self, offer_ids: &[u64], refuse_ms: Option<u64>);
     fn kill(&mut self, task_id: &str);
+    /// Sends `data` to a running task's inbox (best effort; a task that
+    /// cannot get it comes back as [`Scheduler::error`]).
+    fn send_message(&mut self, task_id: &str, data: &[u8]);
     fn revive(&mut self);
     fn suppress(&mut self);
     /// The latest state of `task_ids`, or of every task when empty.
@@ -57,9 +60,10 @@ pub trait Scheduler: Default + 'static {
     fn error(&mut self, driver: &mut dyn Driver, message: &str) {
         let _ = (driver, message);
     }
-    /// Bytes sent to the framework from outside (`stoa framework message`).
-    fn message(&mut self, driver: &mut dyn Driver, data: &[u8]) {
-        let _ = (driver, data);
+    /// Bytes sent to the framework: by one of its tasks (`source`), or
+    /// from outside (`stoa framework message`, `source` is `None`).
+    fn message(&mut self, driver: &mut dyn Driver, source: Option<&MessageSource>, data: &[u8]) {
+        let _ = (driver, source, data);
     }
 }
 
@@ -79,6 +83,9 @@ impl Driver for Host {
     }
     fn kill(&mut self, task_id: &str) {
         driver::kill(task_id);
+    }
+    fn send_message(&mut self, task_id: &str, data: &[u8]) {
+        driver::send_message(task_id, data);
     }
     fn revive(&mut self) {
         driver::revive();
@@ -120,6 +127,7 @@ pub enum Recorded {
         refuse_ms: Option<u64>,
     },
     Kill(String),
+    Message(String, Vec<u8>),
     Revive,
     Suppress,
     Reconcile(Vec<String>),
@@ -177,6 +185,10 @@ impl Driver for Recorder {
     }
     fn kill(&mut self, task_id: &str) {
         self.calls.push(Recorded::Kill(task_id.into()));
+    }
+    fn send_message(&mut self, task_id: &str, data: &[u8]) {
+        self.calls
+            .push(Recorded::Message(task_id.into(), data.to_vec()));
     }
     fn revive(&mut self) {
         self.calls.push(Recorded::Revive);
@@ -347,8 +359,13 @@ macro_rules! export_scheduler {
             fn error(message: ::std::string::String) {
                 __stoa_with(|s, d| $crate::scheduler::Scheduler::error(s, d, &message))
             }
-            fn message(data: ::std::vec::Vec<u8>) {
-                __stoa_with(|s, d| $crate::scheduler::Scheduler::message(s, d, &data))
+            fn message(
+                source: ::core::option::Option<$crate::scheduler::MessageSource>,
+                data: ::std::vec::Vec<u8>,
+            ) {
+                __stoa_with(|s, d| {
+                    $crate::scheduler::Scheduler::message(s, d, source.as_ref(), &data)
+                })
             }
         }
 

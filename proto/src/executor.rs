@@ -60,6 +60,11 @@ pub enum AgentToExecutor {
     Kill {
         task_id: TaskId,
     },
+    /// Bytes from the scheduler for the task's inbox.
+    Message {
+        task_id: TaskId,
+        data: Vec<u8>,
+    },
     /// The master has the task's terminal update: the executor may drop it.
     Forget {
         task_id: TaskId,
@@ -103,5 +108,15 @@ pub enum ExecutorToAgent {
     Event {
         task_id: TaskId,
         event: TaskEvent,
+    },
+    /// The task sent bytes to its scheduler.
+    Message {
+        task_id: TaskId,
+        data: Vec<u8>,
+    },
+    /// A message for the task was dropped, and why.
+    Undelivered {
+        task_id: TaskId,
+        message: String,
     },
 }

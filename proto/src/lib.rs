@@ -21,8 +21,8 @@ pub mod time;
 pub use framing::{FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use ids::{AgentId, FrameworkId, IdError, OfferId, TaskId, UpdateId};
 pub use messages::{
-    AgentInfo, AgentToMaster, Call, Event, FrameworkInfo, MasterToAgent, Offer, OfferConstraint,
-    Operation, RunningTask, Submission,
+    AgentInfo, AgentToMaster, Call, Event, FrameworkInfo, MasterToAgent, MessageSource, Offer,
+    OfferConstraint, Operation, RunningTask, Submission,
 };
 pub use resources::{Attributes, ParseError, PortRange, Resources};
 pub use role::{Role, RoleError};

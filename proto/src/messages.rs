@@ -46,6 +46,20 @@ pub enum AgentToMaster {
         update_id: UpdateId,
         status: TaskStatus,
     },
+    /// A task sent bytes to its framework's scheduler. Best effort, like
+    /// every framework message: not resent, dropped if nobody listens.
+    FrameworkMessage {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        data: Vec<u8>,
+    },
+    /// A scheduler's message could not reach `task_id`: why, for the
+    /// scheduler.
+    Undelivered {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +82,12 @@ pub enum MasterToAgent {
     AcknowledgeUpdate {
         task_id: TaskId,
         update_id: UpdateId,
+    },
+    /// Bytes from the scheduler for a running task's inbox.
+    FrameworkMessage {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        data: Vec<u8>,
     },
 }
 
@@ -233,6 +253,14 @@ pub enum Call {
         framework_id: FrameworkId,
         data: Vec<u8>,
     },
+    /// MESSAGE: sends `data` to one of this framework's running tasks (a
+    /// `stoa:task` component, which reads it from its inbox). Best effort:
+    /// nothing is resent; a task that is not running or cannot receive
+    /// gets the scheduler an ERROR saying so.
+    Message {
+        task_id: TaskId,
+        data: Vec<u8>,
+    },
 }
 
 /// Largest MESSAGE payload.
@@ -265,6 +293,13 @@ pub fn is_agent_principal(name: &str) -> bool {
 /// The ERROR a scheduler gets when another takes its framework over: it
 /// should stop, not subscribe again.
 pub const FAILED_OVER: &str = "framework failed over to a new scheduler";
+
+/// The task a MESSAGE event came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageSource {
+    pub agent_id: AgentId,
+    pub task_id: TaskId,
+}
 
 /// Master → scheduler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,8 +335,10 @@ pub enum Event {
     Submitted {
         framework_id: FrameworkId,
     },
-    /// Bytes sent to this framework from outside (SEND_MESSAGE).
+    /// Bytes sent to this framework: by one of its tasks (`from`), or
+    /// from outside with SEND_MESSAGE (`from` unset).
     Message {
+        from: Option<MessageSource>,
         data: Vec<u8>,
     },
     /// The answer to SEND_MESSAGE: the scheduler was sent the message.

@@ -74,6 +74,11 @@ impl<S: Scheduler + std::fmt::Debug> Guest<S> {
                         reaction.calls.push(Call::Kill { task_id });
                     }
                 }
+                Recorded::Message(task, data) => {
+                    if let Ok(task_id) = TaskId::new(task) {
+                        reaction.calls.push(Call::Message { task_id, data });
+                    }
+                }
                 Recorded::Revive => reaction.calls.push(Call::Revive),
                 Recorded::Suppress => reaction.calls.push(Call::Suppress),
                 Recorded::Reconcile(ids) => reaction.calls.push(Call::Reconcile {
@@ -129,7 +134,13 @@ impl<S: Scheduler + std::fmt::Debug> Framework for Guest<S> {
             Event::Rescind { offer_id } => self.scheduler.rescind(d, offer_id.0),
             Event::Failure { agent_id } => self.scheduler.failure(d, agent_id.as_str()),
             Event::Error { message } => self.scheduler.error(d, message),
-            Event::Message { data } => self.scheduler.message(d, data),
+            Event::Message { from, data } => {
+                let source = from.as_ref().map(|f| guest::MessageSource {
+                    agent_id: f.agent_id.as_str().into(),
+                    task_id: f.task_id.as_str().into(),
+                });
+                self.scheduler.message(d, source.as_ref(), data)
+            }
             Event::Heartbeat | Event::Submitted { .. } | Event::Delivered => {}
         }
         self.react()

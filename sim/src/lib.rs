@@ -396,6 +396,15 @@ impl Sim {
                     self.agents[i].handle_task_event(self.now, framework_id, task_id, event);
                     self.drain_agent(i);
                 }
+                // A simulated task answers every message with it.
+                Action::Deliver {
+                    framework_id,
+                    task_id,
+                    data,
+                } => {
+                    self.agents[i].handle_task_message(framework_id, task_id, data);
+                    self.drain_agent(i);
+                }
                 // Simulated executors keep nothing to forget.
                 Action::Forget { .. } => {}
             }
@@ -515,6 +524,12 @@ fn describe_agent_msg(m: &AgentToMaster) -> String {
                 status.task_id, status.state, update_id.0
             )
         }
+        AgentToMaster::FrameworkMessage { task_id, data, .. } => {
+            format!("FrameworkMessage {} bytes from {task_id}", data.len())
+        }
+        AgentToMaster::Undelivered {
+            task_id, message, ..
+        } => format!("Undelivered to {task_id}: {message}"),
     }
 }
 
@@ -526,6 +541,9 @@ fn describe_master_msg(m: &MasterToAgent) -> String {
         MasterToAgent::KillTask { task_id, .. } => format!("KillTask {task_id}"),
         MasterToAgent::AcknowledgeUpdate { task_id, update_id } => {
             format!("Ack {task_id} #{}", update_id.0)
+        }
+        MasterToAgent::FrameworkMessage { task_id, data, .. } => {
+            format!("FrameworkMessage {} bytes to {task_id}", data.len())
         }
     }
 }
@@ -564,6 +582,7 @@ fn describe_call(c: &Call) -> String {
         Call::SendMessage { framework_id, data } => {
             format!("SendMessage {} bytes to {framework_id}", data.len())
         }
+        Call::Message { task_id, data } => format!("Message {} bytes to {task_id}", data.len()),
     }
 }
 
@@ -589,7 +608,11 @@ fn describe_event(e: &Event) -> String {
         Event::Heartbeat => "Heartbeat".into(),
         Event::Failure { agent_id } => format!("Failure {agent_id}"),
         Event::Submitted { framework_id } => format!("Submitted {framework_id}"),
-        Event::Message { data } => format!("Message {} bytes", data.len()),
+        Event::Message { from: None, data } => format!("Message {} bytes", data.len()),
+        Event::Message {
+            from: Some(from),
+            data,
+        } => format!("Message {} bytes from {}", data.len(), from.task_id),
         Event::Delivered => "Delivered".into(),
     }
 }

@@ -125,6 +125,15 @@ impl TestFramework {
         }
     }
 
+    /// MESSAGE: `data` for `task`'s inbox.
+    pub async fn message(&mut self, task: &str, data: &[u8]) -> anyhow::Result<()> {
+        let call = stoa_proto::Call::Message {
+            task_id: stoa_proto::TaskId::new(task)?,
+            data: data.to_vec(),
+        };
+        self.session.call(&call).await
+    }
+
     /// Asks the master to kill `task`.
     pub async fn kill(&mut self, task: &str) -> anyhow::Result<()> {
         let task_id = stoa_proto::TaskId::new(task)?;

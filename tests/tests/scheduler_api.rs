@@ -1,6 +1,7 @@
-//! The scheduler protocol's failover semantics over real processes:
-//! redelivery to a scheduler that takes over, takeover of a connected
-//! scheduler, and the failover timeout.
+//! The scheduler protocol over real processes: failover semantics
+//! (redelivery to a scheduler that takes over, takeover of a connected
+//! scheduler, the failover timeout) and framework messages between a
+//! scheduler and its tasks.
 
 use std::time::{Duration, Instant};
 use stoa_proto::{
@@ -9,13 +10,17 @@ use stoa_proto::{
 use stoa_tests::{Cluster, TestFramework, misbehave_wasm};
 
 fn sleeper(id: &str, ms: u64) -> anyhow::Result<TaskInfo> {
+    misbehaving(id, &format!("sleep:{ms}"))
+}
+
+fn misbehaving(id: &str, input: &str) -> anyhow::Result<TaskInfo> {
     Ok(TaskInfo {
         task_id: TaskId::new(id)?,
         name: id.into(),
         resources: "cpus:1;mem:64".parse()?,
         kind: TaskKind::wasm(
             Artifact::inline(misbehave_wasm()?),
-            format!("sleep:{ms}").into_bytes(),
+            input.as_bytes().to_vec(),
         ),
         limits: TaskLimits {
             fuel: None,
@@ -112,6 +117,61 @@ fn past_its_failover_timeout_a_framework_is_gone_with_its_tasks() -> anyhow::Res
             let message = format!("{:#}", refused.expect_err("a torn-down id is refused"));
             assert!(message.contains("torn down"), "{message}");
             other.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
+
+/// The next ERROR or MESSAGE event; updates meanwhile stay queued.
+async fn next_reply(framework: &mut TestFramework) -> anyhow::Result<Event> {
+    loop {
+        match framework.event().await? {
+            e @ (Event::Error { .. } | Event::Message { .. }) => return Ok(e),
+            _ => continue,
+        }
+    }
+}
+
+#[test]
+fn a_scheduler_and_its_tasks_exchange_messages() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, "cpus:2;mem:1024")?;
+    runtime()?
+        .block_on(async {
+            let mut fw = TestFramework::subscribe(&cluster.client(), "talker").await?;
+            fw.launch_all(vec![misbehaving("echo", "echo")?, sleeper("deaf", 30_000)?])
+                .await?;
+            fw.wait_for("echo", TaskState::Running).await?;
+            fw.wait_for("deaf", TaskState::Running).await?;
+
+            fw.message("echo", b"hello").await?;
+            let Event::Message {
+                from: Some(from),
+                data,
+            } = next_reply(&mut fw).await?
+            else {
+                anyhow::bail!("expected the task's answer");
+            };
+            assert_eq!(data, b"echo: hello");
+            assert_eq!(from.task_id.as_str(), "echo");
+            assert_eq!(from.agent_id.as_str(), cluster.agent_id(1)?);
+            fw.message("echo", b"stop").await?;
+            let done = fw.wait_for("echo", TaskState::Finished).await?;
+            assert_eq!(done.output.as_deref(), Some(b"echoed 1".as_slice()));
+
+            // Refused by the master: no such task, or one that ended.
+            fw.message("ghost", b"boo").await?;
+            let reply = format!("{:?}", next_reply(&mut fw).await?);
+            assert!(reply.contains("no such task"), "{reply}");
+
+            // Dropped by the executor: a task that never reads fills its
+            // inbox, and the scheduler hears of each message beyond it.
+            for i in 0..=64u32 {
+                fw.message("deaf", &i.to_le_bytes()).await?;
+            }
+            let reply = format!("{:?}", next_reply(&mut fw).await?);
+            assert!(reply.contains("inbox is full"), "{reply}");
+            fw.kill("deaf").await?;
+            fw.wait_for("deaf", TaskState::Killed).await?;
+            fw.teardown().await
         })
         .map_err(|e| e.context(cluster.logs()))
 }

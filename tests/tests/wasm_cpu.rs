@@ -26,7 +26,7 @@ fn spin(rt: &WasmRuntime, millicpus: u64, wasm: Vec<u8>, secs: f64) -> anyhow::R
         },
     };
     let (cpu0, wall0) = (thread_cpu_time(), Instant::now());
-    let end = rt.run(&task, None, Arc::new(AtomicBool::new(false)), || {});
+    let end = rt.run(&task, None, Arc::new(AtomicBool::new(false)), None, || {});
     let (cpu, wall) = (thread_cpu_time() - cpu0, wall0.elapsed());
     anyhow::ensure!(
         matches!(

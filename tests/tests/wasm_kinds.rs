@@ -42,7 +42,13 @@ fn sandbox() -> anyhow::Result<Sandbox> {
 }
 
 fn run(rt: &WasmRuntime, task: &TaskInfo, dir: &TaskDir) -> TaskEvent {
-    rt.run(task, Some(dir), Arc::new(AtomicBool::new(false)), || {})
+    rt.run(
+        task,
+        Some(dir),
+        Arc::new(AtomicBool::new(false)),
+        None,
+        || {},
+    )
 }
 
 fn log(dir: &TaskDir, stream: LogStream) -> String {

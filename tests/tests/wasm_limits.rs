@@ -40,7 +40,7 @@ fn runtime() -> anyhow::Result<WasmRuntime> {
 }
 
 fn run(rt: &WasmRuntime, t: &TaskInfo) -> TaskEvent {
-    rt.run(t, None, Arc::new(AtomicBool::new(false)), || {})
+    rt.run(t, None, Arc::new(AtomicBool::new(false)), None, || {})
 }
 
 /// Runs `t` on a thread of its own, kills it 100 ms in, and returns how it
@@ -48,7 +48,7 @@ fn run(rt: &WasmRuntime, t: &TaskInfo) -> TaskEvent {
 fn kill_after_100ms(rt: &Arc<WasmRuntime>, t: TaskInfo) -> anyhow::Result<(TaskEvent, Duration)> {
     let kill = Arc::new(AtomicBool::new(false));
     let (rt2, kill2) = (rt.clone(), kill.clone());
-    let runner = std::thread::spawn(move || rt2.run(&t, None, kill2, || {}));
+    let runner = std::thread::spawn(move || rt2.run(&t, None, kill2, None, || {}));
     std::thread::sleep(Duration::from_millis(100));
     let asked = Instant::now();
     kill.store(true, Ordering::Relaxed);

@@ -22,7 +22,7 @@ fn task(artifact: Artifact, mem_mib: u64, limits: TaskLimits) -> TaskInfo {
 
 fn run(rt: &WasmRuntime, task: &TaskInfo) -> (TaskEvent, bool) {
     let mut running = false;
-    let end = rt.run(task, None, Arc::new(AtomicBool::new(false)), || {
+    let end = rt.run(task, None, Arc::new(AtomicBool::new(false)), None, || {
         running = true
     });
     (end, running)

@@ -30,6 +30,12 @@ pub enum Action {
         framework_id: FrameworkId,
         task_id: TaskId,
     },
+    /// Bytes from the scheduler for the task's inbox.
+    Deliver {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        data: Vec<u8>,
+    },
     /// The master has the task's terminal update; the executor may forget
     /// the task and its directory may be collected.
     Forget {
@@ -195,6 +201,25 @@ impl Agent {
                     }
                 }
             }
+            MasterToAgent::FrameworkMessage {
+                framework_id,
+                task_id,
+                data,
+            } => {
+                let key = (framework_id.clone(), task_id.clone());
+                match self.tasks.get(&key) {
+                    Some(t) if !t.state.is_terminal() => self.actions.push_back(Action::Deliver {
+                        framework_id,
+                        task_id,
+                        data,
+                    }),
+                    _ => self.undelivered(
+                        framework_id,
+                        task_id,
+                        "the task is not running on this agent",
+                    ),
+                }
+            }
             MasterToAgent::AcknowledgeUpdate { task_id, update_id } => {
                 if let Some((framework_id, next)) =
                     self.updates.acknowledge(now, &task_id, update_id)
@@ -258,6 +283,30 @@ impl Agent {
         };
         task.state = status.state;
         self.send_update(now, framework_id, status);
+    }
+
+    /// A task sent its scheduler `data`; passed on while registered, else
+    /// dropped (framework messages are best effort).
+    pub fn handle_task_message(
+        &mut self,
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        data: Vec<u8>,
+    ) {
+        self.push_if_registered(AgentToMaster::FrameworkMessage {
+            framework_id,
+            task_id,
+            data,
+        });
+    }
+
+    /// A message for a task was dropped: the scheduler is told why.
+    pub fn undelivered(&mut self, framework_id: FrameworkId, task_id: TaskId, why: &str) {
+        self.push_if_registered(AgentToMaster::Undelivered {
+            framework_id,
+            task_id,
+            message: why.to_string(),
+        });
     }
 
     /// A restarted agent found `task` still held by its executor, last seen

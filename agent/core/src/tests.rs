@@ -167,3 +167,38 @@ fn heartbeats_follow_the_interval() {
     assert_eq!(a.poll_transmit(), Some(AgentToMaster::Heartbeat));
     assert_eq!(a.poll_timeout(), Some(t(2000)));
 }
+
+#[test]
+fn messages_reach_running_tasks_and_come_back_from_them() {
+    let mut a = registered();
+    launch(&mut a, "t1");
+    while a.poll_action().is_some() {}
+    while a.poll_transmit().is_some() {}
+    let to = |a: &mut Agent, task: &str| {
+        a.handle_master_message(
+            t(2),
+            MasterToAgent::FrameworkMessage {
+                framework_id: fw(),
+                task_id: TaskId::new(task).expect("id"),
+                data: b"hi".to_vec(),
+            },
+        );
+    };
+    to(&mut a, "t1");
+    assert!(matches!(
+        a.poll_action(),
+        Some(Action::Deliver { task_id, data, .. }) if task_id.as_str() == "t1" && data == b"hi"
+    ));
+    to(&mut a, "ghost");
+    assert_eq!(a.poll_action(), None);
+    assert!(matches!(
+        a.poll_transmit(),
+        Some(AgentToMaster::Undelivered { task_id, message, .. })
+            if task_id.as_str() == "ghost" && message.contains("not running")
+    ));
+    a.handle_task_message(fw(), TaskId::new("t1").expect("id"), b"yo".to_vec());
+    assert!(matches!(
+        a.poll_transmit(),
+        Some(AgentToMaster::FrameworkMessage { data, .. }) if data == b"yo"
+    ));
+}

@@ -1,8 +1,10 @@
 //! Running tasks: `wasm` runs wasm binaries under wasmtime, `native` runs
 //! host programs in cgroups, each in its task directory (`task_dir`);
-//! `hosted` runs a cluster-hosted scheduler component (`scheduler`).
+//! `hosted` runs a cluster-hosted scheduler component (`scheduler`);
+//! `mailbox` carries framework messages to and from wasm tasks.
 
 pub mod hosted;
+pub mod mailbox;
 pub mod native;
 pub mod scheduler;
 pub mod task_dir;

@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use std::time::Duration;
 use stoa_client::Calls;
 use stoa_proto::{
-    AgentId, Artifact, Digest, FrameworkId, Offer, OfferId, Operation, Resources, TaskId, TaskInfo,
-    TaskKind, TaskLimits, TaskStatus, UpdateId, WasmTask,
+    AgentId, Artifact, Digest, FrameworkId, MessageSource, Offer, OfferId, Operation, Resources,
+    TaskId, TaskInfo, TaskKind, TaskLimits, TaskStatus, UpdateId, WasmTask,
 };
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -71,6 +71,7 @@ enum HostCall {
         refuse_ms: Option<u64>,
     },
     Kill(String),
+    Message(String, Vec<u8>),
     Revive,
     Suppress,
     Reconcile(Vec<String>),
@@ -137,6 +138,9 @@ impl bindings::stoa::scheduler::driver::Host for State {
     }
     fn kill(&mut self, task_id: String) {
         self.calls.push(HostCall::Kill(task_id));
+    }
+    fn send_message(&mut self, task_id: String, data: Vec<u8>) {
+        self.calls.push(HostCall::Message(task_id, data));
     }
     fn revive(&mut self) {
         self.calls.push(HostCall::Revive);
@@ -375,6 +379,10 @@ impl ComponentScheduler {
                 Ok(task_id) => calls.kill(task_id),
                 Err(e) => tracing::warn!(error = %e, "kill of an invalid task id ignored"),
             },
+            HostCall::Message(task_id, data) => match TaskId::new(task_id) {
+                Ok(task_id) => calls.message(task_id, data),
+                Err(e) => tracing::warn!(error = %e, "message to an invalid task id ignored"),
+            },
             HostCall::Revive => calls.call(stoa_proto::Call::Revive),
             HostCall::Suppress => calls.call(stoa_proto::Call::Suppress),
             HostCall::Reconcile(ids) => {
@@ -463,8 +471,14 @@ impl stoa_client::Scheduler for ComponentScheduler {
         self.handle(calls, "error", |i, s| i.call_error(s, &message));
     }
 
-    fn message(&mut self, calls: &mut Calls, data: &[u8]) {
-        self.handle(calls, "message", |i, s| i.call_message(s, data));
+    fn message(&mut self, calls: &mut Calls, from: Option<&MessageSource>, data: &[u8]) {
+        let from = from.map(|f| wit::MessageSource {
+            agent_id: f.agent_id.as_str().to_string(),
+            task_id: f.task_id.as_str().to_string(),
+        });
+        self.handle(calls, "message", |i, s| {
+            i.call_message(s, from.as_ref(), data)
+        });
     }
 }
 

@@ -51,4 +51,4 @@ export function rescind(offerId) {}
 export function failure(agentId) {}
 export function timer(id) {}
 export function error(message) { driver.log('warn', `the master refused a call: ${message}`); }
-export function message(data) {}
+export function message(source, data) {}

@@ -2,6 +2,8 @@
 against `stoa:scheduler` unmodified: launches HELLO_TASKS hello tasks and
 tears the framework down once all of them finished."""
 
+from typing import Optional
+
 import wit_world
 from wit_world.imports import driver, environment, types
 
@@ -79,5 +81,5 @@ class WitWorld(wit_world.WitWorld):
     def error(self, message: str) -> None:
         driver.log(types.Level.WARN, f"the master refused a call: {message}")
 
-    def message(self, data: bytes) -> None:
+    def message(self, source: Optional[types.MessageSource], data: bytes) -> None:
         pass

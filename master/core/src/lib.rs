@@ -24,7 +24,8 @@ use stoa_proto::messages::{OfferConstraint, RunningTask};
 use stoa_proto::operator::{OperatorCall, OperatorReply, RoleStatus};
 use stoa_proto::{
     AgentId, AgentInfo, AgentToMaster, Call, Event, FrameworkId, FrameworkInfo, MasterToAgent,
-    Offer, OfferId, Reason, Resources, Role, TaskId, TaskState, TaskStatus, Time, UpdateId,
+    MessageSource, Offer, OfferId, Reason, Resources, Role, TaskId, TaskState, TaskStatus, Time,
+    UpdateId,
 };
 
 /// A connection, as numbered by the driver. Never reused within a run.
@@ -655,6 +656,41 @@ impl Master {
                     self.status_update(now, conn, agent_id, framework_id, update_id, status);
                 }
             }
+            (
+                Some(Peer::Agent),
+                AgentToMaster::FrameworkMessage {
+                    framework_id,
+                    task_id,
+                    data,
+                },
+            ) => {
+                let Some(agent_id) = self.agent_of.get(&conn).cloned() else {
+                    return;
+                };
+                // Only a task this agent runs for the framework may speak
+                // for it; anything else is dropped (best effort).
+                let runs_here = self
+                    .tasks
+                    .get(&(framework_id.clone(), task_id.clone()))
+                    .is_some_and(|t| t.agent == agent_id);
+                if runs_here && data.len() <= stoa_proto::messages::MAX_MESSAGE {
+                    let from = Some(MessageSource { agent_id, task_id });
+                    self.send_to_framework(&framework_id, Event::Message { from, data });
+                } else {
+                    tracing::warn!(%agent_id, task = %task_id, "dropping a message from a task this agent does not run");
+                }
+            }
+            (
+                Some(Peer::Agent),
+                AgentToMaster::Undelivered {
+                    framework_id,
+                    task_id,
+                    message,
+                },
+            ) => {
+                let message = format!("MESSAGE to task {task_id} not delivered: {message}");
+                self.send_to_framework(&framework_id, Event::Error { message });
+            }
             (Some(Peer::Agent), AgentToMaster::Register { .. }) => {
                 self.outbox.push_back(Transmit::Close(
                     conn,
@@ -735,6 +771,7 @@ impl Master {
                             .push_back(Transmit::Close(conn, "framework torn down".into()));
                     }
                     Call::Reconcile { tasks } => self.reconcile(&fw, tasks),
+                    Call::Message { task_id, data } => self.message_task(&fw, task_id, data),
                     Call::UpdateFramework { framework } => {
                         self.update_framework(now, conn, &fw, framework)
                     }
@@ -777,7 +814,7 @@ impl Master {
                 self.refuse_scheduler(conn, format!("SEND_MESSAGE refused: {message}"))
             }
             None => {
-                self.send_to_framework(fw, Event::Message { data });
+                self.send_to_framework(fw, Event::Message { from: None, data });
                 self.send_to_scheduler(conn, Event::Delivered);
                 self.outbox
                     .push_back(Transmit::Close(conn, "delivered".into()));
@@ -1472,6 +1509,41 @@ impl Master {
                     .because(Reason::TaskUnknown, "the master does not know this task");
                 self.send_to_framework(fw, Event::Update { status, ack: None });
             }
+        }
+    }
+
+    /// MESSAGE: to the agent of a running task, which hands it to the
+    /// task's executor. What cannot be sent is an ERROR now; what the
+    /// executor cannot deliver is one later (UNDELIVERED).
+    fn message_task(&mut self, fw: &FrameworkId, task_id: TaskId, data: Vec<u8>) {
+        let key = (fw.clone(), task_id.clone());
+        let refusal = match self.tasks.get(&key) {
+            _ if data.len() > stoa_proto::messages::MAX_MESSAGE => Some(format!(
+                "a message may hold at most {} bytes",
+                stoa_proto::messages::MAX_MESSAGE
+            )),
+            None => Some("the master knows no such task of this framework".to_string()),
+            Some(task) if task.state.is_terminal() => {
+                Some(format!("the task has ended ({})", task.state))
+            }
+            Some(task) => match self.agents.get(&task.agent).and_then(|a| a.conn) {
+                None => Some(format!("its agent {} is not connected", task.agent)),
+                Some(conn) => {
+                    self.outbox.push_back(Transmit::ToAgent(
+                        conn,
+                        MasterToAgent::FrameworkMessage {
+                            framework_id: fw.clone(),
+                            task_id: task_id.clone(),
+                            data,
+                        },
+                    ));
+                    None
+                }
+            },
+        };
+        if let Some(why) = refusal {
+            let message = format!("MESSAGE to task {task_id} not delivered: {why}");
+            self.send_to_framework(fw, Event::Error { message });
         }
     }
 

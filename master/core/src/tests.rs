@@ -1517,7 +1517,7 @@ fn messages_reach_a_connected_scheduler_from_its_own_principal_only() {
     let huge = vec![0; stoa_proto::messages::MAX_MESSAGE + 1];
     assert!(refused(&send(&mut m, ConnId(62), "alice", huge), "at most"));
     let out = send(&mut m, ConnId(63), "alice", b"scale 2".to_vec());
-    assert!(out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(ConnId(43), Event::Message { data }) if data == b"scale 2")), "{out:?}");
+    assert!(out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(ConnId(43), Event::Message { from: None, data }) if data == b"scale 2")), "{out:?}");
     assert!(
         out.iter()
             .any(|tx| matches!(tx, Transmit::ToScheduler(ConnId(63), Event::Delivered))),
@@ -1562,4 +1562,67 @@ fn an_instance_takes_offered_resources_only_where_it_then_fits() {
         );
         assert!(started_instance(&out).is_none());
     }
+}
+
+#[test]
+fn messages_go_to_a_running_task_and_back_from_it_only() {
+    let (mut m, fw, _) = running_framework();
+    let message = |m: &mut Master, task: &str, data: Vec<u8>| {
+        let task_id = TaskId::new(task).expect("id");
+        m.handle_scheduler_call(t(10), SCHED, Call::Message { task_id, data });
+        drain(m)
+    };
+    let error = |out: &[Transmit], why: &str| matches!(out, [Transmit::ToScheduler(SCHED, Event::Error { message })] if message.contains(why));
+    let out = message(&mut m, "t1", b"hi".to_vec());
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToAgent(AGENT, MasterToAgent::FrameworkMessage { task_id, data, .. })] if task_id.as_str() == "t1" && data == b"hi"),
+        "{out:?}"
+    );
+    let out = message(&mut m, "ghost", b"hi".to_vec());
+    assert!(error(&out, "no such task"), "{out:?}");
+    let huge = vec![0; stoa_proto::messages::MAX_MESSAGE + 1];
+    assert!(error(&message(&mut m, "t1", huge), "at most"));
+
+    // From the task's agent: to the scheduler, naming the task.
+    let from_agent = |m: &mut Master, conn: ConnId, task: &str| {
+        let msg = AgentToMaster::FrameworkMessage {
+            framework_id: fw.clone(),
+            task_id: TaskId::new(task).expect("id"),
+            data: b"yo".to_vec(),
+        };
+        m.handle_agent_message(t(20), conn, msg);
+        drain(m)
+    };
+    let out = from_agent(&mut m, AGENT, "t1");
+    assert!(
+        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED, Event::Message { from: Some(from), data })] if from.task_id.as_str() == "t1" && data == b"yo"),
+        "{out:?}"
+    );
+    // A task the agent does not run cannot speak; another agent cannot
+    // speak for this one's task.
+    assert!(from_agent(&mut m, AGENT, "ghost").is_empty());
+    let other = ConnId(77);
+    m.handle_connected(t(20), other, Channel::Agent);
+    let register = AgentToMaster::Register {
+        info: agent_info("h2"),
+        agent_id: None,
+        tasks: vec![],
+    };
+    m.handle_agent_message(t(20), other, register);
+    drain(&mut m);
+    assert!(from_agent(&mut m, other, "t1").is_empty());
+
+    // What the executor could not deliver reaches the scheduler as ERROR.
+    let undelivered = AgentToMaster::Undelivered {
+        framework_id: fw.clone(),
+        task_id: TaskId::new("t1").expect("id"),
+        message: "the task's inbox is full".into(),
+    };
+    m.handle_agent_message(t(30), AGENT, undelivered);
+    assert!(error(&drain(&mut m), "inbox is full"));
+
+    // Once the task ended, messages to it are refused.
+    update_from_agent(&mut m, &fw, TaskState::Finished, 1);
+    drain(&mut m);
+    assert!(error(&message(&mut m, "t1", b"hi".to_vec()), "has ended"));
 }

@@ -14,6 +14,7 @@ pub mod ceiling;
 pub mod limits;
 
 use crate::core::TaskEvent;
+use crate::exec::mailbox::Mailbox;
 use crate::exec::task_dir::{DEFAULT_LOG_LIMIT, TaskDir};
 use cache::{CompiledCache, Lookup};
 use limits::{CpuShare, Footprint, Stopped, TaskLimiter, Watch};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use stoa_proto::side::LogStream;
 use stoa_proto::task::MAX_TASK_OUTPUT;
 use stoa_proto::{Artifact, Digest, Reason, Resources, TaskInfo, TaskKind, TaskState};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstancePre, Module, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -36,6 +37,7 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit/task",
         world: "task",
+        imports: { "stoa:task/messages.receive": async },
         exports: { default: async },
     });
 }
@@ -52,6 +54,29 @@ struct ComponentCtx {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: TaskLimiter,
+    /// Where `stoa:task/messages` reads and sends; a task run without one
+    /// (tests, benchmarks) has nobody to talk to.
+    mail: Option<Mailbox>,
+}
+
+impl bindings::stoa::task::messages::Host for ComponentCtx {
+    async fn receive(&mut self, timeout_ms: u32) -> Option<Vec<u8>> {
+        let timeout = Duration::from_millis(timeout_ms.into());
+        match &mut self.mail {
+            Some(mail) => mail.receive(timeout).await,
+            None => {
+                tokio::time::sleep(timeout).await;
+                None
+            }
+        }
+    }
+
+    fn send(&mut self, data: Vec<u8>) -> Result<(), String> {
+        match &self.mail {
+            Some(mail) => mail.send(data),
+            None => Err("this task runs without a scheduler to send to".into()),
+        }
+    }
 }
 
 impl WasiView for ComponentCtx {
@@ -313,6 +338,10 @@ impl WasmRuntime {
     ) -> wasmtime::Result<Self> {
         let mut components = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components)?;
+        bindings::stoa::task::messages::add_to_linker::<_, HasSelf<ComponentCtx>>(
+            &mut components,
+            |cx| cx,
+        )?;
         let mut modules = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |cx: &mut ModuleCtx| &mut cx.wasi)?;
         let io = tokio::runtime::Builder::new_multi_thread()
@@ -498,13 +527,15 @@ impl WasmRuntime {
 
     /// Runs a task to its end on the calling thread. `dir` is the task's
     /// directory (sandbox and logs); without one the task sees no files and
-    /// its stdout and stderr are dropped. `on_running` is called once the
+    /// its stdout and stderr are dropped. `mail` connects a `stoa:task`
+    /// component with its scheduler. `on_running` is called once the
     /// instance is up. Setting `kill` stops the task within one epoch tick.
     pub fn run(
         &self,
         task: &TaskInfo,
         dir: Option<&TaskDir>,
         kill: Arc<AtomicBool>,
+        mail: Option<Mailbox>,
         on_running: impl FnOnce(),
     ) -> TaskEvent {
         let TaskKind::Wasm(wasm) = &task.kind else {
@@ -582,7 +613,7 @@ impl WasmRuntime {
             );
         };
         io.handle().block_on(async {
-            let run = self.execute(&program, builder, limits, &wasm.input, on_running);
+            let run = self.execute(&program, (builder, mail), limits, &wasm.input, on_running);
             tokio::select! {
                 end = run => end.unwrap_or_else(|end| end),
                 // Wasm is stopped at its next epoch tick; this is for a task
@@ -597,15 +628,19 @@ impl WasmRuntime {
     async fn execute(
         &self,
         program: &Program,
-        mut builder: WasiCtxBuilder,
+        (mut builder, mail): (WasiCtxBuilder, Option<Mailbox>),
         (limiter, fuel, watch): (TaskLimiter, u64, Watch),
         input: &[u8],
         on_running: impl FnOnce(),
     ) -> Result<TaskEvent, TaskEvent> {
+        // Only a `stoa:task` has an inbox; dropping the mailbox otherwise
+        // makes every message for the task come back undelivered.
+        let mail = mail.filter(|_| matches!(program, Program::Task(_)));
         let component_ctx = |builder: &mut WasiCtxBuilder, limiter| ComponentCtx {
             wasi: builder.build(),
             table: ResourceTable::new(),
             limiter,
+            mail,
         };
         Ok(match program {
             Program::Task(pre) => {

@@ -25,8 +25,8 @@
 
 use std::collections::BTreeMap;
 use stoa_guest::scheduler::{
-    CommandProgram, Driver, HealthCheck, Level, Offer, Program, Scheduler, TaskSpec, TaskState,
-    TaskStatus, WasmProgram, artifact, cpus_mem, env_or, fits, set_up_once,
+    CommandProgram, Driver, HealthCheck, Level, MessageSource, Offer, Program, Scheduler, TaskSpec,
+    TaskState, TaskStatus, WasmProgram, artifact, cpus_mem, env_or, fits, set_up_once,
 };
 
 /// How long a new scheduler instance waits for reconciliation before it
@@ -211,7 +211,15 @@ impl Scheduler for Service {
         }
     }
 
-    fn message(&mut self, driver: &mut dyn Driver, data: &[u8]) {
+    fn message(&mut self, driver: &mut dyn Driver, source: Option<&MessageSource>, data: &[u8]) {
+        if let Some(task) = source {
+            // Service tasks are commands; only an operator scales.
+            driver.log(
+                Level::Warn,
+                &format!("ignoring a message from task {}", task.task_id),
+            );
+            return;
+        }
         let text = String::from_utf8_lossy(data);
         let Some(n) = text
             .trim()
@@ -369,18 +377,18 @@ mod tests {
     fn a_scale_message_launches_more_or_kills_the_extra() {
         let (mut s, mut d) = (service(1), Recorder::default());
         settle(&mut s, &mut d);
-        s.message(&mut d, b"scale 3");
+        s.message(&mut d, None, b"scale 3");
         assert!(d.take().contains(&Recorded::Revive));
         s.offers(&mut d, vec![offer(4.0)]);
         assert_eq!(launched(&d.take()), 3);
-        s.message(&mut d, b"scale 1");
+        s.message(&mut d, None, b"scale 1");
         let kills = d
             .take()
             .into_iter()
             .filter(|c| matches!(c, Recorded::Kill(_)))
             .count();
         assert_eq!((kills, s.live.len()), (2, 1));
-        s.message(&mut d, b"grow please");
+        s.message(&mut d, None, b"grow please");
         assert!(matches!(&d.take()[..], [Recorded::Log(Level::Warn, _)]));
     }
 
