@@ -329,6 +329,8 @@ impl State {
         if let Some(Artifact::Stored(digest)) = task.kind.artifact().cloned()
             && !self.store.contains(digest)
         {
+            self.agent
+                .preparing(now, framework_id.clone(), task.task_id.clone());
             let waiting = self.fetching.entry(digest).or_default();
             waiting.push((framework_id, task));
             if waiting.len() == 1 {
@@ -433,10 +435,11 @@ impl State {
             .wasm_load
             .get_mut(framework_id)
             .and_then(|tasks| tasks.remove(task_id));
-        if removed.is_some() {
-            self.resize_executor(framework_id);
+        match removed {
+            Some(_) => self.resize_executor(framework_id),
+            // Only native tasks have cgroups of their own.
+            None => self.remove_cgroup(framework_id.as_str(), &task_leaf(task_id)),
         }
-        self.remove_cgroup(framework_id.as_str(), &task_leaf(task_id));
     }
 
     /// Removes a cgroup the agent made, off the loop: killing what is left

@@ -13,6 +13,7 @@ use crate::cgroups::Cgroup;
 use crate::driver::sleep_until;
 use crate::exec::mailbox::{Inbox, OUTBOX_LEN, Outgoing, mailbox};
 use crate::exec::native;
+use crate::exec::spares::Spares;
 use crate::exec::task_dir::TaskDir;
 use crate::exec::wasm::{RuntimeConfig, WasmRuntime};
 use anyhow::Context as _;
@@ -90,9 +91,28 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
         WasmRuntime::with_config(config.runtime.clone())
             .map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?,
     );
+    // Threads for wasm tasks, which run synchronously under epoch
+    // interruption: tokio's blocking pool reuses a thread whose task ended
+    // (a new thread and its signal stack cost more than a small task) and
+    // grows without a cap, since a task waiting on a message or a sleep
+    // holds its thread.
+    let threads = TaskThreads::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1 << 20)
+            .thread_keep_alive(Duration::from_secs(30))
+            .thread_name("stoa-task")
+            // Sync wasm runs on these stacks; wasmtime's own wasm stack limit
+            // (512 KiB) must fit with room for host calls.
+            .thread_stack_size(2 << 20)
+            .build()
+            .context("cannot start the task threads")?,
+    );
     tracing::info!(framework = %config.framework_id, allocation = ?runtime.allocation(), "executor ready");
 
     let mut tasks: HashMap<TaskId, Task> = HashMap::new();
+    // Made at the first launch, which says where task directories go.
+    let mut spares: Option<Arc<Spares>> = None;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<(TaskId, TaskEvent)>();
     let (msgs_tx, mut msgs_rx) = mpsc::channel::<(u64, Option<AgentToExecutor>)>(1024);
     let (outbox_tx, mut outbox_rx) = mpsc::channel::<Outgoing>(OUTBOX_LEN);
@@ -131,7 +151,8 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                         alone_since = Some(std::time::Instant::now());
                     }
                     Some(AgentToExecutor::Launch { task, dir, cgroup }) => {
-                        let started = Started { runtime: &runtime, events: &events_tx, outbox: &outbox_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
+                        let spares = spares_for(&mut spares, Path::new(&dir));
+                        let started = Started { runtime: &runtime, threads: &threads.handle, spares, events: &events_tx, outbox: &outbox_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
                         launch(&started, &mut tasks, *task, Path::new(&dir), cgroup);
                     }
                     Some(AgentToExecutor::Kill { task_id }) => {
@@ -235,9 +256,51 @@ async fn read_agent(
     }
 }
 
+/// The pool wasm tasks run on. Dropped inside the executor's async loop,
+/// where a runtime cannot block to wait for its threads: they are left to
+/// end on their own as the process exits.
+struct TaskThreads {
+    handle: tokio::runtime::Handle,
+    /// Taken only on drop.
+    pool: Option<tokio::runtime::Runtime>,
+}
+
+impl TaskThreads {
+    fn new(pool: tokio::runtime::Runtime) -> TaskThreads {
+        TaskThreads {
+            handle: pool.handle().clone(),
+            pool: Some(pool),
+        }
+    }
+}
+
+impl Drop for TaskThreads {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.shutdown_background();
+        }
+    }
+}
+
+/// The spare directories beside `dir`, a task's directory, started on
+/// first use; `None` where they cannot be (task directories are then
+/// made at launch).
+fn spares_for(spares: &mut Option<Arc<Spares>>, dir: &Path) -> Option<Arc<Spares>> {
+    if spares.is_none() {
+        let tasks = dir.parent()?;
+        match Spares::start(tasks) {
+            Ok(started) => *spares = Some(Arc::new(started)),
+            Err(e) => tracing::warn!(error = %e, "cannot keep spare task directories"),
+        }
+    }
+    spares.clone()
+}
+
 /// What launching a task needs from the executor.
 struct Started<'a> {
     runtime: &'a Arc<WasmRuntime>,
+    threads: &'a tokio::runtime::Handle,
+    spares: Option<Arc<Spares>>,
     events: &'a mpsc::UnboundedSender<(TaskId, TaskEvent)>,
     outbox: &'a mpsc::Sender<Outgoing>,
     log_limit: u64,
@@ -280,11 +343,14 @@ fn launch(
     // The directory is made on the task's own thread (or task), not here:
     // the file system is a launch's largest cost, and this loop serves
     // every task of the framework.
-    let dir = dir.to_path_buf();
+    let dir = NewDir {
+        spares: started.spares.clone(),
+        path: dir.to_path_buf(),
+    };
     if let TaskKind::Command(command) = &info.kind {
         let (command, log_limit) = (command.clone(), started.log_limit);
         tokio::spawn(async move {
-            let dir = match tokio::task::spawn_blocking(move || make_dir(&dir)).await {
+            let dir = match tokio::task::spawn_blocking(move || dir.make()).await {
                 Ok(Ok(dir)) => dir,
                 Ok(Err(event)) => {
                     let _ = events.send((task_id, event));
@@ -319,74 +385,85 @@ fn launch(
     if let TaskKind::Scheduler(hosted) = &info.kind {
         let (hosted, master, log_limit) =
             (hosted.clone(), started.master.cloned(), started.log_limit);
-        on_thread(task_id, dir, events, move |dir, running| {
-            let instance = crate::exec::hosted::Instance {
-                info,
-                hosted,
-                dir: TaskDir::existing(dir.root()),
-                runtime,
-                master,
-                log_limit,
-            };
-            crate::exec::hosted::run(instance, &kill.notify, running)
-        });
+        on_thread(
+            started.threads,
+            task_id,
+            dir,
+            events,
+            move |dir, running| {
+                let instance = crate::exec::hosted::Instance {
+                    info,
+                    hosted,
+                    dir: TaskDir::existing(dir.root()),
+                    runtime,
+                    master,
+                    log_limit,
+                };
+                crate::exec::hosted::run(instance, &kill.notify, running)
+            },
+        );
         return;
     }
-    on_thread(task_id, dir, events, move |dir, running| {
-        runtime.run(&info, Some(dir), kill.flag, mail, running)
-    });
+    on_thread(
+        started.threads,
+        task_id,
+        dir,
+        events,
+        move |dir, running| runtime.run(&info, Some(dir), kill.flag, mail, running),
+    );
 }
 
-/// Runs a task on a thread of its own, in a fresh directory: `body` gets
+/// Runs a task on a thread of the pool, in a fresh directory: `body` gets
 /// the directory and a callback for RUNNING, and returns the task's end.
 fn on_thread(
+    threads: &tokio::runtime::Handle,
     task_id: TaskId,
-    dir: PathBuf,
+    dir: NewDir,
     events: mpsc::UnboundedSender<(TaskId, TaskEvent)>,
     body: impl FnOnce(&TaskDir, &dyn Fn()) -> TaskEvent + Send + 'static,
 ) {
-    let spawned = std::thread::Builder::new()
-        .name(format!("task-{task_id}"))
-        // Sync wasm runs on this stack; wasmtime's own wasm stack limit
-        // (512 KiB) must fit in it with room for host calls.
-        .stack_size(2 << 20)
-        .spawn({
-            let (task_id, events) = (task_id.clone(), events.clone());
-            move || {
-                let dir = match make_dir(&dir) {
-                    Ok(dir) => dir,
-                    Err(event) => {
-                        let _ = events.send((task_id, event));
-                        return;
-                    }
-                };
-                let running = || {
-                    let _ = events.send((task_id.clone(), TaskEvent::Running));
-                };
-                let end = body(&dir, &running);
-                if let Err(e) = dir.mark_ended() {
-                    tracing::warn!(task = %task_id, error = %e, "cannot mark the task ended");
-                }
-                let _ = events.send((task_id, end));
+    threads.spawn_blocking(move || {
+        let dir = match dir.make() {
+            Ok(dir) => dir,
+            Err(event) => {
+                let _ = events.send((task_id, event));
+                return;
             }
-        });
-    if let Err(e) = spawned {
-        let event = TaskEvent::ended(
-            TaskState::Error,
-            Reason::TaskInvalid,
-            format!("cannot start a thread for the task: {e}"),
-        );
-        let _ = events.send((task_id, event));
-    }
+        };
+        let running = || {
+            let _ = events.send((task_id.clone(), TaskEvent::Running));
+        };
+        let end = body(&dir, &running);
+        if let Err(e) = dir.mark_ended() {
+            tracing::warn!(task = %task_id, error = %e, "cannot mark the task ended");
+        }
+        let _ = events.send((task_id, end));
+    });
 }
 
-/// A fresh task directory, or the terminal event of a task without one.
-fn make_dir(dir: &Path) -> Result<TaskDir, TaskEvent> {
-    TaskDir::create(dir).map_err(|e| {
-        TaskEvent::ended(
-            TaskState::Error,
-            Reason::TaskInvalid,
-            format!("cannot create the task directory {}: {e}", dir.display()),
-        )
-    })
+/// Where a task's directory goes, and the spares to make it from.
+struct NewDir {
+    spares: Option<Arc<Spares>>,
+    path: PathBuf,
+}
+
+impl NewDir {
+    /// A fresh task directory (a spare moved into place, when one is
+    /// ready), or the terminal event of a task without one.
+    fn make(&self) -> Result<TaskDir, TaskEvent> {
+        match &self.spares {
+            Some(spares) => spares.take(&self.path),
+            None => TaskDir::create(&self.path),
+        }
+        .map_err(|e| {
+            TaskEvent::ended(
+                TaskState::Error,
+                Reason::TaskInvalid,
+                format!(
+                    "cannot create the task directory {}: {e}",
+                    self.path.display()
+                ),
+            )
+        })
+    }
 }

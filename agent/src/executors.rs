@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use stoa_proto::executor::{AgentToExecutor, ExecutorTask, ExecutorToAgent};
 use stoa_proto::FrameworkId;
+use stoa_proto::executor::{AgentToExecutor, ExecutorTask, ExecutorToAgent};
 use stoa_transport::framed::io;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -66,10 +66,35 @@ pub struct Executors {
     containment: Option<Containment>,
     /// The cgroup leaf of each executor generation, until it is gone.
     leaves: HashMap<u64, (FrameworkId, String)>,
-    /// The highest memory limit set on each leaf: memory limits only grow
-    /// while an executor lives, because lowering one under use makes the
-    /// kernel reclaim or OOM-kill the executor and every task in it.
-    memory_high: HashMap<String, u64>,
+    /// The limits last written to each leaf.
+    applied: HashMap<String, Applied>,
+}
+
+/// An executor cgroup's limits as written.
+///
+/// Memory only grows while an executor lives, because lowering a limit
+/// under use makes the kernel reclaim or OOM-kill the executor and every
+/// task in it. CPU grows at once when tasks start, but shrinks only once
+/// the need has halved: each wasm task is held to its own share by the
+/// runtime, so the cgroup is a ceiling over the executor, and rewriting it
+/// on every task's start and end would cost a handful of cgroup writes per
+/// task on the agent's loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Applied {
+    millicpus: u64,
+    mem_bytes: u64,
+}
+
+impl Applied {
+    /// What to write for a need of `millicpus` and `mem_bytes`, if anything.
+    fn next(self, millicpus: u64, mem_bytes: u64) -> Option<Applied> {
+        let cpu_moves = millicpus > self.millicpus || millicpus.saturating_mul(2) <= self.millicpus;
+        let next = Applied {
+            millicpus: if cpu_moves { millicpus } else { self.millicpus },
+            mem_bytes: self.mem_bytes.max(mem_bytes),
+        };
+        (next != self).then_some(next)
+    }
 }
 
 /// An executor found running after an agent restart.
@@ -95,7 +120,7 @@ impl Executors {
             generation: 0,
             containment,
             leaves: HashMap::new(),
-            memory_high: HashMap::new(),
+            applied: HashMap::new(),
         }
     }
 
@@ -114,11 +139,15 @@ impl Executors {
         let mem = mem_mib
             .saturating_add(containment.overhead_mem_mib)
             .saturating_mul(1 << 20);
-        let high = self.memory_high.entry(leaf.clone()).or_insert(0);
-        *high = (*high).max(mem);
+        let cpu = millicpus.saturating_add(containment.overhead_millicpus);
+        let applied = self.applied.entry(leaf.clone()).or_default();
+        let Some(next) = applied.next(cpu, mem) else {
+            return;
+        };
+        *applied = next;
         let limits = Limits {
-            millicpus: millicpus.saturating_add(containment.overhead_millicpus),
-            mem_bytes: *high,
+            millicpus: next.millicpus,
+            mem_bytes: next.mem_bytes,
             max_pids: None,
         };
         let cgroup = containment.cgroups.open(framework.as_str(), leaf);
@@ -145,6 +174,11 @@ impl Executors {
             .and_then(|cgroup| Ok(cgroup.entry()?));
         match made {
             Ok(entry) => {
+                let applied = Applied {
+                    millicpus: limits.millicpus,
+                    mem_bytes: limits.mem_bytes,
+                };
+                self.applied.insert(leaf.clone(), applied);
                 self.leaves.insert(generation, (framework.clone(), leaf));
                 Some(entry)
             }
@@ -272,7 +306,7 @@ impl Executors {
     pub fn ended(&mut self, framework: &FrameworkId, generation: u64) -> (bool, Option<String>) {
         let leaf = self.leaves.remove(&generation).map(|(_, leaf)| leaf);
         if let Some(leaf) = &leaf {
-            self.memory_high.remove(leaf);
+            self.applied.remove(leaf);
         }
         let current = self
             .running
@@ -451,4 +485,32 @@ pub fn stop_leftovers(dir: &Path) -> usize {
         }
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Applied;
+
+    #[test]
+    fn executor_limits_grow_at_once_and_shrink_only_when_halved() {
+        let at = |millicpus, mem_bytes| Applied {
+            millicpus,
+            mem_bytes,
+        };
+        let start = at(500, 256);
+        assert_eq!(start.next(500, 256), None, "nothing changed");
+        assert_eq!(start.next(1500, 384), Some(at(1500, 384)), "grows");
+        let busy = at(1500, 384);
+        assert_eq!(busy.next(1000, 256), None, "churn writes nothing");
+        assert_eq!(
+            busy.next(1000, 512),
+            Some(at(1500, 512)),
+            "memory still grows"
+        );
+        assert_eq!(
+            busy.next(750, 128),
+            Some(at(750, 384)),
+            "cpu shrinks once halved, memory never"
+        );
+    }
 }

@@ -227,12 +227,12 @@ fn accept_naming_an_unknown_or_used_offer_drops_the_tasks() -> anyhow::Result<()
         let mut seen = Vec::new();
         while seen.len() < 2 {
             let st = next_update(&mut s).await?;
-            if st.task_id.as_str() == "second" || st.state == TaskState::Starting {
+            if st.task_id.as_str() == "second" || st.state == TaskState::Running {
                 seen.push((st.task_id.to_string(), st.state, st.reason));
             }
         }
         assert!(seen.contains(&("second".into(), TaskState::Dropped, Some(Reason::InvalidOffers))), "{seen:?}");
-        assert!(seen.contains(&("first".into(), TaskState::Starting, None)), "{seen:?}");
+        assert!(seen.contains(&("first".into(), TaskState::Running, None)), "{seen:?}");
         s.teardown().await
     })
 }

@@ -182,7 +182,7 @@ impl Agent {
             MasterToAgent::Refused { message } => {
                 self.refused = Some(message);
             }
-            MasterToAgent::RunTask { framework_id, task } => self.run_task(now, framework_id, task),
+            MasterToAgent::RunTask { framework_id, task } => self.run_task(framework_id, task),
             MasterToAgent::KillTask {
                 framework_id,
                 task_id,
@@ -285,6 +285,23 @@ impl Agent {
         self.send_update(now, framework_id, status);
     }
 
+    /// A launched task waits for something before it can start (its
+    /// artifact): the scheduler hears TASK_STARTING.
+    pub fn preparing(&mut self, now: Time, framework_id: FrameworkId, task_id: TaskId) {
+        let key = (framework_id.clone(), task_id.clone());
+        if self
+            .tasks
+            .get(&key)
+            .is_some_and(|t| t.state == TaskState::Starting)
+        {
+            self.send_update(
+                now,
+                framework_id,
+                TaskStatus::new(task_id, TaskState::Starting),
+            );
+        }
+    }
+
     /// A task sent its scheduler `data`; passed on while registered, else
     /// dropped (framework messages are best effort).
     pub fn handle_task_message(
@@ -354,7 +371,7 @@ impl Agent {
         }
     }
 
-    fn run_task(&mut self, now: Time, framework_id: FrameworkId, task: Box<TaskInfo>) {
+    fn run_task(&mut self, framework_id: FrameworkId, task: Box<TaskInfo>) {
         let key = (framework_id.clone(), task.task_id.clone());
         if self.tasks.contains_key(&key) {
             tracing::warn!(task = %task.task_id, "ignoring a second launch of a task this agent already has");
@@ -367,8 +384,9 @@ impl Agent {
                 state: TaskState::Starting,
             },
         );
-        let status = TaskStatus::new(task.task_id.clone(), TaskState::Starting);
-        self.send_update(now, framework_id.clone(), status);
+        // No TASK_STARTING here: the executor's RUNNING follows within a
+        // millisecond, and every update is a round trip to the scheduler.
+        // A launch that must wait reports STARTING (`preparing`).
         self.actions
             .push_back(Action::Launch { framework_id, task });
     }

@@ -63,9 +63,12 @@ fn updates_go_out_in_order_one_at_a_time_until_acknowledged() {
     let mut a = registered();
     launch(&mut a, "t1");
     assert!(matches!(a.poll_action(), Some(Action::Launch { .. })));
+    // A launch says nothing until the task runs, or must wait.
+    assert_eq!(a.poll_transmit(), None);
+    let tid = TaskId::new("t1").expect("id");
+    a.preparing(t(1), fw(), tid.clone());
     let (starting, state) = update(a.poll_transmit());
     assert_eq!(state, TaskState::Starting);
-    let tid = TaskId::new("t1").expect("id");
     a.handle_task_event(t(2), fw(), tid.clone(), TaskEvent::Running);
     a.handle_task_event(
         t(3),
@@ -121,7 +124,13 @@ fn updates_go_out_in_order_one_at_a_time_until_acknowledged() {
 fn reconnect_resends_unacknowledged_updates_and_reports_running_tasks() {
     let mut a = registered();
     launch(&mut a, "t1");
-    let (starting, _) = update(a.poll_transmit());
+    a.handle_task_event(
+        t(2),
+        fw(),
+        TaskId::new("t1").expect("id"),
+        TaskEvent::Running,
+    );
+    let (running, _) = update(a.poll_transmit());
     a.handle_disconnected(t(5));
     a.handle_connected(t(6));
     match a.poll_transmit() {
@@ -142,7 +151,7 @@ fn reconnect_resends_unacknowledged_updates_and_reports_running_tasks() {
             heartbeat_interval_ms: 1000,
         },
     );
-    assert_eq!(update(a.poll_transmit()).0, starting);
+    assert_eq!(update(a.poll_transmit()).0, running);
 }
 
 #[test]

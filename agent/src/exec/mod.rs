@@ -7,5 +7,6 @@ pub mod hosted;
 pub mod mailbox;
 pub mod native;
 pub mod scheduler;
+pub mod spares;
 pub mod task_dir;
 pub mod wasm;

@@ -30,12 +30,21 @@ pub struct TaskDir {
 
 impl TaskDir {
     /// Makes a fresh directory at `root` (clearing what an earlier task of
-    /// the same id left there).
+    /// the same id left there). Files are the costly part of a small
+    /// task's start, so this makes only the two directories, in as few
+    /// calls as it can; logs appear when first written.
     pub fn create(root: &Path) -> std::io::Result<TaskDir> {
-        if root.exists() {
-            std::fs::remove_dir_all(root)?;
+        use std::io::ErrorKind;
+        match std::fs::create_dir(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                std::fs::remove_dir_all(root)?;
+                std::fs::create_dir(root)?;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => std::fs::create_dir_all(root)?,
+            Err(e) => return Err(e),
         }
-        std::fs::create_dir_all(root.join("sandbox"))?;
+        std::fs::create_dir(root.join("sandbox"))?;
         Ok(TaskDir {
             root: root.to_path_buf(),
         })
@@ -76,7 +85,18 @@ impl TaskDir {
         // Checked before reading, so a reader that sees `task_ended` and an
         // empty chunk has seen everything.
         let task_ended = self.root.join("ended").exists();
-        let mut file = File::open(self.log_path(stream))?;
+        let mut file = match File::open(self.log_path(stream)) {
+            Ok(file) => file,
+            // Nothing written yet: a log is made on its first write.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.root.is_dir() => {
+                return Ok(LogChunk {
+                    next_offset: offset,
+                    data: Vec::new(),
+                    task_ended,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         file.seek(std::io::SeekFrom::Start(offset))?;
         let mut data = Vec::new();
         file.take(u64::from(max_len.min(MAX_LOG_CHUNK)))
@@ -88,12 +108,14 @@ impl TaskDir {
         })
     }
 
-    /// Opens a log for the task to write, keeping at most `limit` bytes.
+    /// A log for the task to write, keeping at most `limit` bytes. The
+    /// file is made on the first write: most small tasks never write
+    /// stderr, and a file is a launch's costliest part.
     pub fn open_log(&self, stream: LogStream, limit: u64) -> std::io::Result<CappedLog> {
-        let file = File::create(self.log_path(stream))?;
         Ok(CappedLog {
             inner: Arc::new(Mutex::new(Capped {
-                file,
+                path: self.log_path(stream),
+                file: None,
                 written: 0,
                 limit,
                 truncated: false,
@@ -112,7 +134,9 @@ pub struct CappedLog {
 
 #[derive(Debug)]
 struct Capped {
-    file: File,
+    path: PathBuf,
+    /// Made on the first write.
+    file: Option<File>,
     written: u64,
     limit: u64,
     truncated: bool,
@@ -120,17 +144,26 @@ struct Capped {
 
 impl CappedLog {
     fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let c = &mut *guard;
         let room = c.limit.saturating_sub(c.written);
         let take = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());
+        let note = take < bytes.len() && !c.truncated;
+        if take == 0 && !note {
+            return Ok(());
+        }
+        let file = match &mut c.file {
+            Some(file) => file,
+            None => c.file.insert(File::create(&c.path)?),
+        };
         if take > 0 {
-            c.file.write_all(&bytes[..take])?;
+            file.write_all(&bytes[..take])?;
             c.written += take as u64;
         }
-        if take < bytes.len() && !c.truncated {
+        if note {
             c.truncated = true;
             let note = format!("\n[stoa: log truncated at {} bytes]\n", c.limit);
-            c.file.write_all(note.as_bytes())?;
+            file.write_all(note.as_bytes())?;
         }
         Ok(())
     }
