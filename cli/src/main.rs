@@ -250,9 +250,17 @@ async fn shutdown_signal() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The daemons' cores are single-threaded state machines: one thread
+    // serves each with no wake-ups across threads (a launch crosses
+    // three processes, and each cross-thread wake-up costs a futex call).
+    // Blocking work still goes to the blocking pool.
+    let mut rt = match cli.command {
+        Command::Master(_) | Command::Agent(_) | Command::Executor(_) | Command::Bench(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = rt.enable_all().build()?;
     rt.block_on(async {
         match cli.command {
             Command::Master(a) => {

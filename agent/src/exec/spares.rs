@@ -109,8 +109,8 @@ impl Shared {
             };
             // Never `create_dir_all`: once the spares are dropped and
             // removed, nothing may bring the directory back.
-            let made = std::fs::create_dir(&next)
-                .and_then(|()| std::fs::create_dir(next.join("sandbox")));
+            let made =
+                std::fs::create_dir(&next).and_then(|()| std::fs::create_dir(next.join("sandbox")));
             let mut state = self.lock();
             match made {
                 Ok(()) if !state.stop => state.ready.push_back(next),
@@ -170,6 +170,9 @@ mod tests {
         );
 
         drop(spares);
-        assert!(!tasks.path().join(".spare").exists(), "removed when dropped");
+        assert!(
+            !tasks.path().join(".spare").exists(),
+            "removed when dropped"
+        );
     }
 }
