@@ -115,6 +115,8 @@ pub async fn run(
     let known_id = std::fs::read_to_string(&id_file)
         .ok()
         .and_then(|s| AgentId::new(s.trim()).ok());
+    // The id on disk, to write it only when the master gives a new one.
+    let mut saved_id = known_id.clone();
     let start = Instant::now();
     let now =
         move || Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -203,11 +205,12 @@ pub async fn run(
                 anyhow::bail!("the master refused this agent: {message}");
             }
             if let Some(id) = state.agent.agent_id()
-                && std::fs::read_to_string(&id_file).ok().as_deref() != Some(id.as_str())
+                && saved_id.as_ref() != Some(id)
             {
                 std::fs::write(&id_file, id.as_str())
                     .with_context(|| format!("cannot write {}", id_file.display()))?;
                 tracing::info!(agent = %id, "registered with the master");
+                saved_id = Some(id.clone());
             }
             let deadline = state
                 .agent

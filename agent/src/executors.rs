@@ -78,7 +78,8 @@ pub struct Executors {
 /// the need has halved: each wasm task is held to its own share by the
 /// runtime, so the cgroup is a ceiling over the executor, and rewriting it
 /// on every task's start and end would cost a handful of cgroup writes per
-/// task on the agent's loop.
+/// task on the agent's loop. A grow goes half again over the need, so a
+/// ramp of small tasks costs a few writes, not one each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Applied {
     millicpus: u64,
@@ -88,9 +89,17 @@ struct Applied {
 impl Applied {
     /// What to write for a need of `millicpus` and `mem_bytes`, if anything.
     fn next(self, millicpus: u64, mem_bytes: u64) -> Option<Applied> {
-        let cpu_moves = millicpus > self.millicpus || millicpus.saturating_mul(2) <= self.millicpus;
+        let millicpus = if millicpus > self.millicpus {
+            // Half again over the need: tasks starting one by one do not
+            // each cost a write.
+            millicpus.max(self.millicpus.saturating_add(self.millicpus / 2))
+        } else if millicpus.saturating_mul(2) <= self.millicpus {
+            millicpus
+        } else {
+            self.millicpus
+        };
         let next = Applied {
-            millicpus: if cpu_moves { millicpus } else { self.millicpus },
+            millicpus,
             mem_bytes: self.mem_bytes.max(mem_bytes),
         };
         (next != self).then_some(next)
@@ -499,7 +508,12 @@ mod tests {
         };
         let start = at(500, 256);
         assert_eq!(start.next(500, 256), None, "nothing changed");
-        assert_eq!(start.next(1500, 384), Some(at(1500, 384)), "grows");
+        assert_eq!(
+            start.next(1500, 384),
+            Some(at(1500, 384)),
+            "grows to the need"
+        );
+        assert_eq!(start.next(600, 256), Some(at(750, 256)), "or half again");
         let busy = at(1500, 384);
         assert_eq!(busy.next(1000, 256), None, "churn writes nothing");
         assert_eq!(
