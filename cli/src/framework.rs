@@ -160,9 +160,15 @@ async fn run_here(a: RunArgs) -> anyhow::Result<()> {
         memory: a.memory_mib << 20,
         fuel_per_call: c.fuel_per_call,
     };
-    let mut scheduler =
-        ComponentScheduler::new(&wasm, &c.name(), &c.args, &env, limits, Default::default())
-            .with_context(|| format!("cannot load {}", c.scheduler.display()))?;
+    let mut scheduler = ComponentScheduler::new(
+        &wasm,
+        &c.name(),
+        (&c.args, &env),
+        limits,
+        Default::default(),
+        None,
+    )
+    .with_context(|| format!("cannot load {}", c.scheduler.display()))?;
     let mut info = c.framework();
     info.id = a.framework_id.clone();
     let options = DriverOptions {

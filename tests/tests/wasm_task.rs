@@ -237,3 +237,31 @@ fn compiled_code_is_cached_on_disk_and_a_corrupt_entry_is_rebuilt() -> anyhow::R
     assert_eq!(fourth.stats().loaded, 1);
     Ok(())
 }
+
+#[test]
+fn a_scheduler_component_is_compiled_once_then_loaded_from_the_cache() -> anyhow::Result<()> {
+    use stoa_agent::exec::scheduler::{ComponentScheduler, SchedulerLimits};
+    use stoa_agent::exec::wasm::cache::{CompiledCache, Origin};
+    let wasm = std::fs::read(stoa_tests::wasm_path(
+        "hello_wasm_scheduler",
+        "hello-wasm-scheduler",
+    )?)?;
+    let tmp = tempfile::tempdir()?;
+    let cache = CompiledCache::new(tmp.path(), 1 << 30)?;
+    let start = |cache: Option<&CompiledCache>| {
+        let limits = SchedulerLimits::default();
+        ComponentScheduler::new(
+            &wasm,
+            "hello",
+            (&[], &[]),
+            limits,
+            Default::default(),
+            cache,
+        )
+    };
+    assert_eq!(start(Some(&cache))?.origin(), Origin::Compiled);
+    // A restarted instance loads what the first compiled.
+    assert_eq!(start(Some(&cache))?.origin(), Origin::Loaded);
+    assert_eq!(start(None)?.origin(), Origin::Compiled);
+    Ok(())
+}

@@ -74,14 +74,20 @@ pub fn run(instance: Instance, kill: &Notify, running: impl FnOnce()) -> TaskEve
             .unwrap_or(usize::MAX),
     };
     let name = hosted.framework.name.clone();
-    let mut scheduler =
-        match ComponentScheduler::new(&wasm, &name, &hosted.args, &hosted.env, limits, output) {
-            Ok(s) => s,
-            Err(e) => {
-                let message = format!("cannot load the scheduler: {e:#}");
-                return TaskEvent::ended(TaskState::Error, Reason::InvalidArtifact, message);
-            }
-        };
+    let mut scheduler = match ComponentScheduler::new(
+        &wasm,
+        &name,
+        (&hosted.args, &hosted.env),
+        limits,
+        output,
+        runtime.cache(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let message = format!("cannot load the scheduler: {e:#}");
+            return TaskEvent::ended(TaskState::Error, Reason::InvalidArtifact, message);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@
 //! environment variables and arguments; its stdout and stderr are the
 //! host's stderr.
 
+use crate::exec::wasm::cache::{CompiledCache, Origin, load_or_compile};
 use anyhow::Context as _;
 use std::time::Duration;
 use stoa_client::Calls;
@@ -199,6 +200,8 @@ pub struct ComponentScheduler {
     timers: std::collections::HashMap<u64, u64>,
     /// Set once a handler trapped: the instance is not called again.
     failed: Option<String>,
+    /// Whether the code was compiled or loaded from the cache.
+    origin: Origin,
 }
 
 impl std::fmt::Debug for ComponentScheduler {
@@ -211,22 +214,24 @@ impl std::fmt::Debug for ComponentScheduler {
 }
 
 impl ComponentScheduler {
-    /// Compiles and instantiates `wasm`. `args` and `env` are what the
-    /// component sees through WASI; `name` labels its log lines.
+    /// Compiles (or loads from `cache`) and instantiates `wasm`. `args` and
+    /// `env` are what the component sees through WASI; `name` labels its
+    /// log lines. A big component takes long to compile (a Python
+    /// scheduler about 30 s), which the cache saves on every restart.
     pub fn new(
         wasm: &[u8],
         name: &str,
-        args: &[String],
-        env: &[(String, String)],
+        (args, env): (&[String], &[(String, String)]),
         limits: SchedulerLimits,
         output: SchedulerOutput,
+        cache: Option<&CompiledCache>,
     ) -> anyhow::Result<ComponentScheduler> {
         let mut config = Config::new();
         config.consume_fuel(true);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let component = Component::new(&engine, wasm)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .context("not a valid component")?;
+        let (component, origin): (Component, _) =
+            load_or_compile(cache, &engine, Digest::of(wasm), wasm)
+                .map_err(|e| anyhow::anyhow!("not a valid component: {e}"))?;
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         bindings::Scheduler::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
@@ -279,7 +284,14 @@ impl ComponentScheduler {
             limits,
             timers: std::collections::HashMap::new(),
             failed: None,
+            origin,
         })
+    }
+
+    /// Whether the component was compiled for this instance or loaded
+    /// from the cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
     }
 
     /// Why the scheduler stopped, if a handler trapped.

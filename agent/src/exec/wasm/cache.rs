@@ -14,7 +14,101 @@ use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use stoa_proto::Digest;
-use wasmtime::Engine;
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module};
+
+/// Compiled code: a component or a core module, which wasmtime compiles,
+/// serializes and loads alike.
+pub trait Code: Sized {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
+    /// Loads code from the on-disk cache.
+    fn load(engine: &Engine, code: &[u8]) -> wasmtime::Result<Self>;
+}
+
+// SAFETY (both `load`s): wasmtime can only load compiled code unsafely,
+// because it runs it without verifying it. `code` comes from
+// [`CompiledCache::get`], which returns only bytes that were written by
+// `serialize` on an engine with the same compatibility hash (it is in the
+// entry's name, and wasmtime checks its own header too) and that still match
+// the checksum written with them: the code as compiled, not a corrupted or
+// foreign file. The cache directory belongs to the agent; tasks cannot
+// reach it.
+impl Code for Component {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Component::new(engine, bytes)
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Component::serialize(self)
+    }
+    #[allow(unsafe_code)]
+    fn load(engine: &Engine, code: &[u8]) -> wasmtime::Result<Self> {
+        unsafe { Component::deserialize(engine, code) }
+    }
+}
+
+impl Code for Module {
+    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
+        Module::new(engine, bytes)
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Module::serialize(self)
+    }
+    #[allow(unsafe_code)]
+    fn load(engine: &Engine, code: &[u8]) -> wasmtime::Result<Self> {
+        unsafe { Module::deserialize(engine, code) }
+    }
+}
+
+/// Where [`load_or_compile`]'s code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Loaded,
+    Compiled,
+    /// Compiled again because the cached entry was corrupt.
+    Rebuilt,
+}
+
+/// Code for `digest`: loaded from `cache` when it holds a sound entry for
+/// `engine`, otherwise compiled from `bytes` (and cached). The error is
+/// the compiler's, for a binary that is not valid wasm.
+pub fn load_or_compile<C: Code>(
+    cache: Option<&CompiledCache>,
+    engine: &Engine,
+    digest: Digest,
+    bytes: &[u8],
+) -> Result<(C, Origin), String> {
+    let mut origin = Origin::Compiled;
+    if let Some(cache) = cache {
+        match cache.get(engine, digest) {
+            Lookup::Hit(code) => match C::load(engine, &code) {
+                Ok(c) => return Ok((c, Origin::Loaded)),
+                Err(e) => {
+                    tracing::warn!(%digest, error = format!("{e:#}"), "cached code does not load; compiling again");
+                }
+            },
+            Lookup::Corrupt => {
+                origin = Origin::Rebuilt;
+                tracing::warn!(%digest, "cached code failed its checksum; compiling again");
+            }
+            Lookup::Miss => {}
+        }
+    }
+    let compiled = C::compile(engine, bytes).map_err(|e| format!("{e:#}"))?;
+    if let Some(cache) = cache {
+        match compiled.serialize() {
+            Ok(code) => {
+                if let Err(e) = cache.put(engine, digest, &code) {
+                    tracing::warn!(%digest, error = %e, "cannot cache compiled code");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = format!("{e:#}"), "cannot serialize compiled code")
+            }
+        }
+    }
+    Ok((compiled, origin))
+}
 
 /// Default size cap of the compiled-code cache.
 pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;

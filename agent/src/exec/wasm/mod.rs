@@ -16,7 +16,7 @@ pub mod limits;
 use crate::core::TaskEvent;
 use crate::exec::mailbox::Mailbox;
 use crate::exec::task_dir::{DEFAULT_LOG_LIMIT, TaskDir};
-use cache::{CompiledCache, Lookup};
+use cache::{Code, CompiledCache, Origin};
 use limits::{CpuShare, Footprint, Stopped, TaskLimiter, Watch};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -99,49 +99,6 @@ enum Program {
     Task(TaskPre<ComponentCtx>),
     Command(CommandPre<ComponentCtx>),
     Preview1(InstancePre<ModuleCtx>),
-}
-
-/// Compiled code: a component or a core module, which wasmtime compiles,
-/// serializes and loads alike.
-trait Code: Sized {
-    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
-    fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
-    /// Loads code from the on-disk cache.
-    fn load(engine: &Engine, code: &[u8]) -> wasmtime::Result<Self>;
-}
-
-// SAFETY (both `load`s): wasmtime can only load compiled code unsafely,
-// because it runs it without verifying it. `code` comes from
-// [`CompiledCache::get`], which returns only bytes that were written by
-// `serialize` on an engine with the same compatibility hash (it is in the
-// entry's name, and wasmtime checks its own header too) and that still match
-// the checksum written with them: the code as compiled, not a corrupted or
-// foreign file. The cache directory belongs to the agent; tasks cannot
-// reach it.
-impl Code for Component {
-    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
-        Component::new(engine, bytes)
-    }
-    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
-        Component::serialize(self)
-    }
-    #[allow(unsafe_code)]
-    fn load(engine: &Engine, code: &[u8]) -> wasmtime::Result<Self> {
-        unsafe { Component::deserialize(engine, code) }
-    }
-}
-
-impl Code for Module {
-    fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
-        Module::new(engine, bytes)
-    }
-    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
-        Module::serialize(self)
-    }
-    #[allow(unsafe_code)]
-    fn load(engine: &Engine, code: &[u8]) -> wasmtime::Result<Self> {
-        unsafe { Module::deserialize(engine, code) }
-    }
 }
 
 /// Why a binary cannot run.
@@ -488,41 +445,24 @@ impl WasmRuntime {
     /// Compiled code for `digest`: from the on-disk cache when it holds a
     /// sound entry, otherwise compiled (and then cached).
     fn compiled<C: Code>(&self, digest: Digest, bytes: &[u8]) -> Result<C, Refused> {
-        let cache = self.config.cache.as_ref();
-        if let Some(cache) = cache {
-            match cache.get(&self.engine, digest) {
-                Lookup::Hit(code) => match C::load(&self.engine, &code) {
-                    Ok(c) => {
-                        self.loaded.fetch_add(1, Ordering::Relaxed);
-                        return Ok(c);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%digest, error = format!("{e:#}"), "cached code does not load; compiling again");
-                    }
-                },
-                Lookup::Corrupt => {
-                    self.corrupt.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%digest, "cached code failed its checksum; compiling again");
-                }
-                Lookup::Miss => {}
+        let (code, origin) =
+            cache::load_or_compile(self.config.cache.as_ref(), &self.engine, digest, bytes)
+                .map_err(|e| Refused::invalid(format!("not valid wasm: {e}")))?;
+        let counter = match origin {
+            Origin::Loaded => &self.loaded,
+            Origin::Compiled => &self.compiled,
+            Origin::Rebuilt => {
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
+                &self.compiled
             }
-        }
-        let compiled = C::compile(&self.engine, bytes)
-            .map_err(|e| Refused::invalid(format!("not valid wasm: {e:#}")))?;
-        self.compiled.fetch_add(1, Ordering::Relaxed);
-        if let Some(cache) = cache {
-            match compiled.serialize() {
-                Ok(code) => {
-                    if let Err(e) = cache.put(&self.engine, digest, &code) {
-                        tracing::warn!(%digest, error = %e, "cannot cache compiled code");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%digest, error = format!("{e:#}"), "cannot serialize compiled code")
-                }
-            }
-        }
-        Ok(compiled)
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(code)
+    }
+
+    /// The cache of compiled code, if this runtime keeps one.
+    pub fn cache(&self) -> Option<&CompiledCache> {
+        self.config.cache.as_ref()
     }
 
     /// Runs a task to its end on the calling thread. `dir` is the task's
