@@ -67,10 +67,11 @@ pub struct Executors {
     /// The cgroup leaf of each executor generation, until it is gone.
     leaves: HashMap<u64, (FrameworkId, String)>,
     /// The limits last written to each leaf.
-    applied: HashMap<String, Applied>,
+    applied: HashMap<String, Limits>,
 }
 
-/// An executor cgroup's limits as written.
+/// The limits to write to an executor's cgroup, `applied` now, for a need
+/// of `millicpus` and `mem_bytes`; `None` when nothing is to be written.
 ///
 /// Memory only grows while an executor lives, because lowering a limit
 /// under use makes the kernel reclaim or OOM-kill the executor and every
@@ -80,30 +81,20 @@ pub struct Executors {
 /// on every task's start and end would cost a handful of cgroup writes per
 /// task on the agent's loop. A grow goes half again over the need, so a
 /// ramp of small tasks costs a few writes, not one each.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Applied {
-    millicpus: u64,
-    mem_bytes: u64,
-}
-
-impl Applied {
-    /// What to write for a need of `millicpus` and `mem_bytes`, if anything.
-    fn next(self, millicpus: u64, mem_bytes: u64) -> Option<Applied> {
-        let millicpus = if millicpus > self.millicpus {
-            // Half again over the need: tasks starting one by one do not
-            // each cost a write.
-            millicpus.max(self.millicpus.saturating_add(self.millicpus / 2))
-        } else if millicpus.saturating_mul(2) <= self.millicpus {
-            millicpus
-        } else {
-            self.millicpus
-        };
-        let next = Applied {
-            millicpus,
-            mem_bytes: self.mem_bytes.max(mem_bytes),
-        };
-        (next != self).then_some(next)
-    }
+fn next_limits(applied: Limits, millicpus: u64, mem_bytes: u64) -> Option<Limits> {
+    let millicpus = if millicpus > applied.millicpus {
+        millicpus.max(applied.millicpus.saturating_add(applied.millicpus / 2))
+    } else if millicpus.saturating_mul(2) <= applied.millicpus {
+        millicpus
+    } else {
+        applied.millicpus
+    };
+    let next = Limits {
+        millicpus,
+        mem_bytes: applied.mem_bytes.max(mem_bytes),
+        max_pids: None,
+    };
+    (next != applied).then_some(next)
 }
 
 /// An executor found running after an agent restart.
@@ -149,16 +140,15 @@ impl Executors {
             .saturating_add(containment.overhead_mem_mib)
             .saturating_mul(1 << 20);
         let cpu = millicpus.saturating_add(containment.overhead_millicpus);
-        let applied = self.applied.entry(leaf.clone()).or_default();
-        let Some(next) = applied.next(cpu, mem) else {
+        let applied = self.applied.entry(leaf.clone()).or_insert(Limits {
+            millicpus: 0,
+            mem_bytes: 0,
+            max_pids: None,
+        });
+        let Some(limits) = next_limits(*applied, cpu, mem) else {
             return;
         };
-        *applied = next;
-        let limits = Limits {
-            millicpus: next.millicpus,
-            mem_bytes: next.mem_bytes,
-            max_pids: None,
-        };
+        *applied = limits;
         let cgroup = containment.cgroups.open(framework.as_str(), leaf);
         if let Err(e) = cgroup.set_limits(&limits) {
             tracing::warn!(framework = %framework, error = format!("{e:#}"), "cannot resize the executor's cgroup");
@@ -183,11 +173,7 @@ impl Executors {
             .and_then(|cgroup| Ok(cgroup.entry()?));
         match made {
             Ok(entry) => {
-                let applied = Applied {
-                    millicpus: limits.millicpus,
-                    mem_bytes: limits.mem_bytes,
-                };
-                self.applied.insert(leaf.clone(), applied);
+                self.applied.insert(leaf.clone(), limits);
                 self.leaves.insert(generation, (framework.clone(), leaf));
                 Some(entry)
             }
@@ -498,31 +484,36 @@ pub fn stop_leftovers(dir: &Path) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::Applied;
+    use super::{Limits, next_limits};
 
     #[test]
     fn executor_limits_grow_at_once_and_shrink_only_when_halved() {
-        let at = |millicpus, mem_bytes| Applied {
+        let at = |millicpus, mem_bytes| Limits {
             millicpus,
             mem_bytes,
+            max_pids: None,
         };
         let start = at(500, 256);
-        assert_eq!(start.next(500, 256), None, "nothing changed");
+        assert_eq!(next_limits(start, 500, 256), None, "nothing changed");
         assert_eq!(
-            start.next(1500, 384),
+            next_limits(start, 1500, 384),
             Some(at(1500, 384)),
             "grows to the need"
         );
-        assert_eq!(start.next(600, 256), Some(at(750, 256)), "or half again");
-        let busy = at(1500, 384);
-        assert_eq!(busy.next(1000, 256), None, "churn writes nothing");
         assert_eq!(
-            busy.next(1000, 512),
+            next_limits(start, 600, 256),
+            Some(at(750, 256)),
+            "or half again"
+        );
+        let busy = at(1500, 384);
+        assert_eq!(next_limits(busy, 1000, 256), None, "churn writes nothing");
+        assert_eq!(
+            next_limits(busy, 1000, 512),
             Some(at(1500, 512)),
             "memory still grows"
         );
         assert_eq!(
-            busy.next(750, 128),
+            next_limits(busy, 750, 128),
             Some(at(750, 384)),
             "cpu shrinks once halved, memory never"
         );

@@ -266,6 +266,17 @@ pub enum Call {
 /// Largest MESSAGE payload.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
+/// Why `data` cannot travel as a message, if it cannot: the one size rule
+/// for messages to schedulers and to tasks.
+pub fn message_too_large(data: &[u8]) -> Option<String> {
+    (data.len() > MAX_MESSAGE).then(|| {
+        format!(
+            "a message may hold at most {MAX_MESSAGE} bytes, not {}; send large data as an artifact and name its digest",
+            data.len()
+        )
+    })
+}
+
 /// A framework whose scheduler the master runs on an agent, restarting it
 /// (on another agent if its own is lost) until the framework ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 //! does not read. What does not fit is refused, never queued.
 
 use stoa_proto::TaskId;
-use stoa_proto::messages::MAX_MESSAGE;
+use stoa_proto::messages::message_too_large;
 use tokio::sync::mpsc;
 
 /// Messages a task's inbox holds before more are refused.
@@ -68,11 +68,8 @@ impl Mailbox {
 
     /// Queues `data` for the scheduler.
     pub fn send(&self, data: Vec<u8>) -> Result<(), String> {
-        if data.len() > MAX_MESSAGE {
-            return Err(format!(
-                "a message may hold at most {MAX_MESSAGE} bytes, not {}",
-                data.len()
-            ));
+        if let Some(why) = message_too_large(&data) {
+            return Err(why);
         }
         self.outbox
             .try_send((self.task_id.clone(), data))
@@ -89,6 +86,7 @@ impl Mailbox {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use stoa_proto::messages::MAX_MESSAGE;
 
     fn task() -> TaskId {
         TaskId::new("t").expect("id")

@@ -233,3 +233,34 @@ impl tokio::io::AsyncWrite for CappedLog {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_files_only_once_written_and_read_empty_before() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = TaskDir::create(&tmp.path().join("fw/t1")).expect("created");
+        let out = dir.open_log(LogStream::Stdout, 8).expect("stdout");
+        let _err = dir.open_log(LogStream::Stderr, 8).expect("stderr");
+        let path = dir.log_path(LogStream::Stdout);
+        assert!(!path.exists(), "nothing written, no file");
+        let chunk = dir.read_log(LogStream::Stdout, 0, 100).expect("empty chunk");
+        assert!(chunk.data.is_empty() && !chunk.task_ended);
+
+        out.write(b"hello, world").expect("written");
+        let chunk = dir.read_log(LogStream::Stdout, 0, 100).expect("chunk");
+        assert!(chunk.data.starts_with(b"hello, w"), "{:?}", chunk.data);
+        assert!(String::from_utf8_lossy(&chunk.data).contains("truncated at 8 bytes"));
+        assert!(!dir.log_path(LogStream::Stderr).exists());
+
+        // A second task of the same id gets a fresh directory.
+        let again = TaskDir::create(dir.root()).expect("made again");
+        assert!(!again.log_path(LogStream::Stdout).exists());
+        assert!(again.sandbox().is_dir());
+        // A log of a task this agent never had is an error, not empty.
+        let gone = TaskDir::existing(&tmp.path().join("fw/never"));
+        assert!(gone.read_log(LogStream::Stdout, 0, 100).is_err());
+    }
+}

@@ -20,7 +20,7 @@ use stoa_allocator::{
     Allocation, Allocator, AllocatorConfig, Constraint, FrameworkSpec, MinAllocatable,
 };
 use stoa_allocator::{Limit, Quota};
-use stoa_proto::messages::{OfferConstraint, RunningTask};
+use stoa_proto::messages::{OfferConstraint, RunningTask, message_too_large};
 use stoa_proto::operator::{OperatorCall, OperatorReply, RoleStatus};
 use stoa_proto::{
     AgentId, AgentInfo, AgentToMaster, Call, Event, FrameworkId, FrameworkInfo, MasterToAgent,
@@ -664,21 +664,15 @@ impl Master {
                     data,
                 },
             ) => {
-                let Some(agent_id) = self.agent_of.get(&conn).cloned() else {
+                let Some(agent_id) = self.runs_on(conn, &framework_id, &task_id) else {
                     return;
                 };
-                // Only a task this agent runs for the framework may speak
-                // for it; anything else is dropped (best effort).
-                let runs_here = self
-                    .tasks
-                    .get(&(framework_id.clone(), task_id.clone()))
-                    .is_some_and(|t| t.agent == agent_id);
-                if runs_here && data.len() <= stoa_proto::messages::MAX_MESSAGE {
-                    let from = Some(MessageSource { agent_id, task_id });
-                    self.send_to_framework(&framework_id, Event::Message { from, data });
-                } else {
-                    tracing::warn!(%agent_id, task = %task_id, "dropping a message from a task this agent does not run");
+                if let Some(why) = message_too_large(&data) {
+                    tracing::warn!(%agent_id, task = %task_id, "dropping a task's message: {why}");
+                    return;
                 }
+                let from = Some(MessageSource { agent_id, task_id });
+                self.send_to_framework(&framework_id, Event::Message { from, data });
             }
             (
                 Some(Peer::Agent),
@@ -688,8 +682,10 @@ impl Master {
                     message,
                 },
             ) => {
-                let message = format!("MESSAGE to task {task_id} not delivered: {message}");
-                self.send_to_framework(&framework_id, Event::Error { message });
+                if self.runs_on(conn, &framework_id, &task_id).is_some() {
+                    let message = format!("MESSAGE to task {task_id} not delivered: {message}");
+                    self.send_to_framework(&framework_id, Event::Error { message });
+                }
             }
             (Some(Peer::Agent), AgentToMaster::Register { .. }) => {
                 self.outbox.push_back(Transmit::Close(
@@ -803,11 +799,7 @@ impl Master {
             Some(f) if f.conn.is_none() => Some(format!(
                 "framework {fw} has no scheduler connected now; try again shortly"
             )),
-            Some(_) if data.len() > stoa_proto::messages::MAX_MESSAGE => Some(format!(
-                "a message may hold at most {} bytes",
-                stoa_proto::messages::MAX_MESSAGE
-            )),
-            Some(_) => None,
+            Some(_) => message_too_large(&data),
         };
         match refusal {
             Some(message) => {
@@ -1512,16 +1504,26 @@ impl Master {
         }
     }
 
+    /// The agent on `conn`, if it runs `task` of `fw`: only such an agent
+    /// may speak for the task (anything else is dropped, with a warning).
+    fn runs_on(&self, conn: ConnId, fw: &FrameworkId, task: &TaskId) -> Option<AgentId> {
+        let agent = self.agent_of.get(&conn)?;
+        let key = (fw.clone(), task.clone());
+        if self.tasks.get(&key).is_some_and(|t| &t.agent == agent) {
+            return Some(agent.clone());
+        }
+        tracing::warn!(%agent, %task, "dropping word from an agent about a task it does not run");
+        None
+    }
+
     /// MESSAGE: to the agent of a running task, which hands it to the
     /// task's executor. What cannot be sent is an ERROR now; what the
     /// executor cannot deliver is one later (UNDELIVERED).
     fn message_task(&mut self, fw: &FrameworkId, task_id: TaskId, data: Vec<u8>) {
         let key = (fw.clone(), task_id.clone());
+        let too_large = message_too_large(&data);
         let refusal = match self.tasks.get(&key) {
-            _ if data.len() > stoa_proto::messages::MAX_MESSAGE => Some(format!(
-                "a message may hold at most {} bytes",
-                stoa_proto::messages::MAX_MESSAGE
-            )),
+            _ if too_large.is_some() => too_large,
             None => Some("the master knows no such task of this framework".to_string()),
             Some(task) if task.state.is_terminal() => {
                 Some(format!("the task has ended ({})", task.state))

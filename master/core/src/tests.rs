@@ -1612,12 +1612,15 @@ fn messages_go_to_a_running_task_and_back_from_it_only() {
     drain(&mut m);
     assert!(from_agent(&mut m, other, "t1").is_empty());
 
-    // What the executor could not deliver reaches the scheduler as ERROR.
+    // What the executor could not deliver reaches the scheduler as ERROR,
+    // from the task's own agent only.
     let undelivered = AgentToMaster::Undelivered {
         framework_id: fw.clone(),
         task_id: TaskId::new("t1").expect("id"),
         message: "the task's inbox is full".into(),
     };
+    m.handle_agent_message(t(30), other, undelivered.clone());
+    assert!(drain(&mut m).is_empty());
     m.handle_agent_message(t(30), AGENT, undelivered);
     assert!(error(&drain(&mut m), "inbox is full"));
 
