@@ -246,7 +246,9 @@ mod tests {
         let _err = dir.open_log(LogStream::Stderr, 8).expect("stderr");
         let path = dir.log_path(LogStream::Stdout);
         assert!(!path.exists(), "nothing written, no file");
-        let chunk = dir.read_log(LogStream::Stdout, 0, 100).expect("empty chunk");
+        let chunk = dir
+            .read_log(LogStream::Stdout, 0, 100)
+            .expect("empty chunk");
         assert!(chunk.data.is_empty() && !chunk.task_ended);
 
         out.write(b"hello, world").expect("written");
