@@ -127,6 +127,8 @@ pub async fn run(
         .unwrap_or(0);
     let (exec_tx, mut exec_rx) = mpsc::unbounded_channel::<FromExecutor>();
     let (fetched_tx, mut fetched_rx) = mpsc::unbounded_channel();
+    // Log readers ask the core whether a task has ended.
+    let (ended_tx, mut ended_rx) = mpsc::channel::<EndedQuery>(64);
     let mut state = State {
         agent: Agent::new(config.info.clone(), known_id, first_update),
         executors: Executors::new(
@@ -194,7 +196,11 @@ pub async fn run(
         backoff = Duration::from_millis(100);
         let (msgs_tx, mut msgs_rx) = mpsc::channel::<MasterToAgent>(1024);
         let reader = tokio::spawn(read_loop(receiver, msgs_tx));
-        let side = tokio::spawn(serve_side_streams(conn.clone(), layout.clone()));
+        let side = tokio::spawn(serve_side_streams(
+            conn.clone(),
+            layout.clone(),
+            ended_tx.clone(),
+        ));
         state.agent.handle_connected(now());
         loop {
             if !state.flush(now(), &conn, &mut sender).await {
@@ -224,6 +230,9 @@ pub async fn run(
                 },
                 Some(input) = exec_rx.recv() => state.on_executor(now(), input),
                 Some((digest, result)) = fetched_rx.recv() => state.fetched(now(), digest, result),
+                Some((framework_id, task_id, reply)) = ended_rx.recv() => {
+                    let _ = reply.send(state.agent.has_ended(&framework_id, &task_id));
+                }
                 _ = sleep_until(deadline) => state.agent.handle_timeout(now()),
                 _ = sleep_until(chore_at) => state.do_chores(),
                 _ = &mut shutdown => {
@@ -671,10 +680,17 @@ async fn read_loop(mut receiver: FrameReceiver, tx: mpsc::Sender<MasterToAgent>)
     }
 }
 
+/// A log reader's question to the agent's loop: has this task ended?
+type EndedQuery = (FrameworkId, TaskId, tokio::sync::oneshot::Sender<bool>);
+
 /// Side streams the master opens: log reads.
-async fn serve_side_streams(conn: quinn::Connection, layout: WorkDir) {
+async fn serve_side_streams(
+    conn: quinn::Connection,
+    layout: WorkDir,
+    ended: mpsc::Sender<EndedQuery>,
+) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let layout = layout.clone();
+        let (layout, ended) = (layout.clone(), ended.clone());
         tokio::spawn(async move {
             let mut send = FrameSender::new(send);
             let request = FrameReceiver::new(recv).recv::<SideRequest>().await;
@@ -687,7 +703,17 @@ async fn serve_side_streams(conn: quinn::Connection, layout: WorkDir) {
                     max_len,
                 })) => {
                     let dir = TaskDir::existing(&layout.task(&framework_id, &task_id));
-                    match dir.read_log(stream, offset, max_len) {
+                    // Asked before reading: see `TaskDir::read_log`.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if ended
+                        .send((framework_id, task_id.clone(), tx))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let Ok(task_ended) = rx.await else { return };
+                    match dir.read_log(stream, offset, max_len, task_ended) {
                         Ok(chunk) => SideReply::Log(chunk),
                         Err(e) => SideReply::Refused {
                             message: format!(

@@ -180,12 +180,19 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                     }
                 }
             }
-            Some((task_id, event)) = events_rx.recv() => {
-                if let Some(t) = tasks.get_mut(&task_id) {
-                    t.last = Some(event.clone());
-                }
+            Some(first) = events_rx.recv() => {
+                // Events that came together go to the agent in one write.
+                let batch: Vec<_> = io::batch(first, &mut events_rx, io::MAX_BATCH)
+                    .into_iter()
+                    .map(|(task_id, event)| {
+                        if let Some(t) = tasks.get_mut(&task_id) {
+                            t.last = Some(event.clone());
+                        }
+                        ExecutorToAgent::Event { task_id, event }
+                    })
+                    .collect();
                 if let Some((_, write)) = agent.as_mut()
-                    && io::send(write, &ExecutorToAgent::Event { task_id, event }).await.is_err()
+                    && io::send_many(write, &batch).await.is_err()
                 {
                     agent = None;
                     alone_since = Some(std::time::Instant::now());
@@ -237,9 +244,12 @@ async fn stop_all(
 
 async fn read_agent(
     generation: u64,
-    mut read: tokio::net::unix::OwnedReadHalf,
+    read: tokio::net::unix::OwnedReadHalf,
     tx: mpsc::Sender<(u64, Option<AgentToExecutor>)>,
 ) {
+    // Buffered: a frame's header and body, and launches sent together,
+    // come in one read.
+    let mut read = tokio::io::BufReader::new(read);
     loop {
         let msg = match io::recv::<AgentToExecutor>(&mut read).await {
             Ok(Some(msg)) => Some(msg),
@@ -434,9 +444,6 @@ fn on_thread(
             let _ = events.send((task_id.clone(), TaskEvent::Running));
         };
         let end = body(&dir, &running);
-        if let Err(e) = dir.mark_ended() {
-            tracing::warn!(task = %task_id, error = %e, "cannot mark the task ended");
-        }
         let _ = events.send((task_id, end));
     });
 }

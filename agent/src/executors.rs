@@ -415,7 +415,10 @@ async fn serve(
     mut rx: mpsc::UnboundedReceiver<AgentToExecutor>,
     events: mpsc::UnboundedSender<FromExecutor>,
 ) {
-    let (mut read, mut write) = stream.into_split();
+    let (read, mut write) = stream.into_split();
+    // Buffered: a frame's header and body, and frames sent together, come
+    // in one read.
+    let mut read = tokio::io::BufReader::new(read);
     let reader = {
         let (framework, events) = (framework.clone(), events.clone());
         async move {
@@ -437,7 +440,8 @@ async fn serve(
     };
     let writer = async move {
         while let Some(msg) = rx.recv().await {
-            if io::send(&mut write, &msg).await.is_err() {
+            let batch = io::batch(msg, &mut rx, io::MAX_BATCH);
+            if io::send_many(&mut write, &batch).await.is_err() {
                 return;
             }
         }

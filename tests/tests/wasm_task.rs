@@ -8,7 +8,7 @@ use stoa_agent::exec::wasm::WasmRuntime;
 use stoa_proto::{
     Artifact, Digest, Reason, Resources, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState,
 };
-use stoa_tests::hello_wasm;
+use stoa_tests::{hello_wasm, misbehave_wasm};
 
 fn task(artifact: Artifact, mem_mib: u64, limits: TaskLimits) -> TaskInfo {
     TaskInfo {
@@ -166,6 +166,24 @@ fn a_pooled_engine_runs_tasks_and_an_impossible_pool_falls_back() -> anyhow::Res
         assert_eq!(
             run(&pooled, &task(hello.clone(), 32, TaskLimits::default())).0,
             greeting()
+        );
+    }
+    // A slot used again (the pool prefers the one this component had) is
+    // as fresh as a new one, though its pages may be kept mapped: nothing
+    // one tenant's task wrote is seen by the next.
+    let misbehave = Artifact::inline(misbehave_wasm()?);
+    for secret in ["first tenant's secret", "second's"] {
+        let mut t = task(misbehave.clone(), 32, TaskLimits::default());
+        if let TaskKind::Wasm(w) = &mut t.kind {
+            w.input = format!("remember:{secret}").into_bytes();
+        }
+        assert_eq!(
+            run(&pooled, &t).0,
+            TaskEvent::Finished {
+                output: Vec::new(),
+                exit_code: None
+            },
+            "a task saw what an earlier one left in memory"
         );
     }
     // More address space than any machine has: the probe fails, on demand it is.

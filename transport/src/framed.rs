@@ -142,9 +142,41 @@ pub mod io {
         writer: &mut (impl AsyncWrite + Unpin),
         msg: &T,
     ) -> anyhow::Result<()> {
-        let frame = framing::encode(msg)?;
-        writer.write_all(&frame).await?;
+        send_many(writer, std::iter::once(msg)).await
+    }
+
+    /// Sends messages in one write: a busy peer wakes once for all of them.
+    pub async fn send_many<'a, T: Serialize + 'a>(
+        writer: &mut (impl AsyncWrite + Unpin),
+        msgs: impl IntoIterator<Item = &'a T>,
+    ) -> anyhow::Result<()> {
+        let mut frames = Vec::new();
+        for msg in msgs {
+            frames.extend_from_slice(&framing::encode(msg)?);
+        }
+        writer.write_all(&frames).await?;
         writer.flush().await?;
         Ok(())
+    }
+
+    /// Messages a batch holds at most: enough to share a wake-up among
+    /// many, few enough that one batch never delays others for long.
+    pub const MAX_BATCH: usize = 64;
+
+    /// Takes what is already queued on `rx` after `first`, up to `max`
+    /// messages in all, to send them together.
+    pub fn batch<T>(
+        first: T,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+        max: usize,
+    ) -> Vec<T> {
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(msg) => batch.push(msg),
+                Err(_) => break,
+            }
+        }
+        batch
     }
 }

@@ -4,7 +4,9 @@
 
 use crate::framed::{FrameReceiver, FrameSender};
 use sha2::{Digest as _, Sha256};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use stoa_proto::Digest;
 use stoa_proto::side::{LogChunk, SideReply, SideRequest};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
@@ -16,13 +18,20 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     dir: PathBuf,
+    /// Digests seen in the store. Files are never removed or changed while
+    /// a store is open, so one seen need not be looked up again: every
+    /// launch asks, and a `stat` per launch showed in profiles.
+    seen: Arc<Mutex<HashSet<Digest>>>,
 }
 
 impl ArtifactStore {
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        Ok(ArtifactStore { dir })
+        Ok(ArtifactStore {
+            dir,
+            seen: Arc::default(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -34,7 +43,15 @@ impl ArtifactStore {
     }
 
     pub fn contains(&self, digest: Digest) -> bool {
-        self.path(digest).is_file()
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&digest) {
+            return true;
+        }
+        let here = self.path(digest).is_file();
+        if here {
+            seen.insert(digest);
+        }
+        here
     }
 
     /// Reads exactly `len` bytes from `reader` (at most `max`) and keeps

@@ -353,6 +353,14 @@ impl Agent {
         }
     }
 
+    /// Whether a task is over as far as this agent knows: ended, or not one
+    /// of its tasks (any more).
+    pub fn has_ended(&self, framework_id: &FrameworkId, task_id: &TaskId) -> bool {
+        self.tasks
+            .get(&(framework_id.clone(), task_id.clone()))
+            .is_none_or(|t| t.state.is_terminal())
+    }
+
     /// Tasks the agent knows, with their states (for operators and tests).
     pub fn tasks(&self) -> impl Iterator<Item = (&FrameworkId, &TaskId, TaskState)> {
         self.tasks.iter().map(|((f, t), r)| (f, t, r.state))

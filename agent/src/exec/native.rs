@@ -178,7 +178,6 @@ pub async fn run(
     for drain in drains {
         let _ = tokio::time::timeout(LOG_DRAIN, drain).await;
     }
-    let _ = dir.mark_ended();
     verdict(task, stopped.err(), status, cgroup.oom_killed())
 }
 

@@ -69,22 +69,19 @@ impl TaskDir {
         self.root.join(stream.file_name())
     }
 
-    /// Notes that the task has ended, for log readers.
-    pub fn mark_ended(&self) -> std::io::Result<()> {
-        std::fs::write(self.root.join("ended"), b"")
-    }
-
-    /// Up to `max_len` bytes of a log from `offset`.
+    /// Up to `max_len` bytes of a log from `offset`. `task_ended` says
+    /// whether the task had ended before this read began (the agent knows
+    /// from its own records): a task writes its logs before its end is
+    /// reported, so a reader told `task_ended` with an empty chunk has seen
+    /// everything.
     pub fn read_log(
         &self,
         stream: LogStream,
         offset: u64,
         max_len: u32,
+        task_ended: bool,
     ) -> std::io::Result<LogChunk> {
         use std::io::{Read as _, Seek as _};
-        // Checked before reading, so a reader that sees `task_ended` and an
-        // empty chunk has seen everything.
-        let task_ended = self.root.join("ended").exists();
         let mut file = match File::open(self.log_path(stream)) {
             Ok(file) => file,
             // Nothing written yet: a log is made on its first write.
@@ -247,14 +244,17 @@ mod tests {
         let path = dir.log_path(LogStream::Stdout);
         assert!(!path.exists(), "nothing written, no file");
         let chunk = dir
-            .read_log(LogStream::Stdout, 0, 100)
+            .read_log(LogStream::Stdout, 0, 100, false)
             .expect("empty chunk");
         assert!(chunk.data.is_empty() && !chunk.task_ended);
 
         out.write(b"hello, world").expect("written");
-        let chunk = dir.read_log(LogStream::Stdout, 0, 100).expect("chunk");
+        let chunk = dir
+            .read_log(LogStream::Stdout, 0, 100, true)
+            .expect("chunk");
         assert!(chunk.data.starts_with(b"hello, w"), "{:?}", chunk.data);
         assert!(String::from_utf8_lossy(&chunk.data).contains("truncated at 8 bytes"));
+        assert!(chunk.task_ended, "the caller's word is passed on");
         assert!(!dir.log_path(LogStream::Stderr).exists());
 
         // A second task of the same id gets a fresh directory.
@@ -263,6 +263,6 @@ mod tests {
         assert!(again.sandbox().is_dir());
         // A log of a task this agent never had is an error, not empty.
         let gone = TaskDir::existing(&tmp.path().join("fw/never"));
-        assert!(gone.read_log(LogStream::Stdout, 0, 100).is_err());
+        assert!(gone.read_log(LogStream::Stdout, 0, 100, false).is_err());
     }
 }
