@@ -11,6 +11,7 @@
 
 use crate::cgroups::Cgroup;
 use crate::driver::sleep_until;
+use crate::exec::link::AgentLink;
 use crate::exec::mailbox::{Inbox, OUTBOX_LEN, Outgoing, mailbox};
 use crate::exec::native;
 use crate::exec::spares::Spares;
@@ -28,7 +29,6 @@ use stoa_proto::executor::{
 use stoa_proto::{FrameworkId, Reason, TaskId, TaskInfo, TaskKind, TaskState};
 use stoa_transport::framed::io;
 use tokio::net::UnixListener;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Notify, mpsc};
 
 /// The socket and pid file in an executor's directory.
@@ -57,7 +57,6 @@ const STOP_WAIT: Duration = Duration::from_secs(30);
 
 struct Task {
     info: TaskInfo,
-    last: Option<TaskEvent>,
     kill: Kill,
     /// Where the scheduler's messages go; wasm tasks only.
     inbox: Option<Inbox>,
@@ -113,10 +112,10 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     let mut tasks: HashMap<TaskId, Task> = HashMap::new();
     // Made at the first launch, which says where task directories go.
     let mut spares: Option<Arc<Spares>> = None;
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<(TaskId, TaskEvent)>();
+    // Tasks report their events through this, from their own threads.
+    let link = Arc::new(AgentLink::default());
     let (msgs_tx, mut msgs_rx) = mpsc::channel::<(u64, Option<AgentToExecutor>)>(1024);
     let (outbox_tx, mut outbox_rx) = mpsc::channel::<Outgoing>(OUTBOX_LEN);
-    let mut agent: Option<(u64, OwnedWriteHalf)> = None;
     let mut generation = 0u64;
     let mut alone_since = Some(std::time::Instant::now());
 
@@ -126,33 +125,34 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 generation += 1;
-                let (read, mut write) = stream.into_split();
-                let hello = ExecutorToAgent::Hello {
+                // One socket, two handles: the loop reads with tokio, tasks
+                // write through the link.
+                let Some((read, write)) = split(stream) else { continue };
+                let hello = |last: &HashMap<TaskId, TaskEvent>| ExecutorToAgent::Hello {
                     framework_id: config.framework_id.clone(),
                     pid: std::process::id(),
-                    tasks: tasks.values().map(|t| ExecutorTask { task: t.info.clone(), last: t.last.clone() }).collect(),
+                    tasks: tasks.values().map(|t| ExecutorTask { task: t.info.clone(), last: last.get(&t.info.task_id).cloned() }).collect(),
                 };
-                if io::send(&mut write, &hello).await.is_err() {
+                if !link.attach(generation, write, hello) {
                     continue;
                 }
                 tracing::info!(tasks = tasks.len(), "agent connected");
                 tokio::spawn(read_agent(generation, read, msgs_tx.clone()));
-                agent = Some((generation, write));
                 alone_since = None;
             }
             Some((from, msg)) = msgs_rx.recv() => {
-                if agent.as_ref().map(|(g, _)| *g) != Some(from) {
+                if from != generation {
                     continue; // from a connection already replaced
                 }
                 match msg {
                     None => {
                         tracing::warn!("agent went away; tasks keep running");
-                        agent = None;
+                        link.detach(from);
                         alone_since = Some(std::time::Instant::now());
                     }
                     Some(AgentToExecutor::Launch { task, dir, cgroup }) => {
                         let spares = spares_for(&mut spares, Path::new(&dir));
-                        let started = Started { runtime: &runtime, threads: &threads.handle, spares, events: &events_tx, outbox: &outbox_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
+                        let started = Started { runtime: &runtime, threads: &threads.handle, spares, link: &link, outbox: &outbox_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
                         launch(&started, &mut tasks, *task, Path::new(&dir), cgroup);
                     }
                     Some(AgentToExecutor::Kill { task_id }) => {
@@ -166,49 +166,27 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                             Some(Task { inbox: None, .. }) => Err("only wasm tasks receive messages".to_string()),
                             Some(Task { inbox: Some(inbox), .. }) => inbox.deliver(data),
                         };
-                        if let (Err(message), Some((_, write))) = (delivered, agent.as_mut()) {
-                            let _ = io::send(write, &ExecutorToAgent::Undelivered { task_id, message }).await;
+                        if let Err(message) = delivered {
+                            link.send(&ExecutorToAgent::Undelivered { task_id, message });
                         }
                     }
                     Some(AgentToExecutor::Forget { task_id }) => {
                         tasks.remove(&task_id);
+                        link.forget(&task_id);
                     }
                     Some(AgentToExecutor::Shutdown) => {
                         tracing::info!("shutting down");
-                        stop_all(&mut tasks, &mut events_rx).await;
+                        stop_all(&tasks, &link).await;
                         return Ok(());
                     }
                 }
             }
-            Some(first) = events_rx.recv() => {
-                // Events that came together go to the agent in one write.
-                let batch: Vec<_> = io::batch(first, &mut events_rx, io::MAX_BATCH)
-                    .into_iter()
-                    .map(|(task_id, event)| {
-                        if let Some(t) = tasks.get_mut(&task_id) {
-                            t.last = Some(event.clone());
-                        }
-                        ExecutorToAgent::Event { task_id, event }
-                    })
-                    .collect();
-                if let Some((_, write)) = agent.as_mut()
-                    && io::send_many(write, &batch).await.is_err()
-                {
-                    agent = None;
-                    alone_since = Some(std::time::Instant::now());
-                }
-            }
-            Some((task_id, data)) = outbox_rx.recv(), if agent.is_some() => {
-                if let Some((_, write)) = agent.as_mut()
-                    && io::send(write, &ExecutorToAgent::Message { task_id, data }).await.is_err()
-                {
-                    agent = None;
-                    alone_since = Some(std::time::Instant::now());
-                }
+            Some((task_id, data)) = outbox_rx.recv(), if link.is_attached() => {
+                link.send(&ExecutorToAgent::Message { task_id, data });
             }
             _ = sleep_until(give_up) => {
                 tracing::warn!(timeout = ?config.recovery_timeout, "no agent came back; killing tasks and exiting");
-                stop_all(&mut tasks, &mut events_rx).await;
+                stop_all(&tasks, &link).await;
                 return Ok(());
             }
         }
@@ -217,34 +195,40 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
 
 /// Kills every task and waits (bounded) until each has ended, so no
 /// native program outlives its executor.
-async fn stop_all(
-    tasks: &mut HashMap<TaskId, Task>,
-    events: &mut mpsc::UnboundedReceiver<(TaskId, TaskEvent)>,
-) {
+async fn stop_all(tasks: &HashMap<TaskId, Task>, link: &AgentLink) {
     for t in tasks.values() {
         t.kill.trigger();
     }
-    let running = |tasks: &HashMap<TaskId, Task>| {
-        tasks
-            .values()
-            .any(|t| !t.last.as_ref().is_some_and(TaskEvent::is_terminal))
-    };
     let deadline = tokio::time::Instant::now() + STOP_WAIT;
-    while running(tasks) {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some((task_id, event))) => {
-                if let Some(t) = tasks.get_mut(&task_id) {
-                    t.last = Some(event);
-                }
-            }
-            _ => return,
+    while tasks
+        .keys()
+        .any(|id| !link.last(id).as_ref().is_some_and(TaskEvent::is_terminal))
+    {
+        if tokio::time::Instant::now() >= deadline {
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The connection's reading half for the loop and a handle the link
+/// writes through; `None` if the socket cannot be shared.
+fn split(
+    stream: tokio::net::UnixStream,
+) -> Option<(tokio::net::UnixStream, std::os::unix::net::UnixStream)> {
+    let shared = || {
+        let std = stream.into_std()?;
+        let write = std.try_clone()?;
+        Ok::<_, std::io::Error>((tokio::net::UnixStream::from_std(std)?, write))
+    };
+    shared()
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot use the agent's connection"))
+        .ok()
 }
 
 async fn read_agent(
     generation: u64,
-    read: tokio::net::unix::OwnedReadHalf,
+    read: tokio::net::UnixStream,
     tx: mpsc::Sender<(u64, Option<AgentToExecutor>)>,
 ) {
     // Buffered: a frame's header and body, and launches sent together,
@@ -311,7 +295,7 @@ struct Started<'a> {
     runtime: &'a Arc<WasmRuntime>,
     threads: &'a tokio::runtime::Handle,
     spares: Option<Arc<Spares>>,
-    events: &'a mpsc::UnboundedSender<(TaskId, TaskEvent)>,
+    link: &'a Arc<AgentLink>,
     outbox: &'a mpsc::Sender<Outgoing>,
     log_limit: u64,
     master: Option<&'a stoa_client::ClientConfig>,
@@ -344,12 +328,11 @@ fn launch(
         task_id.clone(),
         Task {
             info: info.clone(),
-            last: None,
             kill: kill.clone(),
             inbox,
         },
     );
-    let events = started.events.clone();
+    let link = started.link.clone();
     // The directory is made on the task's own thread (or task), not here:
     // the file system is a launch's largest cost, and this loop serves
     // every task of the framework.
@@ -362,20 +345,14 @@ fn launch(
         tokio::spawn(async move {
             let dir = match tokio::task::spawn_blocking(move || dir.make()).await {
                 Ok(Ok(dir)) => dir,
-                Ok(Err(event)) => {
-                    let _ = events.send((task_id, event));
-                    return;
-                }
+                Ok(Err(event)) => return link.report(task_id, event),
                 Err(e) => {
                     let message = format!("the task directory's set-up failed: {e}");
                     let event = TaskEvent::ended(TaskState::Error, Reason::TaskInvalid, message);
-                    let _ = events.send((task_id, event));
-                    return;
+                    return link.report(task_id, event);
                 }
             };
-            let report = |event| {
-                let _ = events.send((task_id.clone(), event));
-            };
+            let report = |event| link.report(task_id.clone(), event);
             let cgroup = cgroup.map(Cgroup::from_paths);
             let end = native::run(
                 &info,
@@ -387,7 +364,7 @@ fn launch(
                 report,
             )
             .await;
-            let _ = events.send((task_id, end));
+            link.report(task_id, end);
         });
         return;
     }
@@ -395,32 +372,22 @@ fn launch(
     if let TaskKind::Scheduler(hosted) = &info.kind {
         let (hosted, master, log_limit) =
             (hosted.clone(), started.master.cloned(), started.log_limit);
-        on_thread(
-            started.threads,
-            task_id,
-            dir,
-            events,
-            move |dir, running| {
-                let instance = crate::exec::hosted::Instance {
-                    info,
-                    hosted,
-                    dir: TaskDir::existing(dir.root()),
-                    runtime,
-                    master,
-                    log_limit,
-                };
-                crate::exec::hosted::run(instance, &kill.notify, running)
-            },
-        );
+        on_thread(started.threads, task_id, dir, link, move |dir, running| {
+            let instance = crate::exec::hosted::Instance {
+                info,
+                hosted,
+                dir: TaskDir::existing(dir.root()),
+                runtime,
+                master,
+                log_limit,
+            };
+            crate::exec::hosted::run(instance, &kill.notify, running)
+        });
         return;
     }
-    on_thread(
-        started.threads,
-        task_id,
-        dir,
-        events,
-        move |dir, running| runtime.run(&info, Some(dir), kill.flag, mail, running),
-    );
+    on_thread(started.threads, task_id, dir, link, move |dir, running| {
+        runtime.run(&info, Some(dir), kill.flag, mail, running)
+    });
 }
 
 /// Runs a task on a thread of the pool, in a fresh directory: `body` gets
@@ -429,22 +396,17 @@ fn on_thread(
     threads: &tokio::runtime::Handle,
     task_id: TaskId,
     dir: NewDir,
-    events: mpsc::UnboundedSender<(TaskId, TaskEvent)>,
+    link: Arc<AgentLink>,
     body: impl FnOnce(&TaskDir, &dyn Fn()) -> TaskEvent + Send + 'static,
 ) {
     threads.spawn_blocking(move || {
         let dir = match dir.make() {
             Ok(dir) => dir,
-            Err(event) => {
-                let _ = events.send((task_id, event));
-                return;
-            }
+            Err(event) => return link.report(task_id, event),
         };
-        let running = || {
-            let _ = events.send((task_id.clone(), TaskEvent::Running));
-        };
+        let running = || link.report(task_id.clone(), TaskEvent::Running);
         let end = body(&dir, &running);
-        let _ = events.send((task_id, end));
+        link.report(task_id, end);
     });
 }
 
