@@ -8,7 +8,7 @@ use crate::core::{Action, Agent, TaskEvent};
 use crate::exec::task_dir::TaskDir;
 use crate::executors::{Containment, Executors, FromExecutor, Launcher};
 use anyhow::Context as _;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -76,7 +76,14 @@ impl WorkDir {
 enum Chore {
     RemoveDir(PathBuf),
     StopIfIdle(FrameworkId),
+    /// Lets an executor's cgroup come down to what its tasks still need.
+    Shrink(FrameworkId),
 }
+
+/// How long after a task ends its executor's cgroup may shrink: time for
+/// the next tasks to arrive, so a busy framework's cgroup is not rewritten
+/// at every task.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
 /// Everything the loop reacts to besides the master's messages.
 struct State {
@@ -91,6 +98,8 @@ struct State {
     /// CPU and memory of each framework's running wasm tasks: what its
     /// executor's cgroup is sized to.
     wasm_load: HashMap<FrameworkId, HashMap<TaskId, (u64, u64)>>,
+    /// Executors with a [`Chore::Shrink`] pending.
+    shrinking: HashSet<FrameworkId>,
     config: DriverConfig,
 }
 
@@ -147,6 +156,7 @@ pub async fn run(
         fetched_tx,
         chores: BTreeSet::new(),
         wasm_load: HashMap::new(),
+        shrinking: HashSet::new(),
         config: config.clone(),
     };
     match &config.cgroups {
@@ -169,7 +179,7 @@ pub async fn run(
             }
             state.agent.recover_task(now(), fw.clone(), &t.task, t.last);
         }
-        state.resize_executor(&fw);
+        state.resize_executor(&fw, true);
     }
     state.schedule_old_dirs(&live);
     state.collect_cgroups(&running).await;
@@ -390,7 +400,7 @@ impl State {
                 cgroup,
             },
         );
-        self.resize_executor(&framework_id);
+        self.resize_executor(&framework_id, false);
     }
 
     /// Makes a native task's cgroup, limited from its resources.
@@ -432,13 +442,13 @@ impl State {
         }
     }
 
-    fn resize_executor(&mut self, framework_id: &FrameworkId) {
+    fn resize_executor(&mut self, framework_id: &FrameworkId, shrink: bool) {
         let total = self.wasm_load.get(framework_id).map_or((0, 0), |tasks| {
             tasks.values().fold((0u64, 0u64), |(c, m), (tc, tm)| {
                 (c.saturating_add(*tc), m.saturating_add(*tm))
             })
         });
-        self.executors.resize(framework_id, total);
+        self.executors.resize(framework_id, total, shrink);
     }
 
     /// A task ended: its executor shrinks, its cgroup (if it had one) goes.
@@ -448,7 +458,13 @@ impl State {
             .get_mut(framework_id)
             .and_then(|tasks| tasks.remove(task_id));
         match removed {
-            Some(_) => self.resize_executor(framework_id),
+            Some(_) => {
+                if self.shrinking.insert(framework_id.clone()) {
+                    let at = Instant::now() + SHRINK_AFTER;
+                    self.chores
+                        .insert((at, Chore::Shrink(framework_id.clone())));
+                }
+            }
             // Only native tasks have cgroups of their own.
             None => self.remove_cgroup(framework_id.as_str(), &task_leaf(task_id)),
         }
@@ -601,6 +617,10 @@ impl State {
                             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task directory");
                         }
                     }
+                }
+                Chore::Shrink(framework_id) => {
+                    self.shrinking.remove(&framework_id);
+                    self.resize_executor(&framework_id, true);
                 }
                 Chore::StopIfIdle(framework_id) => {
                     if !self.agent.tasks().any(|(f, _, _)| *f == framework_id) {

@@ -75,16 +75,17 @@ pub struct Executors {
 ///
 /// Memory only grows while an executor lives, because lowering a limit
 /// under use makes the kernel reclaim or OOM-kill the executor and every
-/// task in it. CPU grows at once when tasks start, but shrinks only once
-/// the need has halved: each wasm task is held to its own share by the
-/// runtime, so the cgroup is a ceiling over the executor, and rewriting it
-/// on every task's start and end would cost a handful of cgroup writes per
-/// task on the agent's loop. A grow goes half again over the need, so a
-/// ramp of small tasks costs a few writes, not one each.
-fn next_limits(applied: Limits, millicpus: u64, mem_bytes: u64) -> Option<Limits> {
+/// task in it. CPU grows at once when tasks start, but shrinks only when
+/// `shrink` is asked (the agent asks a while after tasks end) and the need
+/// has halved: each wasm task is held to its own share by the runtime, so
+/// the cgroup is a ceiling over the executor, and rewriting it on every
+/// task's start and end would cost cgroup writes per task on the agent's
+/// loop. A grow goes half again over the need, so a ramp of small tasks
+/// costs a few writes, not one each.
+fn next_limits(applied: Limits, millicpus: u64, mem_bytes: u64, shrink: bool) -> Option<Limits> {
     let millicpus = if millicpus > applied.millicpus {
         millicpus.max(applied.millicpus.saturating_add(applied.millicpus / 2))
-    } else if millicpus.saturating_mul(2) <= applied.millicpus {
+    } else if shrink && millicpus.saturating_mul(2) <= applied.millicpus {
         millicpus
     } else {
         applied.millicpus
@@ -126,7 +127,14 @@ impl Executors {
 
     /// Bounds `framework`'s executor to its overhead plus what its running
     /// wasm tasks were given.
-    pub fn resize(&mut self, framework: &FrameworkId, (millicpus, mem_mib): (u64, u64)) {
+    /// Fits an executor's cgroup to the need of its wasm tasks (see
+    /// [`next_limits`]; `shrink` allows its CPU to come down).
+    pub fn resize(
+        &mut self,
+        framework: &FrameworkId,
+        (millicpus, mem_mib): (u64, u64),
+        shrink: bool,
+    ) {
         let Some(containment) = &self.containment else {
             return;
         };
@@ -145,12 +153,16 @@ impl Executors {
             mem_bytes: 0,
             max_pids: None,
         });
-        let Some(limits) = next_limits(*applied, cpu, mem) else {
+        let Some(limits) = next_limits(*applied, cpu, mem, shrink) else {
             return;
         };
-        *applied = limits;
         let cgroup = containment.cgroups.open(framework.as_str(), leaf);
-        if let Err(e) = cgroup.set_limits(&limits) {
+        let written = match applied.millicpus {
+            0 => cgroup.set_limits(&limits),
+            _ => cgroup.change_limits(applied, &limits),
+        };
+        *applied = limits;
+        if let Err(e) = written {
             tracing::warn!(framework = %framework, error = format!("{e:#}"), "cannot resize the executor's cgroup");
         }
     }
@@ -491,35 +503,44 @@ mod tests {
     use super::{Limits, next_limits};
 
     #[test]
-    fn executor_limits_grow_at_once_and_shrink_only_when_halved() {
+    fn executor_limits_grow_at_once_and_shrink_only_when_halved_and_asked() {
         let at = |millicpus, mem_bytes| Limits {
             millicpus,
             mem_bytes,
             max_pids: None,
         };
         let start = at(500, 256);
-        assert_eq!(next_limits(start, 500, 256), None, "nothing changed");
+        assert_eq!(next_limits(start, 500, 256, true), None, "nothing changed");
         assert_eq!(
-            next_limits(start, 1500, 384),
+            next_limits(start, 1500, 384, true),
             Some(at(1500, 384)),
             "grows to the need"
         );
         assert_eq!(
-            next_limits(start, 600, 256),
+            next_limits(start, 600, 256, true),
             Some(at(750, 256)),
             "or half again"
         );
         let busy = at(1500, 384);
-        assert_eq!(next_limits(busy, 1000, 256), None, "churn writes nothing");
         assert_eq!(
-            next_limits(busy, 1000, 512),
+            next_limits(busy, 1000, 256, true),
+            None,
+            "churn writes nothing"
+        );
+        assert_eq!(
+            next_limits(busy, 1000, 512, true),
             Some(at(1500, 512)),
             "memory still grows"
         );
         assert_eq!(
-            next_limits(busy, 750, 128),
+            next_limits(busy, 750, 128, true),
             Some(at(750, 384)),
             "cpu shrinks once halved, memory never"
+        );
+        assert_eq!(
+            next_limits(busy, 500, 128, false),
+            None,
+            "and only when the agent asks"
         );
     }
 }

@@ -341,7 +341,17 @@ fn a_native_task_survives_an_agent_restart_once() -> anyhow::Result<()> {
             fw.launch_all(vec![task]).await?;
             fw.wait_for("steady", TaskState::Running).await?;
             let cgroup = task_cgroup(&cluster, &fw, "steady")?;
-            let before = procs_at_least(&cgroup, 1).await?;
+            // RUNNING can come before the shell has forked its `sleep`:
+            // wait until the task's processes stop changing.
+            let mut before = procs_at_least(&cgroup, 1).await?;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let now = cgroup.procs()?;
+                if now == before {
+                    break;
+                }
+                before = now;
+            }
 
             cluster.kill_agent(1)?;
             tokio::time::sleep(Duration::from_millis(300)).await;

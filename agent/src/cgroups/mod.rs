@@ -501,17 +501,35 @@ impl Cgroup {
     /// Writes `limits`. Memory first lowers, then raises: v1 refuses a
     /// memory limit above memory+swap, so a raise sets the latter first.
     pub fn set_limits(&self, limits: &Limits) -> anyhow::Result<()> {
-        let writes: Vec<Write> = match &self.0 {
-            CgroupPaths::V2(dir) => {
-                limits::v2(limits, Path::new(dir).join("memory.swap.max").exists())
+        self.write_limits(limits, None)
+    }
+
+    /// Changes this cgroup's limits from `from` (written earlier) to `to`,
+    /// writing only the files whose values differ: an executor's CPU
+    /// changes far more often than its memory.
+    pub fn change_limits(&self, from: &Limits, to: &Limits) -> anyhow::Result<()> {
+        self.write_limits(to, Some(from))
+    }
+
+    fn write_limits(&self, limits: &Limits, written: Option<&Limits>) -> anyhow::Result<()> {
+        let writes = |limits: &Limits| -> Vec<Write> {
+            match &self.0 {
+                CgroupPaths::V2(dir) => {
+                    limits::v2(limits, Path::new(dir).join("memory.swap.max").exists())
+                }
+                CgroupPaths::V1 { memory, .. } => limits::v1(
+                    limits,
+                    Path::new(memory)
+                        .join("memory.memsw.limit_in_bytes")
+                        .exists(),
+                ),
             }
-            CgroupPaths::V1 { memory, .. } => limits::v1(
-                limits,
-                Path::new(memory)
-                    .join("memory.memsw.limit_in_bytes")
-                    .exists(),
-            ),
         };
+        let before = written.map(writes).unwrap_or_default();
+        let writes: Vec<Write> = writes(limits)
+            .into_iter()
+            .filter(|w| !before.contains(w))
+            .collect();
         let mut deferred = Vec::new();
         for (controller, file, value) in &writes {
             let path = self.controller_dir(*controller).join(file);

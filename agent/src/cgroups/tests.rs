@@ -165,11 +165,25 @@ fn v1_cgroups_contain_and_kill_a_process_tree() -> anyhow::Result<()> {
             "50000"
         );
     }
-    // Raising memory later (an executor's grows with its tasks) works too.
-    cgroup.set_limits(&Limits {
-        mem_bytes: 1 << 30,
-        ..limits()
-    })?;
+    // Raising memory later (an executor's grows with its tasks) works too,
+    // and writes only what changed: the quota set aside here stays.
+    if let CgroupPaths::V1 { memory, cpu, .. } = cgroup.paths() {
+        fs::write(Path::new(cpu).join("cpu.cfs_quota_us"), "70000")?;
+        let raised = Limits {
+            mem_bytes: 1 << 30,
+            ..limits()
+        };
+        cgroup.change_limits(&limits(), &raised)?;
+        assert_eq!(
+            fs::read_to_string(Path::new(memory).join("memory.limit_in_bytes"))?.trim(),
+            "1073741824"
+        );
+        assert_eq!(
+            fs::read_to_string(Path::new(cpu).join("cpu.cfs_quota_us"))?.trim(),
+            "70000",
+            "an unchanged limit is not written again"
+        );
+    }
 
     cgroups.remove("f-1", "task-tree")?;
     let _ = child.wait();
