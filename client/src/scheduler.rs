@@ -319,9 +319,16 @@ async fn flush(
         timers.remove(&id);
     }
     for call in calls.calls.drain(..) {
+        let teardown = matches!(call, Call::Teardown);
         if let Err(e) = session.call(&call).await {
             tracing::warn!(error = format!("{e:#}"), "cannot send a call");
             return false;
+        }
+        if teardown {
+            // The master closes the connection once the framework is gone:
+            // a call after TEARDOWN can only fail, and failing here would
+            // send the driver back to subscribe to a torn-down framework.
+            break;
         }
     }
     true
