@@ -126,9 +126,8 @@ impl Executors {
     }
 
     /// Bounds `framework`'s executor to its overhead plus what its running
-    /// wasm tasks were given.
-    /// Fits an executor's cgroup to the need of its wasm tasks (see
-    /// [`next_limits`]; `shrink` allows its CPU to come down).
+    /// wasm tasks were given (see [`next_limits`]; `shrink` allows its CPU
+    /// to come down).
     pub fn resize(
         &mut self,
         framework: &FrameworkId,
@@ -148,22 +147,30 @@ impl Executors {
             .saturating_add(containment.overhead_mem_mib)
             .saturating_mul(1 << 20);
         let cpu = millicpus.saturating_add(containment.overhead_millicpus);
-        let applied = self.applied.entry(leaf.clone()).or_insert(Limits {
-            millicpus: 0,
-            mem_bytes: 0,
-            max_pids: None,
-        });
-        let Some(limits) = next_limits(*applied, cpu, mem, shrink) else {
-            return;
-        };
         let cgroup = containment.cgroups.open(framework.as_str(), leaf);
-        let written = match applied.millicpus {
-            0 => cgroup.set_limits(&limits),
-            _ => cgroup.change_limits(applied, &limits),
+        // Made with its first limits (`contain`); recorded again only once
+        // written, so a failed write is tried again at the next change.
+        let written = match self.applied.get(leaf) {
+            Some(applied) => match next_limits(*applied, cpu, mem, shrink) {
+                Some(limits) => cgroup.change_limits(applied, &limits).map(|()| limits),
+                None => return,
+            },
+            None => {
+                let limits = Limits {
+                    millicpus: cpu,
+                    mem_bytes: mem,
+                    max_pids: None,
+                };
+                cgroup.set_limits(&limits).map(|()| limits)
+            }
         };
-        *applied = limits;
-        if let Err(e) = written {
-            tracing::warn!(framework = %framework, error = format!("{e:#}"), "cannot resize the executor's cgroup");
+        match written {
+            Ok(limits) => {
+                self.applied.insert(leaf.clone(), limits);
+            }
+            Err(e) => {
+                tracing::warn!(framework = %framework, error = format!("{e:#}"), "cannot resize the executor's cgroup")
+            }
         }
     }
 

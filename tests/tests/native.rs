@@ -444,6 +444,17 @@ fn an_executor_is_contained_to_its_tasks_plus_its_overhead() -> anyhow::Result<(
             );
             assert_eq!(read("cpu", &cpu, "cpu.cfs_quota_us")?, "100000");
             fw.wait_for("sleepy", TaskState::Finished).await?;
+            // A while after its last task ends, the executor's CPU comes
+            // back to its overhead; its memory stays.
+            let until = Instant::now() + Duration::from_secs(10);
+            while read("cpu", &cpu, "cpu.cfs_quota_us")? != "50000" {
+                anyhow::ensure!(Instant::now() < until, "the executor's CPU never came down");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(
+                read("memory", &memory, "memory.limit_in_bytes")?,
+                "402653184"
+            );
             fw.teardown().await
         })
         .map_err(|e| e.context(cluster.logs()))

@@ -512,17 +512,16 @@ impl Cgroup {
     }
 
     fn write_limits(&self, limits: &Limits, written: Option<&Limits>) -> anyhow::Result<()> {
+        // Whether the kernel accounts swap here (it may be compiled out).
+        let swap = match &self.0 {
+            CgroupPaths::V2(dir) => Path::new(dir).join("memory.swap.max"),
+            CgroupPaths::V1 { memory, .. } => Path::new(memory).join("memory.memsw.limit_in_bytes"),
+        }
+        .exists();
         let writes = |limits: &Limits| -> Vec<Write> {
             match &self.0 {
-                CgroupPaths::V2(dir) => {
-                    limits::v2(limits, Path::new(dir).join("memory.swap.max").exists())
-                }
-                CgroupPaths::V1 { memory, .. } => limits::v1(
-                    limits,
-                    Path::new(memory)
-                        .join("memory.memsw.limit_in_bytes")
-                        .exists(),
-                ),
+                CgroupPaths::V2(_) => limits::v2(limits, swap),
+                CgroupPaths::V1 { .. } => limits::v1(limits, swap),
             }
         };
         let before = written.map(writes).unwrap_or_default();

@@ -1521,14 +1521,13 @@ impl Master {
     /// executor cannot deliver is one later (UNDELIVERED).
     fn message_task(&mut self, fw: &FrameworkId, task_id: TaskId, data: Vec<u8>) {
         let key = (fw.clone(), task_id.clone());
-        let too_large = message_too_large(&data);
-        let refusal = match self.tasks.get(&key) {
-            _ if too_large.is_some() => too_large,
-            None => Some("the master knows no such task of this framework".to_string()),
-            Some(task) if task.state.is_terminal() => {
+        let refusal = match (message_too_large(&data), self.tasks.get(&key)) {
+            (Some(why), _) => Some(why),
+            (None, None) => Some("the master knows no such task of this framework".to_string()),
+            (None, Some(task)) if task.state.is_terminal() => {
                 Some(format!("the task has ended ({})", task.state))
             }
-            Some(task) => match self.agents.get(&task.agent).and_then(|a| a.conn) {
+            (None, Some(task)) => match self.agents.get(&task.agent).and_then(|a| a.conn) {
                 None => Some(format!("its agent {} is not connected", task.agent)),
                 Some(conn) => {
                     self.outbox.push_back(Transmit::ToAgent(
