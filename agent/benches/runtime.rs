@@ -20,11 +20,10 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use stoa_agent::cgroups::{Cgroups, Hierarchy, Limits, remove_leftovers};
 use stoa_agent::core::TaskEvent;
+use stoa_agent::exec::kill::Kill;
 use stoa_agent::exec::task_dir::TaskDir;
 use stoa_agent::exec::wasm::ceiling::Ceiling;
 use stoa_agent::exec::wasm::{PoolSize, WasmRuntime};
@@ -77,13 +76,7 @@ fn bench(c: &mut Criterion) {
     );
     launch.bench_function("stoa", |b| {
         b.iter(|| {
-            let end = runtime.run(
-                &hello_task,
-                None,
-                Arc::new(AtomicBool::new(false)),
-                None,
-                || {},
-            );
+            let end = runtime.run(&hello_task, None, &Kill::default(), None, || {});
             assert!(matches!(end, TaskEvent::Finished { .. }));
             black_box(end)
         })
@@ -94,13 +87,7 @@ fn bench(c: &mut Criterion) {
     launch.bench_function("stoa-sandboxed", |b| {
         b.iter(|| {
             let dir = TaskDir::create(&dirs.path().join("task")).expect("task dir");
-            let end = runtime.run(
-                &hello_task,
-                Some(&dir),
-                Arc::new(AtomicBool::new(false)),
-                None,
-                || {},
-            );
+            let end = runtime.run(&hello_task, Some(&dir), &Kill::default(), None, || {});
             assert!(matches!(end, TaskEvent::Finished { .. }));
             black_box(end)
         })
@@ -126,7 +113,7 @@ fn bench(c: &mut Criterion) {
     let expected = misbehave_task::work(WORK_ROUNDS).to_le_bytes().to_vec();
     cpu.bench_function("wasm", |b| {
         b.iter(|| {
-            let end = runtime.run(&work, None, Arc::new(AtomicBool::new(false)), None, || {});
+            let end = runtime.run(&work, None, &Kill::default(), None, || {});
             assert_eq!(
                 end,
                 TaskEvent::Finished {
@@ -160,7 +147,7 @@ fn start(c: &mut Criterion, runtime: &WasmRuntime, hello_task: &TaskInfo) {
         mem_bytes: 64 << 20,
         max_pids: Some(64),
     };
-    let never = tokio::sync::Notify::new();
+    let never = Kill::default();
     let mut group = c.benchmark_group("start");
     group.bench_function("native", |b| {
         b.iter_custom(|iters| {
@@ -193,13 +180,9 @@ fn start(c: &mut Criterion, runtime: &WasmRuntime, hello_task: &TaskInfo) {
                 let begin = Instant::now();
                 let dir = TaskDir::create(&work.path().join("task")).expect("task dir");
                 let mut running = None;
-                let end = runtime.run(
-                    hello_task,
-                    Some(&dir),
-                    Arc::new(AtomicBool::new(false)),
-                    None,
-                    || running = Some(Instant::now()),
-                );
+                let end = runtime.run(hello_task, Some(&dir), &Kill::default(), None, || {
+                    running = Some(Instant::now())
+                });
                 assert!(matches!(end, TaskEvent::Finished { .. }));
                 total += running.expect("running") - begin;
             }

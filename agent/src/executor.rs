@@ -1,5 +1,5 @@
 //! An executor: the process that runs one framework's tasks on an agent
-//! (`stoa executor`, started by the agent): wasm on threads of its own,
+//! (`stoa executor`, started by the agent): wasm as futures on a few threads,
 //! native programs as its children, each in the cgroup the agent made.
 //!
 //! It listens on a Unix socket in its directory, writes its pid beside it,
@@ -11,6 +11,7 @@
 
 use crate::cgroups::Cgroup;
 use crate::driver::sleep_until;
+use crate::exec::kill::Kill;
 use crate::exec::link::AgentLink;
 use crate::exec::mailbox::{Inbox, OUTBOX_LEN, Outgoing, mailbox};
 use crate::exec::native;
@@ -21,7 +22,6 @@ use anyhow::Context as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use stoa_proto::executor::{
     AgentToExecutor, CgroupPaths, ExecutorTask, ExecutorToAgent, TaskEvent,
@@ -29,7 +29,7 @@ use stoa_proto::executor::{
 use stoa_proto::{FrameworkId, Reason, TaskId, TaskInfo, TaskKind, TaskState};
 use stoa_transport::framed::io;
 use tokio::net::UnixListener;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 /// The socket and pid file in an executor's directory.
 pub fn socket_path(dir: &Path) -> PathBuf {
@@ -62,21 +62,6 @@ struct Task {
     inbox: Option<Inbox>,
 }
 
-/// Asks a task to stop: wasm polls the flag at each epoch tick, a native
-/// task waits on the notification.
-#[derive(Clone, Default)]
-struct Kill {
-    flag: Arc<AtomicBool>,
-    notify: Arc<Notify>,
-}
-
-impl Kill {
-    fn trigger(&self) {
-        self.flag.store(true, Ordering::Relaxed);
-        self.notify.notify_one();
-    }
-}
-
 /// Runs the executor until told to shut down or left alone too long.
 pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.dir)
@@ -90,22 +75,14 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
         WasmRuntime::with_config(config.runtime.clone())
             .map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?,
     );
-    // Threads for wasm tasks, which run synchronously under epoch
-    // interruption: tokio's blocking pool reuses a thread whose task ended
-    // (a new thread and its signal stack cost more than a small task) and
-    // grows without a cap, since a task waiting on a message or a sleep
-    // holds its thread.
+    // Wasm tasks are futures on one worker thread per core: a thread per
+    // task cost a wake-up and a context switch at every launch, and with
+    // hundreds of tasks the kernel spent more time switching between them
+    // than running them. Each task yields at every epoch tick, so tasks
+    // share the workers as they would share cores. Cluster-hosted
+    // schedulers, which block, take threads of the runtime's blocking pool.
     let threads = TaskThreads::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(1 << 20)
-            .thread_keep_alive(Duration::from_secs(30))
-            .thread_name("stoa-task")
-            // Sync wasm runs on these stacks; wasmtime's own wasm stack limit
-            // (512 KiB) must fit with room for host calls.
-            .thread_stack_size(2 << 20)
-            .build()
-            .context("cannot start the task threads")?,
+        crate::exec::wasm::task_runtime(cores()).context("cannot start the task threads")?,
     );
     tracing::info!(framework = %config.framework_id, allocation = ?runtime.allocation(), "executor ready");
 
@@ -354,16 +331,7 @@ fn launch(
             };
             let report = |event| link.report(task_id.clone(), event);
             let cgroup = cgroup.map(Cgroup::from_paths);
-            let end = native::run(
-                &info,
-                &command,
-                &dir,
-                cgroup,
-                log_limit,
-                &kill.notify,
-                report,
-            )
-            .await;
+            let end = native::run(&info, &command, &dir, cgroup, log_limit, &kill, report).await;
             link.report(task_id, end);
         });
         return;
@@ -372,7 +340,12 @@ fn launch(
     if let TaskKind::Scheduler(hosted) = &info.kind {
         let (hosted, master, log_limit) =
             (hosted.clone(), started.master.cloned(), started.log_limit);
-        on_thread(started.threads, task_id, dir, link, move |dir, running| {
+        started.threads.spawn_blocking(move || {
+            let dir = match dir.make() {
+                Ok(dir) => dir,
+                Err(event) => return link.report(task_id, event),
+            };
+            let running = || link.report(task_id.clone(), TaskEvent::Running);
             let instance = crate::exec::hosted::Instance {
                 info,
                 hosted,
@@ -381,33 +354,34 @@ fn launch(
                 master,
                 log_limit,
             };
-            crate::exec::hosted::run(instance, &kill.notify, running)
+            let end = crate::exec::hosted::run(instance, &kill, running);
+            link.report(task_id, end);
         });
         return;
     }
-    on_thread(started.threads, task_id, dir, link, move |dir, running| {
-        runtime.run(&info, Some(dir), kill.flag, mail, running)
-    });
-}
-
-/// Runs a task on a thread of the pool, in a fresh directory: `body` gets
-/// the directory and a callback for RUNNING, and returns the task's end.
-fn on_thread(
-    threads: &tokio::runtime::Handle,
-    task_id: TaskId,
-    dir: NewDir,
-    link: Arc<AgentLink>,
-    body: impl FnOnce(&TaskDir, &dyn Fn()) -> TaskEvent + Send + 'static,
-) {
-    threads.spawn_blocking(move || {
+    started.threads.spawn(async move {
         let dir = match dir.make() {
             Ok(dir) => dir,
             Err(event) => return link.report(task_id, event),
         };
         let running = || link.report(task_id.clone(), TaskEvent::Running);
-        let end = body(&dir, &running);
+        let end = runtime
+            .run_async(&info, Some(&dir), &kill, mail, running)
+            .await;
         link.report(task_id, end);
     });
+}
+
+/// Cores this process may run on (not its CPU quota, which the agent
+/// changes as tasks come and go).
+fn cores() -> usize {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0));
+    let n = set.map_or(0, |set| {
+        (0..nix::sched::CpuSet::count())
+            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+            .count()
+    });
+    n.max(1)
 }
 
 /// Where a task's directory goes, and the spares to make it from.

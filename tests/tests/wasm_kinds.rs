@@ -4,9 +4,8 @@
 //! as either of the last two, in its sandbox, with its logs captured and
 //! capped; anything else is refused with a clear reason.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use stoa_agent::core::TaskEvent;
+use stoa_agent::exec::kill::Kill;
 use stoa_agent::exec::task_dir::TaskDir;
 use stoa_agent::exec::wasm::{RuntimeConfig, WasmRuntime};
 use stoa_proto::side::LogStream;
@@ -42,13 +41,7 @@ fn sandbox() -> anyhow::Result<Sandbox> {
 }
 
 fn run(rt: &WasmRuntime, task: &TaskInfo, dir: &TaskDir) -> TaskEvent {
-    rt.run(
-        task,
-        Some(dir),
-        Arc::new(AtomicBool::new(false)),
-        None,
-        || {},
-    )
+    rt.run(task, Some(dir), &Kill::default(), None, || {})
 }
 
 fn log(dir: &TaskDir, stream: LogStream) -> String {

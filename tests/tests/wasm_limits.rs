@@ -3,9 +3,9 @@
 //! wasm executor.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use stoa_agent::core::TaskEvent;
+use stoa_agent::exec::kill::Kill;
 use stoa_agent::exec::wasm::WasmRuntime;
 use stoa_proto::{Artifact, Reason, Resources, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState};
 use stoa_tests::misbehave_wasm;
@@ -40,18 +40,18 @@ fn runtime() -> anyhow::Result<WasmRuntime> {
 }
 
 fn run(rt: &WasmRuntime, t: &TaskInfo) -> TaskEvent {
-    rt.run(t, None, Arc::new(AtomicBool::new(false)), None, || {})
+    rt.run(t, None, &Kill::default(), None, || {})
 }
 
 /// Runs `t` on a thread of its own, kills it 100 ms in, and returns how it
 /// ended and how long the kill took.
 fn kill_after_100ms(rt: &Arc<WasmRuntime>, t: TaskInfo) -> anyhow::Result<(TaskEvent, Duration)> {
-    let kill = Arc::new(AtomicBool::new(false));
+    let kill = Kill::default();
     let (rt2, kill2) = (rt.clone(), kill.clone());
-    let runner = std::thread::spawn(move || rt2.run(&t, None, kill2, None, || {}));
+    let runner = std::thread::spawn(move || rt2.run(&t, None, &kill2, None, || {}));
     std::thread::sleep(Duration::from_millis(100));
     let asked = Instant::now();
-    kill.store(true, Ordering::Relaxed);
+    kill.trigger();
     let end = runner
         .join()
         .map_err(|_| anyhow::anyhow!("task thread panicked"))?;

@@ -2,8 +2,8 @@
 //! and refusals, each with its own terminal state and reason.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use stoa_agent::core::TaskEvent;
+use stoa_agent::exec::kill::Kill;
 use stoa_agent::exec::wasm::WasmRuntime;
 use stoa_proto::{
     Artifact, Digest, Reason, Resources, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState,
@@ -22,9 +22,7 @@ fn task(artifact: Artifact, mem_mib: u64, limits: TaskLimits) -> TaskInfo {
 
 fn run(rt: &WasmRuntime, task: &TaskInfo) -> (TaskEvent, bool) {
     let mut running = false;
-    let end = rt.run(task, None, Arc::new(AtomicBool::new(false)), None, || {
-        running = true
-    });
+    let end = rt.run(task, None, &Kill::default(), None, || running = true);
     (end, running)
 }
 

@@ -6,6 +6,7 @@
 //! FAILED when it traps, is refused or loses the master for good, KILLED
 //! when the master replaces it.
 
+use crate::exec::kill::Kill;
 use crate::exec::scheduler::{ComponentScheduler, SchedulerLimits, SchedulerOutput};
 use crate::exec::task_dir::TaskDir;
 use crate::exec::wasm::WasmRuntime;
@@ -15,7 +16,6 @@ use stoa_client::{ClientConfig, DriverOptions};
 use stoa_proto::executor::TaskEvent;
 use stoa_proto::side::LogStream;
 use stoa_proto::{HostedScheduler, Reason, TaskInfo, TaskState};
-use tokio::sync::Notify;
 
 /// The shortest time an instance keeps trying to reach a master that went
 /// away (a master restart), whatever its framework's failover timeout.
@@ -38,7 +38,7 @@ pub struct Instance {
 /// `running` is called once the component is loaded. Blocks: the
 /// scheduler's handlers are synchronous wasm calls, so it gets a thread
 /// and a single-threaded runtime of its own.
-pub fn run(instance: Instance, kill: &Notify, running: impl FnOnce()) -> TaskEvent {
+pub fn run(instance: Instance, kill: &Kill, running: impl FnOnce()) -> TaskEvent {
     let Instance {
         info,
         hosted,
@@ -110,7 +110,7 @@ pub fn run(instance: Instance, kill: &Notify, running: impl FnOnce()) -> TaskEve
     let ended = rt.block_on(async {
         tokio::select! {
             result = stoa_client::scheduler::run(&config, hosted.framework, &mut scheduler, options) => Some(result),
-            () = kill.notified() => None,
+            () = kill.triggered() => None,
         }
     });
     match ended {

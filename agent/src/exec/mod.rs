@@ -1,10 +1,11 @@
 //! Running tasks: `wasm` runs wasm binaries under wasmtime, `native` runs
 //! host programs in cgroups, each in its task directory (`task_dir`);
 //! `hosted` runs a cluster-hosted scheduler component (`scheduler`);
-//! `mailbox` carries framework messages to and from wasm tasks; `link`
+//! `kill` asks any of them to stop; `mailbox` carries framework messages to and from wasm tasks; `link`
 //! reports tasks' events to the agent.
 
 pub mod hosted;
+pub mod kill;
 pub mod link;
 pub mod mailbox;
 pub mod native;

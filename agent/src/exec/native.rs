@@ -13,6 +13,7 @@
 
 use crate::cgroups::{Cgroup, enter_on_exec};
 use crate::core::TaskEvent;
+use crate::exec::kill::Kill;
 use crate::exec::task_dir::TaskDir;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -22,7 +23,6 @@ use std::time::Duration;
 use stoa_proto::side::LogStream;
 use stoa_proto::{CommandTask, DEFAULT_KILL_GRACE_MS, HealthCheck, Reason, TaskInfo, TaskState};
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::Notify;
 
 /// How long the end of a task waits for its logs to drain.
 const LOG_DRAIN: Duration = Duration::from_secs(5);
@@ -47,7 +47,7 @@ pub async fn run(
     dir: &TaskDir,
     cgroup: Option<Cgroup>,
     log_limit: u64,
-    kill: &Notify,
+    kill: &Kill,
     report: impl Fn(TaskEvent),
 ) -> TaskEvent {
     let Some(cgroup) = cgroup else {
@@ -142,7 +142,7 @@ pub async fn run(
     };
     let stopped = tokio::select! {
         status = child.wait() => Ok(status),
-        () = kill.notified() => Err(Stop::Killed),
+        () = kill.triggered() => Err(Stop::Killed),
         failures = health => Err(Stop::Unhealthy(failures)),
         () = crate::driver::sleep_until(timeout.map(|t| std::time::Instant::now() + t)) => {
             Err(Stop::Timeout(timeout.unwrap_or_default()))

@@ -3,8 +3,9 @@
 //! instantiation, CPU share, kills and timeouts on epoch ticks. Every
 //! breach is a [`Stopped`] value, so its reason is read from a type.
 
+use crate::exec::kill::Kill;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Core instances a task's component may hold (a Rust wasip2 component has
@@ -139,14 +140,15 @@ impl Footprint {
     }
 }
 
-/// Keeps a task's CPU use to its `cpus`. The task's thread is charged its
-/// own CPU time (the kernel's per-thread clock) at every epoch tick; once it
-/// is more than a burst ahead of its share of the wall clock, the tick
-/// sleeps it until it is back within its share. Credit for idle time is
-/// capped, so a task cannot save up and then hog a core.
+/// Keeps a task's CPU use to its `cpus`. The task is charged the CPU time
+/// its future used (see [`TaskClock`]) at every epoch tick; once it is more
+/// than a burst ahead of its share of the wall clock, the tick pauses it
+/// until it is back within its share. Credit for idle time is capped, so a
+/// task cannot save up and then hog a core.
 #[derive(Debug)]
 pub struct CpuShare {
     share: f64,
+    clock: Arc<TaskClock>,
     start: Instant,
     last_cpu: Duration,
     /// Wall-clock time the CPU used so far is worth at `share`.
@@ -158,19 +160,20 @@ const MAX_CREDIT: Duration = Duration::from_millis(100);
 
 impl CpuShare {
     /// `None` when `millicpus` is a whole core or more: a wasm task runs on
-    /// one thread and cannot take more than that.
-    pub fn new(millicpus: u64) -> Option<CpuShare> {
+    /// one thread at a time and cannot take more than that.
+    pub fn new(millicpus: u64, clock: Arc<TaskClock>) -> Option<CpuShare> {
         (millicpus < 1000).then(|| CpuShare {
             share: (millicpus.max(1) as f64) / 1000.0,
+            last_cpu: clock.used(),
+            clock,
             start: Instant::now(),
-            last_cpu: thread_cpu_time(),
             virtual_time: Duration::ZERO,
         })
     }
 
     /// How long the task must pause now to stay within its share.
     pub fn owed(&mut self) -> Duration {
-        let cpu = thread_cpu_time();
+        let cpu = self.clock.used();
         let used = cpu.saturating_sub(self.last_cpu);
         self.last_cpu = cpu;
         let now = self.start.elapsed();
@@ -188,33 +191,82 @@ pub fn thread_cpu_time() -> Duration {
         .unwrap_or_default()
 }
 
+/// The CPU time one task has used. Tasks are futures sharing a few
+/// threads, so no thread's clock is the task's own: each poll of the task's
+/// future is charged the polling thread's CPU time across it, and a reading
+/// taken inside a poll (an epoch tick) adds the poll so far.
+#[derive(Debug, Default)]
+pub struct TaskClock {
+    charged_ns: AtomicU64,
+    /// The thread's CPU clock when the current poll began; 0 between polls.
+    poll_began_ns: AtomicU64,
+}
+
+impl TaskClock {
+    pub fn used(&self) -> Duration {
+        let began = self.poll_began_ns.load(Ordering::Relaxed);
+        let current = match began {
+            0 => 0,
+            began => nanos(thread_cpu_time()).saturating_sub(began),
+        };
+        Duration::from_nanos(self.charged_ns.load(Ordering::Relaxed) + current)
+    }
+
+    /// Runs `task`, charging this clock for every poll of it.
+    pub async fn charge<F: Future>(&self, task: F) -> F::Output {
+        let mut task = std::pin::pin!(task);
+        std::future::poll_fn(|cx| {
+            let began = nanos(thread_cpu_time()).max(1);
+            self.poll_began_ns.store(began, Ordering::Relaxed);
+            let polled = task.as_mut().poll(cx);
+            let spent = nanos(thread_cpu_time()).saturating_sub(began);
+            self.poll_began_ns.store(0, Ordering::Relaxed);
+            self.charged_ns.fetch_add(spent, Ordering::Relaxed);
+            polled
+        })
+        .await
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What an epoch tick lets a running task do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Step aside for other tasks on this thread, then go on.
+    Yield,
+    /// Over its CPU share: step aside for this long first.
+    Pause(Duration),
+}
+
 /// What the epoch callback checks on every tick.
 #[derive(Debug)]
 pub struct Watch {
-    pub kill: Arc<AtomicBool>,
+    pub kill: Kill,
     pub timeout: Option<(Instant, Duration)>,
     pub cpu: Option<CpuShare>,
-    pub tick: Duration,
 }
 
 impl Watch {
-    /// Called on every epoch tick, on the task's thread.
-    pub fn on_tick(&mut self) -> Result<(), Stopped> {
-        loop {
-            if self.kill.load(Ordering::Relaxed) {
-                return Err(Stopped::Killed);
-            }
-            if let Some((deadline, timeout)) = self.timeout
-                && Instant::now() >= deadline
-            {
-                return Err(Stopped::Timeout(timeout));
-            }
-            let owed = self.cpu.as_mut().map(CpuShare::owed).unwrap_or_default();
-            if owed.is_zero() {
-                return Ok(());
-            }
-            // Pause in ticks, so a kill or timeout is still seen promptly.
-            std::thread::sleep(owed.min(self.tick));
+    /// Called on every epoch tick, inside the task's poll. A task always
+    /// yields at a tick: tasks share threads, and one that never yielded
+    /// would keep the others on its thread waiting until it ended.
+    pub fn on_tick(&mut self) -> Result<Tick, Stopped> {
+        if self.kill.is_triggered() {
+            return Err(Stopped::Killed);
         }
+        if let Some((deadline, timeout)) = self.timeout
+            && Instant::now() >= deadline
+        {
+            return Err(Stopped::Timeout(timeout));
+        }
+        // A pause is not cut into ticks: a kill or timeout during one is seen
+        // by the task's caller, which drops the task's future.
+        Ok(match self.cpu.as_mut().map(CpuShare::owed) {
+            None | Some(Duration::ZERO) => Tick::Yield,
+            Some(pause) => Tick::Pause(pause),
+        })
     }
 }

@@ -14,10 +14,11 @@ pub mod ceiling;
 pub mod limits;
 
 use crate::core::TaskEvent;
+use crate::exec::kill::Kill;
 use crate::exec::mailbox::Mailbox;
 use crate::exec::task_dir::{DEFAULT_LOG_LIMIT, TaskDir};
 use cache::{Code, CompiledCache, Origin};
-use limits::{CpuShare, Footprint, Stopped, TaskLimiter, Watch};
+use limits::{CpuShare, Footprint, Stopped, TaskClock, TaskLimiter, Tick, Watch};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -482,18 +483,40 @@ impl WasmRuntime {
         self.config.cache.as_ref()
     }
 
-    /// Runs a task to its end on the calling thread. `dir` is the task's
-    /// directory (sandbox and logs); without one the task sees no files and
-    /// its stdout and stderr are dropped. `mail` connects a `stoa:task`
-    /// component with its scheduler. `on_running` is called once the
-    /// instance is up. Setting `kill` stops the task within one epoch tick.
+    /// Runs a task to its end on the calling thread (which must not be in
+    /// an async context); see [`WasmRuntime::run_async`].
     pub fn run(
         &self,
         task: &TaskInfo,
         dir: Option<&TaskDir>,
-        kill: Arc<AtomicBool>,
+        kill: &Kill,
         mail: Option<Mailbox>,
-        on_running: impl FnOnce(),
+        on_running: impl FnOnce() + Send,
+    ) -> TaskEvent {
+        match &self.io {
+            Some(io) => io
+                .handle()
+                .block_on(self.run_async(task, dir, kill, mail, on_running)),
+            None => shutting_down(),
+        }
+    }
+
+    /// Runs a task to its end as a future, so that many tasks share a few
+    /// threads: each yields at every epoch tick, and one waiting in a host
+    /// call (a WASI sleep, a message) holds no thread. `dir` is the task's
+    /// directory (sandbox and logs); without one the task sees no files and
+    /// its stdout and stderr are dropped. `mail` connects a `stoa:task`
+    /// component with its scheduler. `on_running` is called once the
+    /// instance is up. Triggering `kill` stops the task within one epoch
+    /// tick, or at once if it is waiting in a host call. Needs a tokio
+    /// runtime with timers.
+    pub async fn run_async(
+        &self,
+        task: &TaskInfo,
+        dir: Option<&TaskDir>,
+        kill: &Kill,
+        mail: Option<Mailbox>,
+        on_running: impl FnOnce() + Send,
     ) -> TaskEvent {
         let TaskKind::Wasm(wasm) = &task.kind else {
             return ended(
@@ -502,7 +525,7 @@ impl WasmRuntime {
                 "the wasm runtime was handed a task that is not wasm".into(),
             );
         };
-        let program = match self.prepare(&wasm.artifact) {
+        let program = match self.prepare_off_thread(&wasm.artifact) {
             Ok(program) => program,
             Err(Refused { reason, message }) => return ended(TaskState::Error, reason, message),
         };
@@ -553,31 +576,48 @@ impl WasmRuntime {
         let memory =
             usize::try_from(task.resources.mem_mib().saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let timeout = task.limits.timeout_ms.map(Duration::from_millis);
+        let clock = Arc::new(TaskClock::default());
         let watch = Watch {
-            kill,
+            kill: kill.clone(),
             timeout: timeout.map(|t| (Instant::now() + t, t)),
-            cpu: CpuShare::new(task.resources.millicpus()),
-            tick: EPOCH_TICK,
+            cpu: CpuShare::new(task.resources.millicpus(), clock.clone()),
         };
         let fuel = task.limits.fuel.unwrap_or(u64::MAX);
-        let stop = (watch.kill.clone(), watch.timeout);
         let limits = (TaskLimiter { memory }, fuel, watch);
-        let Some(io) = &self.io else {
-            return ended(
-                TaskState::Error,
-                Reason::TaskInvalid,
-                "the runtime is shutting down".into(),
-            );
-        };
-        io.handle().block_on(async {
-            let run = self.execute(&program, (builder, mail), limits, &wasm.input, on_running);
-            tokio::select! {
-                end = run => end.unwrap_or_else(|end| end),
-                // Wasm is stopped at its next epoch tick; this is for a task
-                // blocked in a host call, whose future is dropped instead.
-                stopped = stopped_while_blocked(stop) => classify(stopped.into()),
+        let run = self.execute(&program, (builder, mail), limits, &wasm.input, on_running);
+        let deadline = async {
+            match timeout {
+                Some(t) => {
+                    tokio::time::sleep(t).await;
+                    t
+                }
+                None => std::future::pending().await,
             }
-        })
+        };
+        // Running wasm is stopped at its next epoch tick; the other branches
+        // are for a task waiting in a host call, whose future is dropped.
+        tokio::select! {
+            biased;
+            end = clock.charge(run) => end.unwrap_or_else(|end| end),
+            () = kill.triggered() => classify(Stopped::Killed.into()),
+            after = deadline => classify(Stopped::Timeout(after).into()),
+        }
+    }
+
+    /// [`WasmRuntime::prepare`], on a thread where blocking is allowed
+    /// when the binary must still be read and compiled (seconds, for a large
+    /// one), so the tasks sharing this thread are not held up meanwhile.
+    fn prepare_off_thread(&self, artifact: &Artifact) -> Result<Arc<Program>, Refused> {
+        let ready = {
+            let map = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&artifact.digest())
+                .and_then(|slot| slot.get().cloned())
+        };
+        match ready {
+            Some(program) => program,
+            None if on_async_worker() => tokio::task::block_in_place(|| self.prepare(artifact)),
+            None => self.prepare(artifact),
+        }
     }
 
     /// Instantiates and runs `program`; `Err` holds an end that came
@@ -671,7 +711,11 @@ impl WasmRuntime {
         })?;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| match watch.on_tick() {
-            Ok(()) => Ok(wasmtime::UpdateDeadline::Continue(1)),
+            Ok(Tick::Yield) => Ok(wasmtime::UpdateDeadline::Yield(1)),
+            Ok(Tick::Pause(pause)) => Ok(wasmtime::UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::time::sleep(pause)),
+            )),
             Err(stopped) => Err(stopped.into()),
         });
         Ok(store)
@@ -712,23 +756,43 @@ fn exited(result: wasmtime::Result<i32>) -> TaskEvent {
     }
 }
 
-/// Resolves once a task's kill flag is set or its deadline has passed,
-/// checked every epoch tick.
-async fn stopped_while_blocked(
-    (kill, timeout): (Arc<AtomicBool>, Option<(Instant, Duration)>),
-) -> Stopped {
-    let mut tick = tokio::time::interval(EPOCH_TICK);
-    loop {
-        tick.tick().await;
-        if kill.load(Ordering::Relaxed) {
-            return Stopped::Killed;
-        }
-        if let Some((at, after)) = timeout
-            && Instant::now() >= at
-        {
-            return Stopped::Timeout(after);
-        }
-    }
+/// The runtime an executor runs wasm tasks on ([`WasmRuntime::run_async`]):
+/// `workers` threads, each task a future on one of them, and a blocking
+/// pool without a cap for work that must hold a thread (cluster-hosted
+/// schedulers).
+///
+/// A busy worker looks at timers and I/O between every two polls rather
+/// than tokio's default of every 61: a task's poll can last a whole epoch
+/// tick (10 ms), so at the default a task paused to keep its CPU share, or
+/// woken by a message, could wait more than half a second behind tasks that
+/// keep the workers busy.
+pub fn task_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .event_interval(1)
+        .max_blocking_threads(1 << 20)
+        .thread_keep_alive(Duration::from_secs(30))
+        .thread_name("stoa-task")
+        // Host calls of a hosted scheduler run on these stacks (wasm itself
+        // runs on wasmtime's own).
+        .thread_stack_size(2 << 20)
+        .enable_all()
+        .build()
+}
+
+fn shutting_down() -> TaskEvent {
+    ended(
+        TaskState::Error,
+        Reason::TaskInvalid,
+        "the runtime is shutting down".into(),
+    )
+}
+
+/// Whether this thread is a worker of a multi-thread tokio runtime, the
+/// only kind of thread where `block_in_place` may be called.
+fn on_async_worker() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 impl Drop for WasmRuntime {
