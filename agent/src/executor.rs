@@ -89,7 +89,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
     let mut tasks: HashMap<TaskId, Task> = HashMap::new();
     // Made at the first launch, which says where task directories go.
     let mut spares: Option<Arc<Spares>> = None;
-    // Tasks report their events through this, from their own threads.
+    // Tasks report their events through this, from the task runtime.
     let link = Arc::new(AgentLink::default());
     let (msgs_tx, mut msgs_rx) = mpsc::channel::<(u64, Option<AgentToExecutor>)>(1024);
     let (outbox_tx, mut outbox_rx) = mpsc::channel::<Outgoing>(OUTBOX_LEN);
@@ -278,9 +278,10 @@ struct Started<'a> {
     master: Option<&'a stoa_client::ClientConfig>,
 }
 
-/// Starts a task: wasm on a thread of its own, where it runs synchronously
-/// under epoch interruption (which is what lets a tick pause a task over
-/// its CPU share); a native program as a child watched by a tokio task.
+/// Starts a task: wasm as a future on the task runtime (see
+/// [`crate::exec::wasm::task_runtime`]); a cluster-hosted scheduler on a
+/// thread of that runtime's blocking pool; a native program as a child
+/// watched by a tokio task.
 fn launch(
     started: &Started<'_>,
     tasks: &mut HashMap<TaskId, Task>,
@@ -310,7 +311,7 @@ fn launch(
         },
     );
     let link = started.link.clone();
-    // The directory is made on the task's own thread (or task), not here:
+    // The directory is made by the task's own future (or thread), not here:
     // the file system is a launch's largest cost, and this loop serves
     // every task of the framework.
     let dir = NewDir {

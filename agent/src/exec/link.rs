@@ -1,7 +1,7 @@
 //! An executor's connection to its agent, as its tasks see it: each task's
 //! latest event, and the socket to report it on.
 //!
-//! A task's thread writes its events to the agent itself, under one lock,
+//! A task writes its events to the agent itself, under one lock,
 //! rather than handing them to the executor's loop: the hand-over woke a
 //! second thread for every event, which showed as a tenth of a launch's
 //! latency. The lock keeps frames whole and makes a new connection's
