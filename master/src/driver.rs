@@ -127,6 +127,11 @@ pub async fn run(
             .poll_timeout()
             .map(|t| start + Duration::from_micros(t.as_micros()));
         tokio::select! {
+            // Inputs first: timers (a due allocation above all) wait until
+            // what is queued has been handled, so changes that arrive
+            // together share one allocation run. Tokio's task budget still
+            // lets a timer through under a flood of inputs.
+            biased;
             input = rx.recv() => {
                 let Some(input) = input else { break };
                 match input {
