@@ -4,7 +4,7 @@
 //! This is Mesos's status update manager, without the checkpoint (that is
 //! the agent recovery's job).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 use stoa_proto::{AgentToMaster, FrameworkId, TaskId, TaskStatus, Time, UpdateId};
 
@@ -24,6 +24,10 @@ struct Stream {
 pub(super) struct StatusUpdates {
     next_id: u64,
     streams: BTreeMap<(FrameworkId, TaskId), Stream>,
+    /// The stream each head update belongs to: an acknowledgement names
+    /// only the task and the update, and an agent may hold thousands of
+    /// streams.
+    heads: HashMap<UpdateId, (FrameworkId, TaskId)>,
 }
 
 impl StatusUpdates {
@@ -32,6 +36,7 @@ impl StatusUpdates {
         StatusUpdates {
             next_id: first,
             streams: BTreeMap::new(),
+            heads: HashMap::new(),
         }
     }
 
@@ -53,14 +58,18 @@ impl StatusUpdates {
         self.next_id += 1;
         let id = UpdateId(self.next_id);
         let key = (framework_id.clone(), status.task_id.clone());
-        let stream = self.streams.entry(key).or_insert_with(|| Stream {
+        let stream = self.streams.entry(key.clone()).or_insert_with(|| Stream {
             framework_id,
             queue: VecDeque::new(),
             retry_at: now + FIRST_RETRY,
             backoff: FIRST_RETRY,
         });
         stream.queue.push_back((id, status));
-        (stream.queue.len() == 1).then(|| head(stream)).flatten()
+        if stream.queue.len() > 1 {
+            return None;
+        }
+        self.heads.insert(id, key);
+        head(stream)
     }
 
     /// Pops the head if `update_id` names it; returns its framework and the
@@ -71,21 +80,22 @@ impl StatusUpdates {
         task_id: &TaskId,
         update_id: UpdateId,
     ) -> Option<(FrameworkId, Option<AgentToMaster>)> {
-        let key = self
-            .streams
-            .iter()
-            .find(|((_, t), s)| {
-                t == task_id && s.queue.front().is_some_and(|(id, _)| *id == update_id)
-            })
-            .map(|(k, _)| k.clone())?;
+        let key = self.heads.get(&update_id).filter(|(_, t)| t == task_id)?;
+        let key = key.clone();
+        self.heads.remove(&update_id);
         let stream = self.streams.get_mut(&key)?;
         stream.queue.pop_front();
         stream.retry_at = now + FIRST_RETRY;
         stream.backoff = FIRST_RETRY;
         let next = head(stream);
         let fw = stream.framework_id.clone();
-        if stream.queue.is_empty() {
-            self.streams.remove(&key);
+        match stream.queue.front() {
+            Some((next_id, _)) => {
+                self.heads.insert(*next_id, key);
+            }
+            None => {
+                self.streams.remove(&key);
+            }
         }
         Some((fw, next))
     }
@@ -126,4 +136,63 @@ fn head(stream: &Stream) -> Option<AgentToMaster> {
             update_id: *id,
             status: status.clone(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stoa_proto::TaskState;
+
+    fn id(msg: Option<AgentToMaster>) -> UpdateId {
+        match msg {
+            Some(AgentToMaster::StatusUpdate { update_id, .. }) => update_id,
+            other => panic!("expected an update to send, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_pops_only_the_head_it_names() {
+        let now = Time::from_micros(0);
+        let fw = FrameworkId::new("f").expect("id");
+        let (a, b) = (TaskId::new("a").expect("id"), TaskId::new("b").expect("id"));
+        let mut u = StatusUpdates::starting_at(0);
+        let a1 = id(u.push(
+            now,
+            fw.clone(),
+            TaskStatus::new(a.clone(), TaskState::Running),
+        ));
+        let b1 = id(u.push(
+            now,
+            fw.clone(),
+            TaskStatus::new(b.clone(), TaskState::Running),
+        ));
+        // Queued behind a's head: not sent yet.
+        assert!(
+            u.push(
+                now,
+                fw.clone(),
+                TaskStatus::new(a.clone(), TaskState::Finished)
+            )
+            .is_none()
+        );
+        // The wrong task, or an update that is not a head: ignored.
+        assert!(u.acknowledge(now, &b, a1).is_none());
+        assert!(u.acknowledge(now, &a, UpdateId(a1.0 + 2)).is_none());
+        assert_eq!(u.len(), 3);
+        // a's head goes; its next update is the one to send now.
+        let (got_fw, next) = u.acknowledge(now, &a, a1).expect("a's head");
+        assert_eq!(got_fw, fw);
+        let a2 = id(next);
+        assert!(u.acknowledge(now, &a, a1).is_none(), "acknowledged twice");
+        assert!(
+            u.acknowledge(now, &b, b1)
+                .is_some_and(|(_, next)| next.is_none())
+        );
+        assert!(
+            u.acknowledge(now, &a, a2)
+                .is_some_and(|(_, next)| next.is_none())
+        );
+        assert_eq!(u.len(), 0);
+        assert!(!u.has_pending(&fw, &a) && !u.has_pending(&fw, &b));
+    }
 }
