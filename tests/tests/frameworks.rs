@@ -192,17 +192,17 @@ fn iterative_regression_converges_over_many_iterations() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_python_scheduler_built_with_componentize_py_runs_its_tasks() -> anyhow::Result<()> {
-    // Built by `./dev` with componentize-py against wit/scheduler as it
-    // is (frameworks/hello/python-scheduler).
+/// A hello scheduler another language's tooling built under target/ (by
+/// `./dev`, against wit/scheduler as it is), run with six tasks; `done` is
+/// what it logs once they have all finished.
+fn other_language_scheduler(built: &str, done: &str) -> anyhow::Result<()> {
     let scheduler = wasm_path("hello_task", "hello-task")?
         .parent()
         .and_then(|p| p.parent())
         .and_then(|p| p.parent())
-        .map(|target| target.join("python/hello_python_scheduler.wasm"))
+        .map(|target| target.join(built))
         .filter(|p| p.exists())
-        .ok_or_else(|| anyhow::anyhow!("the Python scheduler is not built; run ./dev test"))?;
+        .ok_or_else(|| anyhow::anyhow!("{built} is not built; run ./dev test"))?;
     let cluster = Cluster::start(1, "cpus:1;mem:1024")?;
     let task = format!("task={}", path("hello_task", "hello-task")?);
     let scheduler = scheduler.display().to_string();
@@ -218,8 +218,26 @@ fn a_python_scheduler_built_with_componentize_py_runs_its_tasks() -> anyhow::Res
     ])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     anyhow::ensure!(out.status.success(), "{stderr}\n{}", cluster.logs());
-    assert!(stderr.contains("python: all 6 tasks finished"), "{stderr}");
+    assert!(stderr.contains(done), "{stderr}");
     let line: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(line["ended"], "teardown");
     Ok(())
+}
+
+#[test]
+fn a_python_scheduler_built_with_componentize_py_runs_its_tasks() -> anyhow::Result<()> {
+    // frameworks/hello/python-scheduler
+    other_language_scheduler(
+        "python/hello_python_scheduler.wasm",
+        "python: all 6 tasks finished",
+    )
+}
+
+#[test]
+fn a_javascript_scheduler_built_with_componentize_js_runs_its_tasks() -> anyhow::Result<()> {
+    // frameworks/hello/js-scheduler
+    other_language_scheduler(
+        "js/hello_js_scheduler.wasm",
+        "javascript: all 6 tasks finished",
+    )
 }
