@@ -4,7 +4,7 @@
 //! This is Mesos's status update manager, without the checkpoint (that is
 //! the agent recovery's job).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 use stoa_proto::{AgentToMaster, FrameworkId, TaskId, TaskStatus, Time, UpdateId};
 
@@ -28,6 +28,9 @@ pub(super) struct StatusUpdates {
     /// only the task and the update, and an agent may hold thousands of
     /// streams.
     heads: HashMap<UpdateId, (FrameworkId, TaskId)>,
+    /// Every head by its retry time, so the next retry is found without
+    /// visiting every stream (the agent asks at every turn of its loop).
+    retries: BTreeSet<(Time, UpdateId)>,
 }
 
 impl StatusUpdates {
@@ -37,6 +40,7 @@ impl StatusUpdates {
             next_id: first,
             streams: BTreeMap::new(),
             heads: HashMap::new(),
+            retries: BTreeSet::new(),
         }
     }
 
@@ -69,6 +73,7 @@ impl StatusUpdates {
             return None;
         }
         self.heads.insert(id, key);
+        self.retries.insert((stream.retry_at, id));
         head(stream)
     }
 
@@ -84,6 +89,7 @@ impl StatusUpdates {
         let key = key.clone();
         self.heads.remove(&update_id);
         let stream = self.streams.get_mut(&key)?;
+        self.retries.remove(&(stream.retry_at, update_id));
         stream.queue.pop_front();
         stream.retry_at = now + FIRST_RETRY;
         stream.backoff = FIRST_RETRY;
@@ -92,6 +98,7 @@ impl StatusUpdates {
         match stream.queue.front() {
             Some((next_id, _)) => {
                 self.heads.insert(*next_id, key);
+                self.retries.insert((stream.retry_at, *next_id));
             }
             None => {
                 self.streams.remove(&key);
@@ -101,15 +108,22 @@ impl StatusUpdates {
     }
 
     pub fn next_retry(&self) -> Option<Time> {
-        self.streams.values().map(|s| s.retry_at).min()
+        self.retries.first().map(|(at, _)| *at)
     }
 
     /// Heads whose retry time has come, with their backoff doubled.
     pub fn due(&mut self, now: Time) -> Vec<AgentToMaster> {
         let mut out = Vec::new();
-        for stream in self.streams.values_mut().filter(|s| s.retry_at <= now) {
+        while let Some(&(at, id)) = self.retries.first()
+            && at <= now
+        {
+            self.retries.pop_first();
+            let Some(stream) = self.heads.get(&id).and_then(|k| self.streams.get_mut(k)) else {
+                continue;
+            };
             stream.backoff = (stream.backoff * 2).min(MAX_RETRY);
             stream.retry_at = now + stream.backoff;
+            self.retries.insert((stream.retry_at, id));
             out.extend(head(stream));
         }
         out
@@ -117,13 +131,16 @@ impl StatusUpdates {
 
     /// Every head, now (after re-registering on a new connection).
     pub fn resend_all(&mut self, now: Time) -> Vec<AgentToMaster> {
-        self.streams
-            .values_mut()
-            .filter_map(|s| {
-                s.retry_at = now + s.backoff;
-                head(s)
-            })
-            .collect()
+        self.retries.clear();
+        let mut out = Vec::new();
+        for stream in self.streams.values_mut() {
+            stream.retry_at = now + stream.backoff;
+            if let Some((id, _)) = stream.queue.front() {
+                self.retries.insert((stream.retry_at, *id));
+            }
+            out.extend(head(stream));
+        }
+        out
     }
 }
 
@@ -194,5 +211,46 @@ mod tests {
         );
         assert_eq!(u.len(), 0);
         assert!(!u.has_pending(&fw, &a) && !u.has_pending(&fw, &b));
+        assert_eq!(u.next_retry(), None);
+    }
+
+    #[test]
+    fn heads_are_resent_with_backoff_and_an_acknowledged_one_no_more() {
+        let at = |s: u64| Time::from_micros(s * 1_000_000);
+        let fw = FrameworkId::new("f").expect("id");
+        let (a, b) = (TaskId::new("a").expect("id"), TaskId::new("b").expect("id"));
+        let mut u = StatusUpdates::starting_at(0);
+        let a1 = id(u.push(
+            at(0),
+            fw.clone(),
+            TaskStatus::new(a.clone(), TaskState::Running),
+        ));
+        let b1 = id(u.push(
+            at(1),
+            fw.clone(),
+            TaskStatus::new(b.clone(), TaskState::Running),
+        ));
+        assert_eq!(u.next_retry(), Some(at(2)));
+        assert!(u.due(at(1)).is_empty());
+        // a's head is due at 2 s, then 4 s later; b's at 3 s.
+        assert_eq!(id(u.due(at(2)).pop()), a1);
+        assert_eq!(u.next_retry(), Some(at(3)));
+        assert_eq!(id(u.due(at(3)).pop()), b1);
+        assert_eq!(u.next_retry(), Some(at(6)));
+        // a's end waits behind its unacknowledged head.
+        let end = TaskStatus::new(a.clone(), TaskState::Finished);
+        assert!(u.push(at(4), fw.clone(), end).is_none());
+        // Acknowledged: a1 is resent no more; the end goes now, due 2 s on.
+        let a2 = id(u.acknowledge(at(4), &a, a1).and_then(|(_, next)| next));
+        assert!(u.due(at(5)).is_empty());
+        assert_eq!(u.next_retry(), Some(at(6)));
+        assert_eq!(id(u.due(at(6)).pop()), a2);
+        // b's second retry waits twice as long as its first.
+        assert_eq!(u.next_retry(), Some(at(7)));
+        assert_eq!(id(u.due(at(7)).pop()), b1);
+        // After a reconnect every head goes at once, each keeping its
+        // backoff (a: 4 s, b: 8 s).
+        assert_eq!(u.resend_all(at(8)).len(), 2);
+        assert_eq!(u.next_retry(), Some(at(12)));
     }
 }
