@@ -221,12 +221,7 @@ impl Agent {
                 }
             }
             MasterToAgent::AcknowledgeUpdate { task_id, update_id } => {
-                if let Some((framework_id, next)) =
-                    self.updates.acknowledge(now, &task_id, update_id)
-                {
-                    if let Some(msg) = next {
-                        self.push_if_registered(msg);
-                    }
+                if let Some(framework_id) = self.updates.acknowledge(now, &task_id, update_id) {
                     let key = (framework_id, task_id);
                     let done = self.tasks.get(&key).is_some_and(|t| t.state.is_terminal());
                     if done && !self.updates.has_pending(&key.0, &key.1) {
@@ -401,9 +396,8 @@ impl Agent {
 
     fn send_update(&mut self, now: Time, framework_id: FrameworkId, mut status: TaskStatus) {
         status.agent_id = self.agent_id.clone();
-        if let Some(msg) = self.updates.push(now, framework_id, status) {
-            self.push_if_registered(msg);
-        }
+        let msg = self.updates.push(now, framework_id, status);
+        self.push_if_registered(msg);
     }
 
     fn push_if_registered(&mut self, msg: AgentToMaster) {

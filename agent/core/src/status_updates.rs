@@ -1,8 +1,18 @@
-//! Status updates in flight: each task's updates go out in order, one at a
-//! time; the head is resent with exponential backoff until the master relays
-//! the scheduler's acknowledgement, and only then does the next one go out.
-//! This is Mesos's status update manager, without the checkpoint (that is
-//! the agent recovery's job).
+//! Status updates in flight. Each task's updates go out in order as they
+//! happen and stay queued until the master relays the scheduler's
+//! acknowledgement; until then the queue is resent, in order, with
+//! exponential backoff. An acknowledgement covers the update it names and
+//! every earlier one of the same task. This is Mesos's status update
+//! manager, without the checkpoint (that is the agent recovery's job), and
+//! with one difference:
+//!
+//! Mesos sends only a task's oldest unacknowledged update and holds the
+//! next until that one is acknowledged. The link to the master delivers in
+//! order, so sending at once loses nothing, and it spares a short task's
+//! end the round trip of its RUNNING's acknowledgement (a fifth of its
+//! turnaround; docs/benchmarks.md). The master acknowledges by itself a
+//! resent non-terminal update of a task it knows has ended, so a scheduler
+//! never sees RUNNING after the end.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -11,25 +21,40 @@ use stoa_proto::{AgentToMaster, FrameworkId, TaskId, TaskStatus, Time, UpdateId}
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
+type Key = (FrameworkId, TaskId);
+
 #[derive(Debug)]
 struct Stream {
     framework_id: FrameworkId,
+    /// Never empty: a stream goes once its last update is acknowledged.
     queue: VecDeque<(UpdateId, TaskStatus)>,
-    /// When the head is due again, and the wait after that.
+    /// When the queue is due again, and the wait after that.
     retry_at: Time,
     backoff: Duration,
+}
+
+impl Stream {
+    fn oldest(&self) -> Option<UpdateId> {
+        self.queue.front().map(|(id, _)| *id)
+    }
+
+    fn messages(&self) -> impl Iterator<Item = AgentToMaster> + '_ {
+        self.queue
+            .iter()
+            .map(|(id, status)| message(&self.framework_id, *id, status.clone()))
+    }
 }
 
 #[derive(Debug, Default)]
 pub(super) struct StatusUpdates {
     next_id: u64,
-    streams: BTreeMap<(FrameworkId, TaskId), Stream>,
-    /// The stream each head update belongs to: an acknowledgement names
-    /// only the task and the update, and an agent may hold thousands of
-    /// streams.
-    heads: HashMap<UpdateId, (FrameworkId, TaskId)>,
-    /// Every head by its retry time, so the next retry is found without
-    /// visiting every stream (the agent asks at every turn of its loop).
+    streams: BTreeMap<Key, Stream>,
+    /// The stream of every queued update: an acknowledgement names only the
+    /// task and the update, and an agent may hold thousands of streams.
+    owners: HashMap<UpdateId, Key>,
+    /// Every stream by its retry time (and its oldest update), so the next
+    /// retry is found without visiting every stream (the agent asks at
+    /// every turn of its loop).
     retries: BTreeSet<(Time, UpdateId)>,
 }
 
@@ -38,27 +63,25 @@ impl StatusUpdates {
     pub fn starting_at(first: u64) -> Self {
         StatusUpdates {
             next_id: first,
-            streams: BTreeMap::new(),
-            heads: HashMap::new(),
-            retries: BTreeSet::new(),
+            ..StatusUpdates::default()
         }
     }
 
     pub fn len(&self) -> usize {
-        self.streams.values().map(|s| s.queue.len()).sum()
+        self.owners.len()
     }
 
     pub fn has_pending(&self, fw: &FrameworkId, task: &TaskId) -> bool {
         self.streams.contains_key(&(fw.clone(), task.clone()))
     }
 
-    /// Queues an update; returns the message to send if it is at the head.
+    /// Queues an update; returns the message that sends it now.
     pub fn push(
         &mut self,
         now: Time,
         framework_id: FrameworkId,
         status: TaskStatus,
-    ) -> Option<AgentToMaster> {
+    ) -> AgentToMaster {
         self.next_id += 1;
         let id = UpdateId(self.next_id);
         let key = (framework_id.clone(), status.task_id.clone());
@@ -68,91 +91,100 @@ impl StatusUpdates {
             retry_at: now + FIRST_RETRY,
             backoff: FIRST_RETRY,
         });
-        stream.queue.push_back((id, status));
-        if stream.queue.len() > 1 {
-            return None;
+        if stream.queue.is_empty() {
+            self.retries.insert((stream.retry_at, id));
         }
-        self.heads.insert(id, key);
-        self.retries.insert((stream.retry_at, id));
-        head(stream)
+        stream.queue.push_back((id, status.clone()));
+        let msg = message(&stream.framework_id, id, status);
+        self.owners.insert(id, key);
+        msg
     }
 
-    /// Pops the head if `update_id` names it; returns its framework and the
-    /// next head to send, if any.
+    /// Drops `update_id` and every earlier update of its task; returns the
+    /// task's framework, or `None` if no such update is queued.
     pub fn acknowledge(
         &mut self,
         now: Time,
         task_id: &TaskId,
         update_id: UpdateId,
-    ) -> Option<(FrameworkId, Option<AgentToMaster>)> {
-        let key = self.heads.get(&update_id).filter(|(_, t)| t == task_id)?;
-        let key = key.clone();
-        self.heads.remove(&update_id);
+    ) -> Option<FrameworkId> {
+        let key = self
+            .owners
+            .get(&update_id)
+            .filter(|(_, t)| t == task_id)?
+            .clone();
         let stream = self.streams.get_mut(&key)?;
-        self.retries.remove(&(stream.retry_at, update_id));
-        stream.queue.pop_front();
+        if let Some(oldest) = stream.oldest() {
+            self.retries.remove(&(stream.retry_at, oldest));
+        }
+        while let Some((id, _)) = stream.queue.pop_front() {
+            self.owners.remove(&id);
+            if id == update_id {
+                break;
+            }
+        }
         stream.retry_at = now + FIRST_RETRY;
         stream.backoff = FIRST_RETRY;
-        let next = head(stream);
-        let fw = stream.framework_id.clone();
-        match stream.queue.front() {
-            Some((next_id, _)) => {
-                self.heads.insert(*next_id, key);
-                self.retries.insert((stream.retry_at, *next_id));
+        let framework_id = stream.framework_id.clone();
+        match stream.oldest() {
+            Some(oldest) => {
+                self.retries.insert((stream.retry_at, oldest));
             }
             None => {
                 self.streams.remove(&key);
             }
         }
-        Some((fw, next))
+        Some(framework_id)
     }
 
     pub fn next_retry(&self) -> Option<Time> {
         self.retries.first().map(|(at, _)| *at)
     }
 
-    /// Heads whose retry time has come, with their backoff doubled.
+    /// The queues whose retry time has come, in order, with their backoff
+    /// doubled.
     pub fn due(&mut self, now: Time) -> Vec<AgentToMaster> {
         let mut out = Vec::new();
-        while let Some(&(at, id)) = self.retries.first()
+        while let Some(&(at, oldest)) = self.retries.first()
             && at <= now
         {
             self.retries.pop_first();
-            let Some(stream) = self.heads.get(&id).and_then(|k| self.streams.get_mut(k)) else {
+            let Some(stream) = self
+                .owners
+                .get(&oldest)
+                .and_then(|key| self.streams.get_mut(key))
+            else {
                 continue;
             };
             stream.backoff = (stream.backoff * 2).min(MAX_RETRY);
             stream.retry_at = now + stream.backoff;
-            self.retries.insert((stream.retry_at, id));
-            out.extend(head(stream));
+            self.retries.insert((stream.retry_at, oldest));
+            out.extend(stream.messages());
         }
         out
     }
 
-    /// Every head, now (after re-registering on a new connection).
+    /// Everything queued, now (after re-registering on a new connection).
     pub fn resend_all(&mut self, now: Time) -> Vec<AgentToMaster> {
         self.retries.clear();
         let mut out = Vec::new();
         for stream in self.streams.values_mut() {
             stream.retry_at = now + stream.backoff;
-            if let Some((id, _)) = stream.queue.front() {
-                self.retries.insert((stream.retry_at, *id));
+            if let Some(oldest) = stream.oldest() {
+                self.retries.insert((stream.retry_at, oldest));
             }
-            out.extend(head(stream));
+            out.extend(stream.messages());
         }
         out
     }
 }
 
-fn head(stream: &Stream) -> Option<AgentToMaster> {
-    stream
-        .queue
-        .front()
-        .map(|(id, status)| AgentToMaster::StatusUpdate {
-            framework_id: stream.framework_id.clone(),
-            update_id: *id,
-            status: status.clone(),
-        })
+fn message(framework_id: &FrameworkId, update_id: UpdateId, status: TaskStatus) -> AgentToMaster {
+    AgentToMaster::StatusUpdate {
+        framework_id: framework_id.clone(),
+        update_id,
+        status,
+    }
 }
 
 #[cfg(test)]
@@ -160,97 +192,71 @@ mod tests {
     use super::*;
     use stoa_proto::TaskState;
 
-    fn id(msg: Option<AgentToMaster>) -> UpdateId {
+    fn id(msg: &AgentToMaster) -> UpdateId {
         match msg {
-            Some(AgentToMaster::StatusUpdate { update_id, .. }) => update_id,
-            other => panic!("expected an update to send, got {other:?}"),
+            AgentToMaster::StatusUpdate { update_id, .. } => *update_id,
+            other => panic!("expected an update, got {other:?}"),
         }
     }
 
+    fn ids(msgs: &[AgentToMaster]) -> Vec<UpdateId> {
+        msgs.iter().map(id).collect()
+    }
+
+    fn at(s: u64) -> Time {
+        Time::from_micros(s * 1_000_000)
+    }
+
+    fn status(task: &TaskId, state: TaskState) -> TaskStatus {
+        TaskStatus::new(task.clone(), state)
+    }
+
     #[test]
-    fn an_acknowledgement_pops_only_the_head_it_names() {
-        let now = Time::from_micros(0);
+    fn an_acknowledgement_covers_its_update_and_the_earlier_ones_of_its_task() {
         let fw = FrameworkId::new("f").expect("id");
         let (a, b) = (TaskId::new("a").expect("id"), TaskId::new("b").expect("id"));
         let mut u = StatusUpdates::starting_at(0);
-        let a1 = id(u.push(
-            now,
-            fw.clone(),
-            TaskStatus::new(a.clone(), TaskState::Running),
-        ));
-        let b1 = id(u.push(
-            now,
-            fw.clone(),
-            TaskStatus::new(b.clone(), TaskState::Running),
-        ));
-        // Queued behind a's head: not sent yet.
-        assert!(
-            u.push(
-                now,
-                fw.clone(),
-                TaskStatus::new(a.clone(), TaskState::Finished)
-            )
-            .is_none()
-        );
-        // The wrong task, or an update that is not a head: ignored.
-        assert!(u.acknowledge(now, &b, a1).is_none());
-        assert!(u.acknowledge(now, &a, UpdateId(a1.0 + 2)).is_none());
+        let a1 = id(&u.push(at(0), fw.clone(), status(&a, TaskState::Running)));
+        let b1 = id(&u.push(at(0), fw.clone(), status(&b, TaskState::Running)));
+        // Sent at once, not held behind a1.
+        let a2 = id(&u.push(at(0), fw.clone(), status(&a, TaskState::Finished)));
+        // An update of another task, or one not queued: nothing.
+        assert!(u.acknowledge(at(0), &b, a1).is_none());
+        assert!(u.acknowledge(at(0), &a, UpdateId(a2.0 + 10)).is_none());
         assert_eq!(u.len(), 3);
-        // a's head goes; its next update is the one to send now.
-        let (got_fw, next) = u.acknowledge(now, &a, a1).expect("a's head");
-        assert_eq!(got_fw, fw);
-        let a2 = id(next);
-        assert!(u.acknowledge(now, &a, a1).is_none(), "acknowledged twice");
-        assert!(
-            u.acknowledge(now, &b, b1)
-                .is_some_and(|(_, next)| next.is_none())
-        );
-        assert!(
-            u.acknowledge(now, &a, a2)
-                .is_some_and(|(_, next)| next.is_none())
-        );
+        // a2 acknowledged (a1 never was): both go.
+        assert_eq!(u.acknowledge(at(0), &a, a2), Some(fw.clone()));
+        assert!(!u.has_pending(&fw, &a));
+        assert!(u.acknowledge(at(0), &a, a1).is_none(), "already covered");
+        assert_eq!(u.acknowledge(at(0), &b, b1), Some(fw.clone()));
         assert_eq!(u.len(), 0);
-        assert!(!u.has_pending(&fw, &a) && !u.has_pending(&fw, &b));
         assert_eq!(u.next_retry(), None);
     }
 
     #[test]
-    fn heads_are_resent_with_backoff_and_an_acknowledged_one_no_more() {
-        let at = |s: u64| Time::from_micros(s * 1_000_000);
+    fn queues_are_resent_in_order_with_backoff_until_acknowledged() {
         let fw = FrameworkId::new("f").expect("id");
         let (a, b) = (TaskId::new("a").expect("id"), TaskId::new("b").expect("id"));
         let mut u = StatusUpdates::starting_at(0);
-        let a1 = id(u.push(
-            at(0),
-            fw.clone(),
-            TaskStatus::new(a.clone(), TaskState::Running),
-        ));
-        let b1 = id(u.push(
-            at(1),
-            fw.clone(),
-            TaskStatus::new(b.clone(), TaskState::Running),
-        ));
+        let a1 = id(&u.push(at(0), fw.clone(), status(&a, TaskState::Running)));
+        let a2 = id(&u.push(at(0), fw.clone(), status(&a, TaskState::Finished)));
+        let b1 = id(&u.push(at(1), fw.clone(), status(&b, TaskState::Running)));
         assert_eq!(u.next_retry(), Some(at(2)));
         assert!(u.due(at(1)).is_empty());
-        // a's head is due at 2 s, then 4 s later; b's at 3 s.
-        assert_eq!(id(u.due(at(2)).pop()), a1);
+        // a's whole queue, in order, at 2 s; then again 4 s later.
+        assert_eq!(ids(&u.due(at(2))), vec![a1, a2]);
         assert_eq!(u.next_retry(), Some(at(3)));
-        assert_eq!(id(u.due(at(3)).pop()), b1);
+        assert_eq!(ids(&u.due(at(3))), vec![b1]);
         assert_eq!(u.next_retry(), Some(at(6)));
-        // a's end waits behind its unacknowledged head.
-        let end = TaskStatus::new(a.clone(), TaskState::Finished);
-        assert!(u.push(at(4), fw.clone(), end).is_none());
-        // Acknowledged: a1 is resent no more; the end goes now, due 2 s on.
-        let a2 = id(u.acknowledge(at(4), &a, a1).and_then(|(_, next)| next));
-        assert!(u.due(at(5)).is_empty());
-        assert_eq!(u.next_retry(), Some(at(6)));
-        assert_eq!(id(u.due(at(6)).pop()), a2);
-        // b's second retry waits twice as long as its first.
+        // a1 acknowledged: a2 is still resent, 2 s after the acknowledgement.
+        assert!(u.acknowledge(at(5), &a, a1).is_some());
         assert_eq!(u.next_retry(), Some(at(7)));
-        assert_eq!(id(u.due(at(7)).pop()), b1);
-        // After a reconnect every head goes at once, each keeping its
+        let due: Vec<_> = ids(&u.due(at(7)));
+        assert_eq!(due.len(), 2);
+        assert!(due.contains(&a2) && due.contains(&b1));
+        // After a reconnect everything goes at once, each queue keeping its
         // backoff (a: 4 s, b: 8 s).
-        assert_eq!(u.resend_all(at(8)).len(), 2);
+        assert_eq!(ids(&u.resend_all(at(8))), vec![a2, b1]);
         assert_eq!(u.next_retry(), Some(at(12)));
     }
 }

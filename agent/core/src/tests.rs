@@ -59,7 +59,7 @@ fn update(msg: Option<AgentToMaster>) -> (UpdateId, TaskState) {
 }
 
 #[test]
-fn updates_go_out_in_order_one_at_a_time_until_acknowledged() {
+fn updates_go_out_in_order_at_once_and_are_resent_until_acknowledged() {
     let mut a = registered();
     launch(&mut a, "t1");
     assert!(matches!(a.poll_action(), Some(Action::Launch { .. })));
@@ -79,45 +79,47 @@ fn updates_go_out_in_order_one_at_a_time_until_acknowledged() {
             exit_code: None,
         },
     );
-    // RUNNING and FINISHED wait behind the unacknowledged STARTING.
-    assert_eq!(a.poll_transmit(), None);
-    // Unacknowledged: resent after the backoff.
-    a.handle_timeout(t(2001));
-    let resent: Vec<_> = std::iter::from_fn(|| a.poll_transmit())
-        .filter(|m| !matches!(m, AgentToMaster::Heartbeat))
-        .collect();
-    assert_eq!(resent.len(), 1);
-    assert_eq!(
-        update(resent.into_iter().next()),
-        (starting, TaskState::Starting)
-    );
+    // Not held behind the unacknowledged STARTING.
+    let (running, state) = update(a.poll_transmit());
+    assert_eq!(state, TaskState::Running);
+    let (finished, state) = update(a.poll_transmit());
+    assert_eq!(state, TaskState::Finished);
+    assert_eq!(a.active_tasks(), 0);
+    // STARTING acknowledged; RUNNING and FINISHED are resent, in order,
+    // after the backoff.
     a.handle_master_message(
-        t(2002),
+        t(4),
         MasterToAgent::AcknowledgeUpdate {
             task_id: tid.clone(),
             update_id: starting,
         },
     );
-    let (running, state) = update(a.poll_transmit());
-    assert_eq!(state, TaskState::Running);
-    a.handle_master_message(
-        t(2003),
-        MasterToAgent::AcknowledgeUpdate {
-            task_id: tid.clone(),
-            update_id: running,
-        },
+    a.handle_timeout(t(2004));
+    let resent: Vec<_> = std::iter::from_fn(|| a.poll_transmit())
+        .filter(|m| !matches!(m, AgentToMaster::Heartbeat))
+        .map(|m| update(Some(m)))
+        .collect();
+    assert_eq!(
+        resent,
+        vec![
+            (running, TaskState::Running),
+            (finished, TaskState::Finished)
+        ]
     );
-    let (finished, state) = update(a.poll_transmit());
-    assert_eq!(state, TaskState::Finished);
-    assert_eq!(a.active_tasks(), 0);
+    // The end acknowledged (RUNNING's acknowledgement never came): nothing
+    // is left, and the executor may forget the task.
     a.handle_master_message(
-        t(2004),
+        t(2005),
         MasterToAgent::AcknowledgeUpdate {
             task_id: tid,
             update_id: finished,
         },
     );
     assert_eq!(a.pending_updates(), 0);
+    assert!(
+        std::iter::from_fn(|| a.poll_action()).any(|x| matches!(x, Action::Forget { .. })),
+        "the executor should be told to forget the task"
+    );
 }
 
 #[test]

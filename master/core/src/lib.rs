@@ -1428,6 +1428,25 @@ impl Master {
             ));
             return;
         }
+        // Agents send a task's updates without waiting for acknowledgements,
+        // so after a retry an older update can come after the task's end.
+        // The scheduler has been sent the end: acknowledge the stale update
+        // here rather than show the task running again.
+        if !status.state.is_terminal()
+            && self
+                .tasks
+                .get(&key)
+                .is_some_and(|t| t.agent == agent && t.state.is_terminal())
+        {
+            self.outbox.push_back(Transmit::ToAgent(
+                conn,
+                MasterToAgent::AcknowledgeUpdate {
+                    task_id: status.task_id,
+                    update_id,
+                },
+            ));
+            return;
+        }
         if let Some(task) = self.tasks.get(&key)
             && task.agent == agent
             && !task.state.is_terminal()

@@ -439,6 +439,52 @@ fn suppress_stops_offers_and_revive_brings_them_back_at_once() {
     ));
 }
 
+/// Agents send a task's updates without waiting for acknowledgements, so a
+/// retry can bring RUNNING again after the task's end: the master
+/// acknowledges it itself, and the scheduler never sees the task run again.
+#[test]
+fn an_update_older_than_the_tasks_end_is_acknowledged_not_relayed() {
+    let (mut m, _, offer) = cluster();
+    launch(&mut m, offer.id, vec![task("t1", "cpus:1;mem:512")]);
+    drain(&mut m);
+    let tid = TaskId::new("t1").expect("id");
+    let update = |update_id, state| AgentToMaster::StatusUpdate {
+        framework_id: offer.framework_id.clone(),
+        update_id: UpdateId(update_id),
+        status: TaskStatus::new(tid.clone(), state),
+    };
+    let relayed = |out: &[Transmit]| {
+        out.iter()
+            .filter_map(|x| match x {
+                Transmit::ToScheduler(SCHED, Event::Update { status, .. }) => Some(status.state),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    m.handle_agent_message(t(2), AGENT, update(1, TaskState::Running));
+    m.handle_agent_message(t(2), AGENT, update(2, TaskState::Finished));
+    assert_eq!(
+        relayed(&drain(&mut m)),
+        vec![TaskState::Running, TaskState::Finished]
+    );
+    // The agent resends both: RUNNING is answered here, the end relayed
+    // again (the scheduler has not acknowledged it).
+    m.handle_agent_message(t(2003), AGENT, update(1, TaskState::Running));
+    m.handle_agent_message(t(2003), AGENT, update(2, TaskState::Finished));
+    let out = drain(&mut m);
+    assert_eq!(relayed(&out), vec![TaskState::Finished], "{out:?}");
+    assert!(
+        out.contains(&Transmit::ToAgent(
+            AGENT,
+            MasterToAgent::AcknowledgeUpdate {
+                task_id: tid.clone(),
+                update_id: UpdateId(1),
+            }
+        )),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn unanswered_offers_are_rescinded_after_the_offer_timeout() {
     let config = MasterConfig {
