@@ -331,11 +331,10 @@ impl State {
                 }
             }
         }
-        while let Some(msg) = self.agent.poll_transmit() {
-            if let Err(e) = sender.send(&msg).await {
-                tracing::warn!(error = format!("{e:#}"), "cannot send to the master");
-                return false;
-            }
+        let msgs = std::iter::from_fn(|| self.agent.poll_transmit());
+        if let Err(e) = sender.send_many(msgs).await {
+            tracing::warn!(error = format!("{e:#}"), "cannot send to the master");
+            return false;
         }
         true
     }

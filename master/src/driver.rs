@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Frames queued for one peer before it counts as too slow and is dropped.
 const PEER_QUEUE: usize = 16 * 1024;
+/// Bytes of queued frames a peer's writer gathers into one write.
+const WRITE_BATCH: usize = 64 << 10;
 
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -425,18 +427,30 @@ async fn write_loop(
     mut send: FrameSender,
     mut rx: mpsc::Receiver<Outgoing>,
 ) {
-    while let Some(out) = rx.recv().await {
-        match out {
-            Outgoing::Frame(frame) => {
-                if send.send_raw(&frame).await.is_err() {
-                    return;
+    while let Some(first) = rx.recv().await {
+        // Whatever else is queued goes in the same write.
+        let mut frames = Vec::new();
+        let mut close = None;
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            match out {
+                Outgoing::Frame(frame) => frames.extend_from_slice(&frame),
+                Outgoing::Close(reason) => {
+                    close = Some(reason);
+                    break;
                 }
             }
-            Outgoing::Close(reason) => {
-                send.finish_and_flush(Duration::from_millis(500)).await;
-                conn.close(close::REFUSED, reason.as_bytes());
-                return;
+            if frames.len() < WRITE_BATCH {
+                next = rx.try_recv().ok();
             }
+        }
+        if !frames.is_empty() && send.send_raw(&frames).await.is_err() {
+            return;
+        }
+        if let Some(reason) = close {
+            send.finish_and_flush(Duration::from_millis(500)).await;
+            conn.close(close::REFUSED, reason.as_bytes());
+            return;
         }
     }
 }

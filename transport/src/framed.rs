@@ -14,44 +14,70 @@ pub enum RecvError {
 }
 
 /// Reads whole messages, refusing oversized or malformed frames.
+///
+/// Reads take whatever has arrived, up to [`READ_AHEAD`], and frames are
+/// cut from that: reading a header and then a body took the connection's
+/// lock twice per frame, where a busy peer's frames come many to a packet.
 #[derive(Debug)]
 pub struct FrameReceiver {
     recv: quinn::RecvStream,
     max: usize,
+    /// Bytes read and not yet taken, from `start` on.
+    buf: Vec<u8>,
+    start: usize,
 }
+
+/// The most one read takes from the stream.
+pub const READ_AHEAD: usize = 64 << 10;
 
 impl FrameReceiver {
     pub fn new(recv: quinn::RecvStream) -> Self {
         FrameReceiver {
             recv,
             max: framing::MAX_FRAME_LEN,
+            buf: Vec::new(),
+            start: 0,
         }
     }
 
-    /// The stream itself, for raw bytes after a frame.
-    pub fn inner(&mut self) -> &mut quinn::RecvStream {
-        &mut self.recv
+    /// The rest of the stream as raw bytes (an artifact after its frame):
+    /// what was read ahead, then the stream.
+    pub fn into_rest(mut self) -> impl tokio::io::AsyncRead + Unpin {
+        use tokio::io::AsyncReadExt as _;
+        let ahead = self.buf.split_off(self.start);
+        std::io::Cursor::new(ahead).chain(self.recv)
     }
 
     /// Returns the next message, `Ok(None)` at a clean end of stream.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RecvError> {
-        let mut header = [0u8; HEADER_LEN];
-        match self.recv.read_exact(&mut header).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(RecvError::Truncated),
-            Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+        loop {
+            let ahead = &self.buf[self.start..];
+            if let Some(header) = ahead.first_chunk::<HEADER_LEN>() {
+                // Checked before waiting for the body: a peer cannot make us
+                // buffer more than the limit by announcing a large frame.
+                let len = framing::body_len(*header, self.max)?;
+                if let Some(body) = ahead.get(HEADER_LEN..HEADER_LEN + len) {
+                    let msg = framing::decode_body(body);
+                    self.start += HEADER_LEN + len;
+                    if self.start == self.buf.len() {
+                        self.buf.clear();
+                        self.start = 0;
+                    }
+                    return Ok(Some(msg?));
+                }
+            }
+            match self.recv.read_chunk(READ_AHEAD, true).await? {
+                Some(chunk) => {
+                    if self.start > 0 {
+                        self.buf.drain(..self.start);
+                        self.start = 0;
+                    }
+                    self.buf.extend_from_slice(&chunk.bytes);
+                }
+                None if self.start == self.buf.len() => return Ok(None),
+                None => return Err(RecvError::Truncated),
+            }
         }
-        // Checked before allocating: a peer cannot make us reserve memory by
-        // announcing a large frame.
-        let len = framing::body_len(header, self.max)?;
-        let mut body = vec![0u8; len];
-        match self.recv.read_exact(&mut body).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(RecvError::Truncated),
-            Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
-        }
-        Ok(Some(framing::decode_body(&body)?))
     }
 }
 
@@ -69,6 +95,22 @@ impl FrameSender {
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> anyhow::Result<()> {
         let frame = framing::encode(msg)?;
         self.send_raw(&frame).await
+    }
+
+    /// Sends messages in one write: one pass through the connection's
+    /// lock for all of them rather than one each.
+    pub async fn send_many<T: Serialize>(
+        &mut self,
+        msgs: impl IntoIterator<Item = T>,
+    ) -> anyhow::Result<()> {
+        let mut frames = Vec::new();
+        for msg in msgs {
+            frames.extend_from_slice(&framing::encode(&msg)?);
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.send_raw(&frames).await
     }
 
     /// The stream itself, for raw bytes after a frame.
@@ -178,5 +220,117 @@ pub mod io {
             }
         }
         batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ALPN_AGENT, Identity, certs, client_config, server_config};
+    use tokio::io::AsyncReadExt as _;
+
+    /// A loopback QUIC connection: the client's sending half of one stream
+    /// and the server's receiving half. The endpoints and certificates
+    /// live as long as the returned guard.
+    type Guard = (
+        tempfile::TempDir,
+        quinn::Endpoint,
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::Connection,
+    );
+
+    async fn stream() -> anyhow::Result<(quinn::SendStream, FrameReceiver, Guard)> {
+        let dir = tempfile::tempdir()?;
+        certs::init(dir.path(), "test")?;
+        let master = Identity::load(dir.path(), "master")?;
+        let client = Identity::load(dir.path(), "client")?;
+        let server = quinn::Endpoint::server(
+            server_config(&master, &[ALPN_AGENT])?,
+            "127.0.0.1:0".parse()?,
+        )?;
+        let addr = server.local_addr()?;
+        let accepting = tokio::spawn({
+            let server = server.clone();
+            async move {
+                let conn = server.accept().await?.await.ok()?;
+                let (_send, recv) = conn.accept_bi().await.ok()?;
+                Some((conn, recv))
+            }
+        });
+        let client_ep = crate::client_endpoint(addr)?;
+        let conn = client_ep
+            .connect_with(
+                client_config(&client, ALPN_AGENT)?,
+                addr,
+                crate::MASTER_NAME,
+            )?
+            .await?;
+        let (mut send, _recv) = conn.open_bi().await?;
+        // A stream is announced to the peer by its first bytes.
+        send.write_all(&framing::encode(&"hello")?).await?;
+        let (server_conn, recv) = accepting
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no stream accepted"))?;
+        let mut recv = FrameReceiver::new(recv);
+        assert_eq!(recv.recv::<String>().await?.as_deref(), Some("hello"));
+        Ok((send, recv, (dir, server, client_ep, conn, server_conn)))
+    }
+
+    #[tokio::test]
+    async fn frames_are_cut_from_whatever_arrives() -> anyhow::Result<()> {
+        let (mut send, mut recv, _guard) = stream().await?;
+        // Three frames in one write, then one split across two writes.
+        let mut bytes = Vec::new();
+        for n in 0..3u32 {
+            bytes.extend(framing::encode(&n)?);
+        }
+        send.write_all(&bytes).await?;
+        let split = framing::encode(&"a frame in two parts".to_string())?;
+        send.write_all(&split[..3]).await?;
+        for n in 0..3u32 {
+            assert_eq!(recv.recv::<u32>().await?, Some(n));
+        }
+        send.write_all(&split[3..]).await?;
+        assert_eq!(
+            recv.recv::<String>().await?.as_deref(),
+            Some("a frame in two parts")
+        );
+        // A frame, then raw bytes: the rest holds exactly what followed it.
+        let mut bytes = framing::encode(&7u32)?;
+        bytes.extend_from_slice(b"raw bytes after a frame");
+        send.write_all(&bytes).await?;
+        send.finish()?;
+        assert_eq!(recv.recv::<u32>().await?, Some(7));
+        let mut rest = Vec::new();
+        recv.into_rest().read_to_end(&mut rest).await?;
+        assert_eq!(rest, b"raw bytes after a frame");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_mid_frame_or_announces_too_much_is_refused() -> anyhow::Result<()> {
+        let (mut send, mut recv, _guard) = stream().await?;
+        let frame = framing::encode(&"cut short".to_string())?;
+        send.write_all(&frame[..frame.len() - 1]).await?;
+        send.finish()?;
+        assert!(matches!(
+            recv.recv::<String>().await,
+            Err(RecvError::Truncated)
+        ));
+
+        let (mut send, mut recv, _guard) = stream().await?;
+        let too_big = u32::try_from(framing::MAX_FRAME_LEN + 1)?;
+        // Refused from the header alone, without waiting for the body.
+        send.write_all(&too_big.to_be_bytes()).await?;
+        assert!(matches!(
+            recv.recv::<String>().await,
+            Err(RecvError::Frame(_))
+        ));
+
+        let (mut send, mut recv, _guard) = stream().await?;
+        send.finish()?;
+        assert!(recv.recv::<String>().await?.is_none(), "a clean end");
+        Ok(())
     }
 }

@@ -160,7 +160,7 @@ pub async fn fetch_artifact(
         other => anyhow::bail!("unexpected answer to a fetch: {other:?}"),
     };
     store
-        .receive(digest, len, max, recv.inner())
+        .receive(digest, len, max, &mut recv.into_rest())
         .await
         .map_err(anyhow::Error::msg)
 }
@@ -194,7 +194,7 @@ pub async fn serve_artifacts(
     };
     let reply = match request {
         SideRequest::PutArtifact { digest, len } if may_upload => {
-            match store.receive(digest, len, max, recv.inner()).await {
+            match store.receive(digest, len, max, &mut recv.into_rest()).await {
                 Ok(()) => {
                     tracing::info!(%digest, len, "artifact stored");
                     SideReply::Artifact { len }
