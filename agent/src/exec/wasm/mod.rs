@@ -195,10 +195,9 @@ pub struct CompileStats {
 /// One wasmtime engine and the binaries prepared on it.
 pub struct WasmRuntime {
     engine: Engine,
-    /// Drives WASI's timers and I/O for tasks, which run on threads of
-    /// their own and block on their task's future. Tasks run async so that
-    /// one blocked in a host call (a WASI sleep, a read) can still be killed
-    /// or timed out: its future is dropped.
+    /// Drives WASI's timers and I/O for tasks run by [`WasmRuntime::run`],
+    /// which blocks its caller's thread on the task's future (tests,
+    /// benchmarks); an executor runs tasks on its own task runtime.
     io: Option<tokio::runtime::Runtime>,
     components: Linker<ComponentCtx>,
     modules: wasmtime::Linker<ModuleCtx>,
