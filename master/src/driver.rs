@@ -430,20 +430,17 @@ async fn write_loop(
     while let Some(first) = rx.recv().await {
         // Whatever else is queued goes in the same write.
         let mut frames = Vec::new();
-        let mut close = None;
         let mut next = Some(first);
-        while let Some(out) = next.take() {
-            match out {
-                Outgoing::Frame(frame) => frames.extend_from_slice(&frame),
-                Outgoing::Close(reason) => {
-                    close = Some(reason);
-                    break;
-                }
+        let close = loop {
+            match next {
+                Some(Outgoing::Frame(frame)) => frames.extend_from_slice(&frame),
+                Some(Outgoing::Close(reason)) => break Some(reason),
+                None => break None,
             }
-            if frames.len() < WRITE_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
+            next = (frames.len() < WRITE_BATCH)
+                .then(|| rx.try_recv().ok())
+                .flatten();
+        };
         if !frames.is_empty() && send.send_raw(&frames).await.is_err() {
             return;
         }

@@ -103,10 +103,7 @@ impl FrameSender {
         &mut self,
         msgs: impl IntoIterator<Item = T>,
     ) -> anyhow::Result<()> {
-        let mut frames = Vec::new();
-        for msg in msgs {
-            frames.extend_from_slice(&framing::encode(&msg)?);
-        }
+        let frames = encode_all(msgs)?;
         if frames.is_empty() {
             return Ok(());
         }
@@ -137,6 +134,15 @@ impl FrameSender {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(limit, self.send.stopped()).await;
     }
+}
+
+/// Messages framed one after another, for one write.
+fn encode_all<T: Serialize>(msgs: impl IntoIterator<Item = T>) -> Result<Vec<u8>, FrameError> {
+    let mut frames = Vec::new();
+    for msg in msgs {
+        frames.extend_from_slice(&framing::encode(&msg)?);
+    }
+    Ok(frames)
 }
 
 /// Frames over any byte stream (the agent's Unix sockets to its
@@ -192,10 +198,7 @@ pub mod io {
         writer: &mut (impl AsyncWrite + Unpin),
         msgs: impl IntoIterator<Item = &'a T>,
     ) -> anyhow::Result<()> {
-        let mut frames = Vec::new();
-        for msg in msgs {
-            frames.extend_from_slice(&framing::encode(msg)?);
-        }
+        let frames = encode_all(msgs)?;
         writer.write_all(&frames).await?;
         writer.flush().await?;
         Ok(())

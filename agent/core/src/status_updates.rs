@@ -38,7 +38,17 @@ impl Stream {
         self.queue.front().map(|(id, _)| *id)
     }
 
-    fn messages(&self) -> impl Iterator<Item = AgentToMaster> + '_ {
+    /// Every queued update, to send again now; the next retry goes into
+    /// `retries` one backoff later.
+    fn resend(
+        &mut self,
+        now: Time,
+        retries: &mut BTreeSet<(Time, UpdateId)>,
+    ) -> impl Iterator<Item = AgentToMaster> + '_ {
+        self.retry_at = now + self.backoff;
+        if let Some(oldest) = self.oldest() {
+            retries.insert((self.retry_at, oldest));
+        }
         self.queue
             .iter()
             .map(|(id, status)| message(&self.framework_id, *id, status.clone()))
@@ -157,9 +167,7 @@ impl StatusUpdates {
                 continue;
             };
             stream.backoff = (stream.backoff * 2).min(MAX_RETRY);
-            stream.retry_at = now + stream.backoff;
-            self.retries.insert((stream.retry_at, oldest));
-            out.extend(stream.messages());
+            out.extend(stream.resend(now, &mut self.retries));
         }
         out
     }
@@ -169,11 +177,7 @@ impl StatusUpdates {
         self.retries.clear();
         let mut out = Vec::new();
         for stream in self.streams.values_mut() {
-            stream.retry_at = now + stream.backoff;
-            if let Some(oldest) = stream.oldest() {
-                self.retries.insert((stream.retry_at, oldest));
-            }
-            out.extend(stream.messages());
+            out.extend(stream.resend(now, &mut self.retries));
         }
         out
     }

@@ -1419,13 +1419,7 @@ impl Master {
                     self.request_allocation(now);
                 }
             }
-            self.outbox.push_back(Transmit::ToAgent(
-                conn,
-                MasterToAgent::AcknowledgeUpdate {
-                    task_id: status.task_id,
-                    update_id,
-                },
-            ));
+            self.acknowledge_to(conn, status.task_id, update_id);
             return;
         }
         // Agents send a task's updates without waiting for acknowledgements,
@@ -1438,13 +1432,7 @@ impl Master {
                 .get(&key)
                 .is_some_and(|t| t.agent == agent && t.state.is_terminal())
         {
-            self.outbox.push_back(Transmit::ToAgent(
-                conn,
-                MasterToAgent::AcknowledgeUpdate {
-                    task_id: status.task_id,
-                    update_id,
-                },
-            ));
+            self.acknowledge_to(conn, status.task_id, update_id);
             return;
         }
         if let Some(task) = self.tasks.get(&key)
@@ -1475,13 +1463,7 @@ impl Master {
             if self.tasks.get(&key).is_some_and(|t| t.state.is_terminal()) {
                 self.tasks.remove(&key);
             }
-            self.outbox.push_back(Transmit::ToAgent(
-                conn,
-                MasterToAgent::AcknowledgeUpdate {
-                    task_id: status.task_id,
-                    update_id,
-                },
-            ));
+            self.acknowledge_to(conn, status.task_id, update_id);
         }
     }
 
@@ -1587,11 +1569,16 @@ impl Master {
             self.tasks.remove(&key);
         }
         if let Some(conn) = self.agents.get(&agent).and_then(|a| a.conn) {
-            self.outbox.push_back(Transmit::ToAgent(
-                conn,
-                MasterToAgent::AcknowledgeUpdate { task_id, update_id },
-            ));
+            self.acknowledge_to(conn, task_id, update_id);
         }
+    }
+
+    /// Tells the agent on `conn` that an update of its needs no resending.
+    fn acknowledge_to(&mut self, conn: ConnId, task_id: TaskId, update_id: UpdateId) {
+        self.outbox.push_back(Transmit::ToAgent(
+            conn,
+            MasterToAgent::AcknowledgeUpdate { task_id, update_id },
+        ));
     }
 
     fn decline(
