@@ -35,14 +35,17 @@ impl std::fmt::Debug for Ceiling {
 }
 
 impl Ceiling {
-    /// Compiles `task` (a `stoa:task` component) on a pooled engine, or on
-    /// an on-demand one when `pooled` is false.
+    /// Compiles `task` (a `stoa:task` component) on a pooled engine that
+    /// resets memory the way Stoa's does, or on an on-demand one when
+    /// `pooled` is false.
     pub fn new(task: &[u8], pooled: bool) -> wasmtime::Result<Ceiling> {
         let engine = if pooled {
+            // The pool resets memory as Stoa's does, so the comparison is
+            // of everything else.
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            super::reset_touched_pages_only(&mut pool);
             let mut config = wasmtime::Config::new();
-            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
-                Default::default(),
-            ));
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
             Engine::new(&config)?
         } else {
             Engine::default()

@@ -55,6 +55,21 @@ const KEEP_RESIDENT_MEMORY: usize = 4 << 20;
 /// Likewise for each pooled table.
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 
+/// Where the kernel can tell which pages a task touched (PAGEMAP_SCAN,
+/// Linux 6.7), a freed pool slot is reset by writing zeros over just those
+/// pages rather than by `madvise`: they stay mapped, so the next task takes
+/// no page faults and no other thread's TLB is flushed. What is beyond the
+/// kept sizes is still returned to the kernel. Without the scan, keeping
+/// pages resident would mean zeroing megabytes at every task's end, so
+/// wasmtime's default stays.
+pub(crate) fn reset_touched_pages_only(pool: &mut wasmtime::PoolingAllocationConfig) {
+    if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLE);
+    }
+}
+
 /// Store state of a component task.
 struct ComponentCtx {
     wasi: WasiCtx,
@@ -265,18 +280,7 @@ impl WasmRuntime {
             .max_tables_per_module(4)
             .table_elements(limits::MAX_TABLE_ELEMENTS)
             .max_memory_size(size.memory_per_task);
-        // Where the kernel can tell which pages a task touched (PAGEMAP_SCAN,
-        // Linux 6.7), a freed slot is reset by writing zeros over just those
-        // pages rather than by `madvise`: they stay mapped, so the next task
-        // takes no page faults and no other thread's TLB is flushed. What is
-        // beyond these sizes is still returned to the kernel. Without the
-        // scan, keeping pages resident would mean zeroing megabytes at every
-        // task's end, so the default stays.
-        if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
-            pool.pagemap_scan(wasmtime::Enabled::Yes)
-                .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
-                .table_keep_resident(KEEP_RESIDENT_TABLE);
-        }
+        reset_touched_pages_only(&mut pool);
         let mut engine_config = base_config();
         engine_config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&engine_config) {
