@@ -7,6 +7,7 @@ use crate::cgroups::{Cgroups, Limits};
 use crate::core::{Action, Agent, TaskEvent};
 use crate::exec::task_dir::TaskDir;
 use crate::executors::{Containment, Executors, FromExecutor, Launcher};
+use crate::wasm_load::WasmLoad;
 use anyhow::Context as _;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -97,7 +98,7 @@ struct State {
     chores: BTreeSet<(Instant, Chore)>,
     /// CPU and memory of each framework's running wasm tasks: what its
     /// executor's cgroup is sized to.
-    wasm_load: HashMap<FrameworkId, HashMap<TaskId, (u64, u64)>>,
+    wasm_load: WasmLoad,
     /// Executors with a [`Chore::Shrink`] pending.
     shrinking: HashSet<FrameworkId>,
     config: DriverConfig,
@@ -155,7 +156,7 @@ pub async fn run(
         fetching: HashMap::new(),
         fetched_tx,
         chores: BTreeSet::new(),
-        wasm_load: HashMap::new(),
+        wasm_load: WasmLoad::default(),
         shrinking: HashSet::new(),
         config: config.clone(),
     };
@@ -435,37 +436,26 @@ impl State {
         if task.kind.artifact().is_some() {
             let r = &task.resources;
             self.wasm_load
-                .entry(framework_id.clone())
-                .or_default()
-                .insert(task.task_id.clone(), (r.millicpus(), r.mem_mib()));
+                .add(framework_id, &task.task_id, (r.millicpus(), r.mem_mib()));
         }
     }
 
     fn resize_executor(&mut self, framework_id: &FrameworkId, shrink: bool) {
-        let total = self.wasm_load.get(framework_id).map_or((0, 0), |tasks| {
-            tasks.values().fold((0u64, 0u64), |(c, m), (tc, tm)| {
-                (c.saturating_add(*tc), m.saturating_add(*tm))
-            })
-        });
+        let total = self.wasm_load.total(framework_id);
         self.executors.resize(framework_id, total, shrink);
     }
 
     /// A task ended: its executor shrinks, its cgroup (if it had one) goes.
     fn task_ended(&mut self, framework_id: &FrameworkId, task_id: &TaskId) {
-        let removed = self
-            .wasm_load
-            .get_mut(framework_id)
-            .and_then(|tasks| tasks.remove(task_id));
-        match removed {
-            Some(_) => {
-                if self.shrinking.insert(framework_id.clone()) {
-                    let at = Instant::now() + SHRINK_AFTER;
-                    self.chores
-                        .insert((at, Chore::Shrink(framework_id.clone())));
-                }
+        if self.wasm_load.remove(framework_id, task_id) {
+            if self.shrinking.insert(framework_id.clone()) {
+                let at = Instant::now() + SHRINK_AFTER;
+                self.chores
+                    .insert((at, Chore::Shrink(framework_id.clone())));
             }
+        } else {
             // Only native tasks have cgroups of their own.
-            None => self.remove_cgroup(framework_id.as_str(), &task_leaf(task_id)),
+            self.remove_cgroup(framework_id.as_str(), &task_leaf(task_id));
         }
     }
 

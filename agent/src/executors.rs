@@ -147,23 +147,28 @@ impl Executors {
             .saturating_add(containment.overhead_mem_mib)
             .saturating_mul(1 << 20);
         let cpu = millicpus.saturating_add(containment.overhead_millicpus);
-        let cgroup = containment.cgroups.open(framework.as_str(), leaf);
         // Made with its first limits (`contain`); recorded again only once
         // written, so a failed write is tried again at the next change.
-        let written = match self.applied.get(leaf) {
-            Some(applied) => match next_limits(*applied, cpu, mem, shrink) {
-                Some(limits) => cgroup.change_limits(applied, &limits).map(|()| limits),
+        // Most launches change nothing, and find that out before any path
+        // is built.
+        let applied = self.applied.get(leaf).copied();
+        let limits = match applied {
+            Some(applied) => match next_limits(applied, cpu, mem, shrink) {
+                Some(limits) => limits,
                 None => return,
             },
-            None => {
-                let limits = Limits {
-                    millicpus: cpu,
-                    mem_bytes: mem,
-                    max_pids: None,
-                };
-                cgroup.set_limits(&limits).map(|()| limits)
-            }
+            None => Limits {
+                millicpus: cpu,
+                mem_bytes: mem,
+                max_pids: None,
+            },
         };
+        let cgroup = containment.cgroups.open(framework.as_str(), leaf);
+        let written = match &applied {
+            Some(applied) => cgroup.change_limits(applied, &limits),
+            None => cgroup.set_limits(&limits),
+        }
+        .map(|()| limits);
         match written {
             Ok(limits) => {
                 self.applied.insert(leaf.clone(), limits);

@@ -12,3 +12,4 @@ pub mod driver;
 pub mod exec;
 pub mod executor;
 pub mod executors;
+pub mod wasm_load;

@@ -13,10 +13,10 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stoa_agent::exec::wasm::ceiling::Ceiling;
-use stoa_client::{ClientConfig, SchedulerSession};
+use stoa_client::{ClientConfig, PendingAcks, SchedulerSession};
 use stoa_proto::{
-    Artifact, Call, Digest, Event, FrameworkInfo, Offer, Operation, Resources, TaskId, TaskInfo,
-    TaskKind, TaskLimits, TaskState, TaskStatus,
+    Artifact, Call, Digest, Event, FrameworkInfo, Offer, OfferId, Operation, Resources, TaskId,
+    TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus,
 };
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +125,8 @@ async fn measure(
         digest,
         resources: a.task_resources.clone(),
         next: 0,
+        calls: Vec::new(),
+        acks: PendingAcks::default(),
         held: Vec::new(),
     };
 
@@ -161,6 +163,9 @@ struct Bench<'a> {
     digest: Digest,
     resources: Resources,
     next: u64,
+    /// Calls made since the last wait, sent before the next.
+    calls: Vec<Call>,
+    acks: PendingAcks,
     /// Offers that arrived while waiting for something else: kept for the
     /// next launch, never left unanswered (an unanswered offer holds its
     /// resources).
@@ -182,21 +187,26 @@ impl Bench<'_> {
         })
     }
 
-    /// The next event, with updates acknowledged.
+    /// The next event, with updates acknowledged. Events that have
+    /// already arrived are taken first; only before waiting for more do the
+    /// calls made since go out, in one write, with one acknowledgement per
+    /// task (as the client's driver does).
     async fn event(&mut self) -> anyhow::Result<Event> {
-        let event = tokio::time::timeout(Duration::from_secs(60), self.session.next_event())
-            .await
-            .context("no event from the master for 60 s")??
-            .context("the master closed the connection")?;
-        if let Event::Update {
-            status,
-            ack: Some(update_id),
-        } = &event
-            && let Some(agent_id) = &status.agent_id
-        {
-            self.session
-                .acknowledge(agent_id.clone(), status.task_id.clone(), *update_id)
-                .await?;
+        let event = match self.session.ready_event()? {
+            Some(event) => event,
+            None => {
+                let calls = std::mem::take(&mut self.calls);
+                self.session
+                    .calls(calls.into_iter().chain(self.acks.take()))
+                    .await?;
+                tokio::time::timeout(Duration::from_secs(60), self.session.next_event())
+                    .await
+                    .context("no event from the master for 60 s")??
+                    .context("the master closed the connection")?
+            }
+        };
+        if let Event::Update { status, ack } = &event {
+            self.acks.note(status, *ack);
         }
         if let Event::Error { message } = &event {
             bail!("the master refused a call: {message}");
@@ -217,14 +227,19 @@ impl Bench<'_> {
         Ok(std::mem::take(&mut self.held))
     }
 
-    async fn launch(&mut self, offer: &Offer, tasks: Vec<TaskInfo>) -> anyhow::Result<()> {
-        self.session
-            .call(&Call::Accept {
-                offer_ids: vec![offer.id],
-                operations: vec![Operation::Launch { tasks }],
-                refuse_ms: Some(0),
-            })
-            .await
+    fn launch(&mut self, offer: &Offer, tasks: Vec<TaskInfo>) {
+        self.calls.push(Call::Accept {
+            offer_ids: vec![offer.id],
+            operations: vec![Operation::Launch { tasks }],
+            refuse_ms: Some(0),
+        });
+    }
+
+    fn decline(&mut self, offer_ids: Vec<OfferId>) {
+        self.calls.push(Call::Decline {
+            offer_ids,
+            refuse_ms: Some(0),
+        });
     }
 
     /// Launches one task and returns ACCEPT → RUNNING; waits for its end.
@@ -233,10 +248,9 @@ impl Bench<'_> {
         let task = self.task()?;
         let id = task.task_id.clone();
         let sent = Instant::now();
-        self.launch(&offers[0], vec![task]).await?;
+        self.launch(&offers[0], vec![task]);
         if offers.len() > 1 {
-            let rest = offers[1..].iter().map(|o| o.id).collect();
-            self.session.decline(rest, Some(0)).await?;
+            self.decline(offers[1..].iter().map(|o| o.id).collect());
         }
         let mut running = None;
         loop {
@@ -285,9 +299,9 @@ impl Bench<'_> {
                         }
                         launched += tasks.len();
                         if tasks.is_empty() {
-                            self.session.decline(vec![offer.id], Some(0)).await?;
+                            self.decline(vec![offer.id]);
                         } else {
-                            self.launch(&offer, tasks).await?;
+                            self.launch(&offer, tasks);
                         }
                     }
                 }

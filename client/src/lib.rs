@@ -6,8 +6,10 @@
 //! [`SchedulerSession::next_event`], send [`Call`]s with
 //! [`SchedulerSession::call`].
 
+pub mod acks;
 pub mod scheduler;
 
+pub use acks::PendingAcks;
 pub use scheduler::{Calls, DriverOptions, Scheduler};
 
 use anyhow::{Context as _, bail};
@@ -114,9 +116,25 @@ impl SchedulerSession {
         }
     }
 
+    /// The next event if it has already arrived, without waiting: handle
+    /// a burst of events before answering them (see [`PendingAcks`]).
+    pub fn ready_event(&mut self) -> anyhow::Result<Option<Event>> {
+        self.receiver
+            .try_recv::<Event>()
+            .context("bad data from the master")
+    }
+
     pub async fn call(&mut self, call: &Call) -> anyhow::Result<()> {
         self.sender
             .send(call)
+            .await
+            .context("cannot send a call to the master")
+    }
+
+    /// Sends calls in one write.
+    pub async fn calls(&mut self, calls: impl IntoIterator<Item = Call>) -> anyhow::Result<()> {
+        self.sender
+            .send_many(calls)
             .await
             .context("cannot send a call to the master")
     }

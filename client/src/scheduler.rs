@@ -6,7 +6,7 @@
 //! component (the agent's component host implements it), and the simulator
 //! drives it without any network.
 
-use crate::{ClientConfig, SchedulerSession};
+use crate::{ClientConfig, PendingAcks, SchedulerSession};
 use anyhow::bail;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,6 +58,8 @@ pub struct Calls {
     cancelled: Vec<u64>,
     next_timer: u64,
     done: bool,
+    /// The driver's implicit acknowledgements, sent after the calls.
+    implicit_acks: PendingAcks,
 }
 
 impl Calls {
@@ -150,7 +152,9 @@ impl Calls {
     /// The calls made so far, leaving none (for hosts without a network,
     /// such as the simulator).
     pub fn take_calls(&mut self) -> Vec<Call> {
-        std::mem::take(&mut self.calls)
+        let mut calls = std::mem::take(&mut self.calls);
+        calls.extend(self.implicit_acks.take());
+        calls
     }
 
     pub fn is_done(&self) -> bool {
@@ -226,7 +230,7 @@ pub async fn run(
                     continue;
                 }
             };
-            let event = match event {
+            let mut event = match event {
                 Ok(Ok(Some(event))) => event,
                 Ok(Ok(None)) => {
                     tracing::warn!("the master closed the connection; subscribing again");
@@ -244,42 +248,75 @@ pub async fn run(
                     break;
                 }
             };
-            match event {
-                Event::Subscribed {
-                    heartbeat_interval_ms,
-                    ..
-                } => {
-                    silence = Duration::from_millis(heartbeat_interval_ms) * MISSED_HEARTBEATS;
-                }
-                Event::Heartbeat => {}
-                Event::Offers { offers } => scheduler.offers(&mut calls, offers),
-                Event::Rescind { offer_id } => scheduler.rescind(&mut calls, offer_id),
-                Event::Update { status, ack } => {
-                    scheduler.update(&mut calls, &status, ack);
-                    if options.implicit_acks
-                        && let (Some(update_id), Some(agent_id)) = (ack, status.agent_id.clone())
-                    {
-                        calls.acknowledge(agent_id, status.task_id.clone(), update_id);
+            // Every event that has already arrived is handled before the
+            // calls go out, so a burst is answered in one write and a
+            // task's updates in it with one acknowledgement.
+            let lost = loop {
+                handle(
+                    event,
+                    &framework_id,
+                    scheduler,
+                    &mut calls,
+                    &options,
+                    &mut silence,
+                )?;
+                match session.ready_event() {
+                    Ok(Some(next)) => event = next,
+                    Ok(None) => break false,
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "subscribing again");
+                        break true;
                     }
                 }
-                Event::Failure { agent_id } => scheduler.failure(&mut calls, &agent_id),
-                Event::Message { from, data } => {
-                    scheduler.message(&mut calls, from.as_ref(), &data)
-                }
-                Event::Submitted { .. } | Event::Delivered => {
-                    tracing::warn!(
-                        "ignoring an answer to SUBMIT or SEND_MESSAGE on a subscribed connection"
-                    );
-                }
-                Event::Error { message } => {
-                    if message == stoa_proto::messages::FAILED_OVER {
-                        bail!("another scheduler took framework {framework_id} over");
-                    }
-                    scheduler.error(&mut calls, &message);
-                }
+            };
+            if lost {
+                break;
             }
         }
     }
+}
+
+/// Hands one event to the scheduler. Errs when the framework was taken
+/// over by another scheduler.
+fn handle(
+    event: Event,
+    framework_id: &FrameworkId,
+    scheduler: &mut dyn Scheduler,
+    calls: &mut Calls,
+    options: &DriverOptions,
+    silence: &mut Duration,
+) -> anyhow::Result<()> {
+    match event {
+        Event::Subscribed {
+            heartbeat_interval_ms,
+            framework_id: _,
+        } => {
+            *silence = Duration::from_millis(heartbeat_interval_ms) * MISSED_HEARTBEATS;
+        }
+        Event::Heartbeat => {}
+        Event::Offers { offers } => scheduler.offers(calls, offers),
+        Event::Rescind { offer_id } => scheduler.rescind(calls, offer_id),
+        Event::Update { status, ack } => {
+            scheduler.update(calls, &status, ack);
+            if options.implicit_acks {
+                calls.implicit_acks.note(&status, ack);
+            }
+        }
+        Event::Failure { agent_id } => scheduler.failure(calls, &agent_id),
+        Event::Message { from, data } => scheduler.message(calls, from.as_ref(), &data),
+        Event::Submitted { .. } | Event::Delivered => {
+            tracing::warn!(
+                "ignoring an answer to SUBMIT or SEND_MESSAGE on a subscribed connection"
+            );
+        }
+        Event::Error { message } => {
+            if message == stoa_proto::messages::FAILED_OVER {
+                bail!("another scheduler took framework {framework_id} over");
+            }
+            scheduler.error(calls, &message);
+        }
+    }
+    Ok(())
 }
 
 /// Subscribes, retrying with backoff while the master is unreachable.
@@ -318,18 +355,16 @@ async fn flush(
     for id in calls.cancelled.drain(..) {
         timers.remove(&id);
     }
-    for call in calls.calls.drain(..) {
-        let teardown = matches!(call, Call::Teardown);
-        if let Err(e) = session.call(&call).await {
-            tracing::warn!(error = format!("{e:#}"), "cannot send a call");
-            return false;
-        }
-        if teardown {
-            // The master closes the connection once the framework is gone:
-            // a call after TEARDOWN can only fail, and failing here would
-            // send the driver back to subscribe to a torn-down framework.
-            break;
-        }
+    // The master closes the connection once the framework is gone: a call
+    // after TEARDOWN can only fail, and failing here would send the driver
+    // back to subscribe to a torn-down framework.
+    let mut pending = calls.take_calls();
+    if let Some(i) = pending.iter().position(|c| matches!(c, Call::Teardown)) {
+        pending.truncate(i + 1);
+    }
+    if let Err(e) = session.calls(pending).await {
+        tracing::warn!(error = format!("{e:#}"), "cannot send a call");
+        return false;
     }
     true
 }

@@ -1,6 +1,7 @@
 //! Length-prefixed postcard frames over a QUIC stream.
 
 use serde::{Serialize, de::DeserializeOwned};
+use std::future::Future as _;
 use stoa_proto::framing::{self, FrameError, HEADER_LEN};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,32 +52,77 @@ impl FrameReceiver {
     /// Returns the next message, `Ok(None)` at a clean end of stream.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RecvError> {
         loop {
-            let ahead = &self.buf[self.start..];
-            if let Some(header) = ahead.first_chunk::<HEADER_LEN>() {
-                // Checked before waiting for the body: a peer cannot make us
-                // buffer more than the limit by announcing a large frame.
-                let len = framing::body_len(*header, self.max)?;
-                if let Some(body) = ahead.get(HEADER_LEN..HEADER_LEN + len) {
-                    let msg = framing::decode_body(body);
-                    self.start += HEADER_LEN + len;
-                    if self.start == self.buf.len() {
-                        self.buf.clear();
-                        self.start = 0;
-                    }
-                    return Ok(Some(msg?));
-                }
+            if let Some(msg) = self.buffered()? {
+                return Ok(Some(msg));
             }
-            match self.recv.read_chunk(READ_AHEAD, true).await? {
-                Some(chunk) => {
-                    if self.start > 0 {
-                        self.buf.drain(..self.start);
-                        self.start = 0;
-                    }
-                    self.buf.extend_from_slice(&chunk.bytes);
-                }
-                None if self.start == self.buf.len() => return Ok(None),
-                None => return Err(RecvError::Truncated),
+            let chunk = self.recv.read_chunk(READ_AHEAD, true).await?;
+            if !self.append(chunk)? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// The next message if it has already arrived, without waiting: for a
+    /// reader that handles a burst of messages before it answers them.
+    /// `Ok(None)` when nothing whole is there yet (or the stream ended;
+    /// [`FrameReceiver::recv`] then says which).
+    pub fn try_recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RecvError> {
+        loop {
+            if let Some(msg) = self.buffered()? {
+                return Ok(Some(msg));
+            }
+            // One poll with a waker that does nothing: quinn keeps the
+            // latest waker of a blocked reader, and the next `recv` (the
+            // only way to wait on this stream) polls with the real one.
+            let polled = {
+                let mut read = std::pin::pin!(self.recv.read_chunk(READ_AHEAD, true));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                read.as_mut().poll(&mut cx)
+            };
+            match polled {
+                std::task::Poll::Ready(Ok(Some(chunk))) => {
+                    self.append(Some(chunk))?;
+                }
+                std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+                std::task::Poll::Ready(Ok(None)) | std::task::Poll::Pending => return Ok(None),
+            }
+        }
+    }
+
+    /// Cuts the next whole frame from what was read.
+    fn buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, RecvError> {
+        let ahead = &self.buf[self.start..];
+        let Some(header) = ahead.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        // Checked before waiting for the body: a peer cannot make us
+        // buffer more than the limit by announcing a large frame.
+        let len = framing::body_len(*header, self.max)?;
+        let Some(body) = ahead.get(HEADER_LEN..HEADER_LEN + len) else {
+            return Ok(None);
+        };
+        let msg = framing::decode_body(body);
+        self.start += HEADER_LEN + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(msg?))
+    }
+
+    /// Keeps a chunk read from the stream; false at a clean end of stream.
+    fn append(&mut self, chunk: Option<quinn::Chunk>) -> Result<bool, RecvError> {
+        match chunk {
+            Some(chunk) => {
+                if self.start > 0 {
+                    self.buf.drain(..self.start);
+                    self.start = 0;
+                }
+                self.buf.extend_from_slice(&chunk.bytes);
+                Ok(true)
+            }
+            None if self.start == self.buf.len() => Ok(false),
+            None => Err(RecvError::Truncated),
         }
     }
 }
@@ -278,6 +324,28 @@ mod tests {
         let mut recv = FrameReceiver::new(recv);
         assert_eq!(recv.recv::<String>().await?.as_deref(), Some("hello"));
         Ok((send, recv, (dir, server, client_ep, conn, server_conn)))
+    }
+
+    #[tokio::test]
+    async fn try_recv_takes_what_has_arrived_and_never_waits() -> anyhow::Result<()> {
+        let (mut send, mut recv, _guard) = stream().await?;
+        assert_eq!(recv.try_recv::<u32>()?, None, "nothing sent yet");
+        let mut bytes = Vec::new();
+        for n in 0..3u32 {
+            bytes.extend(framing::encode(&n)?);
+        }
+        let split = framing::encode(&4u32)?;
+        bytes.extend_from_slice(&split[..2]);
+        send.write_all(&bytes).await?;
+        // The first waits for the write to arrive; the rest are there.
+        assert_eq!(recv.recv::<u32>().await?, Some(0));
+        assert_eq!(recv.try_recv::<u32>()?, Some(1));
+        assert_eq!(recv.try_recv::<u32>()?, Some(2));
+        assert_eq!(recv.try_recv::<u32>()?, None, "half a frame is not a frame");
+        // After a `None`, `recv` still wakes for what comes next.
+        send.write_all(&split[2..]).await?;
+        assert_eq!(recv.recv::<u32>().await?, Some(4));
+        Ok(())
     }
 
     #[tokio::test]
