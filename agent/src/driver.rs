@@ -7,6 +7,7 @@ use crate::cgroups::{Cgroups, Limits};
 use crate::core::{Action, Agent, TaskEvent};
 use crate::exec::task_dir::TaskDir;
 use crate::executors::{Containment, Executors, FromExecutor, Launcher};
+use crate::sandbox_gc::SandboxGc;
 use crate::wasm_load::WasmLoad;
 use anyhow::Context as _;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -36,6 +37,8 @@ pub struct DriverConfig {
     pub executor: Launcher,
     /// How long a finished task's directory (sandbox and logs) is kept.
     pub gc_delay: Duration,
+    /// Most finished tasks' directories kept; past it the oldest go first.
+    pub gc_max_dirs: usize,
     /// How long an executor without tasks is kept for the next launch.
     pub executor_idle: Duration,
     /// Largest artifact fetched from the master.
@@ -67,6 +70,11 @@ impl WorkDir {
     pub fn compiled(&self) -> PathBuf {
         self.0.join("compiled")
     }
+    /// Task directories on their way out: moved here at once, removed
+    /// off the loop.
+    pub fn trash(&self) -> PathBuf {
+        self.0.join("trash")
+    }
     pub fn task(&self, framework: &FrameworkId, task: &stoa_proto::TaskId) -> PathBuf {
         self.tasks().join(framework.as_str()).join(task.as_str())
     }
@@ -75,7 +83,6 @@ impl WorkDir {
 /// Work done later.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Chore {
-    RemoveDir(PathBuf),
     StopIfIdle(FrameworkId),
     /// Lets an executor's cgroup come down to what its tasks still need.
     Shrink(FrameworkId),
@@ -96,6 +103,12 @@ struct State {
     fetching: HashMap<Digest, Vec<(FrameworkId, Box<TaskInfo>)>>,
     fetched_tx: mpsc::UnboundedSender<(Digest, Result<(), String>)>,
     chores: BTreeSet<(Instant, Chore)>,
+    gc: SandboxGc,
+    /// Names for directories moved to the trash: unique across restarts.
+    trashed: (u128, u64),
+    /// When each framework's executor may be stopped if it has no tasks
+    /// by then; a [`Chore::StopIfIdle`] is pending for each entry.
+    idle_at: HashMap<FrameworkId, Instant>,
     /// CPU and memory of each framework's running wasm tasks: what its
     /// executor's cgroup is sized to.
     wasm_load: WasmLoad,
@@ -156,6 +169,14 @@ pub async fn run(
         fetching: HashMap::new(),
         fetched_tx,
         chores: BTreeSet::new(),
+        gc: SandboxGc::new(config.gc_delay, config.gc_max_dirs),
+        trashed: (
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            0,
+        ),
+        idle_at: HashMap::new(),
         wasm_load: WasmLoad::default(),
         shrinking: HashSet::new(),
         config: config.clone(),
@@ -233,7 +254,10 @@ pub async fn run(
                 .agent
                 .poll_timeout()
                 .map(|t| start + Duration::from_micros(t.as_micros()));
-            let chore_at = state.chores.first().map(|(t, _)| *t);
+            let chore_at = [state.chores.first().map(|(t, _)| *t), state.gc.next_due()]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 msg = msgs_rx.recv() => match msg {
                     Some(msg) => state.agent.handle_master_message(now(), msg),
@@ -322,13 +346,8 @@ impl State {
                         );
                     }
                     let now = Instant::now();
-                    let dir = self.layout.task(&framework_id, &task_id);
-                    self.chores
-                        .insert((now + self.config.gc_delay, Chore::RemoveDir(dir)));
-                    self.chores.insert((
-                        now + self.config.executor_idle,
-                        Chore::StopIfIdle(framework_id),
-                    ));
+                    self.gc.finished(now, framework_id.clone(), task_id);
+                    self.stop_if_idle_at(framework_id, now + self.config.executor_idle);
                 }
             }
         }
@@ -595,23 +614,19 @@ impl State {
                 break;
             };
             match chore {
-                Chore::RemoveDir(dir) => {
-                    let active = self
-                        .agent
-                        .tasks()
-                        .any(|(f, t, _)| self.layout.task(f, t) == dir);
-                    if !active && dir.exists() {
-                        tracing::debug!(dir = %dir.display(), "collecting a task directory");
-                        if let Err(e) = std::fs::remove_dir_all(&dir) {
-                            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task directory");
-                        }
-                    }
-                }
                 Chore::Shrink(framework_id) => {
                     self.shrinking.remove(&framework_id);
                     self.resize_executor(&framework_id, true);
                 }
                 Chore::StopIfIdle(framework_id) => {
+                    // Put off while tasks kept ending: check again then.
+                    match self.idle_at.get(&framework_id) {
+                        Some(at) if *at > now => {
+                            self.chores.insert((*at, Chore::StopIfIdle(framework_id)));
+                            continue;
+                        }
+                        _ => self.idle_at.remove(&framework_id),
+                    };
                     if !self.agent.tasks().any(|(f, _, _)| *f == framework_id) {
                         tracing::info!(framework = %framework_id, "stopping an idle executor");
                         self.executors.shut_down(&framework_id);
@@ -619,24 +634,87 @@ impl State {
                 }
             }
         }
+        self.collect_dirs(now);
+    }
+
+    /// Asks for `framework`'s executor to be stopped at `at` if it has no
+    /// tasks by then; one chore per framework, however many tasks end.
+    fn stop_if_idle_at(&mut self, framework: FrameworkId, at: Instant) {
+        if self.idle_at.insert(framework.clone(), at).is_none() {
+            self.chores.insert((at, Chore::StopIfIdle(framework)));
+        }
+    }
+
+    /// Removes the task directories the collector says are due. Each is
+    /// moved to the trash here, on the loop, so that a task launched again
+    /// under the same id (its launch goes out after this) gets a fresh
+    /// directory that nothing removes; the deleting happens off the loop.
+    fn collect_dirs(&mut self, now: Instant) {
+        let mut trash = Vec::new();
+        for (framework_id, task_id) in self.gc.due(now) {
+            if self.agent.knows(&framework_id, &task_id) {
+                // Launched again since; collected when it is forgotten.
+                continue;
+            }
+            let dir = self.layout.task(&framework_id, &task_id);
+            self.trashed.1 += 1;
+            let to = self
+                .layout
+                .trash()
+                .join(format!("{}-{}", self.trashed.0, self.trashed.1));
+            match std::fs::rename(&dir, &to) {
+                Ok(()) => trash.push(to),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task directory");
+                }
+            }
+        }
+        if !trash.is_empty() {
+            tokio::task::spawn_blocking(move || {
+                for dir in trash {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task directory");
+                    }
+                }
+            });
+        }
     }
 
     /// Task directories left by an earlier agent process whose tasks are
-    /// not running: collected `gc_delay` after they were last written.
+    /// not running: collected `gc_delay` after they were last written (or
+    /// sooner, past the count), and what an earlier process left in the
+    /// trash.
     fn schedule_old_dirs(&mut self, live: &BTreeSet<(FrameworkId, stoa_proto::TaskId)>) {
         let now_sys = std::time::SystemTime::now();
-        let now = Instant::now();
-        for (framework_id, task_id, dir) in task_dirs(&self.layout.tasks()) {
-            if live.contains(&(framework_id, task_id)) {
-                continue;
-            }
-            let age = std::fs::metadata(&dir)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now_sys.duration_since(t).ok())
-                .unwrap_or_default();
-            let wait = self.config.gc_delay.saturating_sub(age);
-            self.chores.insert((now + wait, Chore::RemoveDir(dir)));
+        let old = task_dirs(&self.layout.tasks())
+            .into_iter()
+            .filter(|(f, t, _)| !live.contains(&(f.clone(), t.clone())))
+            .map(|(f, t, dir)| {
+                let age = std::fs::metadata(&dir)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| now_sys.duration_since(t).ok())
+                    .unwrap_or_default();
+                (f, t, age)
+            });
+        self.gc.left_behind(Instant::now(), old);
+        let trash = self.layout.trash();
+        if let Err(e) = std::fs::create_dir_all(&trash) {
+            tracing::warn!(dir = %trash.display(), error = %e, "cannot make the trash directory");
+        }
+        let left: Vec<PathBuf> = std::fs::read_dir(&trash)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        if !left.is_empty() {
+            tokio::task::spawn_blocking(move || {
+                for dir in left {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            });
         }
     }
 }

@@ -12,4 +12,5 @@ pub mod driver;
 pub mod exec;
 pub mod executor;
 pub mod executors;
+pub mod sandbox_gc;
 pub mod wasm_load;

@@ -129,6 +129,11 @@ struct AgentArgs {
     /// Seconds a finished task's directory (sandbox and logs) is kept.
     #[arg(long, default_value_t = 3600)]
     gc_delay: u64,
+    /// Most finished tasks' directories kept: past it the oldest are
+    /// removed before their delay is up, so a framework running thousands
+    /// of short tasks cannot fill the disk.
+    #[arg(long, default_value_t = 10_000)]
+    gc_max_dirs: usize,
     /// Seconds an executor without tasks is kept for the next launch.
     #[arg(long, default_value_t = 60)]
     executor_idle: u64,
@@ -346,6 +351,7 @@ fn main() -> anyhow::Result<()> {
                     work_dir: a.work_dir,
                     executor,
                     gc_delay: Duration::from_secs(a.gc_delay),
+                    gc_max_dirs: a.gc_max_dirs,
                     executor_idle: Duration::from_secs(a.executor_idle),
                     max_artifact: a.max_artifact_mib << 20,
                     cgroups,

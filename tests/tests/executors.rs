@@ -172,6 +172,16 @@ fn artifacts_are_uploaded_once_and_fetched_by_agents() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits up to 15 s for `done`, failing with `what` if it never holds.
+async fn eventually(done: impl Fn() -> bool, what: impl Fn() -> String) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !done() {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(15), "{}", what());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 fn hex(d: Digest) -> String {
     d.to_string().trim_start_matches("sha256:").to_string()
 }
@@ -215,15 +225,66 @@ fn logs_can_be_read_and_followed_and_sandboxes_are_collected() -> anyhow::Result
                 .join(fw.id().as_str())
                 .join("echo");
             assert!(dir.join("stdout").is_file());
-            let start = Instant::now();
-            while dir.exists() {
-                anyhow::ensure!(
-                    start.elapsed() < Duration::from_secs(15),
-                    "{} was not collected",
-                    dir.display()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            eventually(
+                || !dir.exists(),
+                || format!("{} was not collected", dir.display()),
+            )
+            .await?;
+            fw.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
+
+#[test]
+fn past_the_count_the_oldest_finished_sandboxes_go_first() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(1, AGENT_RESOURCES)?;
+    cluster.restart_agent(1, &["--gc-max-dirs", "3"])?;
+    let cli = Artifact::inline(cli_component_wasm()?);
+    runtime()?
+        .block_on(async {
+            let mut fw = TestFramework::subscribe(&cluster.client(), "collected").await?;
+            let tasks_dir = cluster.agent_dir(1).join("tasks").join(fw.id().as_str());
+            let kept = || -> Vec<String> {
+                let mut names: Vec<String> = std::fs::read_dir(&tasks_dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    // The executor's spare directories, not tasks'.
+                    .filter(|name| !name.starts_with('.'))
+                    .collect();
+                names.sort();
+                names
+            };
+            // Two rounds, so that which directories are older is certain.
+            for round in [0..5, 5..8] {
+                let ids: Vec<String> = round.map(|n| format!("echo{n}")).collect();
+                fw.launch_all(
+                    ids.iter()
+                        .map(|id| task(id, cli.clone(), "", &["echo", id]))
+                        .collect(),
+                )
+                .await?;
+                for id in &ids {
+                    fw.wait_for(id, TaskState::Finished).await?;
+                }
+                eventually(
+                    || kept().len() <= 3,
+                    || format!("more than three sandboxes kept: {:?}", kept()),
+                )
+                .await?;
             }
+            assert_eq!(kept(), ["echo5", "echo6", "echo7"]);
+            // What was collected is deleted, not just moved aside.
+            let trash = cluster.agent_dir(1).join("trash");
+            eventually(
+                || std::fs::read_dir(&trash).is_ok_and(|mut d| d.next().is_none()),
+                || "the trash was not emptied".to_string(),
+            )
+            .await?;
+            let logs = cluster.stoa(&["logs", "echo7"])?;
+            let out = String::from_utf8(logs.stdout)?;
+            assert!(out.starts_with("echo7"), "{out}");
             fw.teardown().await
         })
         .map_err(|e| e.context(cluster.logs()))

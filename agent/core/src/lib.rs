@@ -356,6 +356,12 @@ impl Agent {
             .is_none_or(|t| t.state.is_terminal())
     }
 
+    /// Whether the agent still knows a task, in any state.
+    pub fn knows(&self, framework_id: &FrameworkId, task_id: &TaskId) -> bool {
+        self.tasks
+            .contains_key(&(framework_id.clone(), task_id.clone()))
+    }
+
     /// Tasks the agent knows, with their states (for operators and tests).
     pub fn tasks(&self) -> impl Iterator<Item = (&FrameworkId, &TaskId, TaskState)> {
         self.tasks.iter().map(|((f, t), r)| (f, t, r.state))
