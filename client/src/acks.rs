@@ -1,5 +1,6 @@
 //! Acknowledgements gathered over a burst of events and sent as one call
-//! per task.
+//! per task: what the client's driver does with every acknowledgement,
+//! implicit or made by the scheduler.
 //!
 //! An acknowledgement covers every earlier update of its task: the agent
 //! stops resending all of them. A scheduler that reads a short task's
@@ -19,19 +20,27 @@ pub struct PendingAcks {
 }
 
 impl PendingAcks {
-    /// Notes an update delivered with `ack`: it replaces the task's earlier
-    /// pending one, which it covers. Updates that need no acknowledgement
-    /// (reconciliation answers, the master's own) are ignored.
+    /// Notes an update delivered with `ack`. Updates that need no
+    /// acknowledgement (reconciliation answers, the master's own) are
+    /// ignored.
     pub fn note(&mut self, status: &TaskStatus, ack: Option<UpdateId>) {
-        let (Some(update_id), Some(agent_id)) = (ack, &status.agent_id) else {
-            return;
-        };
-        match self.latest.get(&status.task_id) {
-            Some(&i) => self.acks[i] = (agent_id.clone(), status.task_id.clone(), update_id),
+        if let (Some(update_id), Some(agent_id)) = (ack, &status.agent_id) {
+            self.add(agent_id.clone(), status.task_id.clone(), update_id);
+        }
+    }
+
+    /// Notes an acknowledgement. Agents number their updates in order, so
+    /// the task's highest pending id covers the others and is the one kept.
+    pub fn add(&mut self, agent_id: AgentId, task_id: TaskId, update_id: UpdateId) {
+        match self.latest.get(&task_id) {
+            Some(&i) => {
+                if update_id.0 >= self.acks[i].2.0 {
+                    self.acks[i] = (agent_id, task_id, update_id);
+                }
+            }
             None => {
-                self.latest.insert(status.task_id.clone(), self.acks.len());
-                self.acks
-                    .push((agent_id.clone(), status.task_id.clone(), update_id));
+                self.latest.insert(task_id.clone(), self.acks.len());
+                self.acks.push((agent_id, task_id, update_id));
             }
         }
     }
@@ -90,6 +99,11 @@ mod tests {
         assert!(acks.is_empty());
         acks.note(&update("t1", TaskState::Running)?, Some(UpdateId(4)));
         assert_eq!(acked(acks.take()), [("t1".to_string(), 4)]);
+        // Acknowledged out of order: the higher id still covers both.
+        let (a1, t1) = (AgentId::new("a1")?, TaskId::new("t1")?);
+        acks.add(a1.clone(), t1.clone(), UpdateId(9));
+        acks.add(a1, t1, UpdateId(8));
+        assert_eq!(acked(acks.take()), [("t1".to_string(), 9)]);
         Ok(())
     }
 }

@@ -58,8 +58,8 @@ pub struct Calls {
     cancelled: Vec<u64>,
     next_timer: u64,
     done: bool,
-    /// The driver's implicit acknowledgements, sent after the calls.
-    implicit_acks: PendingAcks,
+    /// Acknowledgements, one per task, sent before the other calls.
+    acks: PendingAcks,
 }
 
 impl Calls {
@@ -118,12 +118,10 @@ impl Calls {
         self.call(Call::Message { task_id, data });
     }
 
+    /// ACKNOWLEDGE an update. Several of one task's made before the calls
+    /// go out are sent as one: the latest covers the earlier ones.
     pub fn acknowledge(&mut self, agent_id: AgentId, task_id: TaskId, update_id: UpdateId) {
-        self.call(Call::Acknowledge {
-            agent_id,
-            task_id,
-            update_id,
-        });
+        self.acks.add(agent_id, task_id, update_id);
     }
 
     /// Fires [`Scheduler::timer`] with the returned id after `delay`.
@@ -152,8 +150,8 @@ impl Calls {
     /// The calls made so far, leaving none (for hosts without a network,
     /// such as the simulator).
     pub fn take_calls(&mut self) -> Vec<Call> {
-        let mut calls = std::mem::take(&mut self.calls);
-        calls.extend(self.implicit_acks.take());
+        let mut calls: Vec<Call> = self.acks.take().collect();
+        calls.append(&mut self.calls);
         calls
     }
 
@@ -299,7 +297,7 @@ fn handle(
         Event::Update { status, ack } => {
             scheduler.update(calls, &status, ack);
             if options.implicit_acks {
-                calls.implicit_acks.note(&status, ack);
+                calls.acks.note(&status, ack);
             }
         }
         Event::Failure { agent_id } => scheduler.failure(calls, &agent_id),
