@@ -662,8 +662,19 @@ impl State {
                 .layout
                 .trash()
                 .join(format!("{}-{}", self.trashed.0, self.trashed.1));
-            match std::fs::rename(&dir, &to) {
+            let mut moved = std::fs::rename(&dir, &to);
+            if moved
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                && dir.exists()
+            {
+                // The trash itself is missing (removed by hand?): remake it.
+                moved = std::fs::create_dir_all(self.layout.trash())
+                    .and_then(|()| std::fs::rename(&dir, &to));
+            }
+            match moved {
                 Ok(()) => trash.push(to),
+                // Never made (the task failed before it had one) or gone.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task directory");
