@@ -126,6 +126,7 @@ async fn measure(
         resources: a.task_resources.clone(),
         next: 0,
         calls: Vec::new(),
+        burst: 0,
         acks: PendingAcks::default(),
         held: Vec::new(),
     };
@@ -165,6 +166,8 @@ struct Bench<'a> {
     next: u64,
     /// Calls made since the last wait, sent before the next.
     calls: Vec<Call>,
+    /// Events taken without waiting since the calls last went out.
+    burst: usize,
     acks: PendingAcks,
     /// Offers that arrived while waiting for something else: kept for the
     /// next launch, never left unanswered (an unanswered offer holds its
@@ -192,13 +195,18 @@ impl Bench<'_> {
     /// calls made since go out, in one write, with one acknowledgement per
     /// task (as the client's driver does).
     async fn event(&mut self) -> anyhow::Result<Event> {
-        let event = match self.session.ready_event()? {
+        self.burst += 1;
+        let ready = if self.burst < stoa_client::scheduler::MAX_BURST {
+            self.session.ready_event()?
+        } else {
+            None
+        };
+        let event = match ready {
             Some(event) => event,
             None => {
+                self.burst = 0;
                 let calls = std::mem::take(&mut self.calls);
-                self.session
-                    .calls(calls.into_iter().chain(self.acks.take()))
-                    .await?;
+                self.session.calls(self.acks.take().chain(calls)).await?;
                 tokio::time::timeout(Duration::from_secs(60), self.session.next_event())
                     .await
                     .context("no event from the master for 60 s")??

@@ -179,6 +179,9 @@ impl Default for DriverOptions {
     }
 }
 
+/// Most events handled before the calls they caused are sent.
+pub const MAX_BURST: usize = 256;
+
 /// How many heartbeat intervals of silence mean the master is gone.
 const MISSED_HEARTBEATS: u32 = 5;
 
@@ -246,9 +249,11 @@ pub async fn run(
                     break;
                 }
             };
-            // Every event that has already arrived is handled before the
-            // calls go out, so a burst is answered in one write and a
+            // Every event that has already arrived (up to a bound, so a
+            // steady stream cannot hold the calls back) is handled before
+            // the calls go out: a burst is answered in one write, and a
             // task's updates in it with one acknowledgement.
+            let mut burst = 0;
             let lost = loop {
                 handle(
                     event,
@@ -258,6 +263,10 @@ pub async fn run(
                     &options,
                     &mut silence,
                 )?;
+                burst += 1;
+                if burst == MAX_BURST {
+                    break false;
+                }
                 match session.ready_event() {
                     Ok(Some(next)) => event = next,
                     Ok(None) => break false,
