@@ -8,6 +8,7 @@ use crate::core::{Action, Agent, TaskEvent};
 use crate::exec::task_dir::TaskDir;
 use crate::executors::{Containment, Executors, FromExecutor, Launcher};
 use crate::sandbox_gc::SandboxGc;
+use crate::trash::Trash;
 use crate::wasm_load::WasmLoad;
 use anyhow::Context as _;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -104,8 +105,7 @@ struct State {
     fetched_tx: mpsc::UnboundedSender<(Digest, Result<(), String>)>,
     chores: BTreeSet<(Instant, Chore)>,
     gc: SandboxGc,
-    /// Names for directories moved to the trash: unique across restarts.
-    trashed: (u128, u64),
+    trash: Trash,
     /// When each framework's executor may be stopped if it has no tasks
     /// by then; a [`Chore::StopIfIdle`] is pending for each entry.
     idle_at: HashMap<FrameworkId, Instant>,
@@ -170,12 +170,7 @@ pub async fn run(
         fetched_tx,
         chores: BTreeSet::new(),
         gc: SandboxGc::new(config.gc_delay, config.gc_max_dirs),
-        trashed: (
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-            0,
-        ),
+        trash: Trash::open(layout.trash()),
         idle_at: HashMap::new(),
         wasm_load: WasmLoad::default(),
         shrinking: HashSet::new(),
@@ -254,10 +249,13 @@ pub async fn run(
                 .agent
                 .poll_timeout()
                 .map(|t| start + Duration::from_micros(t.as_micros()));
-            let chore_at = [state.chores.first().map(|(t, _)| *t), state.gc.next_due()]
-                .into_iter()
-                .flatten()
-                .min();
+            let chore_at = [
+                state.chores.first().map(|(t, _)| *t),
+                state.gc.next_due(Instant::now()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 msg = msgs_rx.recv() => match msg {
                     Some(msg) => state.agent.handle_master_message(now(), msg),
@@ -645,57 +643,24 @@ impl State {
         }
     }
 
-    /// Removes the task directories the collector says are due. Each is
-    /// moved to the trash here, on the loop, so that a task launched again
-    /// under the same id (its launch goes out after this) gets a fresh
-    /// directory that nothing removes; the deleting happens off the loop.
+    /// Removes the task directories the collector says are due.
     fn collect_dirs(&mut self, now: Instant) {
-        let mut trash = Vec::new();
         for (framework_id, task_id) in self.gc.due(now) {
             if self.agent.knows(&framework_id, &task_id) {
                 // Launched again since; collected when it is forgotten.
                 continue;
             }
             let dir = self.layout.task(&framework_id, &task_id);
-            self.trashed.1 += 1;
-            let to = self
-                .layout
-                .trash()
-                .join(format!("{}-{}", self.trashed.0, self.trashed.1));
-            let mut moved = std::fs::rename(&dir, &to);
-            if moved
-                .as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-                && dir.exists()
-            {
-                // The trash itself is missing (removed by hand?): remake it.
-                moved = std::fs::create_dir_all(self.layout.trash())
-                    .and_then(|()| std::fs::rename(&dir, &to));
-            }
-            match moved {
-                Ok(()) => trash.push(to),
-                // Never made (the task failed before it had one) or gone.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task directory");
-                }
+            if let Err(e) = self.trash.put(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot collect a task directory; remove it by hand");
             }
         }
-        if !trash.is_empty() {
-            tokio::task::spawn_blocking(move || {
-                for dir in trash {
-                    if let Err(e) = std::fs::remove_dir_all(&dir) {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task directory");
-                    }
-                }
-            });
-        }
+        self.trash.empty();
     }
 
     /// Task directories left by an earlier agent process whose tasks are
     /// not running: collected `gc_delay` after they were last written (or
-    /// sooner, past the count), and what an earlier process left in the
-    /// trash.
+    /// sooner, past the count).
     fn schedule_old_dirs(&mut self, live: &BTreeSet<(FrameworkId, stoa_proto::TaskId)>) {
         let now_sys = std::time::SystemTime::now();
         let old = task_dirs(&self.layout.tasks())
@@ -710,23 +675,6 @@ impl State {
                 (f, t, age)
             });
         self.gc.left_behind(Instant::now(), old);
-        let trash = self.layout.trash();
-        if let Err(e) = std::fs::create_dir_all(&trash) {
-            tracing::warn!(dir = %trash.display(), error = %e, "cannot make the trash directory");
-        }
-        let left: Vec<PathBuf> = std::fs::read_dir(&trash)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        if !left.is_empty() {
-            tokio::task::spawn_blocking(move || {
-                for dir in left {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-            });
-        }
     }
 }
 

@@ -153,10 +153,12 @@ impl Executors {
         // is built.
         let applied = self.applied.get(leaf).copied();
         let limits = match applied {
-            Some(applied) => match next_limits(applied, cpu, mem, shrink) {
-                Some(limits) => limits,
-                None => return,
-            },
+            Some(applied) => {
+                let Some(limits) = next_limits(applied, cpu, mem, shrink) else {
+                    return;
+                };
+                limits
+            }
             None => Limits {
                 millicpus: cpu,
                 mem_bytes: mem,

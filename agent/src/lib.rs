@@ -13,4 +13,5 @@ pub mod exec;
 pub mod executor;
 pub mod executors;
 pub mod sandbox_gc;
+pub mod trash;
 pub mod wasm_load;

@@ -49,11 +49,11 @@ impl SandboxGc {
         self.queue.extend(old);
     }
 
-    /// When the next directory is due by time (the count is checked as
-    /// tasks finish).
-    pub fn next_due(&self) -> Option<Instant> {
+    /// When the next directory is due: `now` if more are kept than
+    /// allowed, else the oldest one's time.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
         match self.queue.front() {
-            Some(_) if self.queue.len() > self.max_dirs => Some(Instant::now()),
+            Some(_) if self.queue.len() > self.max_dirs => Some(now),
             Some((due, _, _)) => Some(*due),
             None => None,
         }
@@ -95,12 +95,12 @@ mod tests {
             gc.finished(start + Duration::from_secs(n as u64), f, t);
         }
         assert!(gc.due(start).is_empty(), "three are allowed");
-        assert_eq!(gc.next_due(), Some(start + Duration::from_secs(60)));
+        assert_eq!(gc.next_due(start), Some(start + Duration::from_secs(60)));
         for n in 3..5 {
             let (f, t) = ids(n)?;
             gc.finished(start + Duration::from_secs(n as u64), f, t);
         }
-        assert!(gc.next_due().is_some_and(|t| t <= Instant::now()));
+        assert_eq!(gc.next_due(start), Some(start), "over the count: now");
         assert_eq!(names(gc.due(start + Duration::from_secs(5))), ["t0", "t1"]);
         // Then by time alone.
         assert_eq!(names(gc.due(start + Duration::from_secs(62))), ["t2"]);
@@ -108,7 +108,7 @@ mod tests {
             names(gc.due(start + Duration::from_secs(100))),
             ["t3", "t4"]
         );
-        assert_eq!(gc.next_due(), None);
+        assert_eq!(gc.next_due(start), None);
         Ok(())
     }
 

@@ -13,10 +13,10 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stoa_agent::exec::wasm::ceiling::Ceiling;
-use stoa_client::{ClientConfig, PendingAcks, SchedulerSession};
+use stoa_client::{Calls, ClientConfig, SchedulerSession};
 use stoa_proto::{
-    Artifact, Call, Digest, Event, FrameworkInfo, Offer, OfferId, Operation, Resources, TaskId,
-    TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus,
+    Artifact, Digest, Event, FrameworkInfo, Offer, OfferId, Resources, TaskId, TaskInfo, TaskKind,
+    TaskLimits, TaskState, TaskStatus,
 };
 
 #[derive(Debug, clap::Args)]
@@ -125,9 +125,7 @@ async fn measure(
         digest,
         resources: a.task_resources.clone(),
         next: 0,
-        calls: Vec::new(),
-        burst: 0,
-        acks: PendingAcks::default(),
+        calls: Calls::default(),
         held: Vec::new(),
     };
 
@@ -165,10 +163,7 @@ struct Bench<'a> {
     resources: Resources,
     next: u64,
     /// Calls made since the last wait, sent before the next.
-    calls: Vec<Call>,
-    /// Events taken without waiting since the calls last went out.
-    burst: usize,
-    acks: PendingAcks,
+    calls: Calls,
     /// Offers that arrived while waiting for something else: kept for the
     /// next launch, never left unanswered (an unanswered offer holds its
     /// resources).
@@ -195,26 +190,24 @@ impl Bench<'_> {
     /// calls made since go out, in one write, with one acknowledgement per
     /// task (as the client's driver does).
     async fn event(&mut self) -> anyhow::Result<Event> {
-        self.burst += 1;
-        let ready = if self.burst < stoa_client::scheduler::MAX_BURST {
-            self.session.ready_event()?
-        } else {
-            None
-        };
-        let event = match ready {
+        let event = match self.session.ready_event()? {
             Some(event) => event,
             None => {
-                self.burst = 0;
-                let calls = std::mem::take(&mut self.calls);
-                self.session.calls(self.acks.take().chain(calls)).await?;
+                self.session.calls(self.calls.take_calls()).await?;
                 tokio::time::timeout(Duration::from_secs(60), self.session.next_event())
                     .await
                     .context("no event from the master for 60 s")??
                     .context("the master closed the connection")?
             }
         };
-        if let Event::Update { status, ack } = &event {
-            self.acks.note(status, *ack);
+        if let Event::Update {
+            status,
+            ack: Some(update_id),
+        } = &event
+            && let Some(agent_id) = &status.agent_id
+        {
+            self.calls
+                .acknowledge(agent_id.clone(), status.task_id.clone(), *update_id);
         }
         if let Event::Error { message } = &event {
             bail!("the master refused a call: {message}");
@@ -236,18 +229,11 @@ impl Bench<'_> {
     }
 
     fn launch(&mut self, offer: &Offer, tasks: Vec<TaskInfo>) {
-        self.calls.push(Call::Accept {
-            offer_ids: vec![offer.id],
-            operations: vec![Operation::Launch { tasks }],
-            refuse_ms: Some(0),
-        });
+        self.calls.launch(vec![offer.id], tasks, Some(0));
     }
 
     fn decline(&mut self, offer_ids: Vec<OfferId>) {
-        self.calls.push(Call::Decline {
-            offer_ids,
-            refuse_ms: Some(0),
-        });
+        self.calls.decline(offer_ids, Some(0));
     }
 
     /// Launches one task and returns ACCEPT → RUNNING; waits for its end.

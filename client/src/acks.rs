@@ -14,7 +14,7 @@ use stoa_proto::{AgentId, Call, TaskId, TaskStatus, UpdateId};
 /// The latest update to acknowledge of each task, in the order the tasks
 /// were first seen.
 #[derive(Debug, Default)]
-pub struct PendingAcks {
+pub(crate) struct PendingAcks {
     latest: HashMap<TaskId, usize>,
     acks: Vec<(AgentId, TaskId, UpdateId)>,
 }
@@ -43,10 +43,6 @@ impl PendingAcks {
                 self.acks.push((agent_id, task_id, update_id));
             }
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.acks.is_empty()
     }
 
     /// The ACKNOWLEDGE calls to send, leaving none pending.
@@ -96,7 +92,7 @@ mod tests {
             acked(acks.take()),
             [("t1".to_string(), 3), ("t2".to_string(), 2)]
         );
-        assert!(acks.is_empty());
+        assert!(acks.take().next().is_none(), "all taken");
         acks.note(&update("t1", TaskState::Running)?, Some(UpdateId(4)));
         assert_eq!(acked(acks.take()), [("t1".to_string(), 4)]);
         // Acknowledged out of order: the higher id still covers both.

@@ -6,10 +6,9 @@
 //! [`SchedulerSession::next_event`], send [`Call`]s with
 //! [`SchedulerSession::call`].
 
-pub mod acks;
+mod acks;
 pub mod scheduler;
 
-pub use acks::PendingAcks;
 pub use scheduler::{Calls, DriverOptions, Scheduler};
 
 use anyhow::{Context as _, bail};
@@ -60,7 +59,13 @@ pub struct SchedulerSession {
     sender: FrameSender,
     receiver: FrameReceiver,
     framework_id: FrameworkId,
+    /// Events [`SchedulerSession::ready_event`] gave since the last wait.
+    burst: usize,
 }
+
+/// Most events [`SchedulerSession::ready_event`] gives in a row, so that a
+/// steady stream of events cannot hold back the calls they cause.
+pub const MAX_BURST: usize = 256;
 
 impl SchedulerSession {
     /// Connects and subscribes; returns once SUBSCRIBED arrives.
@@ -89,6 +94,7 @@ impl SchedulerSession {
                 sender,
                 receiver,
                 framework_id,
+                burst: 0,
             }),
             Ok(Some(Event::Error { message })) => Err(Refused(message).into()),
             Ok(Some(other)) => bail!("expected SUBSCRIBED, the master sent {other:?}"),
@@ -106,6 +112,7 @@ impl SchedulerSession {
 
     /// The next event; `None` once the master has closed the connection.
     pub async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
+        self.burst = 0;
         match self.receiver.recv::<Event>().await {
             Ok(event) => Ok(event),
             Err(stoa_transport::RecvError::Read(quinn::ReadError::ConnectionLost(e))) => {
@@ -117,11 +124,19 @@ impl SchedulerSession {
     }
 
     /// The next event if it has already arrived, without waiting: handle
-    /// a burst of events before answering them (see [`PendingAcks`]).
+    /// a burst of events before answering them (see [`Calls`]). `None`
+    /// also after [`MAX_BURST`] in a row: time to send what is owed before
+    /// [`SchedulerSession::next_event`].
     pub fn ready_event(&mut self) -> anyhow::Result<Option<Event>> {
-        self.receiver
+        if self.burst >= MAX_BURST {
+            return Ok(None);
+        }
+        let event = self
+            .receiver
             .try_recv::<Event>()
-            .context("bad data from the master")
+            .context("bad data from the master")?;
+        self.burst += usize::from(event.is_some());
+        Ok(event)
     }
 
     pub async fn call(&mut self, call: &Call) -> anyhow::Result<()> {

@@ -6,7 +6,8 @@
 //! component (the agent's component host implements it), and the simulator
 //! drives it without any network.
 
-use crate::{ClientConfig, PendingAcks, SchedulerSession};
+use crate::acks::PendingAcks;
+use crate::{ClientConfig, SchedulerSession};
 use anyhow::bail;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -179,9 +180,6 @@ impl Default for DriverOptions {
     }
 }
 
-/// Most events handled before the calls they caused are sent.
-pub const MAX_BURST: usize = 256;
-
 /// How many heartbeat intervals of silence mean the master is gone.
 const MISSED_HEARTBEATS: u32 = 5;
 
@@ -253,7 +251,6 @@ pub async fn run(
             // steady stream cannot hold the calls back) is handled before
             // the calls go out: a burst is answered in one write, and a
             // task's updates in it with one acknowledgement.
-            let mut burst = 0;
             let lost = loop {
                 handle(
                     event,
@@ -263,10 +260,6 @@ pub async fn run(
                     &options,
                     &mut silence,
                 )?;
-                burst += 1;
-                if burst == MAX_BURST {
-                    break false;
-                }
                 match session.ready_event() {
                     Ok(Some(next)) => event = next,
                     Ok(None) => break false,
@@ -374,4 +367,36 @@ async fn flush(
         return false;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledgements_go_out_once_per_task_and_before_the_other_calls() -> anyhow::Result<()> {
+        let (agent, t1, t2) = (AgentId::new("a1")?, TaskId::new("t1")?, TaskId::new("t2")?);
+        let mut calls = Calls::default();
+        calls.acknowledge(agent.clone(), t1.clone(), UpdateId(1));
+        calls.kill(t2.clone());
+        calls.acknowledge(agent.clone(), t2.clone(), UpdateId(2));
+        calls.acknowledge(agent.clone(), t1.clone(), UpdateId(3));
+        calls.teardown();
+        let ack = |task_id: &TaskId, update_id| Call::Acknowledge {
+            agent_id: agent.clone(),
+            task_id: task_id.clone(),
+            update_id: UpdateId(update_id),
+        };
+        assert_eq!(
+            calls.take_calls(),
+            [
+                ack(&t1, 3),
+                ack(&t2, 2),
+                Call::Kill { task_id: t2 },
+                Call::Teardown
+            ]
+        );
+        assert!(calls.take_calls().is_empty());
+        Ok(())
+    }
 }

@@ -175,3 +175,49 @@ fn a_scheduler_and_its_tasks_exchange_messages() -> anyhow::Result<()> {
         })
         .map_err(|e| e.context(cluster.logs()))
 }
+
+/// A burst of events is read without waiting, but only so many in a row:
+/// then the session says to answer before reading on.
+#[test]
+fn ready_events_come_in_bounded_bursts() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, "cpus:1;mem:1024")?;
+    runtime()?
+        .block_on(async {
+            let config = cluster.client();
+            let info = FrameworkInfo::new("bursty", "test".parse()?);
+            let mut session = stoa_client::SchedulerSession::subscribe(&config, info).await?;
+            // Each unknown task is answered with its own TASK_UNKNOWN.
+            let n = stoa_client::MAX_BURST + 44;
+            let tasks = (0..n)
+                .map(|i| TaskId::new(format!("nobody{i}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            session.call(&stoa_proto::Call::Reconcile { tasks }).await?;
+            let is_unknown = |event: &Event| {
+                matches!(event, Event::Update { status, .. } if status.state == TaskState::Unknown)
+            };
+            let first = tokio::time::timeout(Duration::from_secs(10), session.next_event())
+                .await??
+                .ok_or_else(|| anyhow::anyhow!("the master closed the connection"))?;
+            let mut unknown = usize::from(is_unknown(&first));
+            // Let everything arrive: what stops the burst is the bound.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut burst = 0;
+            while let Some(event) = session.ready_event()? {
+                unknown += usize::from(is_unknown(&event));
+                burst += 1;
+            }
+            assert_eq!(burst, stoa_client::MAX_BURST);
+            // The rest is there at once, after a wait that does not wait.
+            while unknown < n {
+                let event = tokio::time::timeout(Duration::from_secs(1), session.next_event())
+                    .await??
+                    .ok_or_else(|| anyhow::anyhow!("the master closed the connection"))?;
+                unknown += usize::from(is_unknown(&event));
+                while let Some(event) = session.ready_event()? {
+                    unknown += usize::from(is_unknown(&event));
+                }
+            }
+            session.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
