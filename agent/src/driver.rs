@@ -334,6 +334,7 @@ impl State {
                 Action::Forget {
                     framework_id,
                     task_id,
+                    sandbox,
                 } => {
                     if self.executors.is_running(&framework_id) {
                         self.executors.send(
@@ -344,7 +345,9 @@ impl State {
                         );
                     }
                     let now = Instant::now();
-                    self.gc.finished(now, framework_id.clone(), task_id);
+                    if sandbox {
+                        self.gc.finished(now, framework_id.clone(), task_id);
+                    }
                     self.stop_if_idle_at(framework_id, now + self.config.executor_idle);
                 }
             }
@@ -763,7 +766,7 @@ async fn serve_side_streams(
                         Ok(chunk) => SideReply::Log(chunk),
                         Err(e) => SideReply::Refused {
                             message: format!(
-                                "no {} for task {task_id} on this agent: {e}",
+                                "no {} for task {task_id} on this agent: {e} (an ephemeral wasm task keeps no logs)",
                                 stream.file_name()
                             ),
                         },

@@ -361,13 +361,13 @@ fn launch(
         return;
     }
     started.threads.spawn(async move {
-        let dir = match dir.make() {
+        let dir = match info.kind.has_sandbox().then(|| dir.make()).transpose() {
             Ok(dir) => dir,
             Err(event) => return link.report(task_id, event),
         };
         let running = || link.report(task_id.clone(), TaskEvent::Running);
         let end = runtime
-            .run_async(&info, Some(&dir), &kill, mail, running)
+            .run_async(&info, dir.as_ref(), &kill, mail, running)
             .await;
         link.report(task_id, end);
     });

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use stoa_agent::exec::wasm::ceiling::Ceiling;
 use stoa_client::{Calls, ClientConfig, SchedulerSession};
 use stoa_proto::{
-    Artifact, Digest, Event, FrameworkInfo, Offer, OfferId, Resources, TaskId, TaskInfo, TaskKind,
-    TaskLimits, TaskState, TaskStatus,
+    Artifact, Digest, Event, FrameworkInfo, Offer, OfferId, Resources, Sandbox, TaskId, TaskInfo,
+    TaskKind, TaskLimits, TaskState, TaskStatus, WasmTask,
 };
 
 #[derive(Debug, clap::Args)]
@@ -34,12 +34,31 @@ pub struct BenchArgs {
     /// may use, so a tiny share slows each task down.
     #[arg(long, default_value = "cpus:0.1;mem:16")]
     task_resources: Resources,
+    /// Whether each task gets a directory (`directory`) or runs with no
+    /// files (`ephemeral`, as a trivial stateless task would be launched).
+    #[arg(long, value_enum, default_value_t = SandboxArg::Ephemeral)]
+    sandbox: SandboxArg,
     /// Directory for the cluster's state (default: a temporary one).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SandboxArg {
+    Directory,
+    Ephemeral,
+}
+
+impl From<SandboxArg> for Sandbox {
+    fn from(arg: SandboxArg) -> Sandbox {
+        match arg {
+            SandboxArg::Directory => Sandbox::Directory,
+            SandboxArg::Ephemeral => Sandbox::Ephemeral,
+        }
+    }
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -88,6 +107,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             "latency_ms": {"p50": p50, "p99": p99, "samples": latencies.len()},
             "throughput_tasks_per_s": throughput,
             "tasks": a.tasks,
+            "sandbox": format!("{:?}", a.sandbox).to_lowercase(),
+            "task_resources": a.task_resources.to_string(),
             "ceiling_instantiations_per_s": ceiling,
             "throughput_over_ceiling": throughput / ceiling,
         });
@@ -124,6 +145,7 @@ async fn measure(
         session: &mut session,
         digest,
         resources: a.task_resources.clone(),
+        sandbox: a.sandbox.into(),
         next: 0,
         calls: Calls::default(),
         held: Vec::new(),
@@ -161,6 +183,7 @@ struct Bench<'a> {
     session: &'a mut SchedulerSession,
     digest: Digest,
     resources: Resources,
+    sandbox: Sandbox,
     next: u64,
     /// Calls made since the last wait, sent before the next.
     calls: Calls,
@@ -177,7 +200,13 @@ impl Bench<'_> {
             task_id: TaskId::new(format!("b{}", self.next))?,
             name: "bench".into(),
             resources: self.resources.clone(),
-            kind: TaskKind::wasm(Artifact::Stored(self.digest), b"bench".to_vec()),
+            kind: TaskKind::Wasm(WasmTask {
+                artifact: Artifact::Stored(self.digest),
+                input: b"bench".to_vec(),
+                args: Vec::new(),
+                env: Vec::new(),
+                sandbox: self.sandbox,
+            }),
             limits: TaskLimits {
                 fuel: Some(100_000_000),
                 timeout_ms: Some(60_000),

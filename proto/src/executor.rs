@@ -50,7 +50,8 @@ impl TaskEvent {
 pub enum AgentToExecutor {
     /// Run a task. `dir` is the task's directory on this host: the executor
     /// makes `dir/sandbox` (the only path the task sees) and writes
-    /// `dir/stdout` and `dir/stderr`.
+    /// `dir/stdout` and `dir/stderr`, unless the task is ephemeral
+    /// ([`crate::Sandbox::Ephemeral`]) and has no directory.
     Launch {
         task: Box<TaskInfo>,
         dir: String,

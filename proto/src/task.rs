@@ -122,7 +122,28 @@ pub struct WasmTask {
     /// Arguments after the program name (`argv[1..]`).
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    pub sandbox: Sandbox,
 }
+
+/// Whether a wasm task gets a directory on its agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Sandbox {
+    /// A directory of its own, preopened as `/`, with stdout and stderr
+    /// kept as files beside it (for `stoa logs`) until the agent collects
+    /// it.
+    #[default]
+    Directory,
+    /// No files at all, as a wasmCloud component has: nothing is
+    /// preopened, stdout is dropped, and the last
+    /// [`EPHEMERAL_STDERR_TAIL`] bytes of stderr are added to the message
+    /// of an update that ends the task in failure. Such a task costs its
+    /// agent no file-system work, which for a task of a few tens of
+    /// microseconds is most of what running it costs.
+    Ephemeral,
+}
+
+/// Bytes of an ephemeral task's stderr kept for its failure message.
+pub const EPHEMERAL_STDERR_TAIL: usize = 2048;
 
 /// Default time between SIGTERM and SIGKILL when a native task is killed.
 pub const DEFAULT_KILL_GRACE_MS: u64 = 3_000;
@@ -187,6 +208,22 @@ macro_rules! command_from_wit {
     }};
 }
 
+/// Builds a [`WasmTask`] from the WIT `wasm-program` record of any binding
+/// generator, with the artifact already parsed from its digest.
+#[macro_export]
+macro_rules! wasm_from_wit {
+    ($w:expr, $artifact:expr, $sandbox:expr) => {{
+        let w = $w;
+        $crate::WasmTask {
+            artifact: $artifact,
+            input: w.input.clone(),
+            args: w.args.clone(),
+            env: w.env.clone(),
+            sandbox: $sandbox,
+        }
+    }};
+}
+
 impl CommandTask {
     /// `argv` with an empty environment and the default kill policy.
     pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> CommandTask {
@@ -212,14 +249,28 @@ impl TaskKind {
         }
     }
 
-    /// A wasm task with `input` and no arguments or environment.
+    /// A wasm task with `input`, no arguments or environment, and a
+    /// sandbox directory.
     pub fn wasm(artifact: Artifact, input: Vec<u8>) -> TaskKind {
         TaskKind::Wasm(WasmTask {
             artifact,
             input,
             args: Vec::new(),
             env: Vec::new(),
+            sandbox: Sandbox::Directory,
         })
+    }
+
+    /// Whether the task has a directory on its agent: every task but an
+    /// ephemeral wasm one.
+    pub fn has_sandbox(&self) -> bool {
+        !matches!(
+            self,
+            TaskKind::Wasm(WasmTask {
+                sandbox: Sandbox::Ephemeral,
+                ..
+            })
+        )
     }
 }
 

@@ -6,8 +6,8 @@
 use std::time::Duration;
 use stoa_guest::scheduler::{self as guest, Recorded, Recorder, Scheduler};
 use stoa_proto::{
-    Artifact, Call, Digest, Event, Offer, OfferId, Operation, Resources, TaskId, TaskInfo,
-    TaskKind, TaskLimits, TaskStatus, UpdateId, WasmTask,
+    Artifact, Call, Digest, Event, Offer, OfferId, Operation, Resources, Sandbox, TaskId, TaskInfo,
+    TaskKind, TaskLimits, TaskStatus, UpdateId,
 };
 
 /// What a framework asked for in answer to one event.
@@ -168,12 +168,18 @@ fn task_info(spec: &guest::TaskSpec) -> Option<TaskInfo> {
     let amounts = spec.resources.iter().map(|s| (s.name.as_str(), s.value));
     let resources = Resources::from_amounts(amounts).ok()?;
     let kind = match &spec.program {
-        guest::Program::Wasm(w) => TaskKind::Wasm(WasmTask {
-            artifact: Artifact::Stored(w.artifact.parse::<Digest>().unwrap_or(Digest([0; 32]))),
-            input: w.input.clone(),
-            args: w.args.clone(),
-            env: w.env.clone(),
-        }),
+        guest::Program::Wasm(w) | guest::Program::WasmEphemeral(w) => {
+            let digest = w.artifact.parse::<Digest>().unwrap_or(Digest([0; 32]));
+            let sandbox = match spec.program {
+                guest::Program::WasmEphemeral(_) => Sandbox::Ephemeral,
+                _ => Sandbox::Directory,
+            };
+            TaskKind::Wasm(stoa_proto::wasm_from_wit!(
+                w,
+                Artifact::Stored(digest),
+                sandbox
+            ))
+        }
         guest::Program::Command(c) => TaskKind::Command(stoa_proto::command_from_wit!(c)),
     };
     Some(TaskInfo {

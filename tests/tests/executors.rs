@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 use stoa_proto::{
-    Artifact, Digest, Reason, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState, WasmTask,
+    Artifact, Digest, Reason, Sandbox, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState, WasmTask,
 };
 use stoa_tests::{Cluster, TestFramework, cli_component_wasm, hello_wasm, misbehave_wasm};
 
@@ -19,6 +19,7 @@ fn task(id: &str, artifact: Artifact, input: &str, args: &[&str]) -> TaskInfo {
             input: input.as_bytes().to_vec(),
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
+            sandbox: Sandbox::Directory,
         }),
         limits: TaskLimits {
             fuel: None,

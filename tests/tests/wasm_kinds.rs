@@ -24,6 +24,7 @@ fn command(bytes: Vec<u8>, args: &[&str], input: &str, limits: TaskLimits) -> Ta
             input: input.as_bytes().to_vec(),
             args: args.iter().map(|a| a.to_string()).collect(),
             env: vec![("GREETING".into(), "hi".into())],
+            sandbox: stoa_proto::Sandbox::Directory,
         }),
         limits,
     }

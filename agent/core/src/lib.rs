@@ -37,10 +37,11 @@ pub enum Action {
         data: Vec<u8>,
     },
     /// The master has the task's terminal update; the executor may forget
-    /// the task and its directory may be collected.
+    /// the task and its directory, if it has one, may be collected.
     Forget {
         framework_id: FrameworkId,
         task_id: TaskId,
+        sandbox: bool,
     },
 }
 
@@ -50,6 +51,8 @@ pub use stoa_proto::executor::TaskEvent;
 struct TaskRecord {
     resources: Resources,
     state: TaskState,
+    /// It has a directory to collect once forgotten.
+    sandbox: bool,
 }
 
 /// The agent's state machine. See the module docs for the calling order.
@@ -224,12 +227,15 @@ impl Agent {
                 if let Some(framework_id) = self.updates.acknowledge(now, &task_id, update_id) {
                     let key = (framework_id, task_id);
                     let done = self.tasks.get(&key).is_some_and(|t| t.state.is_terminal());
-                    if done && !self.updates.has_pending(&key.0, &key.1) {
-                        self.tasks.remove(&key);
+                    if done
+                        && !self.updates.has_pending(&key.0, &key.1)
+                        && let Some(task) = self.tasks.remove(&key)
+                    {
                         let (framework_id, task_id) = key;
                         self.actions.push_back(Action::Forget {
                             framework_id,
                             task_id,
+                            sandbox: task.sandbox,
                         });
                     }
                 }
@@ -341,6 +347,7 @@ impl Agent {
             TaskRecord {
                 resources: task.resources.clone(),
                 state,
+                sandbox: task.kind.has_sandbox(),
             },
         );
         if let Some(event) = last.filter(TaskEvent::is_terminal) {
@@ -391,6 +398,7 @@ impl Agent {
             TaskRecord {
                 resources: task.resources.clone(),
                 state: TaskState::Starting,
+                sandbox: task.kind.has_sandbox(),
             },
         );
         // No TASK_STARTING here: the executor's RUNNING follows within a

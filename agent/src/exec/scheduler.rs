@@ -16,7 +16,7 @@ use std::time::Duration;
 use stoa_client::Calls;
 use stoa_proto::{
     AgentId, Artifact, Digest, FrameworkId, MessageSource, Offer, OfferId, Operation, Resources,
-    TaskId, TaskInfo, TaskKind, TaskLimits, TaskStatus, UpdateId, WasmTask,
+    Sandbox, TaskId, TaskInfo, TaskKind, TaskLimits, TaskStatus, UpdateId,
 };
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -513,14 +513,13 @@ fn resources(scalars: &[wit::Scalar]) -> Result<Resources, String> {
 fn task_info(spec: &wit::TaskSpec) -> Result<TaskInfo, String> {
     let task_id = TaskId::new(spec.id.clone()).map_err(|e| format!("task id: {e}"))?;
     let kind = match &spec.program {
-        wit::Program::Wasm(w) => {
-            let digest: Digest = w.artifact.parse()?;
-            TaskKind::Wasm(WasmTask {
-                artifact: Artifact::Stored(digest),
-                input: w.input.clone(),
-                args: w.args.clone(),
-                env: w.env.clone(),
-            })
+        wit::Program::Wasm(w) | wit::Program::WasmEphemeral(w) => {
+            let artifact = Artifact::Stored(w.artifact.parse::<Digest>()?);
+            let sandbox = match spec.program {
+                wit::Program::WasmEphemeral(_) => Sandbox::Ephemeral,
+                _ => Sandbox::Directory,
+            };
+            TaskKind::Wasm(stoa_proto::wasm_from_wit!(w, artifact, sandbox))
         }
         wit::Program::Command(c) => TaskKind::Command(stoa_proto::command_from_wit!(c)),
     };

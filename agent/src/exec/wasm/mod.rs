@@ -16,6 +16,7 @@ pub mod limits;
 use crate::core::TaskEvent;
 use crate::exec::kill::Kill;
 use crate::exec::mailbox::Mailbox;
+use crate::exec::stderr_tail::StderrTail;
 use crate::exec::task_dir::{DEFAULT_LOG_LIMIT, TaskDir};
 use cache::{Code, CompiledCache, Origin};
 use limits::{CpuShare, Footprint, Stopped, TaskClock, TaskLimiter, Tick, Watch};
@@ -26,7 +27,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use stoa_proto::side::LogStream;
 use stoa_proto::task::MAX_TASK_OUTPUT;
-use stoa_proto::{Artifact, Digest, Reason, Resources, TaskInfo, TaskKind, TaskState};
+use stoa_proto::{
+    Artifact, Digest, EPHEMERAL_STDERR_TAIL, Reason, Resources, TaskInfo, TaskKind, TaskState,
+};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstancePre, Module, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -507,8 +510,10 @@ impl WasmRuntime {
     /// Runs a task to its end as a future, so that many tasks share a few
     /// threads: each yields at every epoch tick, and one waiting in a host
     /// call (a WASI sleep, a message) holds no thread. `dir` is the task's
-    /// directory (sandbox and logs); without one the task sees no files and
-    /// its stdout and stderr are dropped. `mail` connects a `stoa:task`
+    /// directory (sandbox and logs); without one the task sees no files,
+    /// its stdout is dropped and the end of its stderr is added to the
+    /// message of a failure (an ephemeral task, [`stoa_proto::Sandbox`]).
+    /// `mail` connects a `stoa:task`
     /// component with its scheduler. `on_running` is called once the
     /// instance is up. Triggering `kill` stops the task within one epoch
     /// tick, or at once if it is waiting in a host call. Needs a tokio
@@ -551,6 +556,11 @@ impl WasmRuntime {
         if command {
             builder.stdin(MemoryInputPipe::new(wasm.input.clone()));
         }
+        // Without a directory, the end of stderr is kept for the message
+        // of a failure.
+        let stderr = dir
+            .is_none()
+            .then(|| StderrTail::new(EPHEMERAL_STDERR_TAIL));
         match dir {
             Some(dir) => {
                 let opened = (|| {
@@ -573,7 +583,10 @@ impl WasmRuntime {
                 }
             }
             None => {
-                builder.stdout(SinkOutputStream).stderr(SinkOutputStream);
+                builder.stdout(SinkOutputStream);
+                if let Some(tail) = &stderr {
+                    builder.stderr(tail.clone());
+                }
             }
         }
         let memory =
@@ -599,12 +612,13 @@ impl WasmRuntime {
         };
         // Running wasm is stopped at its next epoch tick; the other branches
         // are for a task waiting in a host call, whose future is dropped.
-        tokio::select! {
+        let end = tokio::select! {
             biased;
             end = clock.charge(run) => end.unwrap_or_else(|end| end),
             () = kill.triggered() => classify(Stopped::Killed.into()),
             after = deadline => classify(Stopped::Timeout(after).into()),
-        }
+        };
+        with_stderr(end, stderr.as_ref())
     }
 
     /// [`WasmRuntime::prepare`], on a thread where blocking is allowed
@@ -726,6 +740,12 @@ impl WasmRuntime {
 }
 
 fn ended(state: TaskState, reason: Reason, mut message: String) -> TaskEvent {
+    cut_to_limit(&mut message);
+    TaskEvent::ended(state, reason, message)
+}
+
+/// Cuts `message` to what an update may carry.
+fn cut_to_limit(message: &mut String) {
     if message.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;
         while !message.is_char_boundary(cut) {
@@ -733,7 +753,19 @@ fn ended(state: TaskState, reason: Reason, mut message: String) -> TaskEvent {
         }
         message.truncate(cut);
     }
-    TaskEvent::ended(state, reason, message)
+}
+
+/// `end`, with what the task last wrote to stderr added to its message if
+/// it failed and had no log file to look in.
+fn with_stderr(mut end: TaskEvent, stderr: Option<&StderrTail>) -> TaskEvent {
+    if let TaskEvent::Ended { message, .. } = &mut end
+        && let Some(text) = stderr.and_then(StderrTail::text)
+    {
+        message.push_str("; stderr: ");
+        message.push_str(&text);
+        cut_to_limit(message);
+    }
+    end
 }
 
 /// A command's end: its exit code, or why it stopped before exiting.
