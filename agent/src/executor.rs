@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use stoa_proto::executor::{
     AgentToExecutor, CgroupPaths, ExecutorTask, ExecutorToAgent, TaskEvent,
@@ -365,11 +366,30 @@ fn launch(
             Ok(dir) => dir,
             Err(event) => return link.report(task_id, event),
         };
-        let running = || link.report(task_id.clone(), TaskEvent::Running);
-        let end = runtime
-            .run_async(&info, dir.as_ref(), &kill, mail, running)
-            .await;
-        link.report(task_id, end);
+        // RUNNING goes out when the task first waits (for a host call, its
+        // CPU share or the next epoch tick, at most a tick after it
+        // starts), or with its end if it never waits: most short tasks end
+        // in their first poll, and then one write carries both.
+        let started = AtomicBool::new(false);
+        let run = runtime.run_async(&info, dir.as_ref(), &kill, mail, || {
+            started.store(true, Ordering::Relaxed);
+        });
+        let mut run = std::pin::pin!(run);
+        let mut told = false;
+        let end = std::future::poll_fn(|cx| {
+            let poll = run.as_mut().poll(cx);
+            if poll.is_pending() && !told && started.load(Ordering::Relaxed) {
+                told = true;
+                link.report(task_id.clone(), TaskEvent::Running);
+            }
+            poll
+        })
+        .await;
+        if !told && started.load(Ordering::Relaxed) {
+            link.report_running_and_end(task_id, end);
+        } else {
+            link.report(task_id, end);
+        }
     });
 }
 

@@ -30,21 +30,26 @@ pub enum FrameError {
 
 /// Encodes one message as a complete frame.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; HEADER_LEN];
+    encode_into(msg, Vec::new())
+}
+
+/// Appends one message as a complete frame to `out`, so that frames sent
+/// together go out in one write.
+pub fn encode_into<T: Serialize>(msg: &T, mut out: Vec<u8>) -> Result<Vec<u8>, FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
     out.push(PROTOCOL_VERSION);
     let mut out = postcard::to_extend(msg, out)?;
-    let body_len = out.len() - HEADER_LEN;
-    if body_len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge {
-            len: body_len,
-            max: MAX_FRAME_LEN,
-        });
-    }
-    let len = u32::try_from(body_len).map_err(|_| FrameError::TooLarge {
+    let body_len = out.len() - start - HEADER_LEN;
+    let too_large = FrameError::TooLarge {
         len: body_len,
         max: MAX_FRAME_LEN,
-    })?;
-    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    };
+    if body_len > MAX_FRAME_LEN {
+        return Err(too_large);
+    }
+    let len = u32::try_from(body_len).map_err(|_| too_large)?;
+    out[start..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(out)
 }
 

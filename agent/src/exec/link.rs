@@ -43,6 +43,20 @@ impl AgentLink {
         inner.send(&ExecutorToAgent::Event { task_id, event });
     }
 
+    /// Reports a task's RUNNING and its end in one write: a short task
+    /// ends before its RUNNING would have gone out, and a write is a
+    /// system call here and a wake-up of the agent there.
+    pub fn report_running_and_end(&self, task_id: TaskId, end: TaskEvent) {
+        let running = ExecutorToAgent::Event {
+            task_id: task_id.clone(),
+            event: TaskEvent::Running,
+        };
+        let mut inner = self.lock();
+        inner.last.insert(task_id.clone(), end.clone());
+        let ended = ExecutorToAgent::Event { task_id, event: end };
+        inner.send_all(&[running, ended]);
+    }
+
     /// Sends a message other than a task's event; false if no agent got it.
     pub fn send(&self, msg: &ExecutorToAgent) -> bool {
         self.lock().send(msg)
@@ -91,12 +105,19 @@ impl AgentLink {
 
 impl Inner {
     fn send(&mut self, msg: &ExecutorToAgent) -> bool {
+        self.send_all(std::slice::from_ref(msg))
+    }
+
+    /// Sends `msgs` in one write.
+    fn send_all(&mut self, msgs: &[ExecutorToAgent]) -> bool {
         let Some((_, stream)) = &self.agent else {
             return false;
         };
-        let sent = framing::encode(msg)
+        let sent = msgs
+            .iter()
+            .try_fold(Vec::new(), |out, msg| framing::encode_into(msg, out))
             .map_err(std::io::Error::other)
-            .and_then(|frame| write_all(stream, &frame));
+            .and_then(|frames| write_all(stream, &frames));
         if let Err(e) = sent {
             tracing::warn!(error = %e, "cannot write to the agent; dropping the connection");
             // The loop's reader sees the end, and the agent reconnects.
@@ -188,6 +209,32 @@ mod tests {
         assert!(link.is_attached());
         link.forget(&t1);
         assert_eq!(link.last(&t1), None);
+    }
+
+    #[test]
+    fn running_and_end_go_out_together_and_the_end_is_kept() {
+        let link = AgentLink::default();
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        assert!(link.attach(1, ours, |_| ExecutorToAgent::Undelivered {
+            task_id: TaskId::new("h").expect("id"),
+            message: String::new(),
+        }));
+        read_frame(&mut theirs);
+        let t = TaskId::new("t").expect("id");
+        let end = TaskEvent::Finished {
+            output: b"done".to_vec(),
+            exit_code: None,
+        };
+        link.report_running_and_end(t.clone(), end.clone());
+        let events: Vec<_> = (0..2)
+            .map(|_| match read_frame(&mut theirs) {
+                ExecutorToAgent::Event { task_id, event } if task_id == t => event,
+                other => panic!("expected an event of t, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(events, vec![TaskEvent::Running, end.clone()]);
+        assert_eq!(link.last(&t), Some(end), "a new agent hears of the end");
     }
 
     #[test]
