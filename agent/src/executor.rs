@@ -129,7 +129,8 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                         alone_since = Some(std::time::Instant::now());
                     }
                     Some(AgentToExecutor::Launch { task, dir, cgroup }) => {
-                        let spares = spares_for(&mut spares, Path::new(&dir));
+                        // An executor of ephemeral tasks alone keeps no spares.
+                        let spares = task.kind.has_sandbox().then(|| spares_for(&mut spares, Path::new(&dir))).flatten();
                         let started = Started { runtime: &runtime, threads: &threads.handle, spares, link: &link, outbox: &outbox_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
                         launch(&started, &mut tasks, *task, Path::new(&dir), cgroup);
                     }

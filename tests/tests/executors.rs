@@ -236,6 +236,57 @@ fn logs_can_be_read_and_followed_and_sandboxes_are_collected() -> anyhow::Result
         .map_err(|e| e.context(cluster.logs()))
 }
 
+/// `task` with no directory.
+fn ephemeral(mut task: TaskInfo) -> TaskInfo {
+    if let TaskKind::Wasm(wasm) = &mut task.kind {
+        wasm.sandbox = Sandbox::Ephemeral;
+    }
+    task
+}
+
+#[test]
+fn ephemeral_tasks_touch_no_files_and_fail_with_their_stderr() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, AGENT_RESOURCES)?;
+    let misbehave = Artifact::inline(misbehave_wasm()?);
+    runtime()?
+        .block_on(async {
+            let mut fw = TestFramework::subscribe(&cluster.client(), "ephemeral").await?;
+            let tasks = [("plain", "hi"), ("panics", "trap"), ("reads", "read:/etc")];
+            fw.launch_all(
+                tasks
+                    .iter()
+                    .map(|(id, input)| ephemeral(task(id, misbehave.clone(), input, &[])))
+                    .collect(),
+            )
+            .await?;
+            let done = fw.wait_for("plain", TaskState::Finished).await?;
+            assert_eq!(done.output.as_deref(), Some(b"hi".as_slice()));
+            // The panic message went to stderr, which no file keeps: its
+            // end comes back in the failure.
+            let panicked = fw.wait_for("panics", TaskState::Failed).await?;
+            assert!(panicked.message.contains("asked to trap"), "{panicked:?}");
+            // Nothing is preopened.
+            let read = fw.wait_for("reads", TaskState::Failed).await?;
+            assert!(read.message.contains("cannot read /etc"), "{read:?}");
+
+            // No directory was made for any of them, nor spares for later.
+            let tasks_dir = cluster.agent_dir(1).join("tasks").join(fw.id().as_str());
+            let made: Vec<_> = std::fs::read_dir(&tasks_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert!(made.is_empty(), "{made:?} in {}", tasks_dir.display());
+            let logs = cluster.stoa(&["logs", "plain"])?;
+            assert!(!logs.status.success());
+            let why = String::from_utf8(logs.stderr)?;
+            assert!(why.contains("ephemeral"), "{why}");
+            fw.teardown().await
+        })
+        .map_err(|e| e.context(cluster.logs()))
+}
+
 #[test]
 fn past_the_count_the_oldest_finished_sandboxes_go_first() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(1, AGENT_RESOURCES)?;

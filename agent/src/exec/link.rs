@@ -53,7 +53,10 @@ impl AgentLink {
         };
         let mut inner = self.lock();
         inner.last.insert(task_id.clone(), end.clone());
-        let ended = ExecutorToAgent::Event { task_id, event: end };
+        let ended = ExecutorToAgent::Event {
+            task_id,
+            event: end,
+        };
         inner.send_all(&[running, ended]);
     }
 
