@@ -86,7 +86,26 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
         crate::exec::wasm::task_runtime(cores()).context("cannot start the task threads")?,
     );
     tracing::info!(framework = %config.framework_id, allocation = ?runtime.allocation(), "executor ready");
+    // The loop runs on the task runtime too: a task it starts goes to the
+    // same worker's queue and runs as soon as the loop waits again, where
+    // starting it from another thread cost a wake-up of a worker at every
+    // launch.
+    let handle = threads.handle.clone();
+    let served = handle
+        .spawn(serve(config, listener, runtime, handle.clone()))
+        .await;
+    drop(threads);
+    served.context("the executor's loop failed")?
+}
 
+/// The executor's loop: launches, kills and messages from the agent,
+/// messages from tasks to their schedulers, and the agent's connection.
+async fn serve(
+    config: ExecutorConfig,
+    listener: UnixListener,
+    runtime: Arc<WasmRuntime>,
+    threads: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     let mut tasks: HashMap<TaskId, Task> = HashMap::new();
     // Made at the first launch, which says where task directories go.
     let mut spares: Option<Arc<Spares>> = None;
@@ -131,7 +150,7 @@ pub async fn run(config: ExecutorConfig) -> anyhow::Result<()> {
                     Some(AgentToExecutor::Launch { task, dir, cgroup }) => {
                         // An executor of ephemeral tasks alone keeps no spares.
                         let spares = task.kind.has_sandbox().then(|| spares_for(&mut spares, Path::new(&dir))).flatten();
-                        let started = Started { runtime: &runtime, threads: &threads.handle, spares, link: &link, outbox: &outbox_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
+                        let started = Started { runtime: &runtime, threads: &threads, spares, link: &link, outbox: &outbox_tx, log_limit: config.runtime.log_limit, master: config.master.as_ref() };
                         launch(&started, &mut tasks, *task, Path::new(&dir), cgroup);
                     }
                     Some(AgentToExecutor::Kill { task_id }) => {

@@ -30,9 +30,12 @@ pub struct BenchArgs {
     /// Tasks launched as fast as offers allow, for throughput.
     #[arg(long, default_value_t = 20_000)]
     tasks: usize,
-    /// What each task asks for. Its `cpus` is also the CPU share its wasm
-    /// may use, so a tiny share slows each task down.
-    #[arg(long, default_value = "cpus:0.1;mem:16")]
+    /// What each task asks for. The default lets 200 trivial tasks run at
+    /// once on this machine's agent (2 cpus), enough to keep both cores
+    /// busy; with fewer at once, each slot's round trip (launch, run, end,
+    /// offer again) bounds throughput instead. Its `cpus` is also the CPU
+    /// share the task's wasm may use, so a tiny share slows a long task.
+    #[arg(long, default_value = "cpus:0.01;mem:2")]
     task_resources: Resources,
     /// Whether each task gets a directory (`directory`) or runs with no
     /// files (`ephemeral`, as a trivial stateless task would be launched).

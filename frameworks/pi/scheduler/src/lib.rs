@@ -32,7 +32,9 @@ impl Pi {
             id: format!("pi-{i}"),
             name: format!("pi batch {i}"),
             resources: cpus_mem(TASK_CPUS, TASK_MEM_MIB),
-            program: Program::Wasm(WasmProgram {
+            // A batch needs no files, and without a directory a short
+            // task costs its agent far less.
+            program: Program::WasmEphemeral(WasmProgram {
                 artifact: self.artifact.clone(),
                 input: format!("{i} {}", self.samples).into_bytes(),
                 args: Vec::new(),
