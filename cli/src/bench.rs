@@ -27,8 +27,9 @@ pub struct BenchArgs {
     /// Launches timed one at a time, for latency.
     #[arg(long, default_value_t = 300)]
     samples: usize,
-    /// Tasks launched as fast as offers allow, for throughput.
-    #[arg(long, default_value_t = 20_000)]
+    /// Tasks launched as fast as offers allow, for throughput (enough for
+    /// a few seconds: a shorter run is mostly start-up and varies).
+    #[arg(long, default_value_t = 100_000)]
     tasks: usize,
     /// What each task asks for. The default lets 200 trivial tasks run at
     /// once on this machine's agent (2 cpus), enough to keep both cores
