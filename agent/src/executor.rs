@@ -13,7 +13,7 @@ use crate::cgroups::Cgroup;
 use crate::driver::sleep_until;
 use crate::exec::kill::Kill;
 use crate::exec::link::AgentLink;
-use crate::exec::mailbox::{Inbox, OUTBOX_LEN, Outgoing, mailbox};
+use crate::exec::mailbox::{Inbox, Mailbox, OUTBOX_LEN, Outgoing, mailbox};
 use crate::exec::native;
 use crate::exec::spares::Spares;
 use crate::exec::task_dir::TaskDir;
@@ -386,31 +386,49 @@ fn launch(
             Ok(dir) => dir,
             Err(event) => return link.report(task_id, event),
         };
-        // RUNNING goes out when the task first waits (for a host call, its
-        // CPU share or the next epoch tick, at most a tick after it
-        // starts), or with its end if it never waits: most short tasks end
-        // in their first poll, and then one write carries both.
-        let started = AtomicBool::new(false);
-        let run = runtime.run_async(&info, dir.as_ref(), &kill, mail, || {
-            started.store(true, Ordering::Relaxed);
-        });
-        let mut run = std::pin::pin!(run);
-        let mut told = false;
-        let end = std::future::poll_fn(|cx| {
-            let poll = run.as_mut().poll(cx);
-            if poll.is_pending() && !told && started.load(Ordering::Relaxed) {
-                told = true;
-                link.report(task_id.clone(), TaskEvent::Running);
-            }
-            poll
-        })
-        .await;
-        if !told && started.load(Ordering::Relaxed) {
-            link.report_running_and_end(task_id, end);
-        } else {
-            link.report(task_id, end);
-        }
+        let end = run_wasm(&runtime, &info, dir.as_ref(), &kill, mail, &link).await;
+        end.report(&link, task_id);
     });
+}
+
+/// Runs a wasm task and returns its end, reporting RUNNING when the task
+/// first waits (for a host call, its CPU share or an epoch tick: at most a
+/// tick after it starts). A task that ends without ever waiting, as most
+/// short ones do, has its RUNNING left for [`Ended::report`] to send with
+/// its end, in one write.
+async fn run_wasm(
+    runtime: &WasmRuntime,
+    info: &TaskInfo,
+    dir: Option<&TaskDir>,
+    kill: &Kill,
+    mail: Option<Mailbox>,
+    link: &AgentLink,
+) -> Ended {
+    let started = AtomicBool::new(false);
+    let run = runtime.run_async(info, dir, kill, mail, || {
+        started.store(true, Ordering::Relaxed);
+    });
+    let mut run = std::pin::pin!(run);
+    let mut told = false;
+    let event = std::future::poll_fn(|cx| {
+        let poll = run.as_mut().poll(cx);
+        if poll.is_pending() && !told && started.load(Ordering::Relaxed) {
+            told = true;
+            link.report(info.task_id.clone(), TaskEvent::Running);
+        }
+        poll
+    })
+    .await;
+    Ended {
+        event,
+        running_untold: !told && started.load(Ordering::Relaxed),
+    }
+}
+
+/// A wasm task's end, and whether its RUNNING is still to be sent.
+struct Ended {
+    event: TaskEvent,
+    running_untold: bool,
 }
 
 /// Cores this process may run on (not its CPU quota, which the agent
@@ -449,5 +467,15 @@ impl NewDir {
                 ),
             )
         })
+    }
+}
+
+impl Ended {
+    fn report(self, link: &AgentLink, task_id: TaskId) {
+        if self.running_untold {
+            link.report_running_and_end(task_id, self.event);
+        } else {
+            link.report(task_id, self.event);
+        }
     }
 }
