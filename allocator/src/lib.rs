@@ -884,6 +884,13 @@ impl Allocator {
             .ok_or_else(|| AllocatorError::UnknownAgent(id.clone()))
     }
 
+    /// An agent's total and what of it nobody holds, for checking the
+    /// books against the master's offers and tasks.
+    pub fn agent_books(&self, agent: &AgentId) -> Option<(Resources, Resources)> {
+        let state = self.agents[*self.agent_index.get(agent)?].as_ref()?;
+        Some((state.total.clone(), state.free.total()))
+    }
+
     /// The unreserved resources of `agent` that nobody holds (neither
     /// offered nor used).
     pub fn free_unreserved(&self, agent: &AgentId) -> Option<&Resources> {

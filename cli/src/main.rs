@@ -8,6 +8,7 @@ mod framework;
 mod machine;
 mod operator;
 mod scaffold;
+mod sim;
 mod up;
 
 use anyhow::Context as _;
@@ -64,6 +65,9 @@ enum Command {
     Teardown(operator::TeardownArgs),
     /// Measure launch latency and throughput of wasm tasks on this machine.
     Bench(bench::BenchArgs),
+    /// Sweep seeds of the deterministic simulator with injected faults,
+    /// checking the cluster's invariants after every step.
+    Sim(sim::SimArgs),
     /// Create a task or scheduler crate that builds into a component.
     New(scaffold::NewArgs),
     /// Build a task or scheduler crate into a wasm32-wasip2 component.
@@ -378,6 +382,7 @@ fn main() -> anyhow::Result<()> {
             Command::Frameworks(a) => operator::frameworks(a).await,
             Command::Teardown(a) => operator::teardown(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Sim(a) => sim::run(a),
             Command::New(a) => scaffold::new(a),
             Command::Build(a) => tokio::task::spawn_blocking(move || scaffold::build(a)).await?,
         }

@@ -118,7 +118,7 @@ pub async fn run(
         quotas = registry.quotas.len(),
         "registry loaded"
     );
-    master.restore(registry);
+    master.restore(now(), registry);
     let (tx, mut rx) = mpsc::channel::<Input>(PEER_QUEUE);
     let acceptor = tokio::spawn(accept_loop(endpoint.clone(), tx, artifacts));
     let mut peers: HashMap<ConnId, Peer> = HashMap::new();

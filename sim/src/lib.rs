@@ -1,21 +1,38 @@
 //! A deterministic, in-process Stoa cluster: the real master core and agent
-//! cores, scripted schedulers and a simulated executor, joined by a
-//! simulated network with seeded latency. No sockets, no threads, no clock.
+//! cores, scripted schedulers and simulated executors, joined by a
+//! simulated network with seeded latency, and broken on purpose by a
+//! seeded fault plan. No sockets, no threads, no clock.
 //!
-//! The same seed gives the same trace, so a failing seed is a reproducible
-//! bug report.
+//! After every step the simulator checks the invariants DESIGN.md names:
+//! the master's books (no resource in two offers, never more allocated on
+//! an agent than it has, the allocator's books equal live tasks plus
+//! offers), no task runs twice, every task ends exactly once as its
+//! scheduler sees it and is not running when its scheduler hears it ended,
+//! and, at the end, that every launched task was heard to end and every
+//! status update was acknowledged. The same seed gives the same trace, so
+//! a failing seed is a reproducible bug report.
 
+mod describe;
+pub mod faults;
 pub mod guest;
+pub mod ledger;
+mod scheduler;
+pub mod sweep;
 
+use describe::{describe_agent_msg, describe_call, describe_event, describe_master_msg};
+use faults::{Fault, FaultKind};
+use ledger::{Executions, Violation};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use scheduler::BuiltIn;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 use stoa_agent_core::{Action, Agent, TaskEvent};
+use stoa_master_core::registry::Registry;
 use stoa_master_core::{Channel, ConnId, Master, MasterConfig, Transmit};
 use stoa_proto::{
-    AgentInfo, AgentToMaster, Artifact, Attributes, Call, Event, FrameworkId, FrameworkInfo,
-    MasterToAgent, Operation, Resources, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState, Time,
+    AgentInfo, AgentToMaster, Attributes, Call, Event, FrameworkId, FrameworkInfo, MasterToAgent,
+    Reason, Resources, TaskId, TaskInfo, TaskKind, TaskState, Time,
 };
 
 /// What the simulation is made of.
@@ -35,6 +52,23 @@ pub struct SimConfig {
     /// Each framework's scheduler: the built-in one when `None`, else what
     /// this makes (a guest-SDK scheduler through [`guest::Guest`]).
     pub framework: Option<fn(usize) -> Box<dyn guest::Framework>>,
+    /// The master's timings.
+    pub master: MasterConfig,
+    /// The failover timeout every framework subscribes with.
+    pub failover_timeout: Duration,
+    /// What may break; nothing when empty.
+    pub faults: Vec<FaultKind>,
+    /// At most this many faults per run, all starting within the horizon.
+    pub max_faults: usize,
+    pub fault_horizon: Duration,
+    /// How long after a connection breaks each end notices (QUIC keep-alive
+    /// and idle timeout).
+    pub detect: Duration,
+    /// Check the master's books after every step (costs a walk over the
+    /// cluster per step; off for the largest runs).
+    pub check_books: bool,
+    /// Keep the whole trace, not only its tail.
+    pub full_trace: bool,
 }
 
 impl Default for SimConfig {
@@ -49,39 +83,124 @@ impl Default for SimConfig {
             latency: (Duration::from_micros(100), Duration::from_millis(2)),
             task_time: (Duration::from_millis(1), Duration::from_millis(50)),
             framework: None,
+            master: MasterConfig::default(),
+            failover_timeout: Duration::from_secs(10),
+            faults: Vec::new(),
+            max_faults: 4,
+            fault_horizon: Duration::from_secs(30),
+            detect: Duration::from_secs(1),
+            check_books: true,
+            full_trace: false,
         }
     }
 }
 
-#[derive(Debug, Clone)]
-enum Packet {
-    AgentToMaster(usize, AgentToMaster),
-    MasterToAgent(usize, MasterToAgent),
-    SchedulerToMaster(usize, Call),
-    MasterToScheduler(usize, Event),
+impl SimConfig {
+    /// A run shaped for fault sweeps: tasks long enough for faults to land
+    /// on them, and every fault kind.
+    pub fn faulty(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            task_time: (Duration::from_millis(200), Duration::from_secs(6)),
+            faults: FaultKind::ALL.to_vec(),
+            master: MasterConfig {
+                agent_removal_timeout: Duration::from_secs(20),
+                ..MasterConfig::default()
+            },
+            ..SimConfig::default()
+        }
+    }
 }
 
-/// A scheduler that launches its tasks wherever they fit and acknowledges
-/// every update.
+/// Who is at the far end of a connection to the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Agent(usize),
+    Scheduler(usize),
+}
+
+#[derive(Debug, Clone)]
+enum Packet {
+    AgentToMaster(ConnId, AgentToMaster),
+    MasterToAgent(ConnId, MasterToAgent),
+    SchedulerToMaster(ConnId, Call),
+    MasterToScheduler(ConnId, Event),
+}
+
+/// Everything that happens at a time: the one queue the run walks.
+#[derive(Debug, Clone)]
+enum Ev {
+    Packet(Packet),
+    /// A simulated executor reports on a task.
+    Exec(usize, FrameworkId, TaskId, TaskEvent),
+    Fault(Fault),
+    /// A peer tries to connect to the master.
+    Connect(Peer),
+    /// The master notices a connection is gone.
+    MasterNotices(ConnId),
+    /// A peer notices its connection is gone.
+    PeerNotices(Peer, ConnId),
+    MasterUp,
+    /// A connection the master closed is gone at both ends.
+    Closed(ConnId),
+    /// A crashed agent process starts again.
+    AgentUp(usize),
+    /// A crashed scheduler starts again and subscribes with its id.
+    SchedulerUp(usize),
+    /// A scheduler's acknowledgement, held back by a slow-acks window.
+    LateAck(usize, Call),
+    /// A guest framework's timer.
+    Timer(usize, u64),
+}
+
+/// A framework's scheduler as the simulator runs it.
 #[derive(Debug)]
 struct Scheduler {
     id: Option<FrameworkId>,
-    pending: VecDeque<usize>,
-    finished: BTreeSet<usize>,
-    failed: Vec<String>,
+    conn: Option<ConnId>,
+    up: bool,
+    builtin: BuiltIn,
     /// A framework driven in place of the built-in logic.
     guest: Option<Box<dyn guest::Framework>>,
     torn_down: bool,
+    slow_acks_until: Time,
+}
+
+/// A task held by a simulated executor, as a restarted agent recovers it.
+#[derive(Debug, Clone)]
+struct Held {
+    task: TaskInfo,
+    last: Option<TaskEvent>,
+}
+
+#[derive(Debug)]
+struct AgentSlot {
+    core: Option<Agent>,
+    conn: Option<ConnId>,
+    info: AgentInfo,
+    /// What its executors hold, surviving the agent process.
+    held: BTreeMap<(FrameworkId, TaskId), Held>,
+    /// Its timer in the simulator's set of agent timers.
+    timer: Option<Time>,
+    incarnation: u64,
+    /// The id it registered under, as an agent keeps it on disk.
+    known_id: Option<stoa_proto::AgentId>,
 }
 
 /// The outcome of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    /// Tasks finished with the right output, per framework.
+    /// Units of work finished with the right output, per framework.
     pub finished: Vec<usize>,
-    /// Tasks that ended in any other terminal state, with why.
+    /// Units that ended in any other way, with why.
     pub failed: Vec<String>,
     pub end: Time,
+    /// Steps taken: events handled.
+    pub steps: u64,
+    /// Invariants broken; the run stops at the first.
+    pub violations: Vec<Violation>,
+    /// The faults the run injected.
+    pub faults: Vec<Fault>,
 }
 
 #[derive(Debug)]
@@ -90,45 +209,69 @@ pub struct Sim {
     rng: ChaCha8Rng,
     now: Time,
     seq: u64,
-    master: Master,
-    agents: Vec<Agent>,
+    steps: u64,
+    master: Option<Master>,
+    master_runs: u64,
+    /// What the master persisted: survives its crashes.
+    registry: Registry,
+    agents: Vec<AgentSlot>,
     schedulers: Vec<Scheduler>,
-    /// In flight: (delivery time, sequence) → packet. The sequence keeps
-    /// equal times in send order.
-    network: BTreeMap<(Time, u64), Packet>,
-    /// Simulated executions: (end time, sequence) → (agent, framework, task, event).
-    executions: BTreeMap<(Time, u64), (usize, FrameworkId, TaskId, TaskEvent)>,
-    trace: Vec<String>,
-    /// Each agent's next timeout, ordered, so a step does not scan every
-    /// agent (the simulator runs thousands).
+    conns: HashMap<ConnId, Peer>,
+    /// When the last packet each way on each connection arrives.
+    stream_tail: HashMap<(ConnId, bool), Time>,
+    next_conn: u64,
+    agent_cut_until: Vec<Time>,
+    scheduler_cut_until: Vec<Time>,
+    queue: BTreeMap<(Time, u64), Ev>,
+    /// Agents' next timeouts, ordered, so a step does not scan every agent.
     agent_timers: BTreeSet<(Time, usize)>,
-    agent_timer_of: Vec<Option<Time>>,
-    /// Frameworks' timers: (due, sequence, framework, its timer id).
-    framework_timers: BTreeSet<(Time, u64, usize, u64)>,
+    truth: Executions,
+    violations: Vec<Violation>,
+    faults: Vec<Fault>,
+    trace: VecDeque<String>,
 }
 
-/// Connection ids: agents are 1..=n, schedulers follow.
-fn agent_conn(i: usize) -> ConnId {
-    ConnId(1 + i as u64)
-}
+/// How many trace lines a run keeps unless asked for all of them.
+const TRACE_TAIL: usize = 400;
 
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
+        let plan = faults::plan(
+            config.seed,
+            &config.faults,
+            config.max_faults,
+            faults::PlanLimits {
+                horizon: config.fault_horizon,
+                agents: config.agents,
+                frameworks: config.frameworks,
+                agent_removal_timeout: config.master.agent_removal_timeout,
+                failover_timeout: config.failover_timeout,
+            },
+        );
         let mut sim = Sim {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             now: Time::ZERO,
             seq: 0,
-            master: Master::new(MasterConfig::default(), "sim"),
+            steps: 0,
+            master: None,
+            master_runs: 0,
+            registry: Registry::default(),
             agents: Vec::new(),
             schedulers: Vec::new(),
-            network: BTreeMap::new(),
-            executions: BTreeMap::new(),
-            trace: Vec::new(),
+            conns: HashMap::new(),
+            stream_tail: HashMap::new(),
+            next_conn: 1,
+            agent_cut_until: vec![Time::ZERO; config.agents],
+            scheduler_cut_until: vec![Time::ZERO; config.frameworks],
+            queue: BTreeMap::new(),
             agent_timers: BTreeSet::new(),
-            agent_timer_of: Vec::new(),
-            framework_timers: BTreeSet::new(),
+            truth: Executions::default(),
+            violations: Vec::new(),
+            faults: plan.clone(),
+            trace: VecDeque::new(),
             config,
         };
+        sim.master_up();
         for i in 0..sim.config.agents {
             let info = AgentInfo {
                 reservations: Vec::new(),
@@ -136,40 +279,38 @@ impl Sim {
                 resources: sim.config.agent_resources.clone(),
                 attributes: Attributes::default(),
             };
-            let mut agent = Agent::new(info, None, 0);
-            sim.master
-                .handle_connected(sim.now, agent_conn(i), Channel::Agent);
-            agent.handle_connected(sim.now);
-            sim.agents.push(agent);
-            sim.agent_timer_of.push(None);
-            sim.drain_agent(i);
+            sim.agents.push(AgentSlot {
+                core: Some(Agent::new(info.clone(), None, 0)),
+                conn: None,
+                info,
+                held: BTreeMap::new(),
+                timer: None,
+                incarnation: 0,
+                known_id: None,
+            });
+            sim.connect(Peer::Agent(i));
         }
         for f in 0..sim.config.frameworks {
             sim.schedulers.push(Scheduler {
                 id: None,
-                pending: (0..sim.config.tasks_per_framework).collect(),
-                finished: BTreeSet::new(),
-                failed: Vec::new(),
+                conn: None,
+                up: true,
+                builtin: BuiltIn::new(sim.config.tasks_per_framework),
                 guest: sim.config.framework.map(|make| make(f)),
                 torn_down: false,
+                slow_acks_until: Time::ZERO,
             });
-            sim.master
-                .handle_connected(sim.now, sim.sched_conn(f), Channel::Scheduler);
-            let framework = FrameworkInfo::new(
-                format!("fw-{f}"),
-                format!("role-{f}").parse().expect("role"),
-            );
-            sim.send(Packet::SchedulerToMaster(f, Call::Subscribe { framework }));
+            sim.connect(Peer::Scheduler(f));
+        }
+        for fault in plan {
+            sim.at(fault.at, Ev::Fault(fault));
         }
         sim
     }
 
-    fn sched_conn(&self, f: usize) -> ConnId {
-        ConnId(1 + self.config.agents as u64 + f as u64)
-    }
-
-    pub fn trace(&self) -> &[String] {
-        &self.trace
+    /// The trace kept so far (its last lines unless `full_trace`).
+    pub fn trace(&self) -> Vec<String> {
+        self.trace.iter().cloned().collect()
     }
 
     fn uniform(&mut self, (lo, hi): (Duration, Duration)) -> Duration {
@@ -181,267 +322,713 @@ impl Sim {
         })
     }
 
-    fn send(&mut self, packet: Packet) {
-        let at = self.now + self.uniform(self.config.latency);
+    fn at(&mut self, when: Time, ev: Ev) {
         self.seq += 1;
-        self.network.insert((at, self.seq), packet);
+        self.queue.insert((when, self.seq), ev);
+    }
+
+    fn after(&mut self, delay: Duration, ev: Ev) {
+        self.at(self.now + delay, ev);
+    }
+
+    /// Puts `packet` on the network. A connection is one ordered stream
+    /// each way (as a QUIC stream is): a packet never overtakes an earlier
+    /// one in the same direction.
+    fn send(&mut self, packet: Packet) {
+        let delay = self.uniform(self.config.latency);
+        let (conn, to_master) = match &packet {
+            Packet::AgentToMaster(c, _) | Packet::SchedulerToMaster(c, _) => (*c, true),
+            Packet::MasterToAgent(c, _) | Packet::MasterToScheduler(c, _) => (*c, false),
+        };
+        let last = self
+            .stream_tail
+            .entry((conn, to_master))
+            .or_insert(Time::ZERO);
+        let at = (self.now + delay).max(*last);
+        *last = at;
+        self.at(at, Ev::Packet(packet));
     }
 
     fn log(&mut self, line: String) {
-        self.trace.push(format!("{} {line}", self.now));
+        self.trace.push_back(format!("{} {line}", self.now));
+        if !self.config.full_trace && self.trace.len() > TRACE_TAIL {
+            self.trace.pop_front();
+        }
     }
 
-    /// Runs until every task has ended or `limit` of simulated time passed.
+    fn violate(&mut self, v: Violation) {
+        self.log(format!("VIOLATION {}: {}", v.invariant, v.detail));
+        self.violations.push(v);
+    }
+
+    /// Runs until every unit of work is done (then a quiet while more, for
+    /// the last acknowledgements) or `limit` of simulated time passed, or an
+    /// invariant breaks.
     pub fn run(&mut self, limit: Duration) -> Outcome {
         let end = Time::ZERO + limit;
-        while !self.done() {
+        let faults_over = Time::ZERO + self.config.fault_horizon + Duration::from_secs(60);
+        let mut settle_until: Option<Time> = None;
+        loop {
+            if self.violations.is_empty() && settle_until.is_none() && self.done() {
+                // Redeliveries and acknowledgements still in flight finish
+                // within a few retry rounds.
+                settle_until = Some(self.now.max(faults_over.min(end)) + Duration::from_secs(5));
+            }
             let next = [
-                self.network.keys().next().map(|k| k.0),
-                self.executions.keys().next().map(|k| k.0),
-                self.master.poll_timeout(),
+                self.queue.keys().next().map(|k| k.0),
+                self.master.as_ref().and_then(Master::poll_timeout),
+                self.agent_timers.first().map(|(t, _)| *t),
             ]
             .into_iter()
             .flatten()
-            .chain(self.agent_timers.first().map(|(t, _)| *t))
-            .chain(self.framework_timers.first().map(|t| t.0))
             .min();
-            let Some(next) = next.filter(|t| *t <= end) else {
+            let stop = settle_until.map_or(end, |s| s.min(end));
+            let Some(next) = next.filter(|t| *t <= stop) else {
                 break;
             };
+            if !self.violations.is_empty() {
+                break;
+            }
             self.now = self.now.max(next);
             self.step();
         }
+        if self.violations.is_empty() {
+            self.final_checks();
+        }
         Outcome {
-            finished: self.schedulers.iter().map(|s| s.finished.len()).collect(),
+            finished: self
+                .schedulers
+                .iter()
+                .map(|s| s.builtin.finished.len())
+                .collect(),
             failed: self
                 .schedulers
                 .iter()
-                .flat_map(|s| s.failed.clone())
+                .flat_map(|s| {
+                    s.builtin
+                        .failed
+                        .iter()
+                        .map(|(n, why)| format!("unit {n}: {why}"))
+                })
                 .collect(),
             end: self.now,
+            steps: self.steps,
+            violations: self.violations.clone(),
+            faults: self.faults.clone(),
         }
     }
 
     fn done(&self) -> bool {
-        self.schedulers.iter().all(|s| {
-            s.torn_down || s.finished.len() + s.failed.len() == self.config.tasks_per_framework
-        })
+        self.schedulers
+            .iter()
+            .all(|s| s.torn_down || s.builtin.units_done() == self.config.tasks_per_framework)
     }
 
-    /// Handles everything due at `self.now`.
+    /// Liveness, once the run is over: every task its scheduler launched
+    /// was heard to end, nothing still runs, nothing waits for an
+    /// acknowledgement.
+    fn final_checks(&mut self) {
+        let now = self.now;
+        if self.config.framework.is_some() {
+            return;
+        }
+        for f in 0..self.schedulers.len() {
+            let s = &self.schedulers[f];
+            if s.torn_down {
+                continue;
+            }
+            if !s.builtin.told.open.is_empty()
+                || s.builtin.units_done() < self.config.tasks_per_framework
+            {
+                let open: Vec<String> = s.builtin.told.open.iter().map(|t| t.to_string()).collect();
+                let detail = format!(
+                    "fw-{f}: {} of {} units done; never heard to end: {open:?}",
+                    s.builtin.units_done(),
+                    self.config.tasks_per_framework
+                );
+                self.violate(Violation {
+                    at: now,
+                    invariant: "every launched task ends",
+                    detail,
+                });
+                return;
+            }
+        }
+        for i in 0..self.agents.len() {
+            let Some(core) = &self.agents[i].core else {
+                continue;
+            };
+            let (active, pending) = (core.active_tasks(), core.pending_updates());
+            let running = self.agents[i]
+                .held
+                .iter()
+                .filter(|(_, h)| !h.last.as_ref().is_some_and(TaskEvent::is_terminal))
+                .map(|((f, t), _)| format!("{f}/{t}"))
+                .collect::<Vec<_>>();
+            if active > 0 || pending > 0 || !running.is_empty() {
+                self.violate(Violation {
+                    at: now,
+                    invariant: "updates are redelivered until acknowledged",
+                    detail: format!(
+                        "agent-{i} at the end: {active} tasks active, {pending} updates unacknowledged, executors running {running:?}"
+                    ),
+                });
+                return;
+            }
+        }
+    }
+
+    /// Handles everything due at `self.now`, then checks the books.
     fn step(&mut self) {
         let now = self.now;
-        while let Some(entry) = self.network.first_entry() {
+        while let Some(entry) = self.queue.first_entry() {
             if entry.key().0 > now {
                 break;
             }
-            let packet = entry.remove();
-            self.deliver(packet);
+            let ev = entry.remove();
+            self.steps += 1;
+            self.handle(ev);
         }
-        while let Some(entry) = self.executions.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let (i, fw, task, event) = entry.remove();
-            self.log(format!("agent-{i} executor {task} {event:?}"));
-            self.agents[i].handle_task_event(now, fw, task, event);
-            self.drain_agent(i);
-        }
-        if self.master.poll_timeout().is_some_and(|t| t <= now) {
-            self.master.handle_timeout(now);
+        if let Some(m) = self.master.as_mut()
+            && m.poll_timeout().is_some_and(|t| t <= now)
+        {
+            m.handle_timeout(now);
             self.drain_master();
         }
         while let Some(&(t, i)) = self.agent_timers.first() {
             if t > now {
                 break;
             }
-            self.agents[i].handle_timeout(now);
+            self.agent_timers.remove(&(t, i));
+            self.agents[i].timer = None;
+            if let Some(core) = self.agents[i].core.as_mut() {
+                core.handle_timeout(now);
+            }
             self.drain_agent(i);
         }
-        while let Some(&(t, seq, f, id)) = self.framework_timers.first() {
-            if t > now {
-                break;
+        if self.config.check_books
+            && let Some(m) = &self.master
+            && let Err(detail) = m.check_books()
+        {
+            self.violate(Violation {
+                at: now,
+                invariant: "the master's books balance",
+                detail,
+            });
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        let now = self.now;
+        match ev {
+            Ev::Packet(p) => self.deliver(p),
+            Ev::Exec(i, fw, task, event) => self.executor_reports(i, fw, task, event),
+            Ev::Fault(fault) => self.inject(fault),
+            Ev::Connect(peer) => self.connect(peer),
+            Ev::MasterNotices(conn) => {
+                if let Some(m) = self.master.as_mut() {
+                    m.handle_disconnected(now, conn);
+                    self.drain_master();
+                }
             }
-            self.framework_timers.remove(&(t, seq, f, id));
-            if let Some(mut g) = self.schedulers[f].guest.take() {
-                let reaction = g.timer(id);
-                self.schedulers[f].guest = Some(g);
-                self.apply(f, reaction);
+            Ev::PeerNotices(peer, conn) => self.peer_notices(peer, conn),
+            Ev::Closed(conn) => {
+                if let Some(peer) = self.conns.remove(&conn) {
+                    self.peer_notices(peer, conn);
+                }
+            }
+            Ev::MasterUp => {
+                self.log("master starts again from its registry".into());
+                self.master_up();
+            }
+            Ev::AgentUp(i) => self.agent_up(i),
+            Ev::SchedulerUp(f) => {
+                self.log(format!("fw-{f} scheduler starts again"));
+                self.schedulers[f].up = true;
+                self.connect(Peer::Scheduler(f));
+            }
+            Ev::LateAck(f, call) => {
+                if let Some(conn) = self.schedulers[f].conn {
+                    self.send(Packet::SchedulerToMaster(conn, call));
+                }
+            }
+            Ev::Timer(f, id) => {
+                if let Some(mut g) = self.schedulers[f].guest.take() {
+                    let reaction = g.timer(id);
+                    self.schedulers[f].guest = Some(g);
+                    self.apply(f, reaction);
+                }
             }
         }
     }
 
-    /// Sends what a framework asked for and sets its timers.
-    fn apply(&mut self, f: usize, reaction: guest::Reaction) {
-        for call in reaction.calls {
-            self.send(Packet::SchedulerToMaster(f, call));
+    // ---- the master ----------------------------------------------------
+
+    fn master_up(&mut self) {
+        self.master_runs += 1;
+        let mut master = Master::new(
+            self.config.master.clone(),
+            &format!("sim{}", self.master_runs),
+        );
+        master.restore(self.now, self.registry.clone());
+        self.master = Some(master);
+        self.drain_master();
+    }
+
+    fn drain_master(&mut self) {
+        let Some(master) = self.master.as_mut() else {
+            return;
+        };
+        // Durable before visible: the registry is kept before anything the
+        // same input produced goes out.
+        if let Some(registry) = master.poll_registry() {
+            self.registry = registry;
         }
-        for (id, after) in reaction.timers {
-            self.seq += 1;
-            let at = self.now + after;
-            self.framework_timers.insert((at, self.seq, f, id));
+        let mut out = Vec::new();
+        while let Some(t) = master.poll_transmit() {
+            out.push(t);
         }
-        if reaction.torn_down {
-            self.schedulers[f].torn_down = true;
+        for t in out {
+            match t {
+                Transmit::ToAgent(conn, msg) => self.send(Packet::MasterToAgent(conn, msg)),
+                Transmit::ToScheduler(conn, event) => {
+                    self.send(Packet::MasterToScheduler(conn, event))
+                }
+                Transmit::Close(conn, reason) => {
+                    self.log(format!("master closes conn {} ({reason})", conn.0));
+                    // What was sent before the close still arrives.
+                    let delay = self.config.latency.1 + Duration::from_micros(1);
+                    self.after(delay, Ev::Closed(conn));
+                    if let Some(m) = self.master.as_mut() {
+                        m.handle_disconnected(self.now, conn);
+                    }
+                }
+            }
         }
     }
+
+    // ---- connections -----------------------------------------------------
+
+    fn backoff(&mut self) -> Duration {
+        self.uniform((Duration::from_millis(100), Duration::from_millis(600)))
+    }
+
+    fn link_cut(&self, peer: Peer) -> bool {
+        match peer {
+            Peer::Agent(i) => self.agent_cut_until[i] > self.now,
+            Peer::Scheduler(f) => self.scheduler_cut_until[f] > self.now,
+        }
+    }
+
+    fn connect(&mut self, peer: Peer) {
+        let (up, connected) = match peer {
+            Peer::Agent(i) => (self.agents[i].core.is_some(), self.agents[i].conn.is_some()),
+            Peer::Scheduler(f) => {
+                let s = &self.schedulers[f];
+                (s.up && !s.torn_down, s.conn.is_some())
+            }
+        };
+        if !up || connected {
+            return;
+        }
+        if self.master.is_none() || self.link_cut(peer) {
+            let wait = self.backoff();
+            self.after(wait, Ev::Connect(peer));
+            return;
+        }
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.conns.insert(conn, peer);
+        let now = self.now;
+        match peer {
+            Peer::Agent(i) => {
+                self.log(format!("agent-{i} connects on conn {}", conn.0));
+                if let Some(m) = self.master.as_mut() {
+                    m.handle_connected(now, conn, Channel::Agent);
+                }
+                self.agents[i].conn = Some(conn);
+                if let Some(core) = self.agents[i].core.as_mut() {
+                    core.handle_connected(now);
+                }
+                self.drain_agent(i);
+            }
+            Peer::Scheduler(f) => {
+                self.log(format!("fw-{f} connects on conn {}", conn.0));
+                if let Some(m) = self.master.as_mut() {
+                    m.handle_connected(now, conn, Channel::Scheduler);
+                }
+                self.schedulers[f].conn = Some(conn);
+                let mut framework = FrameworkInfo::new(
+                    format!("fw-{f}"),
+                    format!("role-{f}")
+                        .parse()
+                        .unwrap_or_else(|_| unreachable!("role-N is a valid role")),
+                );
+                framework.id = self.schedulers[f].id.clone();
+                framework.failover_timeout_ms = self.config.failover_timeout.as_millis() as u64;
+                self.send(Packet::SchedulerToMaster(
+                    conn,
+                    Call::Subscribe { framework },
+                ));
+            }
+        }
+    }
+
+    /// Breaks `conn`: nothing more crosses it; each end notices after the
+    /// detection delay.
+    fn break_conn(&mut self, conn: ConnId, peer_notices: bool) {
+        let Some(peer) = self.conns.remove(&conn) else {
+            return;
+        };
+        let detect = self.config.detect;
+        self.after(detect, Ev::MasterNotices(conn));
+        if peer_notices {
+            self.after(detect, Ev::PeerNotices(peer, conn));
+        }
+    }
+
+    fn peer_notices(&mut self, peer: Peer, conn: ConnId) {
+        let now = self.now;
+        match peer {
+            Peer::Agent(i) => {
+                if self.agents[i].conn != Some(conn) {
+                    return;
+                }
+                self.agents[i].conn = None;
+                if let Some(core) = self.agents[i].core.as_mut() {
+                    core.handle_disconnected(now);
+                }
+                self.drain_agent(i);
+            }
+            Peer::Scheduler(f) => {
+                if self.schedulers[f].conn != Some(conn) {
+                    return;
+                }
+                self.schedulers[f].conn = None;
+            }
+        }
+        let wait = self.backoff();
+        self.after(wait, Ev::Connect(peer));
+    }
+
+    // ---- faults ------------------------------------------------------------
+
+    fn inject(&mut self, fault: Fault) {
+        self.log(format!("FAULT {fault}"));
+        let Fault {
+            kind,
+            target,
+            lasts,
+            ..
+        } = fault;
+        match kind {
+            FaultKind::AgentPartition => {
+                self.agent_cut_until[target] = self.now + lasts;
+                if let Some(conn) = self.agents[target].conn {
+                    self.break_conn(conn, true);
+                }
+            }
+            FaultKind::SchedulerPartition => {
+                self.scheduler_cut_until[target] = self.now + lasts;
+                if let Some(conn) = self.schedulers[target].conn {
+                    self.break_conn(conn, true);
+                }
+            }
+            FaultKind::AgentRestart | FaultKind::AgentCrash => {
+                let slot = &mut self.agents[target];
+                if slot.core.is_none() {
+                    return;
+                }
+                slot.core = None;
+                if let Some(t) = slot.timer.take() {
+                    self.agent_timers.remove(&(t, target));
+                }
+                if let Some(conn) = self.agents[target].conn.take() {
+                    self.break_conn(conn, false);
+                }
+                if kind == FaultKind::AgentCrash {
+                    let held = std::mem::take(&mut self.agents[target].held);
+                    for (fw, task) in held.keys() {
+                        self.truth.ended(target, fw, task);
+                    }
+                }
+                self.after(lasts, Ev::AgentUp(target));
+            }
+            FaultKind::ExecutorCrash => {
+                let (agent, f) = (
+                    target / self.config.frameworks,
+                    target % self.config.frameworks,
+                );
+                let Some(fw) = self.schedulers[f].id.clone() else {
+                    return;
+                };
+                let victims: Vec<TaskId> = self.agents[agent]
+                    .held
+                    .iter()
+                    .filter(|((of, _), h)| {
+                        *of == fw && !h.last.as_ref().is_some_and(TaskEvent::is_terminal)
+                    })
+                    .map(|((_, t), _)| t.clone())
+                    .collect();
+                for task in victims {
+                    let event = TaskEvent::ended(
+                        TaskState::Failed,
+                        Reason::ExecutorTerminated,
+                        "the executor died",
+                    );
+                    self.executor_reports(agent, fw.clone(), task, event);
+                }
+            }
+            FaultKind::MasterRestart => {
+                if self.master.take().is_none() {
+                    return;
+                }
+                let detect = self.config.detect.min(lasts);
+                let conns: Vec<(ConnId, Peer)> = self.conns.drain().collect();
+                for (conn, peer) in conns {
+                    self.after(detect, Ev::PeerNotices(peer, conn));
+                }
+                self.after(lasts, Ev::MasterUp);
+            }
+            FaultKind::SchedulerFailover | FaultKind::SchedulerGone => {
+                let s = &mut self.schedulers[target];
+                if !s.up || s.torn_down {
+                    return;
+                }
+                s.up = false;
+                if let Some(conn) = s.conn.take() {
+                    self.break_conn(conn, false);
+                }
+                self.after(lasts, Ev::SchedulerUp(target));
+            }
+            FaultKind::SlowAcks => self.schedulers[target].slow_acks_until = self.now + lasts,
+        }
+    }
+
+    fn agent_up(&mut self, i: usize) {
+        let now = self.now;
+        let slot = &mut self.agents[i];
+        slot.incarnation += 1;
+        // A restarted agent numbers its updates above every earlier number.
+        let mut core = Agent::new(
+            slot.info.clone(),
+            slot.known_id.clone(),
+            slot.incarnation << 40,
+        );
+        for ((fw, _), held) in &slot.held {
+            core.recover_task(now, fw.clone(), &held.task, held.last.clone());
+        }
+        let held = slot.held.len();
+        slot.core = Some(core);
+        self.log(format!("agent-{i} starts again holding {held} tasks"));
+        self.connect(Peer::Agent(i));
+    }
+
+    // ---- agents and executors ----------------------------------------------
+
+    fn executor_reports(&mut self, i: usize, fw: FrameworkId, task: TaskId, event: TaskEvent) {
+        let key = (fw.clone(), task.clone());
+        let Some(held) = self.agents[i].held.get_mut(&key) else {
+            return;
+        };
+        if held.last.as_ref().is_some_and(TaskEvent::is_terminal) {
+            return;
+        }
+        held.last = Some(event.clone());
+        if event.is_terminal() {
+            self.truth.ended(i, &fw, &task);
+        }
+        self.log(format!("agent-{i} executor {task} {event:?}"));
+        let now = self.now;
+        if let Some(core) = self.agents[i].core.as_mut() {
+            core.handle_task_event(now, fw, task, event);
+            self.drain_agent(i);
+        }
+    }
+
+    fn drain_agent(&mut self, i: usize) {
+        let now = self.now;
+        let slot = &mut self.agents[i];
+        let Some(core) = slot.core.as_mut() else {
+            return;
+        };
+        // Every input to an agent ends here: refresh its timer.
+        if let Some(old) = slot.timer.take() {
+            self.agent_timers.remove(&(old, i));
+        }
+        if let Some(t) = core.poll_timeout() {
+            self.agent_timers.insert((t, i));
+            slot.timer = Some(t);
+        }
+        if let Some(id) = core.agent_id() {
+            slot.known_id = Some(id.clone());
+        }
+        let mut msgs = Vec::new();
+        while let Some(msg) = core.poll_transmit() {
+            msgs.push(msg);
+        }
+        let mut actions = Vec::new();
+        while let Some(action) = core.poll_action() {
+            actions.push(action);
+        }
+        if let Some(conn) = self.agents[i].conn {
+            for msg in msgs {
+                self.send(Packet::AgentToMaster(conn, msg));
+            }
+        }
+        for action in actions {
+            self.perform(i, now, action);
+        }
+    }
+
+    fn perform(&mut self, i: usize, now: Time, action: Action) {
+        match action {
+            Action::Launch { framework_id, task } => {
+                if let Some(v) = self.truth.started(now, i, &framework_id, &task.task_id) {
+                    self.violate(v);
+                }
+                // The simulated executor echoes a wasm task's input and a
+                // command's argv.
+                let input = match &task.kind {
+                    TaskKind::Wasm(wasm) => wasm.input.clone(),
+                    TaskKind::Command(command) => command.argv.join(" ").into_bytes(),
+                    TaskKind::Scheduler(hosted) => hosted.framework.name.clone().into_bytes(),
+                };
+                let output = [b"hello, ".as_slice(), &input].concat();
+                let started =
+                    now + self.uniform((Duration::from_micros(10), Duration::from_micros(100)));
+                let ended = started + self.uniform(self.config.task_time);
+                let id = task.task_id.clone();
+                self.agents[i].held.insert(
+                    (framework_id.clone(), id.clone()),
+                    Held {
+                        task: *task,
+                        last: None,
+                    },
+                );
+                self.at(
+                    started,
+                    Ev::Exec(i, framework_id.clone(), id.clone(), TaskEvent::Running),
+                );
+                let finished = TaskEvent::Finished {
+                    output,
+                    exit_code: None,
+                };
+                self.at(ended, Ev::Exec(i, framework_id, id, finished));
+            }
+            Action::Kill {
+                framework_id,
+                task_id,
+            } => {
+                let event =
+                    TaskEvent::ended(TaskState::Killed, Reason::KilledByScheduler, "killed");
+                self.executor_reports(i, framework_id, task_id, event);
+            }
+            // A simulated task answers every message with it.
+            Action::Deliver {
+                framework_id,
+                task_id,
+                data,
+            } => {
+                if let Some(core) = self.agents[i].core.as_mut() {
+                    core.handle_task_message(framework_id, task_id, data);
+                }
+                self.drain_agent(i);
+            }
+            Action::Forget {
+                framework_id,
+                task_id,
+                ..
+            } => {
+                self.agents[i].held.remove(&(framework_id, task_id));
+            }
+        }
+    }
+
+    // ---- packets -------------------------------------------------------------
 
     fn deliver(&mut self, packet: Packet) {
         let now = self.now;
+        let conn = match &packet {
+            Packet::AgentToMaster(c, _)
+            | Packet::MasterToAgent(c, _)
+            | Packet::SchedulerToMaster(c, _)
+            | Packet::MasterToScheduler(c, _) => *c,
+        };
+        // A broken connection delivers nothing more.
+        let Some(peer) = self.conns.get(&conn).copied() else {
+            return;
+        };
         match packet {
-            Packet::AgentToMaster(i, msg) => {
+            Packet::AgentToMaster(conn, msg) => {
+                let Peer::Agent(i) = peer else { return };
                 self.log(format!("agent-{i} -> master {}", describe_agent_msg(&msg)));
-                self.master.handle_agent_message(now, agent_conn(i), msg);
-                self.drain_master();
+                if let Some(m) = self.master.as_mut() {
+                    m.handle_agent_message(now, conn, msg);
+                    self.drain_master();
+                }
             }
-            Packet::SchedulerToMaster(f, call) => {
+            Packet::SchedulerToMaster(conn, call) => {
+                let Peer::Scheduler(f) = peer else { return };
                 self.log(format!("fw-{f} -> master {}", describe_call(&call)));
-                let conn = self.sched_conn(f);
-                self.master.handle_scheduler_call(now, conn, call);
-                self.drain_master();
+                if let Some(m) = self.master.as_mut() {
+                    m.handle_scheduler_call(now, conn, call);
+                    self.drain_master();
+                }
             }
-            Packet::MasterToAgent(i, msg) => {
+            Packet::MasterToAgent(_, msg) => {
+                let Peer::Agent(i) = peer else { return };
                 self.log(format!("master -> agent-{i} {}", describe_master_msg(&msg)));
-                self.agents[i].handle_master_message(now, msg);
-                self.drain_agent(i);
+                if let Some(core) = self.agents[i].core.as_mut() {
+                    core.handle_master_message(now, msg);
+                    self.drain_agent(i);
+                }
             }
-            Packet::MasterToScheduler(f, event) => {
+            Packet::MasterToScheduler(_, event) => {
+                let Peer::Scheduler(f) = peer else { return };
                 self.log(format!("master -> fw-{f} {}", describe_event(&event)));
                 self.scheduler_event(f, event);
             }
         }
     }
 
-    fn drain_master(&mut self) {
-        while let Some(t) = self.master.poll_transmit() {
-            match t {
-                Transmit::ToAgent(conn, msg) => {
-                    let i = (conn.0 - 1) as usize;
-                    self.send(Packet::MasterToAgent(i, msg));
-                }
-                Transmit::ToScheduler(conn, event) => {
-                    let f = (conn.0 - 1) as usize - self.config.agents;
-                    self.send(Packet::MasterToScheduler(f, event));
-                }
-                Transmit::Close(conn, reason) => {
-                    self.log(format!("master closes conn {} ({reason})", conn.0))
-                }
-            }
+    /// Sends what a guest framework asked for and sets its timers.
+    fn apply(&mut self, f: usize, reaction: guest::Reaction) {
+        for call in reaction.calls {
+            self.call(f, call);
+        }
+        for (id, after) in reaction.timers {
+            self.after(after, Ev::Timer(f, id));
+        }
+        if reaction.torn_down {
+            self.schedulers[f].torn_down = true;
         }
     }
 
-    fn drain_agent(&mut self, i: usize) {
-        // Every input to an agent ends here: refresh its timer.
-        if let Some(old) = self.agent_timer_of[i].take() {
-            self.agent_timers.remove(&(old, i));
-        }
-        if let Some(t) = self.agents[i].poll_timeout() {
-            self.agent_timers.insert((t, i));
-            self.agent_timer_of[i] = Some(t);
-        }
-        while let Some(msg) = self.agents[i].poll_transmit() {
-            self.send(Packet::AgentToMaster(i, msg));
-        }
-        while let Some(action) = self.agents[i].poll_action() {
-            match action {
-                Action::Launch { framework_id, task } => {
-                    // The simulated executor echoes a wasm task's input and
-                    // a command's argv.
-                    let input = match &task.kind {
-                        TaskKind::Wasm(wasm) => wasm.input.clone(),
-                        TaskKind::Command(command) => command.argv.join(" ").into_bytes(),
-                        TaskKind::Scheduler(hosted) => hosted.framework.name.clone().into_bytes(),
-                    };
-                    let input = &input;
-                    let output = [b"hello, ".as_slice(), input].concat();
-                    let started = self.now
-                        + self.uniform((Duration::from_micros(10), Duration::from_micros(100)));
-                    let ended = started + self.uniform(self.config.task_time);
-                    self.seq += 1;
-                    self.executions.insert(
-                        (started, self.seq),
-                        (
-                            i,
-                            framework_id.clone(),
-                            task.task_id.clone(),
-                            TaskEvent::Running,
-                        ),
-                    );
-                    self.seq += 1;
-                    self.executions.insert(
-                        (ended, self.seq),
-                        (
-                            i,
-                            framework_id,
-                            task.task_id,
-                            TaskEvent::Finished {
-                                output,
-                                exit_code: None,
-                            },
-                        ),
-                    );
-                }
-                Action::Kill {
-                    framework_id,
-                    task_id,
-                } => {
-                    self.executions.retain(|_, (a, fw, t, _)| {
-                        !(*a == i && *fw == framework_id && *t == task_id)
-                    });
-                    let event = TaskEvent::ended(
-                        TaskState::Killed,
-                        stoa_proto::Reason::KilledByScheduler,
-                        "killed",
-                    );
-                    self.agents[i].handle_task_event(self.now, framework_id, task_id, event);
-                    self.drain_agent(i);
-                }
-                // A simulated task answers every message with it.
-                Action::Deliver {
-                    framework_id,
-                    task_id,
-                    data,
-                } => {
-                    self.agents[i].handle_task_message(framework_id, task_id, data);
-                    self.drain_agent(i);
-                }
-                // Simulated executors keep nothing to forget.
-                Action::Forget { .. } => {}
-            }
-        }
-    }
-
-    /// Counts a task's end for the outcome: finished with the greeting a
-    /// hello task gives, or ended otherwise.
-    fn tally(&mut self, f: usize, status: &stoa_proto::TaskStatus) {
-        let n = status
-            .task_id
-            .as_str()
-            .strip_prefix("task-")
-            .and_then(|n| n.parse::<usize>().ok());
-        let Some(n) = n else { return };
-        let s = &mut self.schedulers[f];
-        match status.state {
-            TaskState::Finished => {
-                let want = format!("hello, task-{n}").into_bytes();
-                if status.output.as_deref() == Some(want.as_slice()) {
-                    s.finished.insert(n);
-                } else {
-                    s.failed.push(format!("task-{n}: wrong output"));
-                }
-            }
-            st if st.is_terminal() => s.failed.push(format!("task-{n}: {st} {:?}", status.reason)),
-            _ => {}
+    fn call(&mut self, f: usize, call: Call) {
+        if let Some(conn) = self.schedulers[f].conn {
+            self.send(Packet::SchedulerToMaster(conn, call));
         }
     }
 
     fn scheduler_event(&mut self, f: usize, event: Event) {
-        if let Event::Update { status, .. } = &event {
-            self.tally(f, status);
+        if !self.schedulers[f].up {
+            return;
         }
         if let Some(mut g) = self.schedulers[f].guest.take() {
             if let Event::Subscribed { framework_id, .. } = &event {
                 self.schedulers[f].id = Some(framework_id.clone());
+            }
+            if let Event::Update { status, .. } = &event
+                && let Some(fw) = self.schedulers[f].id.clone()
+            {
+                self.schedulers[f].builtin.update(
+                    self.now,
+                    &fw,
+                    status,
+                    &self.truth,
+                    &mut self.violations,
+                );
             }
             let reaction = g.event(&event);
             self.schedulers[f].guest = Some(g);
@@ -449,46 +1036,64 @@ impl Sim {
             return;
         }
         match event {
-            Event::Subscribed { framework_id, .. } => self.schedulers[f].id = Some(framework_id),
+            Event::Subscribed { framework_id, .. } => {
+                self.schedulers[f].id = Some(framework_id);
+                for call in self.schedulers[f].builtin.subscribed() {
+                    self.call(f, call);
+                }
+            }
             Event::Offers { offers } => {
+                let each = self.config.task_resources.clone();
                 for offer in offers {
-                    let mut left = offer.resources.clone();
-                    let mut tasks = Vec::new();
-                    while let Some(&n) = self.schedulers[f].pending.front() {
-                        let Some(rest) = left.checked_sub(&self.config.task_resources) else {
-                            break;
-                        };
-                        left = rest;
-                        self.schedulers[f].pending.pop_front();
-                        tasks.push(sim_task(n, &self.config.task_resources));
-                    }
-                    let call = if tasks.is_empty() {
-                        Call::Decline {
-                            offer_ids: vec![offer.id],
-                            refuse_ms: Some(1000),
-                        }
-                    } else {
-                        Call::Accept {
-                            offer_ids: vec![offer.id],
-                            operations: vec![Operation::Launch { tasks }],
-                            refuse_ms: None,
-                        }
-                    };
-                    self.send(Packet::SchedulerToMaster(f, call));
+                    let call = self.schedulers[f].builtin.offer(&offer, &each);
+                    self.call(f, call);
                 }
             }
             Event::Update { status, ack } => {
+                let Some(fw) = self.schedulers[f].id.clone() else {
+                    return;
+                };
+                let before = self.violations.len();
+                let calls = self.schedulers[f].builtin.update(
+                    self.now,
+                    &fw,
+                    &status,
+                    &self.truth,
+                    &mut self.violations,
+                );
+                for v in self.violations[before..].to_vec() {
+                    self.log(format!("VIOLATION {}: {}", v.invariant, v.detail));
+                }
+                for call in calls {
+                    self.call(f, call);
+                }
                 if let (Some(update_id), Some(agent_id)) = (ack, status.agent_id.clone()) {
                     let call = Call::Acknowledge {
                         agent_id,
                         task_id: status.task_id.clone(),
                         update_id,
                     };
-                    self.send(Packet::SchedulerToMaster(f, call));
+                    if self.schedulers[f].slow_acks_until > self.now {
+                        // A slow scheduler: a third of its acknowledgements
+                        // never go out, the rest go out late.
+                        if self.rng.next_u64() % 3 != 0 {
+                            let late = self.uniform((Duration::ZERO, Duration::from_secs(3)));
+                            self.after(late, Ev::LateAck(f, call));
+                        }
+                    } else {
+                        self.call(f, call);
+                    }
+                }
+            }
+            Event::Error { message } => {
+                if message.contains("torn down") {
+                    self.log(format!("fw-{f} gives up: {message}"));
+                    let s = &mut self.schedulers[f];
+                    s.torn_down = true;
+                    s.builtin.abandon("the framework was torn down");
                 }
             }
             Event::Rescind { .. }
-            | Event::Error { .. }
             | Event::Heartbeat
             | Event::Submitted { .. }
             | Event::Message { .. }
@@ -497,133 +1102,16 @@ impl Sim {
         }
     }
 }
-
-fn sim_task(n: usize, resources: &Resources) -> TaskInfo {
-    TaskInfo {
-        task_id: TaskId::new(format!("task-{n}"))
-            .unwrap_or_else(|_| unreachable!("task-N is a valid id")),
-        name: format!("task {n}"),
-        resources: resources.clone(),
-        kind: TaskKind::wasm(
-            Artifact::inline(Vec::new()),
-            format!("task-{n}").into_bytes(),
-        ),
-        limits: TaskLimits::default(),
-    }
-}
-
-fn describe_agent_msg(m: &AgentToMaster) -> String {
-    match m {
-        AgentToMaster::Register { agent_id, .. } => format!("Register {agent_id:?}"),
-        AgentToMaster::Heartbeat => "Heartbeat".into(),
-        AgentToMaster::StatusUpdate {
-            update_id, status, ..
-        } => {
-            format!(
-                "StatusUpdate {} {} #{}",
-                status.task_id, status.state, update_id.0
-            )
-        }
-        AgentToMaster::FrameworkMessage { task_id, data, .. } => {
-            format!("FrameworkMessage {} bytes from {task_id}", data.len())
-        }
-        AgentToMaster::Undelivered {
-            task_id, message, ..
-        } => format!("Undelivered to {task_id}: {message}"),
-    }
-}
-
-fn describe_master_msg(m: &MasterToAgent) -> String {
-    match m {
-        MasterToAgent::Registered { agent_id, .. } => format!("Registered {agent_id}"),
-        MasterToAgent::Refused { message } => format!("Refused {message}"),
-        MasterToAgent::RunTask { task, .. } => format!("RunTask {}", task.task_id),
-        MasterToAgent::KillTask { task_id, .. } => format!("KillTask {task_id}"),
-        MasterToAgent::AcknowledgeUpdate { task_id, update_id } => {
-            format!("Ack {task_id} #{}", update_id.0)
-        }
-        MasterToAgent::FrameworkMessage { task_id, data, .. } => {
-            format!("FrameworkMessage {} bytes to {task_id}", data.len())
-        }
-    }
-}
-
-fn describe_call(c: &Call) -> String {
-    match c {
-        Call::Subscribe { framework } => format!("Subscribe {}", framework.name),
-        Call::Accept {
-            offer_ids,
-            operations,
-            ..
-        } => {
-            let n: usize = operations
-                .iter()
-                .map(|op| match op {
-                    Operation::Launch { tasks } | Operation::LaunchGroup { tasks } => tasks.len(),
-                    Operation::Reserve { .. } | Operation::Unreserve { .. } => 0,
-                })
-                .sum();
-            format!("Accept {offer_ids:?} launching {n}")
-        }
-        Call::Decline { offer_ids, .. } => format!("Decline {offer_ids:?}"),
-        Call::Kill { task_id } => format!("Kill {task_id}"),
-        Call::Acknowledge {
-            task_id, update_id, ..
-        } => format!("Ack {task_id} #{}", update_id.0),
-        Call::Suppress => "Suppress".into(),
-        Call::Revive => "Revive".into(),
-        Call::Teardown => "Teardown".into(),
-        Call::Reconcile { tasks } => format!("Reconcile {} tasks", tasks.len()),
-        Call::UpdateFramework { framework } => format!("UpdateFramework {}", framework.name),
-        Call::SubscribeHosted {
-            framework, task_id, ..
-        } => format!("SubscribeHosted {} as {task_id}", framework.name),
-        Call::Submit { submission } => format!("Submit {}", submission.framework.name),
-        Call::SendMessage { framework_id, data } => {
-            format!("SendMessage {} bytes to {framework_id}", data.len())
-        }
-        Call::Message { task_id, data } => format!("Message {} bytes to {task_id}", data.len()),
-    }
-}
-
-fn describe_event(e: &Event) -> String {
-    match e {
-        Event::Subscribed { framework_id, .. } => format!("Subscribed {framework_id}"),
-        Event::Offers { offers } => {
-            let list: Vec<String> = offers
-                .iter()
-                .map(|o| format!("{}@{} {}", o.id, o.agent_id, o.resources))
-                .collect();
-            format!("Offers [{}]", list.join(", "))
-        }
-        Event::Rescind { offer_id } => format!("Rescind {offer_id}"),
-        Event::Update { status, ack } => format!(
-            "Update {} {} {:?} ack={:?}",
-            status.task_id,
-            status.state,
-            status.reason,
-            ack.map(|a| a.0)
-        ),
-        Event::Error { message } => format!("Error {message}"),
-        Event::Heartbeat => "Heartbeat".into(),
-        Event::Failure { agent_id } => format!("Failure {agent_id}"),
-        Event::Submitted { framework_id } => format!("Submitted {framework_id}"),
-        Event::Message { from: None, data } => format!("Message {} bytes", data.len()),
-        Event::Message {
-            from: Some(from),
-            data,
-        } => format!("Message {} bytes from {}", data.len(), from.task_id),
-        Event::Delivered => "Delivered".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_task_runs_to_the_end_through_the_real_cores() {
-        let mut sim = Sim::new(SimConfig::default());
+        let mut sim = Sim::new(SimConfig {
+            full_trace: true,
+            ..SimConfig::default()
+        });
         let outcome = sim.run(Duration::from_secs(60));
         assert_eq!(outcome.failed, Vec::<String>::new());
         assert_eq!(
@@ -670,6 +1158,7 @@ mod tests {
             agents: 1_000,
             frameworks: 10,
             tasks_per_framework: 200,
+            check_books: false,
             ..SimConfig::default()
         };
         let mut sim = Sim::new(config);

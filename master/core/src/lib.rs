@@ -54,6 +54,13 @@ pub struct MasterConfig {
     pub heartbeat_interval: Duration,
     /// An agent silent for this long is unreachable.
     pub agent_timeout: Duration,
+    /// An agent unreachable for this long is removed: its tasks are GONE
+    /// (`agent-removed`), and if it comes back it must kill them and
+    /// register anew.
+    pub agent_removal_timeout: Duration,
+    /// After a master restart, admitted agents have this long to register
+    /// again before they count as unreachable.
+    pub agent_reregister_timeout: Duration,
     /// Changes arriving within this window share one allocation run. The
     /// default is none: the driver handles every input already queued
     /// before it looks at timers, so changes that arrive together share a
@@ -78,6 +85,8 @@ impl Default for MasterConfig {
         MasterConfig {
             heartbeat_interval: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(5),
+            agent_removal_timeout: Duration::from_secs(120),
+            agent_reregister_timeout: Duration::from_secs(10),
             allocation_delay: Duration::ZERO,
             default_refuse: Duration::from_secs(5),
             offer_timeout: None,
@@ -229,7 +238,7 @@ impl Master {
 
     /// Takes back what a previous run persisted. Call once, before any
     /// other input. Entries the allocator refuses are logged and dropped.
-    pub fn restore(&mut self, registry: Registry) {
+    pub fn restore(&mut self, _now: Time, registry: Registry) {
         for (role, weight) in &registry.weights {
             if let Err(e) = self.allocator.set_weight(role, *weight) {
                 tracing::error!(%role, "registry holds a bad weight: {e}");
@@ -244,6 +253,55 @@ impl Master {
         }
         self.registry = registry;
         self.restore_hosted();
+    }
+
+    /// Checks that the allocator's books balance with the master's: on
+    /// every agent, what offers and live tasks hold plus what is free is
+    /// the agent's total. For the simulator and tests; walks the cluster.
+    pub fn check_books(&self) -> Result<(), String> {
+        let mut held: BTreeMap<&AgentId, Resources> = BTreeMap::new();
+        let offers = self.offers.values().map(|o| {
+            (
+                &o.offer.agent_id,
+                o.allocation.total(),
+                format!("offer {}", o.offer.id),
+            )
+        });
+        let tasks = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.state.is_terminal())
+            .map(|((f, id), t)| (&t.agent, t.allocation.total(), format!("task {f}/{id}")));
+        for (agent, r, what) in offers.chain(tasks) {
+            let sum = held.entry(agent).or_default();
+            *sum = sum
+                .checked_add(&r)
+                .ok_or_else(|| format!("agent {agent}: {what} overflows the sum"))?;
+        }
+        for id in self.agents.keys() {
+            let Some((total, free)) = self.allocator.agent_books(id) else {
+                return Err(format!(
+                    "agent {id} is in the master's books but not the allocator's"
+                ));
+            };
+            let used = held.remove(id).unwrap_or_default();
+            let Some(sum) = used.checked_add(&free) else {
+                return Err(format!(
+                    "agent {id}: held {used} plus free {free} overflows"
+                ));
+            };
+            if !(sum.contains(&total) && total.contains(&sum)) {
+                return Err(format!(
+                    "agent {id} has {total}; offers and live tasks hold {used} and {free} is free"
+                ));
+            }
+        }
+        if let Some((agent, r)) = held.into_iter().next() {
+            return Err(format!(
+                "offers or tasks hold {r} on agent {agent}, which the master does not know"
+            ));
+        }
+        Ok(())
     }
 
     /// The registry to persist, if it changed. See [`registry`] for the

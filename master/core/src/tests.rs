@@ -1491,7 +1491,7 @@ fn submissions_are_checked_and_hosting_survives_a_master_restart() {
     // re-registering with the instance keeps it (nothing killed or
     // started), and the instance may subscribe again.
     let mut m = Master::new(hosted_config(), "m2");
-    m.restore(registry);
+    m.restore(Time::ZERO, registry);
     assert_eq!(m.framework_list()[0].id, fw);
     m.handle_connected(t(100), AGENT, Channel::Agent);
     let info = agent_info("h");

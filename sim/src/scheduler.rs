@@ -1,0 +1,162 @@
+//! The simulator's built-in scheduler: it launches its units of work
+//! wherever they fit, acknowledges every update, relaunches under a new id
+//! whatever ends without finishing (as a careful framework does), and
+//! reconciles what it launched whenever it subscribes again.
+
+use crate::ledger::{Executions, Told, Violation};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use stoa_proto::{
+    Artifact, Call, FrameworkId, Offer, Operation, Resources, TaskId, TaskInfo, TaskKind,
+    TaskLimits, TaskState, TaskStatus, Time,
+};
+
+/// How many times one unit of work is launched before it counts as failed.
+const MAX_ATTEMPTS: u32 = 25;
+
+#[derive(Debug)]
+pub struct BuiltIn {
+    /// Units of work waiting for an offer, with their attempt number.
+    pending: VecDeque<(usize, u32)>,
+    /// The unit and attempt each launched task id stands for.
+    attempts: BTreeMap<TaskId, (usize, u32)>,
+    pub finished: BTreeSet<usize>,
+    pub failed: BTreeMap<usize, String>,
+    pub told: Told,
+}
+
+impl BuiltIn {
+    pub fn new(units: usize) -> BuiltIn {
+        BuiltIn {
+            pending: (0..units).map(|n| (n, 0)).collect(),
+            attempts: BTreeMap::new(),
+            finished: BTreeSet::new(),
+            failed: BTreeMap::new(),
+            told: Told::default(),
+        }
+    }
+
+    pub fn units_done(&self) -> usize {
+        self.finished.len() + self.failed.len()
+    }
+
+    /// Launches what fits in `offer`, or declines it.
+    pub fn offer(&mut self, offer: &Offer, each: &Resources) -> Call {
+        let mut left = offer.resources.clone();
+        let mut tasks = Vec::new();
+        while let Some(&(n, attempt)) = self.pending.front() {
+            let Some(rest) = left.checked_sub(each) else {
+                break;
+            };
+            left = rest;
+            self.pending.pop_front();
+            let task = sim_task(n, attempt, each);
+            self.attempts.insert(task.task_id.clone(), (n, attempt));
+            self.told.launched(task.task_id.clone());
+            tasks.push(task);
+        }
+        if tasks.is_empty() {
+            Call::Decline {
+                offer_ids: vec![offer.id],
+                refuse_ms: Some(1000),
+            }
+        } else {
+            Call::Accept {
+                offer_ids: vec![offer.id],
+                operations: vec![Operation::Launch { tasks }],
+                refuse_ms: None,
+            }
+        }
+    }
+
+    /// Takes in an update; returns the calls it leads to (a revive when a
+    /// unit goes back to wait for offers).
+    pub fn update(
+        &mut self,
+        now: Time,
+        fw: &FrameworkId,
+        status: &TaskStatus,
+        truth: &Executions,
+        violations: &mut Vec<Violation>,
+    ) -> Vec<Call> {
+        if !self.told.heard(now, fw, status, truth, violations) {
+            return Vec::new();
+        }
+        let Some(&(n, attempt)) = self.attempts.get(&status.task_id) else {
+            return Vec::new();
+        };
+        let want = [b"hello, ".as_slice(), status.task_id.as_str().as_bytes()].concat();
+        match status.state {
+            TaskState::Finished if status.output.as_deref() == Some(want.as_slice()) => {
+                self.finished.insert(n);
+                Vec::new()
+            }
+            TaskState::Finished => {
+                self.failed
+                    .insert(n, format!("{}: wrong output", status.task_id));
+                Vec::new()
+            }
+            state if attempt + 1 >= MAX_ATTEMPTS => {
+                self.failed.insert(
+                    n,
+                    format!(
+                        "{}: {state} {:?} after {MAX_ATTEMPTS} attempts",
+                        status.task_id, status.reason
+                    ),
+                );
+                Vec::new()
+            }
+            _ => {
+                self.pending.push_back((n, attempt + 1));
+                vec![Call::Revive]
+            }
+        }
+    }
+
+    /// What to ask the master once subscribed (again): the state of every
+    /// task launched and not heard to end.
+    pub fn subscribed(&self) -> Vec<Call> {
+        if self.told.open.is_empty() {
+            return Vec::new();
+        }
+        vec![
+            Call::Reconcile {
+                tasks: self.told.open.iter().cloned().collect(),
+            },
+            Call::Revive,
+        ]
+    }
+
+    /// Every unit still to be done counts as failed (the framework is gone).
+    pub fn abandon(&mut self, why: &str) {
+        let open: Vec<usize> = self
+            .pending
+            .drain(..)
+            .map(|(n, _)| n)
+            .chain(
+                self.told
+                    .open
+                    .iter()
+                    .filter_map(|t| self.attempts.get(t).map(|a| a.0)),
+            )
+            .collect();
+        for n in open {
+            self.failed.entry(n).or_insert_with(|| why.to_string());
+        }
+    }
+}
+
+/// Attempt `attempt` of unit `n`: `task-N`, then `task-N.A`.
+pub fn sim_task(n: usize, attempt: u32, resources: &Resources) -> TaskInfo {
+    let id = if attempt == 0 {
+        format!("task-{n}")
+    } else {
+        format!("task-{n}.{attempt}")
+    };
+    TaskInfo {
+        task_id: TaskId::new(id.clone()).unwrap_or_else(|_| unreachable!("task-N is a valid id")),
+        name: format!("task {n}"),
+        resources: resources.clone(),
+        kind: TaskKind::wasm(Artifact::inline(Vec::new()), id.into_bytes()),
+        limits: TaskLimits::default(),
+    }
+}
