@@ -1019,16 +1019,8 @@ impl Sim {
             if let Event::Subscribed { framework_id, .. } = &event {
                 self.schedulers[f].id = Some(framework_id.clone());
             }
-            if let Event::Update { status, .. } = &event
-                && let Some(fw) = self.schedulers[f].id.clone()
-            {
-                self.schedulers[f].builtin.update(
-                    self.now,
-                    &fw,
-                    status,
-                    &self.truth,
-                    &mut self.violations,
-                );
+            if let Event::Update { status, .. } = &event {
+                self.schedulers[f].builtin.tally_guest(status);
             }
             let reaction = g.event(&event);
             self.schedulers[f].guest = Some(g);

@@ -112,6 +112,31 @@ impl BuiltIn {
         }
     }
 
+    /// Counts an update a guest framework received: a `task-N` that
+    /// finished with the greeting its input asks for, or ended otherwise.
+    pub fn tally_guest(&mut self, status: &TaskStatus) {
+        let n = status
+            .task_id
+            .as_str()
+            .strip_prefix("task-")
+            .and_then(|n| n.parse::<usize>().ok());
+        let Some(n) = n else { return };
+        let want = format!("hello, task-{n}").into_bytes();
+        match status.state {
+            TaskState::Finished if status.output.as_deref() == Some(want.as_slice()) => {
+                self.finished.insert(n);
+            }
+            TaskState::Finished => {
+                self.failed.insert(n, format!("task-{n}: wrong output"));
+            }
+            st if st.is_terminal() => {
+                self.failed
+                    .insert(n, format!("task-{n}: {st} {:?}", status.reason));
+            }
+            _ => {}
+        }
+    }
+
     /// What to ask the master once subscribed (again): the state of every
     /// task launched and not heard to end.
     pub fn subscribed(&self) -> Vec<Call> {

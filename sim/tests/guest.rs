@@ -96,13 +96,14 @@ fn a_guest_scheduler_and_its_tasks_exchange_messages() {
         // Long enough that every answer comes back before its task ends.
         task_time: (Duration::from_millis(100), Duration::from_millis(200)),
         framework: Some(|_| Box::new(Guest::new(Chatty::default()))),
+        full_trace: true,
         ..SimConfig::default()
     };
     let mut sim = Sim::new(config);
     let outcome = sim.run(Duration::from_secs(60));
     assert_eq!(outcome.finished, vec![CHATTY_TASKS], "{:?}", outcome.failed);
-    let answers: Vec<&String> = sim
-        .trace()
+    let trace = sim.trace();
+    let answers: Vec<&String> = trace
         .iter()
         .filter(|line| line.contains("master -> fw-0 Message 11 bytes from task-"))
         .collect();
