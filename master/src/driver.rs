@@ -165,7 +165,9 @@ pub async fn run(
                     }
                     Input::Operator(call, reply) => {
                         let answer = master.handle_operator_call(now(), call);
-                        persist(&mut master, &store)?;
+                        // The reply may tell of a registry change: it
+                        // waits for the change to be durable.
+                        write_out(&mut master, &store, &mut peers, now)?;
                         let _ = reply.send(answer);
                     }
                     Input::Failed(id, reason) => {
@@ -184,10 +186,7 @@ pub async fn run(
             _ = sleep_until(deadline) => master.handle_timeout(now()),
             _ = &mut shutdown => break,
         }
-        // Durable before visible: nothing that may depend on a registry
-        // change leaves before the change is on disk.
-        persist(&mut master, &store)?;
-        flush(&mut master, &mut peers, now);
+        write_out(&mut master, &store, &mut peers, now)?;
     }
     acceptor.abort();
     endpoint.close(close::SHUTDOWN, b"master shutting down");
@@ -195,15 +194,28 @@ pub async fn run(
     Ok(())
 }
 
-/// Writes the registry if the core changed it. A failed write stops the
-/// master: carrying on would tell peers about state that is not durable.
-fn persist(master: &mut Master, store: &RegistryStore) -> anyhow::Result<()> {
-    if let Some(registry) = master.poll_registry() {
+/// Durable before visible: persists what the core wrote to the registry,
+/// then sends what it released. A failed write stops the master: carrying
+/// on would tell peers about state that is not durable.
+fn write_out(
+    master: &mut Master,
+    store: &RegistryStore,
+    peers: &mut HashMap<ConnId, Peer>,
+    now: impl Fn() -> Time,
+) -> anyhow::Result<()> {
+    loop {
+        let ready = master.ready();
+        if ready.is_empty() {
+            return Ok(());
+        }
         store
-            .save(&registry)
+            .apply(ready.writes())
             .context("cannot write the registry; stopping")?;
+        let dropped = flush(master.advance(ready), peers);
+        for id in dropped {
+            master.handle_disconnected(now(), id);
+        }
     }
-    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -213,9 +225,11 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends everything the core has emitted.
-fn flush(master: &mut Master, peers: &mut HashMap<ConnId, Peer>, now: impl Fn() -> Time) {
-    while let Some(t) = master.poll_transmit() {
+/// Sends what the core released; returns the peers dropped for not
+/// reading, for the core to hear of.
+fn flush(transmits: Vec<Transmit>, peers: &mut HashMap<ConnId, Peer>) -> Vec<ConnId> {
+    let mut dropped = Vec::new();
+    for t in transmits {
         let (id, out) = match t {
             Transmit::ToAgent(id, msg) => (id, encode(&msg)),
             Transmit::ToScheduler(id, event) => (id, encode(&event)),
@@ -228,11 +242,12 @@ fn flush(master: &mut Master, peers: &mut HashMap<ConnId, Peer>, now: impl Fn() 
             if let Some(peer) = peers.remove(&id) {
                 peer.conn.close(close::REFUSED, b"too slow");
             }
-            master.handle_disconnected(now(), id);
+            dropped.push(id);
         } else if closing {
             peers.remove(&id);
         }
     }
+    dropped
 }
 
 fn encode<T: Serialize>(msg: &T) -> Outgoing {

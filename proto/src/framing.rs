@@ -7,7 +7,7 @@
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Bumped on every incompatible change to a message.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Largest frame accepted by default: room for an inline artifact of a few
 /// MiB with its task, small enough that a bad peer cannot exhaust memory.

@@ -20,8 +20,9 @@ pub struct AgentInfo {
     pub attributes: Attributes,
 }
 
-/// A task an agent is running, reported when it re-registers so that a
-/// master can rebuild its books.
+/// A task an agent holds, reported when it re-registers so that a master
+/// can rebuild its books: running, or ended with its last update not yet
+/// acknowledged (`state` terminal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningTask {
     pub framework_id: FrameworkId,
@@ -64,9 +65,16 @@ pub enum AgentToMaster {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasterToAgent {
+    /// The agent is admitted as `agent_id`. An agent that asked for
+    /// another id was removed while it was away: it kills every task it
+    /// holds and starts anew under the new id.
     Registered {
         agent_id: AgentId,
         heartbeat_interval_ms: u64,
+        /// Past this long out of touch with the master, the master removes
+        /// the agent and reports its tasks GONE; the agent stops them
+        /// itself before then, so a task reported GONE is not running.
+        removal_timeout_ms: u64,
     },
     /// Registration refused; the agent should not retry with the same data.
     Refused { message: String },

@@ -235,13 +235,13 @@ mod tests {
 
     #[test]
     fn kinds_parse_from_a_list_and_unknown_ones_are_named() {
-        assert_eq!(parse_kinds("all").unwrap().len(), FaultKind::ALL.len());
-        assert_eq!(parse_kinds("none").unwrap(), vec![]);
+        assert_eq!(parse_kinds("all").expect("all").len(), FaultKind::ALL.len());
+        assert_eq!(parse_kinds("none").expect("none"), vec![]);
         assert_eq!(
-            parse_kinds("master-restart, slow-acks").unwrap(),
+            parse_kinds("master-restart, slow-acks").expect("a list"),
             vec![FaultKind::MasterRestart, FaultKind::SlowAcks]
         );
-        let e = parse_kinds("master-crash").unwrap_err().to_string();
+        let e = parse_kinds("master-crash").expect_err("unknown").to_string();
         assert!(
             e.contains("master-crash") && e.contains("master-restart"),
             "{e}"

@@ -102,11 +102,13 @@ impl Told {
         let task = &status.task_id;
         let unknown = status.state == TaskState::Unknown;
         let before = self.last.get(task).copied();
-        if let Some(prev) = before.filter(|s| s.is_terminal()) {
+        // A definite UNKNOWN ended the task for its scheduler as much as a
+        // terminal state did.
+        if let Some(prev) = before.filter(|s| s.is_terminal() || *s == TaskState::Unknown) {
             // Redelivery of the same end is at-least-once delivery; an
             // answer of UNKNOWN after the end is the master having forgotten
             // an acknowledged task.
-            if prev != status.state && !unknown {
+            if prev != status.state && !(unknown && prev != TaskState::Unknown) {
                 violations.push(Violation {
                     at: now,
                     invariant: "a task ends exactly once",
@@ -118,17 +120,17 @@ impl Told {
             }
             return false;
         }
-        if status.state.is_terminal() || unknown {
-            if let Some(agent) = truth.running_on(fw, task) {
-                violations.push(Violation {
-                    at: now,
-                    invariant: "an ended task is not running",
-                    detail: format!(
-                        "{fw}/{task} reported {} ({:?}: {}) while it runs on agent-{agent}",
-                        status.state, status.reason, status.message
-                    ),
-                });
-            }
+        if (status.state.is_terminal() || unknown)
+            && let Some(agent) = truth.running_on(fw, task)
+        {
+            violations.push(Violation {
+                at: now,
+                invariant: "an ended task is not running",
+                detail: format!(
+                    "{fw}/{task} reported {} ({:?}: {}) while it runs on agent-{agent}",
+                    status.state, status.reason, status.message
+                ),
+            });
         }
         if unknown {
             // Only a definite answer for a task the scheduler launched.

@@ -581,14 +581,11 @@ impl Sim {
         };
         // Durable before visible: the registry is kept before anything the
         // same input produced goes out.
-        if let Some(registry) = master.poll_registry() {
-            self.registry = registry;
+        let ready = master.ready();
+        for write in ready.writes() {
+            self.registry.apply(write);
         }
-        let mut out = Vec::new();
-        while let Some(t) = master.poll_transmit() {
-            out.push(t);
-        }
-        for t in out {
+        for t in master.advance(ready) {
             match t {
                 Transmit::ToAgent(conn, msg) => self.send(Packet::MasterToAgent(conn, msg)),
                 Transmit::ToScheduler(conn, event) => {
@@ -784,7 +781,10 @@ impl Sim {
                     return;
                 }
                 let detect = self.config.detect.min(lasts);
-                let conns: Vec<(ConnId, Peer)> = self.conns.drain().collect();
+                // In connection order: a HashMap's order would differ from
+                // run to run and the seed would not replay.
+                let mut conns: Vec<(ConnId, Peer)> = self.conns.drain().collect();
+                conns.sort_by_key(|(c, _)| *c);
                 for (conn, peer) in conns {
                     self.after(detect, Ev::PeerNotices(peer, conn));
                 }
@@ -1053,8 +1053,12 @@ impl Sim {
                     &self.truth,
                     &mut self.violations,
                 );
-                for v in self.violations[before..].to_vec() {
-                    self.log(format!("VIOLATION {}: {}", v.invariant, v.detail));
+                let broken: Vec<String> = self.violations[before..]
+                    .iter()
+                    .map(|v| format!("VIOLATION {}: {}", v.invariant, v.detail))
+                    .collect();
+                for line in broken {
+                    self.log(line);
                 }
                 for call in calls {
                     self.call(f, call);
@@ -1068,7 +1072,7 @@ impl Sim {
                     if self.schedulers[f].slow_acks_until > self.now {
                         // A slow scheduler: a third of its acknowledgements
                         // never go out, the rest go out late.
-                        if self.rng.next_u64() % 3 != 0 {
+                        if !self.rng.next_u64().is_multiple_of(3) {
                             let late = self.uniform((Duration::ZERO, Duration::from_secs(3)));
                             self.after(late, Ev::LateAck(f, call));
                         }

@@ -8,7 +8,6 @@ use stoa_sim::sweep::{DEFAULT_LIMIT, sweep};
 const CI_SEEDS: u64 = 200;
 
 #[test]
-#[ignore = "the holes it finds are being closed"]
 fn a_sweep_with_every_fault_kind_breaks_no_invariant() {
     let seeds = std::env::var("STOA_SIM_SEEDS")
         .ok()

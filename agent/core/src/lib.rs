@@ -65,6 +65,14 @@ pub struct Agent {
     refused: Option<String>,
     heartbeat_interval: Duration,
     next_heartbeat: Option<Time>,
+    /// As the master last said; the agent stops its tasks when out of
+    /// touch for a good part of it.
+    removal_timeout: Option<Duration>,
+    /// While out of touch with the master: when the agent stops its tasks.
+    fence_at: Option<Time>,
+    /// Tasks stopped because the agent was out of touch: their ends are
+    /// reported with reason `agent-removed`.
+    fenced: std::collections::BTreeSet<(FrameworkId, TaskId)>,
     tasks: BTreeMap<(FrameworkId, TaskId), TaskRecord>,
     updates: StatusUpdates,
     outbox: VecDeque<AgentToMaster>,
@@ -85,6 +93,9 @@ impl Agent {
             refused: None,
             heartbeat_interval: Duration::from_secs(1),
             next_heartbeat: None,
+            removal_timeout: None,
+            fence_at: None,
+            fenced: std::collections::BTreeSet::new(),
             tasks: BTreeMap::new(),
             updates: StatusUpdates::starting_at(first_update),
             outbox: VecDeque::new(),
@@ -128,7 +139,7 @@ impl Agent {
 
     pub fn poll_timeout(&self) -> Option<Time> {
         if !self.registered {
-            return None;
+            return self.fence_at;
         }
         self.next_heartbeat
             .into_iter()
@@ -139,12 +150,15 @@ impl Agent {
     /// A connection to the master is up: register (again).
     pub fn handle_connected(&mut self, _now: Time) {
         self.connected = true;
+        self.fence_at = None;
         self.registered = false;
         self.outbox.clear();
+        // Every task the agent holds, ended ones too: an ended task whose
+        // update is not yet acknowledged must not look lost to the master
+        // (it would report it LOST, then the resent end).
         let tasks = self
             .tasks
             .iter()
-            .filter(|(_, t)| !t.state.is_terminal())
             .map(|((framework_id, task_id), t)| RunningTask {
                 framework_id: framework_id.clone(),
                 task_id: task_id.clone(),
@@ -159,7 +173,13 @@ impl Agent {
         });
     }
 
-    pub fn handle_disconnected(&mut self, _now: Time) {
+    pub fn handle_disconnected(&mut self, now: Time) {
+        // Stop the tasks well before the master would report them GONE
+        // (detection of a broken link may differ by a heartbeat or two
+        // between the two ends).
+        if self.fence_at.is_none() {
+            self.fence_at = self.removal_timeout.map(|t| now + t.mul_f64(0.75));
+        }
         self.connected = false;
         self.registered = false;
         self.next_heartbeat = None;
@@ -171,8 +191,14 @@ impl Agent {
             MasterToAgent::Registered {
                 agent_id,
                 heartbeat_interval_ms,
+                removal_timeout_ms,
             } => {
+                if self.agent_id.as_ref().is_some_and(|old| *old != agent_id) {
+                    self.start_anew();
+                }
                 self.agent_id = Some(agent_id);
+                self.removal_timeout = Some(Duration::from_millis(removal_timeout_ms.max(1_000)));
+                self.fence_at = None;
                 self.registered = true;
                 self.heartbeat_interval =
                     Duration::from_millis(heartbeat_interval_ms.clamp(10, 60_000));
@@ -191,11 +217,19 @@ impl Agent {
                 task_id,
             } => {
                 let key = (framework_id.clone(), task_id.clone());
-                match self.tasks.get(&key) {
-                    Some(t) if !t.state.is_terminal() => self.actions.push_back(Action::Kill {
-                        framework_id,
-                        task_id,
-                    }),
+                match self.tasks.get_mut(&key) {
+                    Some(t) if !t.state.is_terminal() => {
+                        // The scheduler hears KILLING once, then the end.
+                        if t.state != TaskState::Killing {
+                            t.state = TaskState::Killing;
+                            let status = TaskStatus::new(task_id.clone(), TaskState::Killing);
+                            self.send_update(now, framework_id.clone(), status);
+                        }
+                        self.actions.push_back(Action::Kill {
+                            framework_id,
+                            task_id,
+                        })
+                    }
                     Some(_) => {}
                     None => {
                         let status = TaskStatus::new(task_id, TaskState::Lost)
@@ -282,6 +316,13 @@ impl Agent {
                 s
             }
         };
+        let mut status = status;
+        if status.state.is_terminal() && self.fenced.remove(&key) {
+            status.reason = Some(Reason::AgentRemoved);
+            status.message =
+                "stopped by its agent, out of touch with the master past most of the removal timeout"
+                    .into();
+        }
         task.state = status.state;
         self.send_update(now, framework_id, status);
     }
@@ -375,6 +416,10 @@ impl Agent {
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.fence_at.is_some_and(|t| t <= now) {
+            self.fence_at = None;
+            self.fence();
+        }
         if !self.registered {
             return;
         }
@@ -385,6 +430,53 @@ impl Agent {
         for msg in self.updates.due(now) {
             self.outbox.push_back(msg);
         }
+    }
+
+    /// Out of touch with the master for most of its removal timeout: the
+    /// master is about to report every task GONE and its framework may
+    /// launch them again elsewhere, so they must not run on here.
+    fn fence(&mut self) {
+        let running: Vec<(FrameworkId, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !running.is_empty() {
+            tracing::warn!(
+                tasks = running.len(),
+                "out of touch with the master for most of the removal timeout; stopping every task"
+            );
+        }
+        for (framework_id, task_id) in running {
+            self.fenced.insert((framework_id.clone(), task_id.clone()));
+            self.actions.push_back(Action::Kill {
+                framework_id,
+                task_id,
+            });
+        }
+    }
+
+    /// The master removed this agent while it was away and admitted it
+    /// anew: what it holds was reported GONE under its old id. Stop it,
+    /// forget it, and drop its unsent updates.
+    fn start_anew(&mut self) {
+        tracing::warn!(old = ?self.agent_id, "the master removed this agent while it was away; killing every task it held and starting anew");
+        for ((framework_id, task_id), task) in std::mem::take(&mut self.tasks) {
+            if !task.state.is_terminal() {
+                self.actions.push_back(Action::Kill {
+                    framework_id: framework_id.clone(),
+                    task_id: task_id.clone(),
+                });
+            }
+            self.actions.push_back(Action::Forget {
+                framework_id,
+                task_id,
+                sandbox: task.sandbox,
+            });
+        }
+        self.fenced.clear();
+        self.updates.clear();
     }
 
     fn run_task(&mut self, framework_id: FrameworkId, task: Box<TaskInfo>) {

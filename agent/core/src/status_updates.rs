@@ -81,6 +81,12 @@ impl StatusUpdates {
         self.owners.len()
     }
 
+    /// Drops every queued update (they belong to an identity the agent no
+    /// longer has); numbering goes on from where it was.
+    pub fn clear(&mut self) {
+        *self = StatusUpdates::starting_at(self.next_id);
+    }
+
     pub fn has_pending(&self, fw: &FrameworkId, task: &TaskId) -> bool {
         self.streams.contains_key(&(fw.clone(), task.clone()))
     }

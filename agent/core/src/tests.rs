@@ -23,6 +23,7 @@ fn registered() -> Agent {
         MasterToAgent::Registered {
             agent_id: AgentId::new("a1").expect("id"),
             heartbeat_interval_ms: 1000,
+            removal_timeout_ms: 60_000,
         },
     );
     a
@@ -151,6 +152,7 @@ fn reconnect_resends_unacknowledged_updates_and_reports_running_tasks() {
         MasterToAgent::Registered {
             agent_id: AgentId::new("a1").expect("id"),
             heartbeat_interval_ms: 1000,
+            removal_timeout_ms: 60_000,
         },
     );
     assert_eq!(update(a.poll_transmit()).0, running);

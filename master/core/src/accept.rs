@@ -228,6 +228,7 @@ impl Master {
                 revocable: placement.revocable,
                 preempting: false,
                 terminal_update: None,
+                kill_requested: false,
             },
         );
         self.outbox.push_back(Transmit::ToAgent(

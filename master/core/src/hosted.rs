@@ -15,7 +15,7 @@
 //! scheduler that subscribes from elsewhere takes the framework off hosting.
 
 use super::{Master, TaskEntry, Transmit};
-use crate::registry::HostedRecord;
+use crate::registry::{HostedRecord, Write};
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 use std::time::Duration;
@@ -116,8 +116,12 @@ impl Master {
             launched: 0,
             current: None,
         };
-        self.registry.hosted.insert(id.clone(), record.clone());
-        self.registry_dirty = true;
+        self.registry.write(Write::Framework(
+            id.clone(),
+            Some(Box::new(record.submission.framework.clone())),
+        ));
+        self.registry
+            .write(Write::Hosted(id.clone(), Some(Box::new(record.clone()))));
         self.hosted.insert(id.clone(), Hosted::new(record, None));
         self.send_to_scheduler(conn, Event::Submitted { framework_id: id });
         self.outbox
@@ -184,8 +188,7 @@ impl Master {
             return;
         };
         tracing::info!(framework = %fw, "no longer hosting the scheduler: {why}");
-        self.registry.hosted.remove(fw);
-        self.registry_dirty = true;
+        self.registry.write(Write::Hosted(fw.clone(), None));
         if let Some((task, agent)) = h.record.current {
             self.kill_instance(fw, &task, &agent);
         }
@@ -253,8 +256,8 @@ impl Master {
             h.record.current = None;
             h.unreachable_since = None;
             tracing::warn!(framework = %fw, instance = %task, ?state, retry_in = ?backoff, "hosted scheduler ended; starting another");
-            self.registry.hosted.insert(fw.clone(), h.record.clone());
-            self.registry_dirty = true;
+            let record = Box::new(h.record.clone());
+            self.registry.write(Write::Hosted(fw.clone(), Some(record)));
         }
     }
 
@@ -412,8 +415,8 @@ impl Master {
             }),
             limits: TaskLimits::default(),
         };
-        self.registry.hosted.insert(fw.clone(), h.record.clone());
-        self.registry_dirty = true;
+        let record = Box::new(h.record.clone());
+        self.registry.write(Write::Hosted(fw.clone(), Some(record)));
         tracing::info!(framework = %fw, instance = %task_id, %agent, "starting the hosted scheduler");
         // The instance it replaces may still be alive where nobody can
         // reach it; it is killed if its agent comes back, and could not
@@ -432,6 +435,7 @@ impl Master {
                 revocable: false,
                 preempting: false,
                 terminal_update: None,
+                kill_requested: false,
             },
         );
         if let Some(conn) = self.agents.get(&agent).and_then(|a| a.conn) {
@@ -449,7 +453,7 @@ impl Master {
     /// instances count as out of reach until their agents re-register or
     /// they subscribe again.
     pub(super) fn restore_hosted(&mut self) {
-        let records: Vec<HostedRecord> = self.registry.hosted.values().cloned().collect();
+        let records: Vec<HostedRecord> = self.registry.state().hosted.values().cloned().collect();
         for record in records {
             let Some(id) = record.submission.framework.id.clone() else {
                 continue;

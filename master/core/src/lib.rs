@@ -2,9 +2,10 @@
 //! offers resources, validates accepts, relays status updates.
 //!
 //! Calling order, for drivers: feed every input through a `handle_*`
-//! method with the current time, then drain [`Master::poll_transmit`]
-//! until it returns `None`, then sleep until [`Master::poll_timeout`] (or
-//! the next input) and call [`Master::handle_timeout`]. The core never
+//! method with the current time, then take [`Master::ready`], persist its
+//! writes, and send what [`Master::advance`] releases; then sleep until
+//! [`Master::poll_timeout`] (or the next input) and call
+//! [`Master::handle_timeout`]. The core never
 //! reads a clock, so the same inputs at the same times give the same
 //! outputs — which is what the simulator relies on.
 
@@ -13,7 +14,7 @@ pub mod acl;
 pub mod hosted;
 pub mod registry;
 
-use registry::{QuotaSpec, Registry};
+use registry::{Journal, QuotaSpec, Registry, Write};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 use stoa_allocator::{
@@ -110,6 +111,9 @@ struct AgentEntry {
     conn: Option<ConnId>,
     info: AgentInfo,
     last_heartbeat: Time,
+    /// When it became unreachable; it is removed once the removal timeout
+    /// has passed since.
+    unreachable_since: Option<Time>,
 }
 
 #[derive(Debug)]
@@ -135,6 +139,9 @@ struct TaskEntry {
     /// The update that made the task terminal; its acknowledgement ends the
     /// task's life in the master.
     terminal_update: Option<UpdateId>,
+    /// A kill was asked for: sent again if its agent comes back from an
+    /// unreachable spell with the task still running.
+    kill_requested: bool,
 }
 
 /// An outstanding offer and the allocation behind it.
@@ -143,6 +150,32 @@ struct OfferEntry {
     offer: Offer,
     allocation: Allocation,
     made_at: Time,
+}
+
+/// What one round of inputs produced, for the driver (after raft-rs
+/// `Ready`): registry writes, and transmits that may tell peers about them.
+///
+/// The driver MUST persist every write of [`Ready::writes`], in order,
+/// durably, before it calls [`Master::advance`] for the transmits; those
+/// may tell a peer that the written state exists (a framework id, a
+/// reservation). If a write fails, the driver must stop: sending the
+/// transmits would make visible what is not durable.
+#[derive(Debug, Default)]
+#[must_use = "a Ready holds writes to persist and transmits to send"]
+pub struct Ready {
+    writes: Vec<Write>,
+    transmits: Vec<Transmit>,
+}
+
+impl Ready {
+    /// The registry writes to persist, in order, before the transmits go.
+    pub fn writes(&self) -> &[Write] {
+        &self.writes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.transmits.is_empty()
+    }
 }
 
 /// The master's state machine. See the module docs for the calling order.
@@ -163,26 +196,35 @@ pub struct Master {
     offers: BTreeMap<OfferId, OfferEntry>,
     /// Who holds what; owns filters and fairness.
     allocator: Allocator,
-    registry: Registry,
+    registry: Journal,
     /// When each connected agent is due to be heard from.
     heartbeat_deadlines: std::collections::BTreeSet<(Time, AgentId)>,
-    /// The registry changed since the driver last persisted it.
-    registry_dirty: bool,
+    /// When each unreachable agent is due to be removed.
+    removal_deadlines: std::collections::BTreeSet<(Time, AgentId)>,
+    /// Agents admitted before this master started that have not registered
+    /// with it yet nor been removed. While there are any, the master may
+    /// not know a task that runs, so it holds back answering UNKNOWN.
+    recovering: std::collections::BTreeSet<AgentId>,
+    /// Explicit reconciliations of tasks unknown while `recovering`,
+    /// answered once it is empty.
+    deferred_reconciles: Vec<(FrameworkId, TaskId)>,
+    /// How recent tasks ended, for reconciliation after their end was
+    /// acknowledged and the task forgotten; newest last.
+    ended: VecDeque<(FrameworkId, TaskId)>,
+    ended_status: HashMap<(FrameworkId, TaskId), TaskStatus>,
     allocation_due: Option<Time>,
     outbox: VecDeque<Transmit>,
     /// Where recent tasks ran, ended ones included, newest last: their
     /// sandboxes and logs outlive them on the agent.
     placements: VecDeque<((FrameworkId, TaskId), AgentId)>,
-    /// Frameworks torn down, newest last: they may not subscribe again.
-    removed_frameworks: VecDeque<FrameworkId>,
     /// When connected schedulers are next sent HEARTBEAT.
     next_scheduler_heartbeat: Option<Time>,
     /// Frameworks whose schedulers the master runs (`stoa submit`).
     hosted: BTreeMap<FrameworkId, hosted::Hosted>,
 }
 
-/// How many torn-down framework ids the master remembers.
-const MAX_REMOVED_FRAMEWORKS: usize = 10_000;
+/// How many ended tasks the master remembers for reconciliation.
+const MAX_ENDED: usize = 10_000;
 
 /// How many task placements the master remembers for log reads.
 const MAX_PLACEMENTS: usize = 10_000;
@@ -214,11 +256,14 @@ impl Master {
             frameworks: BTreeMap::new(),
             tasks: BTreeMap::new(),
             offers: BTreeMap::new(),
-            registry: Registry::default(),
+            registry: Journal::default(),
             heartbeat_deadlines: std::collections::BTreeSet::new(),
-            removed_frameworks: VecDeque::new(),
+            removal_deadlines: std::collections::BTreeSet::new(),
+            recovering: std::collections::BTreeSet::new(),
+            deferred_reconciles: Vec::new(),
+            ended: VecDeque::new(),
+            ended_status: HashMap::new(),
             next_scheduler_heartbeat: None,
-            registry_dirty: false,
             allocation_due: None,
             outbox: VecDeque::new(),
             placements: VecDeque::new(),
@@ -238,7 +283,11 @@ impl Master {
 
     /// Takes back what a previous run persisted. Call once, before any
     /// other input. Entries the allocator refuses are logged and dropped.
-    pub fn restore(&mut self, _now: Time, registry: Registry) {
+    ///
+    /// Admitted agents come back unreachable until they register again;
+    /// frameworks come back with their schedulers away, their failover
+    /// timeouts counted from `now`.
+    pub fn restore(&mut self, now: Time, registry: Registry) {
         for (role, weight) in &registry.weights {
             if let Err(e) = self.allocator.set_weight(role, *weight) {
                 tracing::error!(%role, "registry holds a bad weight: {e}");
@@ -251,8 +300,73 @@ impl Master {
                 tracing::error!(%role, "registry holds a bad quota: {e}");
             }
         }
-        self.registry = registry;
+        for (id, info) in &registry.frameworks {
+            if registry.hosted.contains_key(id) {
+                continue;
+            }
+            match check_framework(info) {
+                Ok(spec) => {
+                    self.allocator.add_framework(id.clone(), spec);
+                    self.allocator.set_framework_active(id, false);
+                    self.frameworks.insert(
+                        id.clone(),
+                        FrameworkEntry {
+                            conn: None,
+                            info: info.clone(),
+                            disconnected_at: Some(now),
+                        },
+                    );
+                }
+                Err(e) => tracing::error!(framework = %id, "registry holds a bad framework: {e}"),
+            }
+        }
+        let dynamic = registry.reservations.clone();
+        for (id, info) in &registry.agents {
+            if self.add_agent_to_allocator(id, info, &dynamic).is_err() {
+                continue;
+            }
+            self.allocator.set_agent_active(id, false);
+            self.agents.insert(
+                id.clone(),
+                AgentEntry {
+                    conn: None,
+                    info: info.clone(),
+                    last_heartbeat: now,
+                    unreachable_since: Some(now),
+                },
+            );
+            self.removal_deadlines
+                .insert((now + self.config.agent_removal_timeout, id.clone()));
+            self.recovering.insert(id.clone());
+        }
+        self.registry = Journal::restore(registry);
         self.restore_hosted();
+    }
+
+    /// Adds an agent's resources, static and dynamic reservations to the
+    /// allocator.
+    fn add_agent_to_allocator(
+        &mut self,
+        id: &AgentId,
+        info: &AgentInfo,
+        dynamic: &BTreeMap<AgentId, BTreeMap<Role, Resources>>,
+    ) -> Result<(), String> {
+        let reserved = info.reservations.iter().cloned().collect();
+        self.allocator
+            .add_agent(
+                id.clone(),
+                info.resources.clone(),
+                reserved,
+                info.attributes.clone(),
+            )
+            .map_err(|e| format!("invalid resources: {e}"))?;
+        // Dynamic reservations made before a master restart.
+        for (role, r) in dynamic.get(id).into_iter().flatten() {
+            if let Err(e) = self.allocator.reserve(id, role, r) {
+                tracing::error!(agent = %id, %role, "cannot restore a dynamic reservation: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Checks that the allocator's books balance with the master's: on
@@ -304,14 +418,29 @@ impl Master {
         Ok(())
     }
 
-    /// The registry to persist, if it changed. See [`registry`] for the
-    /// order in which a driver must handle it.
-    pub fn poll_registry(&mut self) -> Option<Registry> {
-        std::mem::take(&mut self.registry_dirty).then(|| self.registry.clone())
+    /// The registry as this master holds it: what is durable once the
+    /// writes handed out so far are persisted.
+    pub fn registry(&self) -> &Registry {
+        self.registry.state()
     }
 
-    /// An operator's request. The reply is only to be sent after
-    /// [`Master::poll_registry`]'s result is persisted.
+    /// What the driver must do now: the registry writes and the
+    /// transmits that may depend on them. See [`Ready`].
+    pub fn ready(&mut self) -> Ready {
+        Ready {
+            writes: self.registry.take(),
+            transmits: self.outbox.drain(..).collect(),
+        }
+    }
+
+    /// Releases `ready`'s transmits, to be sent in order. Call only once
+    /// every write of `ready` is durable.
+    pub fn advance(&mut self, ready: Ready) -> Vec<Transmit> {
+        ready.transmits
+    }
+
+    /// An operator's request. The reply is only to be sent after the
+    /// writes of the next [`Master::ready`] are durable.
     /// The framework of `task` and the connection of the agent it runs (or
     /// ran) on, for reading its logs. `framework` picks one when several
     /// frameworks used the same task id.
@@ -386,9 +515,7 @@ impl Master {
                 .allocator
                 .set_weight(&role, weight)
                 .map_err(|e| e.to_string())
-                .map(|()| {
-                    self.registry.weights.insert(role, weight);
-                }),
+                .map(|()| self.registry.write(Write::Weight(role, Some(weight)))),
             OperatorCall::SetQuota {
                 role,
                 guarantee,
@@ -402,11 +529,8 @@ impl Master {
                             .map_err(|e| e.to_string())
                     })
                     .map(|()| {
-                        if spec == QuotaSpec::default() {
-                            self.registry.quotas.remove(&role);
-                        } else {
-                            self.registry.quotas.insert(role, spec);
-                        }
+                        let spec = (spec != QuotaSpec::default()).then_some(spec);
+                        self.registry.write(Write::Quota(role, spec));
                     })
             }
             OperatorCall::GetRoles => return OperatorReply::Roles(self.roles()),
@@ -430,6 +554,7 @@ impl Master {
             } => {
                 let dynamic = self
                     .registry
+                    .state()
                     .reservations
                     .get(&agent)
                     .and_then(|r| r.get(&role))
@@ -472,7 +597,6 @@ impl Master {
         };
         match result {
             Ok(()) => {
-                self.registry_dirty = true;
                 self.request_allocation(now);
                 OperatorReply::Done
             }
@@ -483,8 +607,8 @@ impl Master {
     /// Every role with a weight, a quota or a framework, with what it holds.
     pub fn roles(&self) -> Vec<RoleStatus> {
         let mut roles: std::collections::BTreeSet<Role> =
-            self.registry.weights.keys().cloned().collect();
-        roles.extend(self.registry.quotas.keys().cloned());
+            self.registry.state().weights.keys().cloned().collect();
+        roles.extend(self.registry.state().quotas.keys().cloned());
         roles.extend(self.frameworks.values().map(|f| f.info.role.clone()));
         let mut reserved: BTreeMap<Role, Vec<(AgentId, Resources)>> = BTreeMap::new();
         for (agent, a) in &self.agents {
@@ -495,7 +619,7 @@ impl Master {
                     .push((agent.clone(), r.clone()));
             }
         }
-        for (agent, by_role) in &self.registry.reservations {
+        for (agent, by_role) in &self.registry.state().reservations {
             for (role, r) in by_role {
                 reserved
                     .entry(role.clone())
@@ -507,9 +631,10 @@ impl Master {
         roles
             .into_iter()
             .map(|role| {
-                let quota = self.registry.quotas.get(&role).cloned().unwrap_or_default();
+                let registry = self.registry.state();
+                let quota = registry.quotas.get(&role).cloned().unwrap_or_default();
                 RoleStatus {
-                    weight: self.registry.weights.get(&role).copied().unwrap_or(1.0),
+                    weight: registry.weights.get(&role).copied().unwrap_or(1.0),
                     guarantee: quota.guarantee,
                     limit: quota.limit,
                     allocated: self
@@ -538,7 +663,13 @@ impl Master {
         resources: &Resources,
         add: bool,
     ) {
-        let roles = self.registry.reservations.entry(agent.clone()).or_default();
+        let mut roles = self
+            .registry
+            .state()
+            .reservations
+            .get(agent)
+            .cloned()
+            .unwrap_or_default();
         let current = roles.get(role).cloned().unwrap_or_default();
         let next = if add {
             current.checked_add(resources)
@@ -554,22 +685,21 @@ impl Master {
             }
             None => tracing::error!(%agent, %role, "dynamic reservation books out of step"),
         }
-        if roles.is_empty() {
-            self.registry.reservations.remove(agent);
-        }
-        self.registry_dirty = true;
-    }
-
-    /// Next output for the driver, in the order produced.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.outbox.pop_front()
+        self.registry
+            .write(Write::Reservations(agent.clone(), roles));
     }
 
     /// When [`Master::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Time> {
         // Ordered sets and maps, not scans: this runs after every input,
         // and a cluster has tens of thousands of agents and offers.
-        let agent_deadlines = self.heartbeat_deadlines.first().map(|(t, _)| *t);
+        let agent_deadlines = self
+            .heartbeat_deadlines
+            .first()
+            .into_iter()
+            .chain(self.removal_deadlines.first())
+            .map(|(t, _)| *t)
+            .min();
         let failovers = self.frameworks.values().filter_map(|f| {
             f.disconnected_at
                 .map(|t| t + Duration::from_millis(f.info.failover_timeout_ms))
@@ -609,6 +739,19 @@ impl Master {
                     .push_back(Transmit::Close(conn, "missed heartbeats".into()));
                 self.handle_disconnected(now, conn);
             }
+        }
+        let removed: Vec<AgentId> = self
+            .removal_deadlines
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in removed {
+            if let Some(since) = self.agents.get(&id).and_then(|a| a.unreachable_since) {
+                self.removal_deadlines
+                    .remove(&(since + self.config.agent_removal_timeout, id.clone()));
+            }
+            self.remove_agent(now, &id);
         }
         let expired: Vec<FrameworkId> = self
             .frameworks
@@ -928,6 +1071,16 @@ impl Master {
             self.outbox.push_back(Transmit::Close(conn, message));
             return;
         }
+        // A removed agent starts anew under a new id; what it reports
+        // running belongs to its old self, whose tasks are GONE: it kills
+        // them when it sees its new id.
+        let (agent_id, tasks) = match agent_id {
+            Some(id) if self.registry.state().removed_agents.contains_key(&id) => {
+                tracing::warn!(agent = %id, "a removed agent came back; it registers anew and kills what it ran");
+                (None, Vec::new())
+            }
+            other => (other, tasks),
+        };
         let id = match agent_id {
             Some(id) => id,
             None => match AgentId::new(self.fresh_id("a")) {
@@ -953,27 +1106,8 @@ impl Master {
         if self.agents.contains_key(&id) {
             self.allocator.set_agent_active(&id, true);
         } else {
-            let reserved = info.reservations.iter().cloned().collect();
-            let added = self.allocator.add_agent(
-                id.clone(),
-                info.resources.clone(),
-                reserved,
-                info.attributes.clone(),
-            );
-            // Dynamic reservations made before a master restart.
-            for (role, r) in self
-                .registry
-                .reservations
-                .get(&id)
-                .cloned()
-                .unwrap_or_default()
-            {
-                if let Err(e) = self.allocator.reserve(&id, &role, &r) {
-                    tracing::error!(agent = %id, %role, "cannot restore a dynamic reservation: {e}");
-                }
-            }
-            if let Err(e) = added {
-                let message = format!("invalid resources: {e}");
+            let dynamic = self.registry.state().reservations.clone();
+            if let Err(message) = self.add_agent_to_allocator(&id, &info, &dynamic) {
                 self.outbox.push_back(Transmit::ToAgent(
                     conn,
                     MasterToAgent::Refused {
@@ -986,11 +1120,20 @@ impl Master {
                 return;
             }
         }
+        if self.registry.state().agents.get(&id) != Some(&info) {
+            self.registry
+                .write(Write::Agent(id.clone(), Some(Box::new(info.clone()))));
+        }
         let entry = self.agents.entry(id.clone()).or_insert_with(|| AgentEntry {
             conn: None,
             info: info.clone(),
             last_heartbeat: now,
+            unreachable_since: None,
         });
+        if let Some(since) = entry.unreachable_since.take() {
+            self.removal_deadlines
+                .remove(&(since + self.config.agent_removal_timeout, id.clone()));
+        }
         entry.conn = Some(conn);
         entry.info = info;
         self.heard_from(&id, now);
@@ -1001,15 +1144,40 @@ impl Master {
                 agent_id: id.clone(),
                 heartbeat_interval_ms: u64::try_from(self.config.heartbeat_interval.as_millis())
                     .unwrap_or(u64::MAX),
+                removal_timeout_ms: u64::try_from(self.config.agent_removal_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
             },
         ));
-        self.reconcile_agent_tasks(now, &id, tasks);
+        self.reconcile_agent_tasks(now, conn, &id, tasks);
+        if self.recovering.remove(&id) {
+            self.recovered_one();
+        }
         self.check_instances(now);
         self.request_allocation(now);
     }
 
+    /// An agent admitted before this master started registered again or
+    /// was removed: once none are left, reconciliations held back get
+    /// their answers.
+    fn recovered_one(&mut self) {
+        if !self.recovering.is_empty() {
+            return;
+        }
+        tracing::info!("every agent admitted before this master started is back or removed");
+        for (fw, task) in std::mem::take(&mut self.deferred_reconciles) {
+            let status = self.task_status(&fw, task);
+            self.send_to_framework(&fw, Event::Update { status, ack: None });
+        }
+    }
+
     /// Brings the books for `agent` in line with what it reports running.
-    fn reconcile_agent_tasks(&mut self, now: Time, agent: &AgentId, reported: Vec<RunningTask>) {
+    fn reconcile_agent_tasks(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        agent: &AgentId,
+        reported: Vec<RunningTask>,
+    ) {
         let known = self.task_keys_where(|_, t| &t.agent == agent && !t.state.is_terminal());
         for key in known {
             if !reported
@@ -1032,11 +1200,45 @@ impl Master {
             }
         }
         for r in reported {
+            // An ended task's update follows, resent until acknowledged; it
+            // holds nothing meanwhile, but reconciliation must not call it
+            // unknown.
+            if r.state.is_terminal() {
+                let key = (r.framework_id.clone(), r.task_id.clone());
+                if !self.tasks.contains_key(&key) {
+                    let status = TaskStatus::new(r.task_id, r.state).on(agent.clone());
+                    self.remember_end(&key, &status);
+                }
+                continue;
+            }
             if hosted::is_instance(&r.task_id) {
                 self.reported_instance(agent, &r);
-            } else if self.book_reported(agent, &r) {
-                let status = TaskStatus::new(r.task_id, r.state).on(agent.clone());
+                continue;
+            }
+            let key = (r.framework_id.clone(), r.task_id.clone());
+            // Killed while out of reach, or of a framework torn down
+            // meanwhile: the kill is carried out now.
+            let doomed = self
+                .registry
+                .state()
+                .torn_down
+                .contains_key(&r.framework_id)
+                || self.tasks.get(&key).is_some_and(|t| t.kill_requested);
+            if self.book_reported(agent, &r) {
+                let status = TaskStatus::new(r.task_id.clone(), r.state).on(agent.clone());
                 self.send_to_framework(&r.framework_id, Event::Update { status, ack: None });
+            }
+            if doomed {
+                if let Some(task) = self.tasks.get_mut(&key) {
+                    task.kill_requested = true;
+                }
+                self.outbox.push_back(Transmit::ToAgent(
+                    conn,
+                    MasterToAgent::KillTask {
+                        framework_id: r.framework_id,
+                        task_id: r.task_id,
+                    },
+                ));
             }
         }
     }
@@ -1065,6 +1267,7 @@ impl Master {
                 revocable: false,
                 preempting: false,
                 terminal_update: None,
+                kill_requested: false,
             },
         );
         false
@@ -1075,6 +1278,11 @@ impl Master {
     /// framework not (yet) subscribed is held for as an inactive one, so the
     /// task's resources are not offered to anyone else meanwhile.
     fn claim_running(&mut self, agent: &AgentId, task: &RunningTask) -> Allocation {
+        // A framework the registry knows is in the allocator under its own
+        // role (restored inactive), so the task counts against that role's
+        // share, quota and limit. Only a framework nobody knows (torn down
+        // long ago, or from a registry that did not keep frameworks) is
+        // held for under a placeholder role until its task is killed.
         if !self.frameworks.contains_key(&task.framework_id) {
             let role = Role::new("recovered").unwrap_or_else(|_| unreachable!("a valid role"));
             let spec = FrameworkSpec {
@@ -1133,6 +1341,11 @@ impl Master {
             return;
         };
         agent.conn = None;
+        if agent.unreachable_since.is_none() {
+            agent.unreachable_since = Some(now);
+            self.removal_deadlines
+                .insert((now + self.config.agent_removal_timeout, id.clone()));
+        }
         let deadline = agent.last_heartbeat + self.config.agent_timeout;
         self.heartbeat_deadlines.remove(&(deadline, id.clone()));
         tracing::warn!(agent = %id, "agent disconnected; its tasks are unreachable");
@@ -1162,6 +1375,92 @@ impl Master {
         self.request_allocation(now);
     }
 
+    /// An agent unreachable past the removal timeout leaves the cluster:
+    /// its tasks are GONE, its resources leave the allocator, and the
+    /// registry remembers it was removed so that, if it comes back, it
+    /// starts anew and kills what it still runs.
+    fn remove_agent(&mut self, now: Time, id: &AgentId) {
+        if self.agents.get(id).is_none_or(|a| a.conn.is_some()) {
+            return;
+        }
+        tracing::warn!(agent = %id, "agent unreachable past the removal timeout; removing it");
+        let keys = self.task_keys_where(|_, t| &t.agent == id);
+        for key in keys {
+            let Some(task) = self.tasks.get(&key) else {
+                continue;
+            };
+            if task.state.is_terminal() {
+                // Its end was sent; the acknowledgement can no longer reach
+                // the agent.
+                self.forget_task(&key);
+                continue;
+            }
+            self.release_task(&key, TaskState::Gone, None);
+            if hosted::is_instance(&key.1) {
+                self.instance_update(now, &key.0, &key.1, TaskState::Gone);
+                self.tasks.remove(&key);
+                continue;
+            }
+            let status = TaskStatus::new(key.1.clone(), TaskState::Gone)
+                .because(
+                    Reason::AgentRemoved,
+                    "the agent was unreachable past the removal timeout",
+                )
+                .on(id.clone());
+            self.remember_end(&key, &status);
+            self.tasks.remove(&key);
+            self.send_to_framework(&key.0, Event::Update { status, ack: None });
+        }
+        self.rescind_where(|o| &o.agent_id == id);
+        self.allocator.remove_agent(id);
+        self.agents.remove(id);
+        let seq = self.registry.next_seq();
+        self.registry.write(Write::AgentRemoved(id.clone(), seq));
+        if self.recovering.remove(id) {
+            self.recovered_one();
+        }
+        self.check_instances(now);
+        self.request_allocation(now);
+    }
+
+    /// Keeps how a task ended for reconciliation after it is forgotten.
+    fn remember_end(&mut self, key: &(FrameworkId, TaskId), status: &TaskStatus) {
+        if self
+            .ended_status
+            .insert(key.clone(), status.clone())
+            .is_none()
+        {
+            self.ended.push_back(key.clone());
+        }
+        while self.ended.len() > MAX_ENDED {
+            if let Some(old) = self.ended.pop_front() {
+                self.ended_status.remove(&old);
+            }
+        }
+    }
+
+    /// Drops an ended task from the books; its id may be used again.
+    fn forget_task(&mut self, key: &(FrameworkId, TaskId)) {
+        if let Some(task) = self.tasks.remove(key) {
+            let status = TaskStatus::new(key.1.clone(), task.state).on(task.agent);
+            self.remember_end(key, &status);
+        }
+    }
+
+    /// What the master can say of a task now: its state, how it ended if
+    /// that is remembered, or UNKNOWN.
+    fn task_status(&self, fw: &FrameworkId, task_id: TaskId) -> TaskStatus {
+        let key = (fw.clone(), task_id);
+        if let Some(t) = self.tasks.get(&key) {
+            return TaskStatus::new(key.1, t.state).on(t.agent.clone());
+        }
+        if let Some(status) = self.ended_status.get(&key) {
+            return status.clone();
+        }
+        TaskStatus::new(key.1, TaskState::Unknown)
+            .because(Reason::TaskUnknown, "the master does not know this task")
+    }
+
     /// SUBSCRIBE, or SUBSCRIBE_HOSTED once the instance is checked
     /// (`hosted`).
     fn subscribe(&mut self, now: Time, conn: ConnId, mut info: FrameworkInfo, hosted: bool) {
@@ -1185,16 +1484,23 @@ impl Master {
             Some(id) if self.frameworks.contains_key(&id) => {
                 return self.fail_over(now, conn, id, info, spec, hosted);
             }
-            Some(id) if self.removed_frameworks.contains(&id) => {
+            Some(id) if self.registry.state().torn_down.contains_key(&id) => {
                 let message = format!(
                     "framework {id} was torn down; subscribe without an id to start afresh"
                 );
                 self.refuse_scheduler(conn, message);
                 return;
             }
-            // Known to agents but not to this master (it restarted): the
-            // framework takes its id back, and with it its running tasks.
-            Some(id) => id,
+            // The registry keeps every framework: an id it does not know was
+            // never given out here, and taking it would take another
+            // tenant's tasks.
+            Some(id) => {
+                let message = format!(
+                    "framework {id} is not known to this master; subscribe without an id to start afresh"
+                );
+                self.refuse_scheduler(conn, message);
+                return;
+            }
             None => match FrameworkId::new(self.fresh_id("f")) {
                 Ok(id) => id,
                 Err(_) => {
@@ -1205,6 +1511,8 @@ impl Master {
             },
         };
         info.id = Some(id.clone());
+        self.registry
+            .write(Write::Framework(id.clone(), Some(Box::new(info.clone()))));
         self.allocator.add_framework(id.clone(), spec);
         tracing::info!(framework = %id, name = %info.name, role = %info.role, "framework subscribed");
         self.peers.insert(conn, Peer::Framework);
@@ -1268,6 +1576,10 @@ impl Master {
         tracing::info!(framework = %id, "scheduler failed over");
         self.peers.insert(conn, Peer::Framework);
         self.framework_of.insert(conn, id.clone());
+        if self.registry.state().frameworks.get(&id) != Some(&info) {
+            self.registry
+                .write(Write::Framework(id.clone(), Some(Box::new(info.clone()))));
+        }
         if let Some(entry) = self.frameworks.get_mut(&id) {
             entry.conn = Some(conn);
             entry.disconnected_at = None;
@@ -1293,6 +1605,9 @@ impl Master {
     }
 
     /// RECONCILE: the latest state of the named tasks, or of all of them.
+    /// A named task the master does not know is UNKNOWN, but only once
+    /// every agent admitted before a restart is back or removed: until
+    /// then it may be running on one of them, and the answer waits.
     fn reconcile(&mut self, fw: &FrameworkId, tasks: Vec<TaskId>) {
         let statuses: Vec<TaskStatus> = if tasks.is_empty() {
             self.tasks
@@ -1305,16 +1620,16 @@ impl Master {
                 })
                 .collect()
         } else {
-            tasks
-                .into_iter()
-                .map(
-                    |task_id| match self.tasks.get(&(fw.clone(), task_id.clone())) {
-                        Some(t) => TaskStatus::new(task_id, t.state).on(t.agent.clone()),
-                        None => TaskStatus::new(task_id, TaskState::Unknown)
-                            .because(Reason::TaskUnknown, "the master does not know this task"),
-                    },
-                )
-                .collect()
+            let mut known = Vec::new();
+            for task_id in tasks {
+                let status = self.task_status(fw, task_id.clone());
+                if status.state == TaskState::Unknown && !self.recovering.is_empty() {
+                    self.deferred_reconciles.push((fw.clone(), task_id));
+                } else {
+                    known.push(status);
+                }
+            }
+            known
         };
         for mut status in statuses {
             if status.reason.is_none() {
@@ -1350,6 +1665,9 @@ impl Master {
                         principal,
                         ..info
                     };
+                    let info = Box::new(entry.info.clone());
+                    self.registry
+                        .write(Write::Framework(fw.clone(), Some(info)));
                 }
                 self.request_allocation(now);
             }
@@ -1387,6 +1705,12 @@ impl Master {
                 continue;
             };
             if !task.state.is_terminal() {
+                if let Some(task) = self.tasks.get_mut(&key) {
+                    task.kill_requested = true;
+                }
+                let Some(task) = self.tasks.get(&key) else {
+                    continue;
+                };
                 let agent_conn = self.agents.get(&task.agent).and_then(|a| a.conn);
                 if let Some(conn) = agent_conn {
                     self.outbox.push_back(Transmit::ToAgent(
@@ -1403,18 +1727,13 @@ impl Master {
         // so their resources are not offered while still in use.
         let finished = self.task_keys_where(|(f, _), t| f == id && t.state.is_terminal());
         for key in finished {
-            self.tasks.remove(&key);
+            self.forget_task(&key);
         }
         self.frameworks.remove(id);
         // Its scheduler instance, if hosted, was killed with its tasks.
-        if self.hosted.remove(id).is_some() {
-            self.registry.hosted.remove(id);
-            self.registry_dirty = true;
-        }
-        self.removed_frameworks.push_back(id.clone());
-        if self.removed_frameworks.len() > MAX_REMOVED_FRAMEWORKS {
-            self.removed_frameworks.pop_front();
-        }
+        self.hosted.remove(id);
+        let seq = self.registry.next_seq();
+        self.registry.write(Write::TornDown(id.clone(), seq));
         // Running tasks keep their resources held on their agents until
         // they end; only the framework's place in the role tree goes.
         self.allocator.remove_framework(id);
@@ -1485,10 +1804,11 @@ impl Master {
         // The scheduler has been sent the end: acknowledge the stale update
         // here rather than show the task running again.
         if !status.state.is_terminal()
-            && self
+            && (self
                 .tasks
                 .get(&key)
                 .is_some_and(|t| t.agent == agent && t.state.is_terminal())
+                || self.ended_status.contains_key(&key))
         {
             self.acknowledge_to(conn, status.task_id, update_id);
             return;
@@ -1624,7 +1944,7 @@ impl Master {
             .get(&key)
             .is_some_and(|t| t.terminal_update == Some(update_id))
         {
-            self.tasks.remove(&key);
+            self.forget_task(&key);
         }
         if let Some(conn) = self.agents.get(&agent).and_then(|a| a.conn) {
             self.acknowledge_to(conn, task_id, update_id);

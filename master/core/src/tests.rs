@@ -19,7 +19,8 @@ fn drain(m: &mut Master) -> Vec<Transmit> {
 }
 
 fn drain_all(m: &mut Master) -> Vec<Transmit> {
-    std::iter::from_fn(|| m.poll_transmit()).collect()
+    let ready = m.ready();
+    m.advance(ready)
 }
 
 fn task(id: &str, r: &str) -> TaskInfo {
@@ -606,9 +607,7 @@ fn reserve_and_unreserve_operations_change_what_other_roles_see_and_are_recorded
         matches!(out.as_slice(), [Transmit::ToScheduler(_, Event::Error { message })] if message.contains("RESERVE refused")),
         "{out:?}"
     );
-    let saved = m
-        .poll_registry()
-        .expect("the reservation is to be persisted");
+    let saved = m.registry().clone();
     assert_eq!(saved.reservations[&agent_id][&eng], half);
     // Another role now sees only the unreserved half.
     subscribe(
@@ -653,12 +652,7 @@ fn reserve_and_unreserve_operations_change_what_other_roles_see_and_are_recorded
         },
     );
     drain(&mut m);
-    assert!(
-        m.poll_registry()
-            .expect("persisted")
-            .reservations
-            .is_empty()
-    );
+    assert!(m.registry().reservations.is_empty());
 }
 
 #[test]
@@ -1359,7 +1353,7 @@ fn a_failed_instance_is_restarted_with_backoff_and_a_finished_one_ends_hosting()
         listed[0].hosted.is_none(),
         "a finished scheduler is not restarted"
     );
-    assert!(m.poll_registry().is_some_and(|r| r.hosted.is_empty()));
+    assert!(m.registry().hosted.is_empty());
 }
 
 #[test]
@@ -1484,8 +1478,9 @@ fn submissions_are_checked_and_hosting_survives_a_master_restart() {
         ..submission()
     };
     assert!(refused(&submit_at(&mut m, t(0), no_mem), "needs mem"));
-    let (mut m, fw, first, token) = hosted_cluster();
-    let registry = m.poll_registry().expect("hosting is recorded");
+    let (m, fw, first, token) = hosted_cluster();
+    let registry = m.registry().clone();
+    assert!(!registry.hosted.is_empty(), "hosting is recorded");
 
     // A new master run: the framework is still hosted, and an agent
     // re-registering with the instance keeps it (nothing killed or
