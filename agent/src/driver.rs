@@ -200,7 +200,7 @@ pub async fn run(
     }
     state.schedule_old_dirs(&live);
     state.collect_cgroups(&running).await;
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = stoa_transport::reconnect_delays();
     tokio::pin!(shutdown);
 
     loop {
@@ -211,16 +211,16 @@ pub async fn run(
         let (conn, mut sender, receiver) = match connected {
             Ok(c) => c,
             Err(e) => {
+                let backoff = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "cannot reach the master");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = &mut shutdown => return Ok(()),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        delays = stoa_transport::reconnect_delays();
         let (msgs_tx, mut msgs_rx) = mpsc::channel::<MasterToAgent>(1024);
         let reader = tokio::spawn(read_loop(receiver, msgs_tx));
         let side = tokio::spawn(serve_side_streams(
@@ -721,6 +721,10 @@ async fn read_loop(mut receiver: FrameReceiver, tx: mpsc::Sender<MasterToAgent>)
                 }
             }
             Ok(None) => return,
+            Err(e) if e.is_connection_lost() => {
+                tracing::warn!(error = %e, "connection to the master lost; reconnecting");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "bad data from the master; dropping the connection");
                 return;

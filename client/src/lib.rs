@@ -115,8 +115,8 @@ impl SchedulerSession {
         self.burst = 0;
         match self.receiver.recv::<Event>().await {
             Ok(event) => Ok(event),
-            Err(stoa_transport::RecvError::Read(quinn::ReadError::ConnectionLost(e))) => {
-                tracing::debug!(error = %e, "connection to the master ended");
+            Err(e) if e.is_connection_lost() => {
+                tracing::info!(error = %e, "connection to the master lost");
                 Ok(None)
             }
             Err(e) => Err(e).context("bad data from the master"),
@@ -131,10 +131,13 @@ impl SchedulerSession {
         if self.burst >= MAX_BURST {
             return Ok(None);
         }
-        let event = self
-            .receiver
-            .try_recv::<Event>()
-            .context("bad data from the master")?;
+        let event = match self.receiver.try_recv::<Event>() {
+            Ok(event) => event,
+            Err(e) if e.is_connection_lost() => {
+                return Err(e).context("connection to the master lost");
+            }
+            Err(e) => return Err(e).context("bad data from the master"),
+        };
         self.burst += usize::from(event.is_some());
         Ok(event)
     }

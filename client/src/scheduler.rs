@@ -326,17 +326,19 @@ async fn connect(
     options: &DriverOptions,
 ) -> anyhow::Result<SchedulerSession> {
     let give_up = Instant::now() + options.reconnect_for;
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = stoa_transport::reconnect_delays();
     loop {
         match SchedulerSession::subscribe(config, info.clone()).await {
             Ok(session) => return Ok(session),
             // A refusal is final; only an unreachable master is retried.
             Err(e) if e.downcast_ref::<crate::Refused>().is_some() => return Err(e),
-            Err(e) if Instant::now() + backoff > give_up => return Err(e),
             Err(e) => {
+                let backoff = delays.next().unwrap_or(Duration::from_secs(5));
+                if Instant::now() + backoff > give_up {
+                    return Err(e);
+                }
                 tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "cannot subscribe");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

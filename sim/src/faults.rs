@@ -241,7 +241,9 @@ mod tests {
             parse_kinds("master-restart, slow-acks").expect("a list"),
             vec![FaultKind::MasterRestart, FaultKind::SlowAcks]
         );
-        let e = parse_kinds("master-crash").expect_err("unknown").to_string();
+        let e = parse_kinds("master-crash")
+            .expect_err("unknown")
+            .to_string();
         assert!(
             e.contains("master-crash") && e.contains("master-restart"),
             "{e}"

@@ -14,6 +14,18 @@ pub enum RecvError {
     Read(#[from] quinn::ReadError),
 }
 
+impl RecvError {
+    /// The connection went away (peer gone, timed out, closed): not the
+    /// peer's data at fault. Say "connection lost" and reconnect.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            RecvError::Read(quinn::ReadError::ConnectionLost(_) | quinn::ReadError::Reset(_))
+                | RecvError::Truncated
+        )
+    }
+}
+
 /// Reads whole messages, refusing oversized or malformed frames.
 ///
 /// Reads take whatever has arrived, up to [`READ_AHEAD`], and frames are

@@ -37,6 +37,20 @@ pub mod close {
     pub const SHUTDOWN: VarInt = VarInt::from_u32(3);
 }
 
+/// Delays between attempts to reach the master again: from 100 ms,
+/// doubling up to 5 s, each with random jitter so that a cluster's agents
+/// and schedulers do not all knock on a restarted master at once. Never
+/// ends; callers that give up do so by time.
+pub fn reconnect_delays() -> impl Iterator<Item = std::time::Duration> {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(100))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Opens a client endpoint on the unspecified address of `remote`'s family.
 pub fn client_endpoint(remote: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let bind: std::net::SocketAddr = if remote.is_ipv6() {

@@ -59,10 +59,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// How often an idle connection proves it is alive.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(300);
+
+/// How long a connection may hear nothing before it counts as lost: a dead
+/// peer is noticed within about a second (four keep-alives missed), so
+/// agents and schedulers come back to a restarted master at once instead
+/// of after QUIC's usual tens of seconds.
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1_200);
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(15)) {
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }
     Arc::new(t)
