@@ -88,6 +88,12 @@ struct MasterArgs {
     /// Seconds of agent silence before it is unreachable.
     #[arg(long, default_value_t = 5)]
     agent_timeout: u64,
+    /// Seconds an agent may stay unreachable before it is removed: its
+    /// tasks are then reported GONE (reason agent-removed) and, if it comes
+    /// back, it kills them and registers anew. The agent stops its tasks
+    /// itself after three quarters of this while out of touch.
+    #[arg(long, default_value_t = 120)]
+    agent_removal_timeout: u64,
     /// The registry file: weights, quotas and dynamic reservations survive
     /// restarts here.
     #[arg(long, default_value = ".stoa/registry.redb")]
@@ -285,6 +291,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 let core = stoa_master::core::MasterConfig {
                     agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
+                    agent_removal_timeout: Duration::from_secs(a.agent_removal_timeout.max(1)),
                     offer_timeout: a.offer_timeout.map(Duration::from_secs),
                     acls,
                     ..Default::default()

@@ -215,3 +215,108 @@ fn messages_reach_running_tasks_and_come_back_from_them() {
         Some(AgentToMaster::FrameworkMessage { data, .. }) if data == b"yo"
     ));
 }
+
+#[test]
+fn a_kill_reports_killing_once_then_the_end() {
+    let mut a = registered();
+    launch(&mut a, "t1");
+    a.poll_action();
+    let tid = TaskId::new("t1").expect("id");
+    a.handle_task_event(t(2), fw(), tid.clone(), TaskEvent::Running);
+    a.poll_transmit();
+    for at in [3, 4] {
+        a.handle_master_message(
+            t(at),
+            MasterToAgent::KillTask {
+                framework_id: fw(),
+                task_id: tid.clone(),
+            },
+        );
+        assert!(matches!(a.poll_action(), Some(Action::Kill { .. })));
+    }
+    assert_eq!(update(a.poll_transmit()).1, TaskState::Killing);
+    assert_eq!(a.poll_transmit(), None, "KILLING is reported once");
+    let killed = TaskEvent::ended(TaskState::Killed, Reason::KilledByScheduler, "killed");
+    a.handle_task_event(t(5), fw(), tid, killed);
+    assert_eq!(update(a.poll_transmit()).1, TaskState::Killed);
+}
+
+#[test]
+fn a_returning_agent_reports_ended_tasks_whose_updates_wait() {
+    let mut a = registered();
+    launch(&mut a, "t1");
+    a.poll_action();
+    let tid = TaskId::new("t1").expect("id");
+    a.handle_disconnected(t(2));
+    let done = TaskEvent::Finished {
+        output: Vec::new(),
+        exit_code: None,
+    };
+    a.handle_task_event(t(3), fw(), tid, done);
+    a.handle_connected(t(4));
+    match a.poll_transmit() {
+        Some(AgentToMaster::Register { tasks, .. }) => {
+            assert_eq!(tasks.len(), 1);
+            assert_eq!(tasks[0].state, TaskState::Finished);
+        }
+        other => panic!("expected Register, got {other:?}"),
+    }
+}
+
+#[test]
+fn out_of_touch_past_most_of_the_removal_timeout_the_agent_stops_its_tasks() {
+    let mut a = registered();
+    launch(&mut a, "t1");
+    a.poll_action();
+    let tid = TaskId::new("t1").expect("id");
+    a.handle_task_event(t(2), fw(), tid.clone(), TaskEvent::Running);
+    a.poll_transmit();
+    a.handle_disconnected(t(1_000));
+    // registered() says the removal timeout is 60 s: stop at 45 s.
+    let fence = t(1_000 + 45_000);
+    assert_eq!(a.poll_timeout(), Some(fence));
+    a.handle_timeout(t(1_000 + 44_999));
+    assert_eq!(a.poll_action(), None);
+    a.handle_timeout(fence);
+    assert!(matches!(a.poll_action(), Some(Action::Kill { .. })));
+    let killed = TaskEvent::ended(TaskState::Killed, Reason::KilledByScheduler, "killed");
+    a.handle_task_event(fence, fw(), tid, killed);
+    a.handle_connected(t(50_000));
+    a.poll_transmit();
+    a.handle_master_message(
+        t(50_001),
+        MasterToAgent::Registered {
+            agent_id: AgentId::new("a1").expect("id"),
+            heartbeat_interval_ms: 1000,
+            removal_timeout_ms: 60_000,
+        },
+    );
+    let sent: Vec<AgentToMaster> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert!(
+        sent.iter().any(|m| matches!(m, AgentToMaster::StatusUpdate { status, .. } if status.state == TaskState::Killed && status.reason == Some(Reason::AgentRemoved))),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn an_agent_removed_while_away_kills_and_forgets_what_it_held() {
+    let mut a = registered();
+    launch(&mut a, "t1");
+    a.poll_action();
+    a.handle_disconnected(t(2));
+    a.handle_connected(t(3));
+    a.poll_transmit();
+    a.handle_master_message(
+        t(4),
+        MasterToAgent::Registered {
+            agent_id: AgentId::new("a2").expect("id"),
+            heartbeat_interval_ms: 1000,
+            removal_timeout_ms: 60_000,
+        },
+    );
+    assert!(matches!(a.poll_action(), Some(Action::Kill { .. })));
+    assert!(matches!(a.poll_action(), Some(Action::Forget { .. })));
+    assert_eq!(a.tasks().count(), 0);
+    assert_eq!(a.pending_updates(), 0);
+    assert_eq!(a.agent_id().map(|i| i.as_str()), Some("a2"));
+}

@@ -59,9 +59,6 @@ pub struct MasterConfig {
     /// (`agent-removed`), and if it comes back it must kill them and
     /// register anew.
     pub agent_removal_timeout: Duration,
-    /// After a master restart, admitted agents have this long to register
-    /// again before they count as unreachable.
-    pub agent_reregister_timeout: Duration,
     /// Changes arriving within this window share one allocation run. The
     /// default is none: the driver handles every input already queued
     /// before it looks at timers, so changes that arrive together share a
@@ -87,7 +84,6 @@ impl Default for MasterConfig {
             heartbeat_interval: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(5),
             agent_removal_timeout: Duration::from_secs(120),
-            agent_reregister_timeout: Duration::from_secs(10),
             allocation_delay: Duration::ZERO,
             default_refuse: Duration::from_secs(5),
             offer_timeout: None,
@@ -1864,10 +1860,13 @@ impl Master {
         }
     }
 
+    /// KILL: sent to the task's agent now, or when it comes back if it is
+    /// unreachable (`kill_requested`).
     fn kill(&mut self, fw: &FrameworkId, task_id: TaskId) {
         let key = (fw.clone(), task_id.clone());
-        match self.tasks.get(&key) {
+        match self.tasks.get_mut(&key) {
             Some(task) if !task.state.is_terminal() => {
+                task.kill_requested = true;
                 if let Some(conn) = self.agents.get(&task.agent).and_then(|a| a.conn) {
                     self.outbox.push_back(Transmit::ToAgent(
                         conn,

@@ -1667,3 +1667,5 @@ fn messages_go_to_a_running_task_and_back_from_it_only() {
     drain(&mut m);
     assert!(error(&message(&mut m, "t1", b"hi".to_vec()), "has ended"));
 }
+
+mod faults;
