@@ -123,6 +123,8 @@ impl ComponentArgs {
     ) -> anyhow::Result<(Vec<u8>, Vec<(String, String)>)> {
         let wasm = std::fs::read(&self.scheduler)
             .with_context(|| format!("cannot read {}", self.scheduler.display()))?;
+        check_scheduler(&wasm)
+            .with_context(|| format!("{} is not a scheduler", self.scheduler.display()))?;
         let mut env = self.env.clone();
         for (name, path) in &self.artifacts {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
@@ -138,6 +140,59 @@ impl ComponentArgs {
         }
         Ok((wasm, env))
     }
+}
+
+/// The functions every scheduler component exports (the `stoa:scheduler`
+/// world's event handlers).
+const SCHEDULER_EXPORTS: [&str; 3] = ["subscribed", "offers", "update"];
+
+/// Refuses, before anything is uploaded or submitted, a binary that cannot
+/// be a scheduler: not a component, or a component without the scheduler
+/// world's exports (a task component, say). A master would otherwise start
+/// it, see it fail, and start it again.
+fn check_scheduler(wasm: &[u8]) -> anyhow::Result<()> {
+    use wasmparser::{Parser, Payload};
+    if !Parser::is_component(wasm) {
+        anyhow::bail!(
+            "it is not a wasm component (a core module or not wasm at all); build the scheduler for wasm32-wasip2, e.g. with `stoa build`"
+        );
+    }
+    let mut exports = Vec::new();
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.context("it is not valid wasm")? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentExportSection(section) if depth == 0 => {
+                for export in section {
+                    exports.push(
+                        export
+                            .context("it is not valid wasm")?
+                            .name
+                            .name
+                            .to_string(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let missing: Vec<&str> = SCHEDULER_EXPORTS
+        .into_iter()
+        .filter(|name| !exports.iter().any(|e| e == name))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the component does not export the stoa:scheduler world (missing {}; it exports {}). A task component runs as a task, launched by a scheduler; see docs/framework-authors.md",
+            missing.join(", "),
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            }
+        );
+    }
+    Ok(())
 }
 
 pub async fn run(a: FrameworkArgs) -> anyhow::Result<()> {

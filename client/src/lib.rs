@@ -116,7 +116,7 @@ impl SchedulerSession {
         match self.receiver.recv::<Event>().await {
             Ok(event) => Ok(event),
             Err(e) if e.is_connection_lost() => {
-                tracing::info!(error = %e, "connection to the master lost");
+                tracing::info!(error = %e, reason = ?self.conn.close_reason(), "connection to the master lost");
                 Ok(None)
             }
             Err(e) => Err(e).context("bad data from the master"),

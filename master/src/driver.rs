@@ -9,6 +9,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stoa_proto::operator::{OperatorCall, OperatorReply};
 use stoa_proto::side::SideRequest;
@@ -90,7 +91,8 @@ pub async fn run(
         &identity,
         &[ALPN_AGENT, ALPN_SCHEDULER, ALPN_OPERATOR, ALPN_ARTIFACTS],
     )?;
-    let endpoint = quinn::Endpoint::server(server, config.listen)
+    let secret = store.secret()?;
+    let endpoint = stoa_transport::server_endpoint(server, config.listen, &secret)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = endpoint.local_addr()?;
     if let Some(path) = &config.addr_file {
@@ -110,7 +112,7 @@ pub async fn run(
             .unwrap_or(0)
     );
     let mut core = config.core.clone();
-    core.secret = store.secret()?;
+    core.secret = secret;
     let mut master = Master::new(core, &instance);
     tracing::info!(
         registry = %config.registry.display(),
@@ -276,10 +278,51 @@ async fn read_log(
 
 async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>, artifacts: Artifacts) {
     let mut next = 1u64;
+    let refusals = Arc::new(RefusalLog::default());
     while let Some(incoming) = endpoint.accept().await {
         let id = ConnId(next);
         next += 1;
-        tokio::spawn(serve(incoming, id, tx.clone(), artifacts.clone()));
+        tokio::spawn(serve(
+            incoming,
+            id,
+            tx.clone(),
+            artifacts.clone(),
+            refusals.clone(),
+        ));
+    }
+}
+
+/// Logs refused handshakes without letting a flood of bogus packets flood
+/// the log: the first of each ten-second window is written, the rest are
+/// counted and summed up by the next one written.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    window: std::sync::Mutex<Option<Instant>>,
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+impl RefusalLog {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn refused(&self, id: ConnId, error: &quinn::ConnectionError) {
+        let now = Instant::now();
+        let due = {
+            let Ok(mut last) = self.window.lock() else {
+                return;
+            };
+            let due = last.is_none_or(|t| now.duration_since(t) >= Self::WINDOW);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due {
+            let also = self.unlogged.swap(0, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(conn = id.0, %error, refused_since_last_line = also, "handshake refused");
+        } else {
+            self.unlogged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -304,11 +347,12 @@ async fn serve(
     id: ConnId,
     tx: mpsc::Sender<Input>,
     artifacts: Artifacts,
+    refusals: Arc<RefusalLog>,
 ) {
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
-            tracing::info!(conn = id.0, error = %e, "handshake refused");
+            refusals.refused(id, &e);
             return;
         }
     };

@@ -206,6 +206,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills the master (SIGKILL, as a crash), waits `down`, and starts a
+    /// new one on the same address and registry, so that agents and
+    /// schedulers find it again.
+    pub fn crash_master_in_place(&mut self, down: Duration) -> anyhow::Result<()> {
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        std::thread::sleep(down);
+        let addr_file = self.dir.path().join("master.addr");
+        std::fs::remove_file(&addr_file)?;
+        self.master = spawn_master_on(self.dir.path(), &self.certs, &self.addr.to_string())?;
+        wait_for_file(&addr_file, Duration::from_secs(20))?;
+        Ok(())
+    }
+
     /// `stoa ARGS --master ADDR --certs DIR`, ready to run.
     fn stoa_command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut command = Command::new(stoa_bin()?);
@@ -258,13 +272,17 @@ impl Cluster {
 
 /// Starts a master whose files (address, registry, log) live in `dir`.
 fn spawn_master(dir: &Path, certs: &Path) -> anyhow::Result<Child> {
+    spawn_master_on(dir, certs, "127.0.0.1:0")
+}
+
+fn spawn_master_on(dir: &Path, certs: &Path, listen: &str) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("master.log"))?;
     let mut command = Command::new(stoa_bin()?);
     command
-        .args(["master", "--listen", "127.0.0.1:0", "--agent-timeout", "3"])
+        .args(["master", "--listen", listen, "--agent-timeout", "3"])
         .arg("--certs")
         .arg(certs)
         .arg("--addr-file")

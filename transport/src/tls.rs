@@ -62,11 +62,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// How often an idle connection proves it is alive.
 pub const KEEP_ALIVE: Duration = Duration::from_millis(300);
 
-/// How long a connection may hear nothing before it counts as lost: a dead
-/// peer is noticed within about a second (four keep-alives missed), so
-/// agents and schedulers come back to a restarted master at once instead
-/// of after QUIC's usual tens of seconds.
-pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1_200);
+/// How long a connection may hear nothing before it counts as lost: ten
+/// keep-alives. A master that died and came back on its address is
+/// noticed sooner, at the next keep-alive, through a stateless reset (see
+/// [`crate::server_endpoint`]); one that stays down is noticed after this.
+/// Shorter idle timeouts (1.2 s and 2 s were tried) dropped healthy
+/// connections when a daemon's loop stalled for a couple of seconds, as an
+/// agent's does launching a dozen tasks with inline artifacts in a debug
+/// build on two cores: its tasks then came back LOST.
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(3_000);
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();

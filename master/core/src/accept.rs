@@ -382,19 +382,32 @@ impl Master {
             return Ok(None);
         };
         let agent = first.offer.agent_id.clone();
-        let mut pool = Allocation::default();
-        for o in taken {
-            pool.unreserved = pool
-                .unreserved
-                .checked_add(&o.allocation.unreserved)
-                .ok_or("offers overlap")?;
-            for (role, r) in o.allocation.reserved {
-                let slot = pool.reserved.entry(role).or_default();
-                *slot = slot.checked_add(&r).ok_or("offers overlap")?;
+        match pooled(&taken) {
+            Some(pool) => Ok(Some((agent, pool))),
+            // Every refusal gives what it took back to the allocator.
+            None => {
+                for o in taken {
+                    self.allocator
+                        .recover(fw, &o.offer.agent_id, &o.allocation, None);
+                }
+                Err("offers overlap".into())
             }
         }
-        Ok(Some((agent, pool)))
     }
+}
+
+/// The resources of several offers of one agent as one allocation; `None`
+/// if adding them up overflows.
+fn pooled(taken: &[super::OfferEntry]) -> Option<Allocation> {
+    let mut pool = Allocation::default();
+    for o in taken {
+        pool.unreserved = pool.unreserved.checked_add(&o.allocation.unreserved)?;
+        for (role, r) in &o.allocation.reserved {
+            let slot = pool.reserved.entry(role.clone()).or_default();
+            *slot = slot.checked_add(r)?;
+        }
+    }
+    Some(pool)
 }
 
 fn launches(operations: Vec<Operation>) -> Vec<TaskInfo> {

@@ -69,13 +69,31 @@ impl Hosted {
 
 /// The token instance `task` of framework `fw` presents.
 pub fn token(secret: &[u8; 32], fw: &FrameworkId, task: &TaskId) -> Digest {
+    Digest(token_mac(secret, fw, task).finalize().into_bytes().into())
+}
+
+/// Whether `presented` is the token of instance `task` of `fw`, compared
+/// in constant time so that the time a refusal takes tells nothing of how
+/// much of a guess was right.
+pub fn token_matches(
+    secret: &[u8; 32],
+    fw: &FrameworkId,
+    task: &TaskId,
+    presented: &Digest,
+) -> bool {
+    token_mac(secret, fw, task)
+        .verify_slice(&presented.0)
+        .is_ok()
+}
+
+fn token_mac(secret: &[u8; 32], fw: &FrameworkId, task: &TaskId) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256>>::new_from_slice(secret)
         .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
     mac.update(fw.as_str().as_bytes());
     // A separator that ids cannot contain, so (fw, task) pairs never collide.
     mac.update(&[0]);
     mac.update(task.as_str().as_bytes());
-    Digest(mac.finalize().into_bytes().into())
+    mac
 }
 
 impl Master {
@@ -154,7 +172,7 @@ impl Master {
                     Some(format!(
                         "{task_id} is not the current scheduler instance of framework {id}"
                     ))
-                } else if presented != token(&self.config.secret, id, &task_id) {
+                } else if !token_matches(&self.config.secret, id, &task_id, &presented) {
                     Some(format!("wrong token for {task_id} of framework {id}"))
                 } else {
                     None

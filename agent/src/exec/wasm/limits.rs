@@ -21,7 +21,9 @@ pub const MAX_TABLE_ELEMENTS: usize = 1 << 16;
 /// Why wasmtime stopped a task.
 #[derive(Debug, thiserror::Error)]
 pub enum Stopped {
-    #[error("memory limit of {limit} bytes reached (the task asked for {desired} bytes)")]
+    #[error(
+        "memory limit of {limit} bytes reached (the task's memories would hold {desired} bytes together)"
+    )]
     Memory { limit: usize, desired: usize },
     #[error("table limit of {MAX_TABLE_ELEMENTS} elements reached (the task asked for {desired})")]
     Table { desired: usize },
@@ -31,27 +33,38 @@ pub enum Stopped {
     Timeout(Duration),
 }
 
-/// The store's limiter: memory is the task's `mem`, tables and counts are
-/// the agent's per-task limits.
+/// The store's limiter: memory is the task's `mem`, for all of the task's
+/// linear memories together (a component of several core instances has
+/// one each); tables and counts are the agent's per-task limits.
 #[derive(Debug)]
 pub struct TaskLimiter {
-    pub memory: usize,
+    memory: usize,
+    /// Bytes of every linear memory of the store, together.
+    in_use: usize,
+}
+
+impl TaskLimiter {
+    pub fn new(memory: usize) -> TaskLimiter {
+        TaskLimiter { memory, in_use: 0 }
+    }
 }
 
 impl wasmtime::ResourceLimiter for TaskLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory {
+        let total = self.in_use.saturating_sub(current).saturating_add(desired);
+        if total > self.memory {
             return Err(Stopped::Memory {
                 limit: self.memory,
-                desired,
+                desired: total,
             }
             .into());
         }
+        self.in_use = total;
         Ok(true)
     }
 
@@ -268,5 +281,36 @@ impl Watch {
             None | Some(Duration::ZERO) => Tick::Yield,
             Some(pause) => Tick::Pause(pause),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter as _;
+
+    #[test]
+    fn the_memory_limit_covers_all_memories_together() {
+        let mib = 1 << 20;
+        let mut l = TaskLimiter::new(64 * mib);
+        // Four memories of 16 MiB fit; growing one of them past the sum
+        // does not, though it alone would be far below the limit.
+        for _ in 0..4 {
+            assert!(matches!(l.memory_growing(0, 16 * mib, None), Ok(true)));
+        }
+        let e = l
+            .memory_growing(16 * mib, 17 * mib, None)
+            .expect_err("over the sum");
+        assert!(matches!(
+            e.downcast_ref::<Stopped>(),
+            Some(Stopped::Memory { desired, .. }) if *desired == 65 * mib
+        ));
+        // Within the sum it may still grow.
+        let mut l = TaskLimiter::new(64 * mib);
+        assert!(matches!(l.memory_growing(0, 32 * mib, None), Ok(true)));
+        assert!(matches!(
+            l.memory_growing(32 * mib, 64 * mib, None),
+            Ok(true)
+        ));
     }
 }

@@ -599,7 +599,7 @@ impl WasmRuntime {
             cpu: CpuShare::new(task.resources.millicpus(), clock.clone()),
         };
         let fuel = task.limits.fuel.unwrap_or(u64::MAX);
-        let limits = (TaskLimiter { memory }, fuel, watch);
+        let limits = (TaskLimiter::new(memory), fuel, watch);
         let run = self.execute(&program, (builder, mail), limits, &wasm.input, on_running);
         let deadline = async {
             match timeout {
