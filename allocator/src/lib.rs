@@ -775,6 +775,15 @@ impl Allocator {
     /// from free resources, or when even preempting everything eligible
     /// would not meet them. Pure: nothing changes until the caller kills the
     /// tasks and recovers their resources.
+    /// Whether some role's guarantee is unmet beyond what is free: only
+    /// then is a preemption plan worth the candidates it needs.
+    pub fn needs_preemption(&self) -> bool {
+        !self
+            .unmet_guarantees()
+            .saturating_minus(&self.free_unreserved)
+            .is_empty()
+    }
+
     pub fn preemption_plan(&self, running: &[PreemptionCandidate]) -> Vec<usize> {
         let mut chosen: Vec<usize> = Vec::new();
         let mut shortfall = self

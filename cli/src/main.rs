@@ -236,10 +236,11 @@ struct CertsArgs {
     sans: Vec<String>,
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -264,7 +265,14 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    // The simulator's own trace is its output; the cores' logs, a line per
+    // event of thousands of simulated runs, would drown it (RUST_LOG still
+    // turns them on).
+    init_tracing(if matches!(cli.command, Command::Sim(_)) {
+        "off"
+    } else {
+        "info"
+    });
     // The daemons' cores are single-threaded state machines: one thread
     // serves each with no wake-ups across threads (a launch crosses
     // three processes, and each cross-thread wake-up costs a futex call).

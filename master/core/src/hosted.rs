@@ -401,7 +401,7 @@ impl Master {
             }
         };
         let agent = candidates.into_iter().find(|a| fits(self, a))?;
-        self.rescind_where(|o| o.agent_id == agent);
+        self.rescind_agent_offers(&agent);
         self.allocator
             .claim(fw, &agent, &allocation)
             .ok()

@@ -12,7 +12,13 @@
 mod accept;
 pub mod acl;
 pub mod hosted;
+mod index;
+mod offers;
 pub mod registry;
+mod tasks;
+
+use offers::{OfferEntry, Offers};
+use tasks::{TaskEntry, Tasks};
 
 use registry::{Journal, QuotaSpec, Registry, Write};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -121,33 +127,6 @@ struct FrameworkEntry {
     disconnected_at: Option<Time>,
 }
 
-#[derive(Debug)]
-struct TaskEntry {
-    agent: AgentId,
-    /// Where its resources came from; given back to the allocator when the
-    /// task ends.
-    allocation: Allocation,
-    state: TaskState,
-    /// Launched on revocable resources: may be preempted.
-    revocable: bool,
-    /// Being killed by the master for a role below its guarantee.
-    preempting: bool,
-    /// The update that made the task terminal; its acknowledgement ends the
-    /// task's life in the master.
-    terminal_update: Option<UpdateId>,
-    /// A kill was asked for: sent again if its agent comes back from an
-    /// unreachable spell with the task still running.
-    kill_requested: bool,
-}
-
-/// An outstanding offer and the allocation behind it.
-#[derive(Debug)]
-struct OfferEntry {
-    offer: Offer,
-    allocation: Allocation,
-    made_at: Time,
-}
-
 /// What one round of inputs produced, for the driver (after raft-rs
 /// `Ready`): registry writes, and transmits that may tell peers about them.
 ///
@@ -188,8 +167,8 @@ pub struct Master {
     framework_of: HashMap<ConnId, FrameworkId>,
     agents: BTreeMap<AgentId, AgentEntry>,
     frameworks: BTreeMap<FrameworkId, FrameworkEntry>,
-    tasks: BTreeMap<(FrameworkId, TaskId), TaskEntry>,
-    offers: BTreeMap<OfferId, OfferEntry>,
+    tasks: Tasks,
+    offers: Offers,
     /// Who holds what; owns filters and fairness.
     allocator: Allocator,
     registry: Journal,
@@ -197,6 +176,8 @@ pub struct Master {
     heartbeat_deadlines: std::collections::BTreeSet<(Time, AgentId)>,
     /// When each unreachable agent is due to be removed.
     removal_deadlines: std::collections::BTreeSet<(Time, AgentId)>,
+    /// When each framework whose scheduler is away is due to be torn down.
+    failover_deadlines: std::collections::BTreeSet<(Time, FrameworkId)>,
     /// Agents admitted before this master started that have not registered
     /// with it yet nor been removed. While there are any, the master may
     /// not know a task that runs, so it holds back answering UNKNOWN.
@@ -250,11 +231,12 @@ impl Master {
             framework_of: HashMap::new(),
             agents: BTreeMap::new(),
             frameworks: BTreeMap::new(),
-            tasks: BTreeMap::new(),
-            offers: BTreeMap::new(),
+            tasks: Tasks::default(),
+            offers: Offers::default(),
             registry: Journal::default(),
             heartbeat_deadlines: std::collections::BTreeSet::new(),
             removal_deadlines: std::collections::BTreeSet::new(),
+            failover_deadlines: std::collections::BTreeSet::new(),
             recovering: std::collections::BTreeSet::new(),
             deferred_reconciles: Vec::new(),
             ended: VecDeque::new(),
@@ -312,12 +294,13 @@ impl Master {
                             disconnected_at: Some(now),
                         },
                     );
+                    self.arm_failover(id);
                 }
                 Err(e) => tracing::error!(framework = %id, "registry holds a bad framework: {e}"),
             }
         }
-        let dynamic = registry.reservations.clone();
         for (id, info) in &registry.agents {
+            let dynamic = registry.reservations.get(id).cloned().unwrap_or_default();
             if self.add_agent_to_allocator(id, info, &dynamic).is_err() {
                 continue;
             }
@@ -345,7 +328,7 @@ impl Master {
         &mut self,
         id: &AgentId,
         info: &AgentInfo,
-        dynamic: &BTreeMap<AgentId, BTreeMap<Role, Resources>>,
+        dynamic: &BTreeMap<Role, Resources>,
     ) -> Result<(), String> {
         let reserved = info.reservations.iter().cloned().collect();
         self.allocator
@@ -357,7 +340,7 @@ impl Master {
             )
             .map_err(|e| format!("invalid resources: {e}"))?;
         // Dynamic reservations made before a master restart.
-        for (role, r) in dynamic.get(id).into_iter().flatten() {
+        for (role, r) in dynamic {
             if let Err(e) = self.allocator.reserve(id, role, r) {
                 tracing::error!(agent = %id, %role, "cannot restore a dynamic reservation: {e}");
             }
@@ -472,12 +455,13 @@ impl Master {
 
     /// Every framework, as `stoa frameworks` shows it.
     pub fn framework_list(&self) -> Vec<stoa_proto::operator::FrameworkStatus> {
-        let mut running: HashMap<&FrameworkId, usize> = HashMap::new();
-        for ((fw, task), t) in &self.tasks {
-            if !t.state.is_terminal() && !hosted::is_instance(task) {
-                *running.entry(fw).or_default() += 1;
-            }
-        }
+        let running = |fw: &FrameworkId| {
+            self.tasks
+                .of_framework(fw, |t| !t.state.is_terminal())
+                .iter()
+                .filter(|(_, task)| !hosted::is_instance(task))
+                .count()
+        };
         self.frameworks
             .iter()
             .map(|(id, f)| stoa_proto::operator::FrameworkStatus {
@@ -486,7 +470,7 @@ impl Master {
                 role: f.info.role.clone(),
                 principal: f.info.principal.clone(),
                 connected: f.conn.is_some(),
-                tasks: running.get(id).copied().unwrap_or(0),
+                tasks: running(id),
                 hosted: self
                     .hosted
                     .get(id)
@@ -535,7 +519,7 @@ impl Master {
                 role,
                 resources,
             } => {
-                self.rescind_where(|o| o.agent_id == agent);
+                self.rescind_agent_offers(&agent);
                 self.allocator
                     .reserve_free(&agent, &role, &resources)
                     .map_err(|e| e.to_string())
@@ -556,7 +540,7 @@ impl Master {
                     .and_then(|r| r.get(&role))
                     .is_some_and(|r| r.contains(&resources));
                 if dynamic {
-                    self.rescind_where(|o| o.agent_id == agent);
+                    self.rescind_agent_offers(&agent);
                     self.allocator
                         .unreserve_free(&agent, &role, &resources)
                         .map_err(|e| e.to_string())
@@ -696,14 +680,11 @@ impl Master {
             .chain(self.removal_deadlines.first())
             .map(|(t, _)| *t)
             .min();
-        let failovers = self.frameworks.values().filter_map(|f| {
-            f.disconnected_at
-                .map(|t| t + Duration::from_millis(f.info.failover_timeout_ms))
-        });
+        let failovers = self.failover_deadlines.first().map(|(t, _)| *t);
         let offer_expiry = self
             .config
             .offer_timeout
-            .and_then(|t| self.offers.values().next().map(|o| o.made_at + t));
+            .and_then(|t| self.offers.oldest().map(|made| made + t));
         agent_deadlines
             .into_iter()
             .chain(failovers)
@@ -750,13 +731,10 @@ impl Master {
             self.remove_agent(now, &id);
         }
         let expired: Vec<FrameworkId> = self
-            .frameworks
+            .failover_deadlines
             .iter()
-            .filter(|(_, f)| {
-                f.disconnected_at
-                    .is_some_and(|t| t + Duration::from_millis(f.info.failover_timeout_ms) <= now)
-            })
-            .map(|(id, _)| id.clone())
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| id.clone())
             .collect();
         for id in expired {
             tracing::info!(framework = %id, "failover timeout passed; tearing the framework down");
@@ -771,12 +749,10 @@ impl Master {
                 (!connected.is_empty()).then(|| now + self.config.heartbeat_interval);
         }
         if let Some(timeout) = self.config.offer_timeout {
-            let stale: Vec<OfferId> = self
-                .offers
-                .values()
-                .filter(|o| o.made_at + timeout <= now)
-                .map(|o| o.offer.id)
-                .collect();
+            let stale = match now.as_micros().checked_sub(timeout.as_micros() as u64) {
+                Some(us) => self.offers.made_by(Time::from_micros(us)),
+                None => Vec::new(),
+            };
             for id in stale {
                 self.rescind(id);
             }
@@ -1102,7 +1078,8 @@ impl Master {
         if self.agents.contains_key(&id) {
             self.allocator.set_agent_active(&id, true);
         } else {
-            let dynamic = self.registry.state().reservations.clone();
+            let dynamic =
+                (self.registry.state().reservations.get(&id).cloned()).unwrap_or_default();
             if let Err(message) = self.add_agent_to_allocator(&id, &info, &dynamic) {
                 self.outbox.push_back(Transmit::ToAgent(
                     conn,
@@ -1174,7 +1151,7 @@ impl Master {
         agent: &AgentId,
         reported: Vec<RunningTask>,
     ) {
-        let known = self.task_keys_where(|_, t| &t.agent == agent && !t.state.is_terminal());
+        let known = self.tasks.on_agent(agent, |t| !t.state.is_terminal());
         for key in known {
             if !reported
                 .iter()
@@ -1345,9 +1322,9 @@ impl Master {
         let deadline = agent.last_heartbeat + self.config.agent_timeout;
         self.heartbeat_deadlines.remove(&(deadline, id.clone()));
         tracing::warn!(agent = %id, "agent disconnected; its tasks are unreachable");
-        self.rescind_where(|o| &o.agent_id == id);
+        self.rescind_agent_offers(id);
         self.allocator.set_agent_active(id, false);
-        let keys = self.task_keys_where(|_, t| &t.agent == id && !t.state.is_terminal());
+        let keys = self.tasks.on_agent(id, |t| !t.state.is_terminal());
         let affected: std::collections::BTreeSet<FrameworkId> =
             keys.iter().map(|(f, _)| f.clone()).collect();
         for fw in affected {
@@ -1380,7 +1357,7 @@ impl Master {
             return;
         }
         tracing::warn!(agent = %id, "agent unreachable past the removal timeout; removing it");
-        let keys = self.task_keys_where(|_, t| &t.agent == id);
+        let keys = self.tasks.on_agent(id, |_| true);
         for key in keys {
             let Some(task) = self.tasks.get(&key) else {
                 continue;
@@ -1407,7 +1384,7 @@ impl Master {
             self.tasks.remove(&key);
             self.send_to_framework(&key.0, Event::Update { status, ack: None });
         }
-        self.rescind_where(|o| &o.agent_id == id);
+        self.rescind_agent_offers(id);
         self.allocator.remove_agent(id);
         self.agents.remove(id);
         let seq = self.registry.next_seq();
@@ -1566,7 +1543,7 @@ impl Master {
             self.principals.remove(&old);
         }
         // Offers made to the old scheduler go back to the pool.
-        self.rescind_where(|o| o.framework_id == id);
+        self.rescind_framework_offers(&id);
         self.allocator.update_framework(&id, spec);
         self.allocator.set_framework_active(&id, true);
         tracing::info!(framework = %id, "scheduler failed over");
@@ -1576,6 +1553,7 @@ impl Master {
             self.registry
                 .write(Write::Framework(id.clone(), Some(Box::new(info.clone()))));
         }
+        self.disarm_failover(&id);
         if let Some(entry) = self.frameworks.get_mut(&id) {
             entry.conn = Some(conn);
             entry.disconnected_at = None;
@@ -1607,12 +1585,12 @@ impl Master {
     fn reconcile(&mut self, fw: &FrameworkId, tasks: Vec<TaskId>) {
         let statuses: Vec<TaskStatus> = if tasks.is_empty() {
             self.tasks
-                .iter()
-                .filter(|((f, id), t)| {
-                    f == fw && !t.state.is_terminal() && !hosted::is_instance(id)
-                })
-                .map(|((_, task_id), t)| {
-                    TaskStatus::new(task_id.clone(), t.state).on(t.agent.clone())
+                .of_framework(fw, |t| !t.state.is_terminal())
+                .into_iter()
+                .filter(|(_, id)| !hosted::is_instance(id))
+                .filter_map(|key| {
+                    let t = self.tasks.get(&key)?;
+                    Some(TaskStatus::new(key.1, t.state).on(t.agent.clone()))
                 })
                 .collect()
         } else {
@@ -1683,7 +1661,8 @@ impl Master {
         fw.conn = None;
         fw.disconnected_at = Some(now);
         tracing::info!(framework = %id, failover_timeout_ms = fw.info.failover_timeout_ms, "scheduler disconnected");
-        self.rescind_where(|o| &o.framework_id == id);
+        self.arm_failover(id);
+        self.rescind_framework_offers(id);
         self.allocator.set_framework_active(id, false);
         if fw_failover_now(self.frameworks.get(id)) {
             self.remove_framework(now, id);
@@ -1692,10 +1671,30 @@ impl Master {
         self.request_allocation(now);
     }
 
+    /// When the framework's scheduler left and its timeout: its teardown
+    /// deadline goes into the ordered set `poll_timeout` reads.
+    fn arm_failover(&mut self, id: &FrameworkId) {
+        if let Some(due) = self.failover_due(id) {
+            self.failover_deadlines.insert((due, id.clone()));
+        }
+    }
+
+    fn disarm_failover(&mut self, id: &FrameworkId) {
+        if let Some(due) = self.failover_due(id) {
+            self.failover_deadlines.remove(&(due, id.clone()));
+        }
+    }
+
+    fn failover_due(&self, id: &FrameworkId) -> Option<Time> {
+        let f = self.frameworks.get(id)?;
+        f.disconnected_at
+            .map(|t| t + Duration::from_millis(f.info.failover_timeout_ms))
+    }
+
     /// Forgets a framework: its offers go back, its tasks are killed.
     fn remove_framework(&mut self, now: Time, id: &FrameworkId) {
-        self.rescind_where(|o| &o.framework_id == id);
-        let keys = self.task_keys_where(|(f, _), _| f == id);
+        self.rescind_framework_offers(id);
+        let keys = self.tasks.of_framework(id, |_| true);
         for key in keys {
             let Some(task) = self.tasks.get(&key) else {
                 continue;
@@ -1721,10 +1720,11 @@ impl Master {
         }
         // Tasks stay in the books until their agents report them terminal,
         // so their resources are not offered while still in use.
-        let finished = self.task_keys_where(|(f, _), t| f == id && t.state.is_terminal());
+        let finished = self.tasks.of_framework(id, |t| t.state.is_terminal());
         for key in finished {
             self.forget_task(&key);
         }
+        self.disarm_failover(id);
         self.frameworks.remove(id);
         // Its scheduler instance, if hosted, was killed with its tasks.
         self.hosted.remove(id);
@@ -1736,30 +1736,18 @@ impl Master {
         self.request_allocation(now);
     }
 
-    /// Withdraws every outstanding offer `pred` selects.
-    fn rescind_where(&mut self, pred: impl Fn(&Offer) -> bool) {
-        let ids: Vec<OfferId> = self
-            .offers
-            .values()
-            .filter(|o| pred(&o.offer))
-            .map(|o| o.offer.id)
-            .collect();
-        for id in ids {
+    /// Withdraws every outstanding offer of `agent`.
+    fn rescind_agent_offers(&mut self, agent: &AgentId) {
+        for id in self.offers.of_agent(agent) {
             self.rescind(id);
         }
     }
 
-    /// Keys of the tasks `pred` selects, collected so the caller may change
-    /// the books while walking them.
-    fn task_keys_where(
-        &self,
-        pred: impl Fn(&(FrameworkId, TaskId), &TaskEntry) -> bool,
-    ) -> Vec<(FrameworkId, TaskId)> {
-        self.tasks
-            .iter()
-            .filter(|(k, t)| pred(k, t))
-            .map(|(k, _)| k.clone())
-            .collect()
+    /// Withdraws every outstanding offer made to `fw`.
+    fn rescind_framework_offers(&mut self, fw: &FrameworkId) {
+        for id in self.offers.of_framework(fw) {
+            self.rescind(id);
+        }
     }
 
     /// Withdraws an offer, returning its resources to the allocator.
@@ -1993,14 +1981,12 @@ impl Master {
     /// can be served. One round at a time: while earlier victims are still
     /// dying, their resources are already on their way back.
     fn preempt(&mut self) {
-        if self
-            .tasks
-            .values()
-            .any(|t| t.preempting && !t.state.is_terminal())
-        {
+        // Planning needs the revocable tasks; it runs only while some
+        // guarantee is unmet, and not while earlier victims are dying.
+        if !self.allocator.needs_preemption() || self.tasks.preempting() {
             return;
         }
-        let keys = self.task_keys_where(|_, t| t.revocable && !t.state.is_terminal());
+        let keys = self.tasks.revocable_live();
         let candidates: Vec<stoa_allocator::PreemptionCandidate> = keys
             .iter()
             .filter_map(|k| {
@@ -2056,14 +2042,11 @@ impl Master {
                 revocable: plan.revocable,
             };
             self.next_id += 1;
-            self.offers.insert(
-                offer.id,
-                OfferEntry {
-                    offer: offer.clone(),
-                    allocation: plan.resources,
-                    made_at: now,
-                },
-            );
+            self.offers.insert(OfferEntry {
+                offer: offer.clone(),
+                allocation: plan.resources,
+                made_at: now,
+            });
             batches.entry(plan.framework).or_default().push(offer);
         }
         for (fw, offers) in batches {
