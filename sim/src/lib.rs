@@ -58,6 +58,8 @@ pub struct SimConfig {
     pub failover_timeout: Duration,
     /// What may break; nothing when empty.
     pub faults: Vec<FaultKind>,
+    /// These faults instead of a plan drawn from the seed: a scenario.
+    pub plan: Option<Vec<Fault>>,
     /// At most this many faults per run, all starting within the horizon.
     pub max_faults: usize,
     pub fault_horizon: Duration,
@@ -86,6 +88,7 @@ impl Default for SimConfig {
             master: MasterConfig::default(),
             failover_timeout: Duration::from_secs(10),
             faults: Vec::new(),
+            plan: None,
             max_faults: 4,
             fault_horizon: Duration::from_secs(30),
             detect: Duration::from_secs(1),
@@ -236,18 +239,20 @@ const TRACE_TAIL: usize = 400;
 
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
-        let plan = faults::plan(
-            config.seed,
-            &config.faults,
-            config.max_faults,
-            faults::PlanLimits {
-                horizon: config.fault_horizon,
-                agents: config.agents,
-                frameworks: config.frameworks,
-                agent_removal_timeout: config.master.agent_removal_timeout,
-                failover_timeout: config.failover_timeout,
-            },
-        );
+        let plan = config.plan.clone().unwrap_or_else(|| {
+            faults::plan(
+                config.seed,
+                &config.faults,
+                config.max_faults,
+                faults::PlanLimits {
+                    horizon: config.fault_horizon,
+                    agents: config.agents,
+                    frameworks: config.frameworks,
+                    agent_removal_timeout: config.master.agent_removal_timeout,
+                    failover_timeout: config.failover_timeout,
+                },
+            )
+        });
         let mut sim = Sim {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             now: Time::ZERO,
