@@ -5,6 +5,7 @@
 
 use crate::cgroups::{Cgroups, Limits};
 use crate::core::{Action, Agent, TaskEvent};
+use crate::deadline::sleep_until;
 use crate::exec::task_dir::TaskDir;
 use crate::executors::{Containment, Executors, FromExecutor, Launcher};
 use crate::sandbox_gc::SandboxGc;
@@ -701,15 +702,6 @@ fn task_dirs(tasks: &Path) -> Vec<(FrameworkId, stoa_proto::TaskId, PathBuf)> {
         }
     }
     out
-}
-
-/// Sleeps until `deadline`, or forever without one (a `select!` arm that
-/// never fires).
-pub(crate) async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn read_loop(mut receiver: FrameReceiver, tx: mpsc::Sender<MasterToAgent>) {

@@ -10,7 +10,7 @@
 //! within the recovery timeout, it kills its tasks and exits.
 
 use crate::cgroups::Cgroup;
-use crate::driver::sleep_until;
+use crate::deadline::sleep_until;
 use crate::exec::kill::Kill;
 use crate::exec::link::AgentLink;
 use crate::exec::mailbox::{Inbox, Mailbox, OUTBOX_LEN, Outgoing, mailbox};
@@ -18,6 +18,7 @@ use crate::exec::native;
 use crate::exec::spares::Spares;
 use crate::exec::task_dir::TaskDir;
 use crate::exec::wasm::{RuntimeConfig, WasmRuntime};
+use crate::executor_dir::{pid_path, socket_path};
 use anyhow::Context as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,14 +32,6 @@ use stoa_proto::{FrameworkId, Reason, TaskId, TaskInfo, TaskKind, TaskState};
 use stoa_transport::framed::io;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
-
-/// The socket and pid file in an executor's directory.
-pub fn socket_path(dir: &Path) -> PathBuf {
-    dir.join("socket")
-}
-pub fn pid_path(dir: &Path) -> PathBuf {
-    dir.join("pid")
-}
 
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {

@@ -5,7 +5,7 @@
 //! together.
 
 use crate::cgroups::{Cgroups, Entry, Limits, enter_on_exec};
-use crate::executor::{pid_path, socket_path};
+use crate::executor_dir::{pid_path, socket_path};
 use anyhow::Context as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

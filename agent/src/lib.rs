@@ -8,9 +8,11 @@
 /// creep into it.
 pub use stoa_agent_core as core;
 pub mod cgroups;
+pub mod deadline;
 pub mod driver;
 pub mod exec;
 pub mod executor;
+pub mod executor_dir;
 pub mod executors;
 pub mod sandbox_gc;
 pub mod trash;

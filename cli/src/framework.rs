@@ -123,8 +123,12 @@ impl ComponentArgs {
     ) -> anyhow::Result<(Vec<u8>, Vec<(String, String)>)> {
         let wasm = std::fs::read(&self.scheduler)
             .with_context(|| format!("cannot read {}", self.scheduler.display()))?;
-        check_scheduler(&wasm)
-            .with_context(|| format!("{} is not a scheduler", self.scheduler.display()))?;
+        check_scheduler(&wasm).with_context(|| {
+            format!(
+                "{} is not a stoa:scheduler component",
+                self.scheduler.display()
+            )
+        })?;
         let mut env = self.env.clone();
         for (name, path) in &self.artifacts {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;

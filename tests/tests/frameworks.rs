@@ -74,6 +74,21 @@ fn a_component_that_is_not_a_scheduler_is_refused_clearly() -> anyhow::Result<()
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a stoa:scheduler"), "{stderr}");
+    // Submitting it is refused at once, before anything reaches the master
+    // (it would start it, see it fail, and start it again).
+    let out = cluster.stoa(&["submit", &task, "--resources", "cpus:0.1;mem:64"])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a stoa:scheduler") && stderr.contains("exports run"),
+        "{stderr}"
+    );
+    let listed = cluster.stoa(&["frameworks", "--json"])?;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&listed.stdout)?,
+        serde_json::json!([]),
+        "nothing was submitted"
+    );
 
     // A scheduler that runs out of fuel in a handler stops with the trap;
     // it does not hang the framework.

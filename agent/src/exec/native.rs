@@ -144,7 +144,7 @@ pub async fn run(
         status = child.wait() => Ok(status),
         () = kill.triggered() => Err(Stop::Killed),
         failures = health => Err(Stop::Unhealthy(failures)),
-        () = crate::driver::sleep_until(timeout.map(|t| std::time::Instant::now() + t)) => {
+        () = crate::deadline::sleep_until(timeout.map(|t| std::time::Instant::now() + t)) => {
             Err(Stop::Timeout(timeout.unwrap_or_default()))
         }
     };
