@@ -242,7 +242,7 @@ impl Bench<'_> {
             self.calls
                 .acknowledge(agent_id.clone(), status.task_id.clone(), *update_id);
         }
-        if let Event::Error { message } = &event {
+        if let Event::Error { message, .. } = &event {
             bail!("the master refused a call: {message}");
         }
         if let Event::Rescind { offer_id } = &event {

@@ -45,10 +45,14 @@ impl ClientConfig {
 }
 
 /// The master refused a SUBSCRIBE (a bad framework, a principal that does
-/// not match, a torn-down id): trying again will not help.
+/// not match, a torn-down id): trying again will not help. `code` says
+/// which kind of refusal it is.
 #[derive(Debug, thiserror::Error)]
-#[error("the master refused the subscription: {0}")]
-pub struct Refused(pub String);
+#[error("the master refused the subscription ({code}): {message}")]
+pub struct Refused {
+    pub code: stoa_proto::Refusal,
+    pub message: String,
+}
 
 /// A subscribed framework.
 #[derive(Debug)]
@@ -96,7 +100,7 @@ impl SchedulerSession {
                 framework_id,
                 burst: 0,
             }),
-            Ok(Some(Event::Error { message })) => Err(Refused(message).into()),
+            Ok(Some(Event::Error { code, message })) => Err(Refused { code, message }.into()),
             Ok(Some(other)) => bail!("expected SUBSCRIBED, the master sent {other:?}"),
             Ok(None) => bail!(
                 "the master closed the connection during SUBSCRIBE ({:?})",
@@ -282,7 +286,7 @@ async fn request(config: &ClientConfig, what: &str, call: &Call) -> anyhow::Resu
     let reply = receiver.recv::<Event>().await;
     conn.close(stoa_transport::close::NORMAL, b"done");
     match reply {
-        Ok(Some(Event::Error { message })) => Err(Refused(message).into()),
+        Ok(Some(Event::Error { code, message })) => Err(Refused { code, message }.into()),
         Ok(Some(event)) => Ok(event),
         Ok(None) => bail!(
             "the master closed the connection during {what} ({:?})",

@@ -309,8 +309,8 @@ fn handle(
                 "ignoring an answer to SUBMIT or SEND_MESSAGE on a subscribed connection"
             );
         }
-        Event::Error { message } => {
-            if message == stoa_proto::messages::FAILED_OVER {
+        Event::Error { code, message } => {
+            if code == stoa_proto::Refusal::FailedOver {
                 bail!("another scheduler took framework {framework_id} over");
             }
             scheduler.error(calls, &message);

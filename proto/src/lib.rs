@@ -22,7 +22,7 @@ pub use framing::{FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use ids::{AgentId, FrameworkId, IdError, OfferId, TaskId, UpdateId};
 pub use messages::{
     AgentInfo, AgentToMaster, Call, Event, FrameworkInfo, MasterToAgent, MessageSource, Offer,
-    OfferConstraint, Operation, RunningTask, Submission,
+    OfferConstraint, Operation, Refusal, RunningTask, Submission,
 };
 pub use resources::{Attributes, ParseError, PortRange, Resources};
 pub use role::{Role, RoleError};

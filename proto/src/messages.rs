@@ -309,9 +309,69 @@ pub fn is_agent_principal(name: &str) -> bool {
     name == "agent" || name.starts_with("agent-")
 }
 
-/// The ERROR a scheduler gets when another takes its framework over: it
-/// should stop, not subscribe again.
+/// The message of the ERROR a scheduler gets when another takes its
+/// framework over (its code is [`Refusal::FailedOver`]).
 pub const FAILED_OVER: &str = "framework failed over to a new scheduler";
+
+/// Why the master refused a scheduler's call or ended its connection.
+/// Clients act on this code, never on the message, which is for people.
+/// The variant's index is its wire code (postcard encodes enums by index):
+/// new refusals go at the end, and none is ever renumbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Refusal {
+    /// Another scheduler took the framework over: stop, do not subscribe
+    /// again.
+    FailedOver,
+    /// The framework was torn down (by its scheduler, an operator, or its
+    /// failover timeout): subscribe without an id to start afresh.
+    TornDown,
+    /// No framework with that id is known to this master.
+    UnknownFramework,
+    /// The caller's principal may not do this (another tenant's framework,
+    /// a claim its certificate contradicts, a hosted instance's token).
+    NotAuthorized,
+    /// What was sent is invalid: a framework description, a submission, a
+    /// message too large. The message says what to change.
+    Invalid,
+    /// A call out of order: before SUBSCRIBE, or a second SUBSCRIBE.
+    OutOfOrder,
+    /// What the call needs is not there now (a task ended, an agent away,
+    /// no scheduler connected): trying again later may work.
+    Unavailable,
+    /// An operation of an ACCEPT (RESERVE, UNRESERVE) was refused.
+    OperationRefused,
+}
+
+impl Refusal {
+    /// The stable number that stands for this refusal on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            Refusal::FailedOver => 0,
+            Refusal::TornDown => 1,
+            Refusal::UnknownFramework => 2,
+            Refusal::NotAuthorized => 3,
+            Refusal::Invalid => 4,
+            Refusal::OutOfOrder => 5,
+            Refusal::Unavailable => 6,
+            Refusal::OperationRefused => 7,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::FailedOver => "failed-over",
+            Refusal::TornDown => "torn-down",
+            Refusal::UnknownFramework => "unknown-framework",
+            Refusal::NotAuthorized => "not-authorized",
+            Refusal::Invalid => "invalid",
+            Refusal::OutOfOrder => "out-of-order",
+            Refusal::Unavailable => "unavailable",
+            Refusal::OperationRefused => "operation-refused",
+        })
+    }
+}
 
 /// The task a MESSAGE event came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,8 +399,11 @@ pub enum Event {
         status: TaskStatus,
         ack: Option<UpdateId>,
     },
-    /// The master refused a call; the connection stays open.
+    /// The master refused a call (the connection stays open unless the
+    /// master closes it after this). `code` says what kind of refusal it
+    /// is, for programs; `message` says why, for people.
     Error {
+        code: Refusal,
         message: String,
     },
     /// Sent every heartbeat interval: a scheduler that hears nothing for a
@@ -362,4 +425,35 @@ pub enum Event {
     },
     /// The answer to SEND_MESSAGE: the scheduler was sent the message.
     Delivered,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal's wire code is its variant index; renumbering one would
+    /// make old clients misread new masters.
+    #[test]
+    fn refusal_codes_are_their_wire_encoding_and_never_move() {
+        let all = [
+            Refusal::FailedOver,
+            Refusal::TornDown,
+            Refusal::UnknownFramework,
+            Refusal::NotAuthorized,
+            Refusal::Invalid,
+            Refusal::OutOfOrder,
+            Refusal::Unavailable,
+            Refusal::OperationRefused,
+        ];
+        for (i, r) in all.into_iter().enumerate() {
+            assert_eq!(r.code() as usize, i, "{r}");
+            let wire = postcard::to_stdvec(&r).expect("encodes");
+            assert_eq!(wire, vec![i as u8], "{r}");
+            assert_eq!(postcard::from_bytes::<Refusal>(&wire).expect("decodes"), r);
+        }
+        assert!(
+            postcard::from_bytes::<Refusal>(&[200]).is_err(),
+            "an unknown code is an error"
+        );
+    }
 }

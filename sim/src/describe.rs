@@ -94,7 +94,7 @@ pub fn describe_event(e: &Event) -> String {
             status.reason,
             ack.map(|a| a.0)
         ),
-        Event::Error { message } => format!("Error {message}"),
+        Event::Error { code, message } => format!("Error {code}: {message}"),
         Event::Heartbeat => "Heartbeat".into(),
         Event::Failure { agent_id } => format!("Failure {agent_id}"),
         Event::Submitted { framework_id } => format!("Submitted {framework_id}"),

@@ -133,7 +133,7 @@ impl<S: Scheduler + std::fmt::Debug> Framework for Guest<S> {
             }
             Event::Rescind { offer_id } => self.scheduler.rescind(d, offer_id.0),
             Event::Failure { agent_id } => self.scheduler.failure(d, agent_id.as_str()),
-            Event::Error { message } => self.scheduler.error(d, message),
+            Event::Error { message, .. } => self.scheduler.error(d, message),
             Event::Message { from, data } => {
                 let source = from.as_ref().map(|f| guest::MessageSource {
                     agent_id: f.agent_id.as_str().into(),

@@ -1086,8 +1086,8 @@ impl Sim {
                     }
                 }
             }
-            Event::Error { message } => {
-                if message.contains("torn down") {
+            Event::Error { code, message } => {
+                if code == stoa_proto::Refusal::TornDown {
                     self.log(format!("fw-{f} gives up: {message}"));
                     let s = &mut self.schedulers[f];
                     s.torn_down = true;

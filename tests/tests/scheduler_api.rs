@@ -77,7 +77,10 @@ fn a_second_scheduler_takes_over_and_the_first_is_told() -> anyhow::Result<()> {
             let mut second = TestFramework::subscribe_as(&cluster.client(), again).await?;
             let told = loop {
                 match first.event().await {
-                    Ok(Event::Error { message }) => break message,
+                    Ok(Event::Error { code, message }) => {
+                        assert_eq!(code, stoa_proto::Refusal::FailedOver);
+                        break message;
+                    }
                     Ok(_) => continue,
                     Err(e) => anyhow::bail!("the first scheduler was not told: {e:#}"),
                 }

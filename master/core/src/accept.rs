@@ -8,6 +8,7 @@
 use super::{Master, TaskEntry, Transmit};
 use std::collections::BTreeMap;
 use stoa_allocator::Allocation;
+use stoa_proto::messages::Refusal;
 use stoa_proto::{
     AgentId, Event, FrameworkId, MasterToAgent, OfferId, Operation, Reason, Resources, Role,
     TaskId, TaskInfo, TaskKind, TaskState, TaskStatus, Time,
@@ -56,6 +57,7 @@ impl Master {
                         self.send_to_framework(
                             fw,
                             Event::Error {
+                                code: Refusal::OperationRefused,
                                 message: format!("RESERVE refused: {message}"),
                             },
                         );
@@ -66,6 +68,7 @@ impl Master {
                         self.send_to_framework(
                             fw,
                             Event::Error {
+                                code: Refusal::OperationRefused,
                                 message: format!("UNRESERVE refused: {message}"),
                             },
                         );

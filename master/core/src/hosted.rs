@@ -20,6 +20,7 @@ use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 use std::time::Duration;
 use stoa_allocator::Allocation;
+use stoa_proto::messages::Refusal;
 use stoa_proto::{
     AgentId, Artifact, Digest, Event, FrameworkId, FrameworkInfo, HostedScheduler, MasterToAgent,
     Resources, RunningTask, Submission, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState, Time,
@@ -108,11 +109,16 @@ impl Master {
         let spec = match checked {
             Ok(spec) => spec,
             Err(message) => {
-                return self.refuse_scheduler(conn, format!("SUBMIT refused: {message}"));
+                let message = format!("SUBMIT refused: {message}");
+                return self.refuse_scheduler(conn, Refusal::Invalid, message);
             }
         };
         let Ok(id) = FrameworkId::new(self.fresh_id("f")) else {
-            return self.refuse_scheduler(conn, "cannot name the framework".into());
+            return self.refuse_scheduler(
+                conn,
+                Refusal::Invalid,
+                "cannot name the framework".into(),
+            );
         };
         submission.framework.id = Some(id.clone());
         if proven.is_some() {
@@ -181,7 +187,7 @@ impl Master {
         };
         if let Some(message) = refusal {
             tracing::warn!(%task_id, "refused a hosted scheduler: {message}");
-            return self.refuse_scheduler(conn, message);
+            return self.refuse_scheduler(conn, Refusal::NotAuthorized, message);
         }
         let Some(id) = info.id.clone() else { return };
         let principal = self

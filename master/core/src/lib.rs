@@ -27,7 +27,7 @@ use stoa_allocator::{
     Allocation, Allocator, AllocatorConfig, Constraint, FrameworkSpec, MinAllocatable,
 };
 use stoa_allocator::{Limit, Quota};
-use stoa_proto::messages::{OfferConstraint, RunningTask, message_too_large};
+use stoa_proto::messages::{OfferConstraint, Refusal, RunningTask, message_too_large};
 use stoa_proto::operator::{OperatorCall, OperatorReply, RoleStatus};
 use stoa_proto::{
     AgentId, AgentInfo, AgentToMaster, Call, Event, FrameworkId, FrameworkInfo, MasterToAgent,
@@ -558,7 +558,11 @@ impl Master {
                 if self.frameworks.contains_key(&framework_id) {
                     tracing::info!(framework = %framework_id, "an operator tore the framework down");
                     if let Some(conn) = self.frameworks.get(&framework_id).and_then(|f| f.conn) {
-                        self.refuse_scheduler(conn, "an operator tore the framework down".into());
+                        self.refuse_scheduler(
+                            conn,
+                            Refusal::TornDown,
+                            "an operator tore the framework down".into(),
+                        );
                         self.handle_disconnected(now, conn);
                     }
                     self.remove_framework(now, &framework_id);
@@ -861,7 +865,8 @@ impl Master {
             ) => {
                 if self.runs_on(conn, &framework_id, &task_id).is_some() {
                     let message = format!("MESSAGE to task {task_id} not delivered: {message}");
-                    self.send_to_framework(&framework_id, Event::Error { message });
+                    let code = Refusal::Unavailable;
+                    self.send_to_framework(&framework_id, Event::Error { code, message });
                 }
             }
             (Some(Peer::Agent), AgentToMaster::Register { .. }) => {
@@ -909,6 +914,7 @@ impl Master {
                 self.send_to_scheduler(
                     conn,
                     Event::Error {
+                        code: Refusal::OutOfOrder,
                         message: "already subscribed on this connection".into(),
                     },
                 );
@@ -957,6 +963,7 @@ impl Master {
             (_, _) => {
                 self.refuse_scheduler(
                     conn,
+                    Refusal::OutOfOrder,
                     "the first call must be SUBSCRIBE, SUBMIT or SEND_MESSAGE".into(),
                 );
             }
@@ -968,19 +975,26 @@ impl Master {
     fn send_message(&mut self, conn: ConnId, fw: &FrameworkId, data: Vec<u8>) {
         let principal = self.principals.get(&conn);
         let refusal = match self.frameworks.get(fw) {
-            None => Some(format!("no framework {fw} is known to this master")),
-            Some(f) if f.info.principal.as_ref() != principal => Some(format!(
-                "framework {fw} belongs to principal {}",
-                f.info.principal.as_deref().unwrap_or("(none)")
+            None => Some((
+                Refusal::UnknownFramework,
+                format!("no framework {fw} is known to this master"),
             )),
-            Some(f) if f.conn.is_none() => Some(format!(
-                "framework {fw} has no scheduler connected now; try again shortly"
+            Some(f) if f.info.principal.as_ref() != principal => Some((
+                Refusal::NotAuthorized,
+                format!(
+                    "framework {fw} belongs to principal {}",
+                    f.info.principal.as_deref().unwrap_or("(none)")
+                ),
             )),
-            Some(_) => message_too_large(&data),
+            Some(f) if f.conn.is_none() => Some((
+                Refusal::Unavailable,
+                format!("framework {fw} has no scheduler connected now; try again shortly"),
+            )),
+            Some(_) => message_too_large(&data).map(|why| (Refusal::Invalid, why)),
         };
         match refusal {
-            Some(message) => {
-                self.refuse_scheduler(conn, format!("SEND_MESSAGE refused: {message}"))
+            Some((code, message)) => {
+                self.refuse_scheduler(conn, code, format!("SEND_MESSAGE refused: {message}"))
             }
             None => {
                 self.send_to_framework(fw, Event::Message { from: None, data });
@@ -998,10 +1012,11 @@ impl Master {
     }
 
     /// Tells a scheduler why it is refused, then closes its connection.
-    fn refuse_scheduler(&mut self, conn: ConnId, message: String) {
+    fn refuse_scheduler(&mut self, conn: ConnId, code: Refusal, message: String) {
         self.send_to_scheduler(
             conn,
             Event::Error {
+                code,
                 message: message.clone(),
             },
         );
@@ -1438,16 +1453,19 @@ impl Master {
     /// (`hosted`).
     fn subscribe(&mut self, now: Time, conn: ConnId, mut info: FrameworkInfo, hosted: bool) {
         let spec = match (self.principals.get(&conn), &info.principal) {
-            (Some(proven), Some(claimed)) if proven != claimed => Err(format!(
-                "the framework claims principal {claimed:?} but its certificate names {proven:?}"
+            (Some(proven), Some(claimed)) if proven != claimed => Err((
+                Refusal::NotAuthorized,
+                format!(
+                    "the framework claims principal {claimed:?} but its certificate names {proven:?}"
+                ),
             )),
-            _ => check_framework(&info),
+            _ => check_framework(&info).map_err(|why| (Refusal::Invalid, why)),
         };
         if let Some(proven) = self.principals.get(&conn) {
             info.principal = Some(proven.clone());
         }
-        if let Err(message) = spec {
-            self.refuse_scheduler(conn, message);
+        if let Err((code, message)) = spec {
+            self.refuse_scheduler(conn, code, message);
             return;
         }
         let Ok(spec) = spec else {
@@ -1461,7 +1479,7 @@ impl Master {
                 let message = format!(
                     "framework {id} was torn down; subscribe without an id to start afresh"
                 );
-                self.refuse_scheduler(conn, message);
+                self.refuse_scheduler(conn, Refusal::TornDown, message);
                 return;
             }
             // The registry keeps every framework: an id it does not know was
@@ -1471,7 +1489,7 @@ impl Master {
                 let message = format!(
                     "framework {id} is not known to this master; subscribe without an id to start afresh"
                 );
-                self.refuse_scheduler(conn, message);
+                self.refuse_scheduler(conn, Refusal::UnknownFramework, message);
                 return;
             }
             None => match FrameworkId::new(self.fresh_id("f")) {
@@ -1517,27 +1535,37 @@ impl Master {
             return;
         };
         let refusal = if entry.info.principal != info.principal {
-            Some(format!(
-                "framework {id} belongs to principal {}",
-                entry.info.principal.as_deref().unwrap_or("(none)")
+            Some((
+                Refusal::NotAuthorized,
+                format!(
+                    "framework {id} belongs to principal {}",
+                    entry.info.principal.as_deref().unwrap_or("(none)")
+                ),
             ))
         } else if entry.info.role != info.role {
-            Some(format!(
-                "framework {id} is in role {}; a failover cannot change it",
-                entry.info.role
+            Some((
+                Refusal::Invalid,
+                format!(
+                    "framework {id} is in role {}; a failover cannot change it",
+                    entry.info.role
+                ),
             ))
         } else {
             None
         };
-        if let Some(message) = refusal {
-            self.refuse_scheduler(conn, message);
+        if let Some((code, message)) = refusal {
+            self.refuse_scheduler(conn, code, message);
             return;
         }
         if !hosted {
             self.stop_hosting(&id, "a scheduler subscribed to it from elsewhere");
         }
         if let Some(old) = self.frameworks.get(&id).and_then(|e| e.conn) {
-            self.refuse_scheduler(old, stoa_proto::messages::FAILED_OVER.to_string());
+            self.refuse_scheduler(
+                old,
+                Refusal::FailedOver,
+                stoa_proto::messages::FAILED_OVER.to_string(),
+            );
             self.peers.remove(&old);
             self.framework_of.remove(&old);
             self.principals.remove(&old);
@@ -1648,6 +1676,7 @@ impl Master {
             Err(message) => self.send_to_scheduler(
                 conn,
                 Event::Error {
+                    code: Refusal::Invalid,
                     message: format!("UPDATE_FRAMEWORK refused: {message}"),
                 },
             ),
@@ -1914,7 +1943,8 @@ impl Master {
         };
         if let Some(why) = refusal {
             let message = format!("MESSAGE to task {task_id} not delivered: {why}");
-            self.send_to_framework(fw, Event::Error { message });
+            let code = Refusal::Unavailable;
+            self.send_to_framework(fw, Event::Error { code, message });
         }
     }
 

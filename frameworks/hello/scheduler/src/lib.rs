@@ -124,7 +124,9 @@ pub async fn run(opts: HelloOptions) -> anyhow::Result<HelloReport> {
                     _ => {}
                 }
             }
-            Event::Error { message } => bail!("the master reported an error: {message}"),
+            Event::Error { code, message } => {
+                bail!("the master reported an error ({code}): {message}")
+            }
             Event::Rescind { .. }
             | Event::Subscribed { .. }
             | Event::Heartbeat

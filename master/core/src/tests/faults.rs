@@ -203,7 +203,7 @@ fn only_the_frameworks_principal_may_take_its_id_after_a_restart() {
     );
     let out = drain(&mut m);
     assert!(
-        matches!(out.first(), Some(Transmit::ToScheduler(SCHED3, Event::Error { message })) if message.contains("alice")),
+        matches!(out.first(), Some(Transmit::ToScheduler(SCHED3, Event::Error { code: Refusal::NotAuthorized, message })) if message.contains("alice")),
         "{out:?}"
     );
     // An id this master never gave out is refused too.
@@ -212,7 +212,7 @@ fn only_the_frameworks_principal_may_take_its_id_after_a_restart() {
     m.handle_scheduler_call(t(7_200), SCHED2, Call::Subscribe { framework: info });
     let out = drain(&mut m);
     assert!(
-        matches!(out.first(), Some(Transmit::ToScheduler(SCHED2, Event::Error { message })) if message.contains("not known")),
+        matches!(out.first(), Some(Transmit::ToScheduler(SCHED2, Event::Error { code: Refusal::UnknownFramework, message })) if message.contains("not known")),
         "{out:?}"
     );
 }

@@ -1,4 +1,5 @@
 use super::*;
+use stoa_proto::Refusal;
 use stoa_proto::operator::{OperatorCall, OperatorReply};
 use stoa_proto::{Artifact, Attributes, Operation, TaskInfo, TaskKind, TaskLimits};
 
@@ -239,7 +240,13 @@ fn calls_before_subscribe_are_refused() {
         matches!(
             out.as_slice(),
             [
-                Transmit::ToScheduler(_, Event::Error { .. }),
+                Transmit::ToScheduler(
+                    _,
+                    Event::Error {
+                        code: Refusal::OutOfOrder,
+                        ..
+                    }
+                ),
                 Transmit::Close(..)
             ]
         ),
@@ -525,7 +532,7 @@ fn a_bad_constraint_is_refused_at_subscription() {
     }];
     let out = subscribe(&mut m, SCHED, info);
     assert!(
-        matches!(out.as_slice(), [Transmit::ToScheduler(_, Event::Error { message }), Transmit::Close(..)] if message.contains("regular expression")),
+        matches!(out.as_slice(), [Transmit::ToScheduler(_, Event::Error { code: Refusal::Invalid, message }), Transmit::Close(..)] if message.contains("regular expression")),
         "{out:?}"
     );
     assert_eq!(m.summary().frameworks, 0);
@@ -604,7 +611,7 @@ fn reserve_and_unreserve_operations_change_what_other_roles_see_and_are_recorded
     );
     let out = drain(&mut m);
     assert!(
-        matches!(out.as_slice(), [Transmit::ToScheduler(_, Event::Error { message })] if message.contains("RESERVE refused")),
+        matches!(out.as_slice(), [Transmit::ToScheduler(_, Event::Error { code: Refusal::OperationRefused, message })] if message.contains("RESERVE refused")),
         "{out:?}"
     );
     let saved = m.registry().clone();
@@ -796,7 +803,7 @@ fn a_framework_cannot_claim_someone_elses_principal() {
     m.handle_scheduler_call(t(0), SCHED, Call::Subscribe { framework });
     let out = drain(&mut m);
     assert!(
-        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED, Event::Error { message }), Transmit::Close(SCHED, _)] if message.contains("certificate")),
+        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED, Event::Error { code: Refusal::NotAuthorized, message }), Transmit::Close(SCHED, _)] if message.contains("certificate")),
         "{out:?}"
     );
 }
@@ -890,7 +897,7 @@ fn a_second_scheduler_takes_over_and_the_first_gets_error() {
     m.handle_scheduler_call(t(100), SCHED2, Call::Subscribe { framework: info });
     let out = drain(&mut m);
     assert!(
-        out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(SCHED, Event::Error { message }) if message.contains("failed over"))),
+        out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(SCHED, Event::Error { code: Refusal::FailedOver, message }) if message.contains("failed over"))),
         "{out:?}"
     );
     assert!(out.iter().any(|tx| matches!(tx, Transmit::Close(SCHED, _))));
@@ -926,7 +933,7 @@ fn past_the_failover_timeout_tasks_are_killed_and_the_id_is_retired() {
     m.handle_scheduler_call(t(11_000), SCHED2, Call::Subscribe { framework: info });
     let out = drain(&mut m);
     assert!(
-        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED2, Event::Error { message }), Transmit::Close(SCHED2, _)] if message.contains("torn down")),
+        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED2, Event::Error { code: Refusal::TornDown, message }), Transmit::Close(SCHED2, _)] if message.contains("torn down")),
         "{out:?}"
     );
 }
@@ -956,7 +963,7 @@ fn another_principal_cannot_take_a_framework_over() {
     m.handle_scheduler_call(t(1), SCHED2, Call::Subscribe { framework: info });
     let out = drain(&mut m);
     assert!(
-        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED2, Event::Error { message }), Transmit::Close(SCHED2, _)] if message.contains("alice")),
+        matches!(out.as_slice(), [Transmit::ToScheduler(SCHED2, Event::Error { code: Refusal::NotAuthorized, message }), Transmit::Close(SCHED2, _)] if message.contains("alice")),
         "{out:?}"
     );
 }
@@ -1102,7 +1109,7 @@ fn update_framework_changes_what_it_may_and_refuses_a_new_role() {
     m.handle_scheduler_call(t(2), SCHED, Call::UpdateFramework { framework: moved });
     assert!(matches!(
         drain(&mut m).as_slice(),
-        [Transmit::ToScheduler(SCHED, Event::Error { message })] if message.contains("role")
+        [Transmit::ToScheduler(SCHED, Event::Error { code: Refusal::Invalid, message })] if message.contains("role")
     ));
     m.handle_disconnected(t(3), SCHED);
     assert!(drain(&mut m).iter().any(|tx| matches!(tx, Transmit::ToAgent(_, MasterToAgent::KillTask { framework_id, .. }) if *framework_id == id)));
@@ -1241,7 +1248,7 @@ fn instance_update(
 }
 
 fn refused(out: &[Transmit], needle: &str) -> bool {
-    out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(_, Event::Error { message }) if message.contains(needle)))
+    out.iter().any(|tx| matches!(tx, Transmit::ToScheduler(_, Event::Error { message, .. }) if message.contains(needle)))
 }
 
 #[test]
@@ -1610,7 +1617,7 @@ fn messages_go_to_a_running_task_and_back_from_it_only() {
         m.handle_scheduler_call(t(10), SCHED, Call::Message { task_id, data });
         drain(m)
     };
-    let error = |out: &[Transmit], why: &str| matches!(out, [Transmit::ToScheduler(SCHED, Event::Error { message })] if message.contains(why));
+    let error = |out: &[Transmit], why: &str| matches!(out, [Transmit::ToScheduler(SCHED, Event::Error { message, .. })] if message.contains(why));
     let out = message(&mut m, "t1", b"hi".to_vec());
     assert!(
         matches!(out.as_slice(), [Transmit::ToAgent(AGENT, MasterToAgent::FrameworkMessage { task_id, data, .. })] if task_id.as_str() == "t1" && data == b"hi"),
