@@ -101,8 +101,6 @@ struct State {
     executors: Executors,
     layout: WorkDir,
     store: ArtifactStore,
-    /// Launches waiting for their artifact, by digest.
-    fetching: HashMap<Digest, Vec<(FrameworkId, Box<TaskInfo>)>>,
     fetched_tx: mpsc::UnboundedSender<(Digest, Result<(), String>)>,
     chores: BTreeSet<(Instant, Chore)>,
     gc: SandboxGc,
@@ -167,7 +165,6 @@ pub async fn run(
         ),
         layout: layout.clone(),
         store,
-        fetching: HashMap::new(),
         fetched_tx,
         chores: BTreeSet::new(),
         gc: SandboxGc::new(config.gc_delay, config.gc_max_dirs),
@@ -293,32 +290,17 @@ impl State {
     ) -> bool {
         while let Some(action) = self.agent.poll_action() {
             match action {
-                Action::Launch { framework_id, task } => self.launch(now, conn, framework_id, task),
+                Action::Launch { framework_id, task } => self.launch(now, framework_id, task),
                 Action::Kill {
                     framework_id,
                     task_id,
                 } => {
-                    let queued = |f: &HashMap<Digest, Vec<(FrameworkId, Box<TaskInfo>)>>| {
-                        f.values().map(Vec::len).sum::<usize>()
-                    };
-                    let before = queued(&self.fetching);
-                    for launches in self.fetching.values_mut() {
-                        launches.retain(|(f, t)| !(*f == framework_id && t.task_id == task_id));
-                    }
-                    let waiting = queued(&self.fetching) != before;
-                    if waiting {
-                        let event = TaskEvent::ended(
-                            TaskState::Killed,
-                            Reason::KilledByScheduler,
-                            "killed before it started",
-                        );
-                        self.agent
-                            .handle_task_event(now, framework_id, task_id, event);
-                    } else if self.executors.is_running(&framework_id) {
+                    if self.executors.is_running(&framework_id) {
                         self.executors
                             .send(&framework_id, AgentToExecutor::Kill { task_id });
                     }
                 }
+                Action::Fetch { digest } => self.fetch(conn, digest),
                 Action::Deliver {
                     framework_id,
                     task_id,
@@ -362,35 +344,29 @@ impl State {
     }
 
     /// Hands a task to its framework's executor, once its artifact is here.
-    fn launch(
-        &mut self,
-        now: Time,
-        conn: &quinn::Connection,
-        framework_id: FrameworkId,
-        task: Box<TaskInfo>,
-    ) {
-        if let Some(Artifact::Stored(digest)) = task.kind.artifact().cloned()
-            && !self.store.contains(digest)
+    fn launch(&mut self, now: Time, framework_id: FrameworkId, task: Box<TaskInfo>) {
+        if let Some(Artifact::Stored(digest)) = task.kind.artifact()
+            && !self.store.contains(*digest)
         {
-            self.agent
-                .preparing(now, framework_id.clone(), task.task_id.clone());
-            let waiting = self.fetching.entry(digest).or_default();
-            waiting.push((framework_id, task));
-            if waiting.len() == 1 {
-                let (conn, store, done) =
-                    (conn.clone(), self.store.clone(), self.fetched_tx.clone());
-                let max = self.config.max_artifact;
-                tracing::info!(%digest, "fetching an artifact from the master");
-                tokio::spawn(async move {
-                    let result = fetch_artifact(&conn, digest, &store, max)
-                        .await
-                        .map_err(|e| format!("cannot fetch {digest} from the master: {e:#}"));
-                    let _ = done.send((digest, result));
-                });
-            }
+            // The core queues it and asks for the fetch.
+            self.agent.artifact_missing(now, framework_id, task);
             return;
         }
         self.start(now, framework_id, task);
+    }
+
+    /// Fetches an artifact from the master off the loop; the result comes
+    /// back through `fetched_tx` to the core.
+    fn fetch(&self, conn: &quinn::Connection, digest: Digest) {
+        let (conn, store, done) = (conn.clone(), self.store.clone(), self.fetched_tx.clone());
+        let max = self.config.max_artifact;
+        tracing::info!(%digest, "fetching an artifact from the master");
+        tokio::spawn(async move {
+            let result = fetch_artifact(&conn, digest, &store, max)
+                .await
+                .map_err(|e| format!("cannot fetch {digest} from the master: {e:#}"));
+            let _ = done.send((digest, result));
+        });
     }
 
     /// Sends a task whose artifact is at hand to its executor, a native
@@ -538,21 +514,7 @@ impl State {
             Ok(()) => tracing::info!(%digest, "artifact fetched"),
             Err(message) => tracing::warn!(%digest, %message, "artifact fetch failed"),
         }
-        let waiting = self.fetching.remove(&digest).unwrap_or_default();
-        for (framework_id, task) in waiting {
-            match &result {
-                Ok(()) => self.start(now, framework_id, task),
-                Err(message) => {
-                    let event = TaskEvent::ended(
-                        TaskState::Error,
-                        Reason::ArtifactUnavailable,
-                        message.clone(),
-                    );
-                    self.agent
-                        .handle_task_event(now, framework_id, task.task_id, event);
-                }
-            }
-        }
+        self.agent.handle_fetched(now, digest, result);
     }
 
     fn on_executor(&mut self, now: Time, input: FromExecutor) {

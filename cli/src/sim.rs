@@ -25,7 +25,7 @@ pub struct SimArgs {
     /// What may break: all, none, or a comma-separated list of
     /// agent-partition, scheduler-partition, agent-restart, agent-crash,
     /// executor-crash, master-restart, scheduler-failover, scheduler-gone,
-    /// slow-acks.
+    /// slow-acks, fetch-failure.
     #[arg(long, default_value = "all")]
     faults: String,
     /// At most this many faults per seed.

@@ -31,10 +31,12 @@ pub enum FaultKind {
     SchedulerGone,
     /// A scheduler skips or delays acknowledgements for a window.
     SlowAcks,
+    /// An agent loses its artifacts and cannot fetch them for a window.
+    FetchFailure,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::AgentPartition,
         FaultKind::SchedulerPartition,
         FaultKind::AgentRestart,
@@ -44,6 +46,7 @@ impl FaultKind {
         FaultKind::SchedulerFailover,
         FaultKind::SchedulerGone,
         FaultKind::SlowAcks,
+        FaultKind::FetchFailure,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +60,7 @@ impl FaultKind {
             FaultKind::SchedulerFailover => "scheduler-failover",
             FaultKind::SchedulerGone => "scheduler-gone",
             FaultKind::SlowAcks => "slow-acks",
+            FaultKind::FetchFailure => "fetch-failure",
         }
     }
 }
@@ -175,6 +179,7 @@ pub fn plan(seed: u64, kinds: &[FaultKind], max_faults: usize, limits: PlanLimit
                     draw.ms(failover + 2_000, failover + 8_000),
                 ),
                 FaultKind::SlowAcks => (draw.below(frameworks), draw.ms(1_000, 20_000)),
+                FaultKind::FetchFailure => (draw.below(agents), draw.ms(1_000, 10_000)),
             };
             Fault {
                 at,

@@ -154,6 +154,8 @@ enum Ev {
     LateAck(usize, Call),
     /// A guest framework's timer.
     Timer(usize, u64),
+    /// An artifact fetch of agent `.0` (in its incarnation `.1`) ends.
+    Fetched(usize, u64, stoa_proto::Digest),
 }
 
 /// A framework's scheduler as the simulator runs it.
@@ -188,6 +190,10 @@ struct AgentSlot {
     incarnation: u64,
     /// The id it registered under, as an agent keeps it on disk.
     known_id: Option<stoa_proto::AgentId>,
+    /// Artifacts in its store (on disk: they survive its crashes).
+    artifacts: BTreeSet<stoa_proto::Digest>,
+    /// Until when its fetches fail.
+    fetch_fails_until: Time,
 }
 
 /// The outcome of a run.
@@ -292,6 +298,8 @@ impl Sim {
                 timer: None,
                 incarnation: 0,
                 known_id: None,
+                artifacts: BTreeSet::new(),
+                fetch_fails_until: Time::ZERO,
             });
             sim.connect(Peer::Agent(i));
         }
@@ -557,6 +565,26 @@ impl Sim {
                     self.send(Packet::SchedulerToMaster(conn, call));
                 }
             }
+            Ev::Fetched(i, incarnation, digest) => {
+                let slot = &mut self.agents[i];
+                // A fetch dies with the agent process that started it.
+                if slot.incarnation != incarnation || slot.core.is_none() {
+                    return;
+                }
+                let result = if slot.fetch_fails_until > now {
+                    Err(format!(
+                        "cannot fetch {digest}: the master's store is out of reach"
+                    ))
+                } else {
+                    slot.artifacts.insert(digest);
+                    Ok(())
+                };
+                self.log(format!("agent-{i} fetched {digest}: {result:?}"));
+                if let Some(core) = self.agents[i].core.as_mut() {
+                    core.handle_fetched(now, digest, result);
+                }
+                self.drain_agent(i);
+            }
             Ev::Timer(f, id) => {
                 if let Some(mut g) = self.schedulers[f].guest.take() {
                     let reaction = g.timer(id);
@@ -807,6 +835,11 @@ impl Sim {
                 self.after(lasts, Ev::SchedulerUp(target));
             }
             FaultKind::SlowAcks => self.schedulers[target].slow_acks_until = self.now + lasts,
+            FaultKind::FetchFailure => {
+                let slot = &mut self.agents[target];
+                slot.artifacts.clear();
+                slot.fetch_fails_until = self.now + lasts;
+            }
         }
     }
 
@@ -889,6 +922,15 @@ impl Sim {
     fn perform(&mut self, i: usize, now: Time, action: Action) {
         match action {
             Action::Launch { framework_id, task } => {
+                if let Some(stoa_proto::Artifact::Stored(digest)) = task.kind.artifact()
+                    && !self.agents[i].artifacts.contains(digest)
+                {
+                    if let Some(core) = self.agents[i].core.as_mut() {
+                        core.artifact_missing(now, framework_id, task);
+                    }
+                    self.drain_agent(i);
+                    return;
+                }
                 if let Some(v) = self.truth.started(now, i, &framework_id, &task.task_id) {
                     self.violate(v);
                 }
@@ -946,6 +988,11 @@ impl Sim {
                 ..
             } => {
                 self.agents[i].held.remove(&(framework_id, task_id));
+            }
+            Action::Fetch { digest } => {
+                let took = self.uniform((Duration::from_millis(20), Duration::from_millis(300)));
+                let incarnation = self.agents[i].incarnation;
+                self.after(took, Ev::Fetched(i, incarnation, digest));
             }
         }
     }

@@ -6,7 +6,7 @@
 use crate::ledger::{Executions, Told, Violation};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use stoa_proto::{
-    Artifact, Call, FrameworkId, Offer, Operation, Resources, TaskId, TaskInfo, TaskKind,
+    Artifact, Call, Digest, FrameworkId, Offer, Operation, Resources, TaskId, TaskInfo, TaskKind,
     TaskLimits, TaskState, TaskStatus, Time,
 };
 
@@ -181,7 +181,8 @@ pub fn sim_task(n: usize, attempt: u32, resources: &Resources) -> TaskInfo {
         task_id: TaskId::new(id.clone()).unwrap_or_else(|_| unreachable!("task-N is a valid id")),
         name: format!("task {n}"),
         resources: resources.clone(),
-        kind: TaskKind::wasm(Artifact::inline(Vec::new()), id.into_bytes()),
+        // A stored artifact: an agent fetches it before its first launch.
+        kind: TaskKind::wasm(Artifact::Stored(Digest::of(b"sim task")), id.into_bytes()),
         limits: TaskLimits::default(),
     }
 }

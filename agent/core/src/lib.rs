@@ -8,15 +8,17 @@
 //! [`Agent::poll_action`] (to the executor), then sleep until
 //! [`Agent::poll_timeout`]. Messages are only produced while connected.
 
+mod fetches;
 mod status_updates;
 
+use fetches::Fetches;
 use status_updates::StatusUpdates;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use stoa_proto::messages::RunningTask;
 use stoa_proto::{
-    AgentId, AgentInfo, AgentToMaster, FrameworkId, MasterToAgent, Reason, Resources, TaskId,
-    TaskInfo, TaskState, TaskStatus, Time,
+    AgentId, AgentInfo, AgentToMaster, Artifact, Digest, FrameworkId, MasterToAgent, Reason,
+    Resources, TaskId, TaskInfo, TaskState, TaskStatus, Time,
 };
 
 /// Work for the executor.
@@ -30,6 +32,9 @@ pub enum Action {
         framework_id: FrameworkId,
         task_id: TaskId,
     },
+    /// Fetch an artifact into the agent's store (once, however many
+    /// launches wait for it); answer with [`Agent::handle_fetched`].
+    Fetch { digest: Digest },
     /// Bytes from the scheduler for the task's inbox.
     Deliver {
         framework_id: FrameworkId,
@@ -74,6 +79,8 @@ pub struct Agent {
     /// reported with reason `agent-removed`.
     fenced: std::collections::BTreeSet<(FrameworkId, TaskId)>,
     tasks: BTreeMap<(FrameworkId, TaskId), TaskRecord>,
+    /// Launches waiting for their artifact.
+    fetches: Fetches,
     updates: StatusUpdates,
     outbox: VecDeque<AgentToMaster>,
     actions: VecDeque<Action>,
@@ -97,6 +104,7 @@ impl Agent {
             fence_at: None,
             fenced: std::collections::BTreeSet::new(),
             tasks: BTreeMap::new(),
+            fetches: Fetches::default(),
             updates: StatusUpdates::starting_at(first_update),
             outbox: VecDeque::new(),
             actions: VecDeque::new(),
@@ -225,10 +233,21 @@ impl Agent {
                             let status = TaskStatus::new(task_id.clone(), TaskState::Killing);
                             self.send_update(now, framework_id.clone(), status);
                         }
-                        self.actions.push_back(Action::Kill {
-                            framework_id,
-                            task_id,
-                        })
+                        // A launch still waiting for its artifact never
+                        // reaches an executor: it ends here.
+                        if self.fetches.cancel(&framework_id, &task_id) {
+                            let event = TaskEvent::ended(
+                                TaskState::Killed,
+                                Reason::KilledByScheduler,
+                                "killed before it started (its artifact was being fetched)",
+                            );
+                            self.handle_task_event(now, framework_id, task_id, event);
+                        } else {
+                            self.actions.push_back(Action::Kill {
+                                framework_id,
+                                task_id,
+                            })
+                        }
                     }
                     Some(_) => {}
                     None => {
@@ -327,6 +346,48 @@ impl Agent {
         self.send_update(now, framework_id, status);
     }
 
+    /// The driver could not start `task` of an [`Action::Launch`]: its
+    /// stored artifact is not at hand. The launch waits (the scheduler
+    /// hears TASK_STARTING) and the artifact is fetched, once for every
+    /// launch that needs it ([`Action::Fetch`]); a launch without a stored
+    /// artifact is started again as it is.
+    pub fn artifact_missing(&mut self, now: Time, framework_id: FrameworkId, task: Box<TaskInfo>) {
+        let Some(Artifact::Stored(digest)) = task.kind.artifact().cloned() else {
+            self.actions
+                .push_back(Action::Launch { framework_id, task });
+            return;
+        };
+        self.preparing(now, framework_id.clone(), task.task_id.clone());
+        if self.fetches.wait(digest, framework_id, task) {
+            self.actions.push_back(Action::Fetch { digest });
+        }
+    }
+
+    /// An [`Action::Fetch`] ended: the launches that waited start, or end
+    /// in TASK_ERROR (`artifact-unavailable`) with the failure.
+    pub fn handle_fetched(&mut self, now: Time, digest: Digest, result: Result<(), String>) {
+        for (framework_id, task) in self.fetches.done(&digest) {
+            match &result {
+                Ok(()) => self
+                    .actions
+                    .push_back(Action::Launch { framework_id, task }),
+                Err(message) => {
+                    let event = TaskEvent::ended(
+                        TaskState::Error,
+                        Reason::ArtifactUnavailable,
+                        message.clone(),
+                    );
+                    self.handle_task_event(now, framework_id, task.task_id, event);
+                }
+            }
+        }
+    }
+
+    /// Whether a launch waits for its artifact (for operators and tests).
+    pub fn is_fetching(&self, framework_id: &FrameworkId, task_id: &TaskId) -> bool {
+        self.fetches.is_waiting(framework_id, task_id)
+    }
+
     /// A launched task waits for something before it can start (its
     /// artifact): the scheduler hears TASK_STARTING.
     pub fn preparing(&mut self, now: Time, framework_id: FrameworkId, task_id: TaskId) {
@@ -418,7 +479,7 @@ impl Agent {
     pub fn handle_timeout(&mut self, now: Time) {
         if self.fence_at.is_some_and(|t| t <= now) {
             self.fence_at = None;
-            self.fence();
+            self.fence(now);
         }
         if !self.registered {
             return;
@@ -435,7 +496,7 @@ impl Agent {
     /// Out of touch with the master for most of its removal timeout: the
     /// master is about to report every task GONE and its framework may
     /// launch them again elsewhere, so they must not run on here.
-    fn fence(&mut self) {
+    fn fence(&mut self, now: Time) {
         let running: Vec<(FrameworkId, TaskId)> = self
             .tasks
             .iter()
@@ -450,10 +511,15 @@ impl Agent {
         }
         for (framework_id, task_id) in running {
             self.fenced.insert((framework_id.clone(), task_id.clone()));
-            self.actions.push_back(Action::Kill {
-                framework_id,
-                task_id,
-            });
+            if self.fetches.cancel(&framework_id, &task_id) {
+                let event = TaskEvent::ended(TaskState::Killed, Reason::AgentRemoved, "stopped");
+                self.handle_task_event(now, framework_id, task_id, event);
+            } else {
+                self.actions.push_back(Action::Kill {
+                    framework_id,
+                    task_id,
+                });
+            }
         }
     }
 
@@ -463,7 +529,7 @@ impl Agent {
     fn start_anew(&mut self) {
         tracing::warn!(old = ?self.agent_id, "the master removed this agent while it was away; killing every task it held and starting anew");
         for ((framework_id, task_id), task) in std::mem::take(&mut self.tasks) {
-            if !task.state.is_terminal() {
+            if !task.state.is_terminal() && !self.fetches.is_waiting(&framework_id, &task_id) {
                 self.actions.push_back(Action::Kill {
                     framework_id: framework_id.clone(),
                     task_id: task_id.clone(),
@@ -476,6 +542,7 @@ impl Agent {
             });
         }
         self.fenced.clear();
+        self.fetches = Fetches::default();
         self.updates.clear();
     }
 

@@ -320,3 +320,98 @@ fn an_agent_removed_while_away_kills_and_forgets_what_it_held() {
     assert_eq!(a.pending_updates(), 0);
     assert_eq!(a.agent_id().map(|i| i.as_str()), Some("a2"));
 }
+
+/// A launch whose stored artifact is missing, as the driver reports it;
+/// returns the other actions that were queued before it.
+fn launch_missing(a: &mut Agent, id: &str, digest: stoa_proto::Digest) -> Vec<Action> {
+    let task = TaskInfo {
+        task_id: TaskId::new(id).expect("id"),
+        name: id.into(),
+        resources: "cpus:0.1;mem:8".parse().expect("r"),
+        kind: TaskKind::wasm(Artifact::Stored(digest), vec![]),
+        limits: TaskLimits::default(),
+    };
+    a.handle_master_message(
+        t(1),
+        MasterToAgent::RunTask {
+            framework_id: fw(),
+            task: Box::new(task),
+        },
+    );
+    let mut others = Vec::new();
+    loop {
+        match a.poll_action() {
+            Some(Action::Launch { framework_id, task }) => {
+                a.artifact_missing(t(1), framework_id, task);
+                return others;
+            }
+            Some(other) => others.push(other),
+            None => panic!("expected a launch"),
+        }
+    }
+}
+
+#[test]
+fn launches_wait_for_one_fetch_and_start_or_fail_with_it() {
+    let mut a = registered();
+    let (d1, d2) = (
+        stoa_proto::Digest::of(b"one"),
+        stoa_proto::Digest::of(b"two"),
+    );
+    let mut actions = launch_missing(&mut a, "t1", d1);
+    actions.extend(launch_missing(&mut a, "t2", d1));
+    actions.extend(launch_missing(&mut a, "t3", d2));
+    actions.extend(std::iter::from_fn(|| a.poll_action()));
+    assert_eq!(
+        actions,
+        vec![Action::Fetch { digest: d1 }, Action::Fetch { digest: d2 }],
+        "one fetch per artifact"
+    );
+    let starting: Vec<TaskState> = std::iter::from_fn(|| a.poll_transmit())
+        .map(|m| update(Some(m)).1)
+        .collect();
+    assert_eq!(starting, vec![TaskState::Starting; 3]);
+    a.handle_fetched(t(2), d1, Ok(()));
+    let started: Vec<String> = std::iter::from_fn(|| a.poll_action())
+        .map(|x| match x {
+            Action::Launch { task, .. } => task.task_id.to_string(),
+            other => panic!("expected launches, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(started, vec!["t1", "t2"]);
+    a.handle_fetched(t(3), d2, Err("cannot fetch".into()));
+    assert_eq!(a.poll_action(), None);
+    match a.poll_transmit() {
+        Some(AgentToMaster::StatusUpdate { status, .. }) => {
+            assert_eq!(status.state, TaskState::Error);
+            assert_eq!(status.reason, Some(Reason::ArtifactUnavailable));
+        }
+        other => panic!("expected t3's end, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_kill_of_a_launch_waiting_for_its_artifact_ends_it_at_once() {
+    let mut a = registered();
+    let d = stoa_proto::Digest::of(b"slow");
+    assert!(launch_missing(&mut a, "t1", d).is_empty());
+    assert_eq!(a.poll_action(), Some(Action::Fetch { digest: d }));
+    a.poll_transmit();
+    let tid = TaskId::new("t1").expect("id");
+    a.handle_master_message(
+        t(2),
+        MasterToAgent::KillTask {
+            framework_id: fw(),
+            task_id: tid.clone(),
+        },
+    );
+    assert_eq!(a.poll_action(), None, "nothing reaches an executor");
+    let states: Vec<TaskState> = std::iter::from_fn(|| a.poll_transmit())
+        .map(|m| update(Some(m)).1)
+        .collect();
+    assert_eq!(states, vec![TaskState::Killing, TaskState::Killed]);
+    assert!(!a.is_fetching(&fw(), &tid));
+    // The fetch ending later starts nothing.
+    a.handle_fetched(t(3), d, Ok(()));
+    assert_eq!(a.poll_action(), None);
+}
