@@ -34,11 +34,16 @@ fn fw() -> FrameworkId {
 }
 
 fn launch(a: &mut Agent, id: &str) {
+    launch_from(a, id, Artifact::inline(vec![1]));
+}
+
+/// RUN_TASK of a small wasm task `id` with `artifact`.
+fn launch_from(a: &mut Agent, id: &str, artifact: Artifact) {
     let task = TaskInfo {
         task_id: TaskId::new(id).expect("id"),
         name: id.into(),
-        resources: "cpus:0.5;mem:32".parse().expect("r"),
-        kind: TaskKind::wasm(Artifact::inline(vec![1]), vec![]),
+        resources: "cpus:0.25;mem:16".parse().expect("r"),
+        kind: TaskKind::wasm(artifact, vec![]),
         limits: TaskLimits::default(),
     };
     a.handle_master_message(
@@ -324,20 +329,7 @@ fn an_agent_removed_while_away_kills_and_forgets_what_it_held() {
 /// A launch whose stored artifact is missing, as the driver reports it;
 /// returns the other actions that were queued before it.
 fn launch_missing(a: &mut Agent, id: &str, digest: stoa_proto::Digest) -> Vec<Action> {
-    let task = TaskInfo {
-        task_id: TaskId::new(id).expect("id"),
-        name: id.into(),
-        resources: "cpus:0.1;mem:8".parse().expect("r"),
-        kind: TaskKind::wasm(Artifact::Stored(digest), vec![]),
-        limits: TaskLimits::default(),
-    };
-    a.handle_master_message(
-        t(1),
-        MasterToAgent::RunTask {
-            framework_id: fw(),
-            task: Box::new(task),
-        },
-    );
+    launch_from(a, id, Artifact::Stored(digest));
     let mut others = Vec::new();
     loop {
         match a.poll_action() {
