@@ -3,6 +3,7 @@
 //! cluster state of its own.
 
 use crate::core::{Channel, ConnId, Master, MasterConfig, Transmit};
+use crate::refusal_log::RefusalLog;
 use crate::registry_store::RegistryStore;
 use anyhow::Context as _;
 use serde::Serialize;
@@ -292,40 +293,6 @@ async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>, artifac
     }
 }
 
-/// Logs refused handshakes without letting a flood of bogus packets flood
-/// the log: the first of each ten-second window is written, the rest are
-/// counted and summed up by the next one written.
-#[derive(Debug, Default)]
-struct RefusalLog {
-    window: std::sync::Mutex<Option<Instant>>,
-    unlogged: std::sync::atomic::AtomicU64,
-}
-
-impl RefusalLog {
-    const WINDOW: Duration = Duration::from_secs(10);
-
-    fn refused(&self, id: ConnId, error: &quinn::ConnectionError) {
-        let now = Instant::now();
-        let due = {
-            let Ok(mut last) = self.window.lock() else {
-                return;
-            };
-            let due = last.is_none_or(|t| now.duration_since(t) >= Self::WINDOW);
-            if due {
-                *last = Some(now);
-            }
-            due
-        };
-        if due {
-            let also = self.unlogged.swap(0, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(conn = id.0, %error, refused_since_last_line = also, "handshake refused");
-        } else {
-            self.unlogged
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
 /// Serves the side streams a peer opens after its control stream (or, on
 /// the artifact channel, instead of one). Agents may only fetch.
 async fn serve_side_streams(conn: quinn::Connection, artifacts: Artifacts, may_upload: bool) {
@@ -352,7 +319,9 @@ async fn serve(
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
-            refusals.refused(id, &e);
+            if let Some(unlogged) = refusals.note(Instant::now()) {
+                tracing::info!(conn = id.0, error = %e, refused_since_last_line = unlogged, "handshake refused");
+            }
             return;
         }
     };

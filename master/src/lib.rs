@@ -8,4 +8,5 @@
 /// creep into it.
 pub use stoa_master_core as core;
 pub mod driver;
+pub mod refusal_log;
 pub mod registry_store;
