@@ -290,6 +290,17 @@ mod tests {
     use wasmtime::ResourceLimiter as _;
 
     #[test]
+    fn a_binary_over_the_memory_count_is_refused_for_its_memories() {
+        let f = Footprint {
+            instances: 5,
+            memories: MAX_MEMORIES + 1,
+            tables: 1,
+        };
+        let e = f.check().expect_err("too many memories");
+        assert!(e.contains("5 memories") && e.contains("at most 4"), "{e}");
+    }
+
+    #[test]
     fn the_memory_limit_covers_all_memories_together() {
         let mib = 1 << 20;
         let mut l = TaskLimiter::new(64 * mib);
