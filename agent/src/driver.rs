@@ -546,24 +546,10 @@ impl State {
                 if !current {
                     return;
                 }
-                let orphans: Vec<_> = self
-                    .agent
-                    .tasks()
-                    .filter(|(f, _, s)| **f == framework_id && !s.is_terminal())
-                    .map(|(_, t, _)| t.clone())
-                    .collect();
-                if !orphans.is_empty() {
-                    tracing::warn!(framework = %framework_id, tasks = orphans.len(), "an executor died with tasks running");
-                }
-                for task_id in orphans {
+                // The core decides what the executor's death does to its
+                // tasks; the driver cleans up after them.
+                for task_id in self.agent.handle_executor_gone(now, &framework_id) {
                     self.task_ended(&framework_id, &task_id);
-                    let event = TaskEvent::ended(
-                        TaskState::Failed,
-                        Reason::ExecutorTerminated,
-                        "the framework's executor exited while the task ran",
-                    );
-                    self.agent
-                        .handle_task_event(now, framework_id.clone(), task_id, event);
                 }
             }
         }

@@ -792,22 +792,34 @@ impl Sim {
                 let Some(fw) = self.schedulers[f].id.clone() else {
                     return;
                 };
+                // The executor dies with every task it runs (the ground
+                // truth), and the agent core decides what that means.
                 let victims: Vec<TaskId> = self.agents[agent]
                     .held
                     .iter()
                     .filter(|((of, _), h)| {
-                        *of == fw && !h.last.as_ref().is_some_and(TaskEvent::is_terminal)
+                        of == &fw && !h.last.as_ref().is_some_and(TaskEvent::is_terminal)
                     })
                     .map(|((_, t), _)| t.clone())
                     .collect();
-                for task in victims {
-                    let event = TaskEvent::ended(
-                        TaskState::Failed,
-                        Reason::ExecutorTerminated,
-                        "the executor died",
-                    );
-                    self.executor_reports(agent, fw.clone(), task, event);
+                for task in &victims {
+                    let died =
+                        TaskEvent::ended(TaskState::Failed, Reason::ExecutorTerminated, "died");
+                    if let Some(held) = self.agents[agent].held.get_mut(&(fw.clone(), task.clone()))
+                    {
+                        held.last = Some(died);
+                    }
+                    self.truth.ended(agent, &fw, task);
                 }
+                self.log(format!(
+                    "agent-{agent} executor of {fw} dies with {} tasks",
+                    victims.len()
+                ));
+                let now = self.now;
+                if let Some(core) = self.agents[agent].core.as_mut() {
+                    core.handle_executor_gone(now, &fw);
+                }
+                self.drain_agent(agent);
             }
             FaultKind::MasterRestart => {
                 if self.master.take().is_none() {

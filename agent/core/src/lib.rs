@@ -388,6 +388,33 @@ impl Agent {
         self.fetches.is_waiting(framework_id, task_id)
     }
 
+    /// A framework's executor process exited: every task of it that had
+    /// not ended fails (`executor-terminated`), alone, and the others on
+    /// this agent go on. Returns those tasks, for the driver to clean up
+    /// after them.
+    pub fn handle_executor_gone(&mut self, now: Time, framework_id: &FrameworkId) -> Vec<TaskId> {
+        let orphans: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|((f, t), r)| {
+                f == framework_id && !r.state.is_terminal() && !self.fetches.is_waiting(f, t)
+            })
+            .map(|((_, t), _)| t.clone())
+            .collect();
+        if !orphans.is_empty() {
+            tracing::warn!(framework = %framework_id, tasks = orphans.len(), "an executor died with tasks running");
+        }
+        for task_id in &orphans {
+            let event = TaskEvent::ended(
+                TaskState::Failed,
+                Reason::ExecutorTerminated,
+                "the framework's executor exited while the task ran",
+            );
+            self.handle_task_event(now, framework_id.clone(), task_id.clone(), event);
+        }
+        orphans
+    }
+
     /// A launched task waits for something before it can start (its
     /// artifact): the scheduler hears TASK_STARTING.
     pub fn preparing(&mut self, now: Time, framework_id: FrameworkId, task_id: TaskId) {

@@ -407,3 +407,34 @@ fn a_kill_of_a_launch_waiting_for_its_artifact_ends_it_at_once() {
     a.handle_fetched(t(3), d, Ok(()));
     assert_eq!(a.poll_action(), None);
 }
+
+#[test]
+fn a_dead_executor_fails_its_own_running_tasks_only() {
+    let mut a = registered();
+    launch(&mut a, "t1");
+    launch(&mut a, "t2");
+    std::iter::from_fn(|| a.poll_action()).for_each(drop);
+    let d = stoa_proto::Digest::of(b"later");
+    launch_missing(&mut a, "t3", d);
+    std::iter::from_fn(|| a.poll_action()).for_each(drop);
+    let t1 = TaskId::new("t1").expect("id");
+    a.handle_task_event(t(2), fw(), t1.clone(), TaskEvent::Running);
+    let done = TaskEvent::Finished {
+        output: Vec::new(),
+        exit_code: None,
+    };
+    a.handle_task_event(t(3), fw(), TaskId::new("t2").expect("id"), done);
+    std::iter::from_fn(|| a.poll_transmit()).for_each(drop);
+    // t2 ended already; t3 waits for its artifact and will start with a
+    // new executor: only t1 fails.
+    assert_eq!(a.handle_executor_gone(t(4), &fw()), vec![t1]);
+    match a.poll_transmit() {
+        Some(AgentToMaster::StatusUpdate { status, .. }) => {
+            assert_eq!(status.state, TaskState::Failed);
+            assert_eq!(status.reason, Some(Reason::ExecutorTerminated));
+        }
+        other => panic!("expected t1's end, got {other:?}"),
+    }
+    assert_eq!(a.poll_transmit(), None);
+    assert!(a.is_fetching(&fw(), &TaskId::new("t3").expect("id")));
+}
