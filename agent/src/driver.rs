@@ -10,9 +10,8 @@ use crate::exec::task_dir::TaskDir;
 use crate::executors::{Containment, Executors, FromExecutor, Launcher};
 use crate::sandbox_gc::SandboxGc;
 use crate::trash::Trash;
-use crate::wasm_load::WasmLoad;
 use anyhow::Context as _;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -82,19 +81,6 @@ impl WorkDir {
     }
 }
 
-/// Work done later.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Chore {
-    StopIfIdle(FrameworkId),
-    /// Lets an executor's cgroup come down to what its tasks still need.
-    Shrink(FrameworkId),
-}
-
-/// How long after a task ends its executor's cgroup may shrink: time for
-/// the next tasks to arrive, so a busy framework's cgroup is not rewritten
-/// at every task.
-const SHRINK_AFTER: Duration = Duration::from_secs(1);
-
 /// Everything the loop reacts to besides the master's messages.
 struct State {
     agent: Agent,
@@ -102,17 +88,11 @@ struct State {
     layout: WorkDir,
     store: ArtifactStore,
     fetched_tx: mpsc::UnboundedSender<(Digest, Result<(), String>)>,
-    chores: BTreeSet<(Instant, Chore)>,
     gc: SandboxGc,
     trash: Trash,
-    /// When each framework's executor may be stopped if it has no tasks
-    /// by then; a [`Chore::StopIfIdle`] is pending for each entry.
-    idle_at: HashMap<FrameworkId, Instant>,
-    /// CPU and memory of each framework's running wasm tasks: what its
-    /// executor's cgroup is sized to.
-    wasm_load: WasmLoad,
-    /// Executors with a [`Chore::Shrink`] pending.
-    shrinking: HashSet<FrameworkId>,
+    /// Native tasks started with a cgroup of their own, removed when they
+    /// end.
+    native: HashSet<(FrameworkId, TaskId)>,
     config: DriverConfig,
 }
 
@@ -151,8 +131,10 @@ pub async fn run(
     let (fetched_tx, mut fetched_rx) = mpsc::unbounded_channel();
     // Log readers ask the core whether a task has ended.
     let (ended_tx, mut ended_rx) = mpsc::channel::<EndedQuery>(64);
+    let mut agent = Agent::new(config.info.clone(), known_id, first_update);
+    agent.set_executor_idle(config.executor_idle);
     let mut state = State {
-        agent: Agent::new(config.info.clone(), known_id, first_update),
+        agent,
         executors: Executors::new(
             layout.executors(),
             config.executor.clone(),
@@ -166,12 +148,9 @@ pub async fn run(
         layout: layout.clone(),
         store,
         fetched_tx,
-        chores: BTreeSet::new(),
         gc: SandboxGc::new(config.gc_delay, config.gc_max_dirs),
         trash: Trash::open(layout.trash()),
-        idle_at: HashMap::new(),
-        wasm_load: WasmLoad::default(),
-        shrinking: HashSet::new(),
+        native: HashSet::new(),
         config: config.clone(),
     };
     match &config.cgroups {
@@ -190,11 +169,13 @@ pub async fn run(
             live.insert((fw.clone(), t.task.task_id.clone()));
             if !t.last.as_ref().is_some_and(TaskEvent::is_terminal) {
                 running.insert((fw.clone(), t.task.task_id.clone()));
-                state.track_load(&fw, &t.task);
+                if matches!(t.task.kind, TaskKind::Command(_)) {
+                    state.native.insert((fw.clone(), t.task.task_id.clone()));
+                }
             }
             state.agent.recover_task(now(), fw.clone(), &t.task, t.last);
         }
-        state.resize_executor(&fw, true);
+        state.agent.recovered_executor(&fw);
     }
     state.schedule_old_dirs(&live);
     state.collect_cgroups(&running).await;
@@ -247,13 +228,7 @@ pub async fn run(
                 .agent
                 .poll_timeout()
                 .map(|t| start + Duration::from_micros(t.as_micros()));
-            let chore_at = [
-                state.chores.first().map(|(t, _)| *t),
-                state.gc.next_due(Instant::now()),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let chore_at = state.gc.next_due(Instant::now());
             tokio::select! {
                 msg = msgs_rx.recv() => match msg {
                     Some(msg) => state.agent.handle_master_message(now(), msg),
@@ -301,6 +276,15 @@ impl State {
                     }
                 }
                 Action::Fetch { digest } => self.fetch(conn, digest),
+                Action::ResizeExecutor {
+                    framework_id,
+                    millicpus,
+                    mem_mib,
+                    shrink,
+                } => self
+                    .executors
+                    .resize(&framework_id, (millicpus, mem_mib), shrink),
+                Action::StopExecutor { framework_id } => self.executors.shut_down(&framework_id),
                 Action::Deliver {
                     framework_id,
                     task_id,
@@ -327,11 +311,9 @@ impl State {
                             },
                         );
                     }
-                    let now = Instant::now();
                     if sandbox {
-                        self.gc.finished(now, framework_id.clone(), task_id);
+                        self.gc.finished(Instant::now(), framework_id, task_id);
                     }
-                    self.stop_if_idle_at(framework_id, now + self.config.executor_idle);
                 }
             }
         }
@@ -375,7 +357,11 @@ impl State {
         let dir = self.layout.task(&framework_id, &task.task_id);
         let cgroup = match &task.kind {
             TaskKind::Command(command) => match self.task_cgroup(&framework_id, &task, command) {
-                Ok(paths) => Some(paths),
+                Ok(paths) => {
+                    self.native
+                        .insert((framework_id.clone(), task.task_id.clone()));
+                    Some(paths)
+                }
                 Err(message) => {
                     let event =
                         TaskEvent::ended(TaskState::Error, Reason::IsolationUnavailable, message);
@@ -384,10 +370,7 @@ impl State {
                     return;
                 }
             },
-            TaskKind::Wasm(_) | TaskKind::Scheduler(_) => {
-                self.track_load(&framework_id, &task);
-                None
-            }
+            TaskKind::Wasm(_) | TaskKind::Scheduler(_) => None,
         };
         self.executors.send(
             &framework_id,
@@ -397,7 +380,6 @@ impl State {
                 cgroup,
             },
         );
-        self.resize_executor(&framework_id, false);
     }
 
     /// Makes a native task's cgroup, limited from its resources.
@@ -427,31 +409,9 @@ impl State {
             .map_err(|e| format!("cannot make the task's cgroup: {e:#}"))
     }
 
-    fn track_load(&mut self, framework_id: &FrameworkId, task: &TaskInfo) {
-        // Wasm runs inside the executor: its memory and CPU are the
-        // executor's.
-        if task.kind.artifact().is_some() {
-            let r = &task.resources;
-            self.wasm_load
-                .add(framework_id, &task.task_id, (r.millicpus(), r.mem_mib()));
-        }
-    }
-
-    fn resize_executor(&mut self, framework_id: &FrameworkId, shrink: bool) {
-        let total = self.wasm_load.total(framework_id);
-        self.executors.resize(framework_id, total, shrink);
-    }
-
-    /// A task ended: its executor shrinks, its cgroup (if it had one) goes.
+    /// A task ended: its cgroup, if it had one, goes.
     fn task_ended(&mut self, framework_id: &FrameworkId, task_id: &TaskId) {
-        if self.wasm_load.remove(framework_id, task_id) {
-            if self.shrinking.insert(framework_id.clone()) {
-                let at = Instant::now() + SHRINK_AFTER;
-                self.chores
-                    .insert((at, Chore::Shrink(framework_id.clone())));
-            }
-        } else {
-            // Only native tasks have cgroups of their own.
+        if self.native.remove(&(framework_id.clone(), task_id.clone())) {
             self.remove_cgroup(framework_id.as_str(), &task_leaf(task_id));
         }
     }
@@ -556,43 +516,7 @@ impl State {
     }
 
     fn do_chores(&mut self) {
-        let now = Instant::now();
-        while let Some(first) = self.chores.first()
-            && first.0 <= now
-        {
-            let Some((_, chore)) = self.chores.pop_first() else {
-                break;
-            };
-            match chore {
-                Chore::Shrink(framework_id) => {
-                    self.shrinking.remove(&framework_id);
-                    self.resize_executor(&framework_id, true);
-                }
-                Chore::StopIfIdle(framework_id) => {
-                    // Put off while tasks kept ending: check again then.
-                    match self.idle_at.get(&framework_id) {
-                        Some(at) if *at > now => {
-                            self.chores.insert((*at, Chore::StopIfIdle(framework_id)));
-                            continue;
-                        }
-                        _ => self.idle_at.remove(&framework_id),
-                    };
-                    if !self.agent.tasks().any(|(f, _, _)| *f == framework_id) {
-                        tracing::info!(framework = %framework_id, "stopping an idle executor");
-                        self.executors.shut_down(&framework_id);
-                    }
-                }
-            }
-        }
-        self.collect_dirs(now);
-    }
-
-    /// Asks for `framework`'s executor to be stopped at `at` if it has no
-    /// tasks by then; one chore per framework, however many tasks end.
-    fn stop_if_idle_at(&mut self, framework: FrameworkId, at: Instant) {
-        if self.idle_at.insert(framework.clone(), at).is_none() {
-            self.chores.insert((at, Chore::StopIfIdle(framework)));
-        }
+        self.collect_dirs(Instant::now());
     }
 
     /// Removes the task directories the collector says are due.

@@ -16,4 +16,3 @@ pub mod executor_dir;
 pub mod executors;
 pub mod sandbox_gc;
 pub mod trash;
-pub mod wasm_load;

@@ -1001,6 +1001,30 @@ impl Sim {
             } => {
                 self.agents[i].held.remove(&(framework_id, task_id));
             }
+            // The simulated executor has no cgroup to size.
+            Action::ResizeExecutor { .. } => {}
+            // An executor is stopped only when its framework has nothing
+            // left on the agent: nothing of it may still run.
+            Action::StopExecutor { framework_id } => {
+                let running: Vec<String> = self.agents[i]
+                    .held
+                    .iter()
+                    .filter(|((f, _), h)| {
+                        *f == framework_id && !h.last.as_ref().is_some_and(TaskEvent::is_terminal)
+                    })
+                    .map(|((_, t), _)| t.to_string())
+                    .collect();
+                self.log(format!("agent-{i} stops the executor of {framework_id}"));
+                if !running.is_empty() {
+                    self.violate(Violation {
+                        at: now,
+                        invariant: "an idle executor is stopped only when idle",
+                        detail: format!(
+                            "agent-{i} stopped {framework_id}'s executor running {running:?}"
+                        ),
+                    });
+                }
+            }
             Action::Fetch { digest } => {
                 let took = self.uniform((Duration::from_millis(20), Duration::from_millis(300)));
                 let incarnation = self.agents[i].incarnation;

@@ -8,9 +8,12 @@
 //! [`Agent::poll_action`] (to the executor), then sleep until
 //! [`Agent::poll_timeout`]. Messages are only produced while connected.
 
+mod executor_load;
+mod executors;
 mod fetches;
 mod status_updates;
 
+use executors::{Due, Executors};
 use fetches::Fetches;
 use status_updates::StatusUpdates;
 use std::collections::{BTreeMap, VecDeque};
@@ -35,6 +38,16 @@ pub enum Action {
     /// Fetch an artifact into the agent's store (once, however many
     /// launches wait for it); answer with [`Agent::handle_fetched`].
     Fetch { digest: Digest },
+    /// Size the framework's executor (its cgroup) to what its wasm tasks
+    /// were given together; `shrink` lets it come down, else it only grows.
+    ResizeExecutor {
+        framework_id: FrameworkId,
+        millicpus: u64,
+        mem_mib: u64,
+        shrink: bool,
+    },
+    /// Stop the framework's executor: it has had no task for the idle time.
+    StopExecutor { framework_id: FrameworkId },
     /// Bytes from the scheduler for the task's inbox.
     Deliver {
         framework_id: FrameworkId,
@@ -81,6 +94,8 @@ pub struct Agent {
     tasks: BTreeMap<(FrameworkId, TaskId), TaskRecord>,
     /// Launches waiting for their artifact.
     fetches: Fetches,
+    /// Executors' sizes, shrinking and idle stops.
+    executors: Executors,
     updates: StatusUpdates,
     outbox: VecDeque<AgentToMaster>,
     actions: VecDeque<Action>,
@@ -105,6 +120,7 @@ impl Agent {
             fenced: std::collections::BTreeSet::new(),
             tasks: BTreeMap::new(),
             fetches: Fetches::default(),
+            executors: Executors::new(Duration::from_secs(60)),
             updates: StatusUpdates::starting_at(first_update),
             outbox: VecDeque::new(),
             actions: VecDeque::new(),
@@ -146,13 +162,33 @@ impl Agent {
     }
 
     pub fn poll_timeout(&self) -> Option<Time> {
+        let chores = self.executors.next_deadline().into_iter();
         if !self.registered {
-            return self.fence_at;
+            return self.fence_at.into_iter().chain(chores).min();
         }
         self.next_heartbeat
             .into_iter()
             .chain(self.updates.next_retry())
+            .chain(chores)
             .min()
+    }
+
+    /// How long a framework's executor may stay without tasks before it
+    /// is stopped (default 60 s).
+    pub fn set_executor_idle(&mut self, idle: Duration) {
+        self.executors.set_idle(idle);
+    }
+
+    /// After a restart, once its tasks are recovered: the framework's
+    /// executor is sized to what they need, down as well as up.
+    pub fn recovered_executor(&mut self, framework_id: &FrameworkId) {
+        let (millicpus, mem_mib) = self.executors.total(framework_id);
+        self.actions.push_back(Action::ResizeExecutor {
+            framework_id: framework_id.clone(),
+            millicpus,
+            mem_mib,
+            shrink: true,
+        });
     }
 
     /// A connection to the master is up: register (again).
@@ -202,7 +238,7 @@ impl Agent {
                 removal_timeout_ms,
             } => {
                 if self.agent_id.as_ref().is_some_and(|old| *old != agent_id) {
-                    self.start_anew();
+                    self.start_anew(now);
                 }
                 self.agent_id = Some(agent_id);
                 self.removal_timeout = Some(Duration::from_millis(removal_timeout_ms.max(1_000)));
@@ -285,6 +321,7 @@ impl Agent {
                         && let Some(task) = self.tasks.remove(&key)
                     {
                         let (framework_id, task_id) = key;
+                        self.executors.forgotten(now, &framework_id);
                         self.actions.push_back(Action::Forget {
                             framework_id,
                             task_id,
@@ -336,6 +373,9 @@ impl Agent {
             }
         };
         let mut status = status;
+        if status.state.is_terminal() {
+            self.executors.stopped(now, &key.0, &key.1);
+        }
         if status.state.is_terminal() && self.fenced.remove(&key) {
             status.reason = Some(Reason::AgentRemoved);
             status.message =
@@ -353,10 +393,10 @@ impl Agent {
     /// artifact is started again as it is.
     pub fn artifact_missing(&mut self, now: Time, framework_id: FrameworkId, task: Box<TaskInfo>) {
         let Some(Artifact::Stored(digest)) = task.kind.artifact().cloned() else {
-            self.actions
-                .push_back(Action::Launch { framework_id, task });
+            self.launch(framework_id, task);
             return;
         };
+        self.executors.stopped(now, &framework_id, &task.task_id);
         self.preparing(now, framework_id.clone(), task.task_id.clone());
         if self.fetches.wait(digest, framework_id, task) {
             self.actions.push_back(Action::Fetch { digest });
@@ -368,9 +408,7 @@ impl Agent {
     pub fn handle_fetched(&mut self, now: Time, digest: Digest, result: Result<(), String>) {
         for (framework_id, task) in self.fetches.done(&digest) {
             match &result {
-                Ok(()) => self
-                    .actions
-                    .push_back(Action::Launch { framework_id, task }),
+                Ok(()) => self.launch(framework_id, task),
                 Err(message) => {
                     let event = TaskEvent::ended(
                         TaskState::Error,
@@ -479,6 +517,9 @@ impl Agent {
                 sandbox: task.kind.has_sandbox(),
             },
         );
+        // It runs in its executor: counted in the executor's size (taken
+        // out again below if it has ended).
+        self.executors.started(&framework_id, task);
         if let Some(event) = last.filter(TaskEvent::is_terminal) {
             self.handle_task_event(now, framework_id, task.task_id.clone(), event);
         }
@@ -504,6 +545,25 @@ impl Agent {
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        for due in self.executors.due(now) {
+            match due {
+                Due::Shrink(framework_id, (millicpus, mem_mib)) => {
+                    self.actions.push_back(Action::ResizeExecutor {
+                        framework_id,
+                        millicpus,
+                        mem_mib,
+                        shrink: true,
+                    })
+                }
+                Due::StopIfIdle(framework_id) => {
+                    if !self.tasks.keys().any(|(f, _)| *f == framework_id) {
+                        tracing::info!(framework = %framework_id, "stopping an idle executor");
+                        self.actions
+                            .push_back(Action::StopExecutor { framework_id });
+                    }
+                }
+            }
+        }
         if self.fence_at.is_some_and(|t| t <= now) {
             self.fence_at = None;
             self.fence(now);
@@ -553,7 +613,7 @@ impl Agent {
     /// The master removed this agent while it was away and admitted it
     /// anew: what it holds was reported GONE under its old id. Stop it,
     /// forget it, and drop its unsent updates.
-    fn start_anew(&mut self) {
+    fn start_anew(&mut self, now: Time) {
         tracing::warn!(old = ?self.agent_id, "the master removed this agent while it was away; killing every task it held and starting anew");
         for ((framework_id, task_id), task) in std::mem::take(&mut self.tasks) {
             if !task.state.is_terminal() && !self.fetches.is_waiting(&framework_id, &task_id) {
@@ -562,6 +622,8 @@ impl Agent {
                     task_id: task_id.clone(),
                 });
             }
+            self.executors.stopped(now, &framework_id, &task_id);
+            self.executors.forgotten(now, &framework_id);
             self.actions.push_back(Action::Forget {
                 framework_id,
                 task_id,
@@ -590,8 +652,26 @@ impl Agent {
         // No TASK_STARTING here: the executor's RUNNING follows within a
         // millisecond, and every update is a round trip to the scheduler.
         // A launch that must wait reports STARTING (`preparing`).
-        self.actions
-            .push_back(Action::Launch { framework_id, task });
+        self.launch(framework_id, task);
+    }
+
+    /// Hands a task to its executor, then grows the executor to hold it
+    /// (in that order: the launch starts an executor that is not running,
+    /// and only a running one can be sized).
+    fn launch(&mut self, framework_id: FrameworkId, task: Box<TaskInfo>) {
+        let grown = self.executors.started(&framework_id, &task);
+        self.actions.push_back(Action::Launch {
+            framework_id: framework_id.clone(),
+            task,
+        });
+        if let Some((millicpus, mem_mib)) = grown {
+            self.actions.push_back(Action::ResizeExecutor {
+                framework_id,
+                millicpus,
+                mem_mib,
+                shrink: false,
+            });
+        }
     }
 
     fn send_update(&mut self, now: Time, framework_id: FrameworkId, mut status: TaskStatus) {

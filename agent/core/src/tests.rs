@@ -1,6 +1,17 @@
 use super::*;
 use stoa_proto::{Artifact, Attributes, TaskKind, TaskLimits, UpdateId};
 
+/// The next action other than sizing an executor (tests of their own look
+/// at those).
+fn next_action(a: &mut Agent) -> Option<Action> {
+    loop {
+        match a.poll_action() {
+            Some(Action::ResizeExecutor { .. }) => continue,
+            other => return other,
+        }
+    }
+}
+
 fn t(ms: u64) -> Time {
     Time::from_micros(ms * 1000)
 }
@@ -68,7 +79,7 @@ fn update(msg: Option<AgentToMaster>) -> (UpdateId, TaskState) {
 fn updates_go_out_in_order_at_once_and_are_resent_until_acknowledged() {
     let mut a = registered();
     launch(&mut a, "t1");
-    assert!(matches!(a.poll_action(), Some(Action::Launch { .. })));
+    assert!(matches!(next_action(&mut a), Some(Action::Launch { .. })));
     // A launch says nothing until the task runs, or must wait.
     assert_eq!(a.poll_transmit(), None);
     let tid = TaskId::new("t1").expect("id");
@@ -123,7 +134,7 @@ fn updates_go_out_in_order_at_once_and_are_resent_until_acknowledged() {
     );
     assert_eq!(a.pending_updates(), 0);
     assert!(
-        std::iter::from_fn(|| a.poll_action()).any(|x| matches!(x, Action::Forget { .. })),
+        std::iter::from_fn(|| next_action(&mut a)).any(|x| matches!(x, Action::Forget { .. })),
         "the executor should be told to forget the task"
     );
 }
@@ -174,7 +185,7 @@ fn kill_of_an_unknown_task_reports_it_lost() {
         },
     );
     assert_eq!(update(a.poll_transmit()).1, TaskState::Lost);
-    assert_eq!(a.poll_action(), None);
+    assert_eq!(next_action(&mut a), None);
 }
 
 #[test]
@@ -190,7 +201,7 @@ fn heartbeats_follow_the_interval() {
 fn messages_reach_running_tasks_and_come_back_from_them() {
     let mut a = registered();
     launch(&mut a, "t1");
-    while a.poll_action().is_some() {}
+    while next_action(&mut a).is_some() {}
     while a.poll_transmit().is_some() {}
     let to = |a: &mut Agent, task: &str| {
         a.handle_master_message(
@@ -204,11 +215,11 @@ fn messages_reach_running_tasks_and_come_back_from_them() {
     };
     to(&mut a, "t1");
     assert!(matches!(
-        a.poll_action(),
+        next_action(&mut a),
         Some(Action::Deliver { task_id, data, .. }) if task_id.as_str() == "t1" && data == b"hi"
     ));
     to(&mut a, "ghost");
-    assert_eq!(a.poll_action(), None);
+    assert_eq!(next_action(&mut a), None);
     assert!(matches!(
         a.poll_transmit(),
         Some(AgentToMaster::Undelivered { task_id, message, .. })
@@ -225,7 +236,7 @@ fn messages_reach_running_tasks_and_come_back_from_them() {
 fn a_kill_reports_killing_once_then_the_end() {
     let mut a = registered();
     launch(&mut a, "t1");
-    a.poll_action();
+    next_action(&mut a);
     let tid = TaskId::new("t1").expect("id");
     a.handle_task_event(t(2), fw(), tid.clone(), TaskEvent::Running);
     a.poll_transmit();
@@ -237,7 +248,7 @@ fn a_kill_reports_killing_once_then_the_end() {
                 task_id: tid.clone(),
             },
         );
-        assert!(matches!(a.poll_action(), Some(Action::Kill { .. })));
+        assert!(matches!(next_action(&mut a), Some(Action::Kill { .. })));
     }
     assert_eq!(update(a.poll_transmit()).1, TaskState::Killing);
     assert_eq!(a.poll_transmit(), None, "KILLING is reported once");
@@ -250,7 +261,7 @@ fn a_kill_reports_killing_once_then_the_end() {
 fn a_returning_agent_reports_ended_tasks_whose_updates_wait() {
     let mut a = registered();
     launch(&mut a, "t1");
-    a.poll_action();
+    next_action(&mut a);
     let tid = TaskId::new("t1").expect("id");
     a.handle_disconnected(t(2));
     let done = TaskEvent::Finished {
@@ -272,7 +283,7 @@ fn a_returning_agent_reports_ended_tasks_whose_updates_wait() {
 fn out_of_touch_past_most_of_the_removal_timeout_the_agent_stops_its_tasks() {
     let mut a = registered();
     launch(&mut a, "t1");
-    a.poll_action();
+    next_action(&mut a);
     let tid = TaskId::new("t1").expect("id");
     a.handle_task_event(t(2), fw(), tid.clone(), TaskEvent::Running);
     a.poll_transmit();
@@ -281,9 +292,9 @@ fn out_of_touch_past_most_of_the_removal_timeout_the_agent_stops_its_tasks() {
     let fence = t(1_000 + 45_000);
     assert_eq!(a.poll_timeout(), Some(fence));
     a.handle_timeout(t(1_000 + 44_999));
-    assert_eq!(a.poll_action(), None);
+    assert_eq!(next_action(&mut a), None);
     a.handle_timeout(fence);
-    assert!(matches!(a.poll_action(), Some(Action::Kill { .. })));
+    assert!(matches!(next_action(&mut a), Some(Action::Kill { .. })));
     let killed = TaskEvent::ended(TaskState::Killed, Reason::KilledByScheduler, "killed");
     a.handle_task_event(fence, fw(), tid, killed);
     a.handle_connected(t(50_000));
@@ -307,7 +318,7 @@ fn out_of_touch_past_most_of_the_removal_timeout_the_agent_stops_its_tasks() {
 fn an_agent_removed_while_away_kills_and_forgets_what_it_held() {
     let mut a = registered();
     launch(&mut a, "t1");
-    a.poll_action();
+    next_action(&mut a);
     a.handle_disconnected(t(2));
     a.handle_connected(t(3));
     a.poll_transmit();
@@ -319,8 +330,8 @@ fn an_agent_removed_while_away_kills_and_forgets_what_it_held() {
             removal_timeout_ms: 60_000,
         },
     );
-    assert!(matches!(a.poll_action(), Some(Action::Kill { .. })));
-    assert!(matches!(a.poll_action(), Some(Action::Forget { .. })));
+    assert!(matches!(next_action(&mut a), Some(Action::Kill { .. })));
+    assert!(matches!(next_action(&mut a), Some(Action::Forget { .. })));
     assert_eq!(a.tasks().count(), 0);
     assert_eq!(a.pending_updates(), 0);
     assert_eq!(a.agent_id().map(|i| i.as_str()), Some("a2"));
@@ -332,7 +343,7 @@ fn launch_missing(a: &mut Agent, id: &str, digest: stoa_proto::Digest) -> Vec<Ac
     launch_from(a, id, Artifact::Stored(digest));
     let mut others = Vec::new();
     loop {
-        match a.poll_action() {
+        match next_action(a) {
             Some(Action::Launch { framework_id, task }) => {
                 a.artifact_missing(t(1), framework_id, task);
                 return others;
@@ -353,7 +364,7 @@ fn launches_wait_for_one_fetch_and_start_or_fail_with_it() {
     let mut actions = launch_missing(&mut a, "t1", d1);
     actions.extend(launch_missing(&mut a, "t2", d1));
     actions.extend(launch_missing(&mut a, "t3", d2));
-    actions.extend(std::iter::from_fn(|| a.poll_action()));
+    actions.extend(std::iter::from_fn(|| next_action(&mut a)));
     assert_eq!(
         actions,
         vec![Action::Fetch { digest: d1 }, Action::Fetch { digest: d2 }],
@@ -364,7 +375,7 @@ fn launches_wait_for_one_fetch_and_start_or_fail_with_it() {
         .collect();
     assert_eq!(starting, vec![TaskState::Starting; 3]);
     a.handle_fetched(t(2), d1, Ok(()));
-    let started: Vec<String> = std::iter::from_fn(|| a.poll_action())
+    let started: Vec<String> = std::iter::from_fn(|| next_action(&mut a))
         .map(|x| match x {
             Action::Launch { task, .. } => task.task_id.to_string(),
             other => panic!("expected launches, got {other:?}"),
@@ -372,7 +383,7 @@ fn launches_wait_for_one_fetch_and_start_or_fail_with_it() {
         .collect();
     assert_eq!(started, vec!["t1", "t2"]);
     a.handle_fetched(t(3), d2, Err("cannot fetch".into()));
-    assert_eq!(a.poll_action(), None);
+    assert_eq!(next_action(&mut a), None);
     match a.poll_transmit() {
         Some(AgentToMaster::StatusUpdate { status, .. }) => {
             assert_eq!(status.state, TaskState::Error);
@@ -387,7 +398,7 @@ fn a_kill_of_a_launch_waiting_for_its_artifact_ends_it_at_once() {
     let mut a = registered();
     let d = stoa_proto::Digest::of(b"slow");
     assert!(launch_missing(&mut a, "t1", d).is_empty());
-    assert_eq!(a.poll_action(), Some(Action::Fetch { digest: d }));
+    assert_eq!(next_action(&mut a), Some(Action::Fetch { digest: d }));
     a.poll_transmit();
     let tid = TaskId::new("t1").expect("id");
     a.handle_master_message(
@@ -397,7 +408,7 @@ fn a_kill_of_a_launch_waiting_for_its_artifact_ends_it_at_once() {
             task_id: tid.clone(),
         },
     );
-    assert_eq!(a.poll_action(), None, "nothing reaches an executor");
+    assert_eq!(next_action(&mut a), None, "nothing reaches an executor");
     let states: Vec<TaskState> = std::iter::from_fn(|| a.poll_transmit())
         .map(|m| update(Some(m)).1)
         .collect();
@@ -405,7 +416,7 @@ fn a_kill_of_a_launch_waiting_for_its_artifact_ends_it_at_once() {
     assert!(!a.is_fetching(&fw(), &tid));
     // The fetch ending later starts nothing.
     a.handle_fetched(t(3), d, Ok(()));
-    assert_eq!(a.poll_action(), None);
+    assert_eq!(next_action(&mut a), None);
 }
 
 #[test]
@@ -413,10 +424,10 @@ fn a_dead_executor_fails_its_own_running_tasks_only() {
     let mut a = registered();
     launch(&mut a, "t1");
     launch(&mut a, "t2");
-    std::iter::from_fn(|| a.poll_action()).for_each(drop);
+    std::iter::from_fn(|| next_action(&mut a)).for_each(drop);
     let d = stoa_proto::Digest::of(b"later");
     launch_missing(&mut a, "t3", d);
-    std::iter::from_fn(|| a.poll_action()).for_each(drop);
+    std::iter::from_fn(|| next_action(&mut a)).for_each(drop);
     let t1 = TaskId::new("t1").expect("id");
     a.handle_task_event(t(2), fw(), t1.clone(), TaskEvent::Running);
     let done = TaskEvent::Finished {
@@ -437,4 +448,88 @@ fn a_dead_executor_fails_its_own_running_tasks_only() {
     }
     assert_eq!(a.poll_transmit(), None);
     assert!(a.is_fetching(&fw(), &TaskId::new("t3").expect("id")));
+}
+
+#[test]
+fn executors_grow_with_their_tasks_shrink_after_and_stop_when_idle() {
+    let mut a = registered();
+    a.set_executor_idle(std::time::Duration::from_secs(30));
+    launch(&mut a, "t1");
+    assert!(matches!(a.poll_action(), Some(Action::Launch { .. })));
+    match a.poll_action() {
+        Some(Action::ResizeExecutor {
+            millicpus,
+            mem_mib,
+            shrink,
+            ..
+        }) => assert_eq!((millicpus, mem_mib, shrink), (250, 16, false)),
+        other => panic!("expected the executor to grow after the launch, got {other:?}"),
+    }
+    let tid = TaskId::new("t1").expect("id");
+    let update_id = finish(&mut a, &tid, t(100));
+    // A second after the end, it may come down to nothing.
+    assert!(a.poll_timeout() <= Some(t(1_100)), "the shrink is due then");
+    a.handle_timeout(t(1_100));
+    let shrink = std::iter::from_fn(|| a.poll_action()).find(|x| {
+        matches!(
+            x,
+            Action::ResizeExecutor {
+                millicpus: 0,
+                mem_mib: 0,
+                shrink: true,
+                ..
+            }
+        )
+    });
+    assert!(shrink.is_some());
+    // Forgotten; no task of the framework left 30 s later: stopped.
+    a.handle_master_message(
+        t(2_000),
+        MasterToAgent::AcknowledgeUpdate {
+            task_id: tid,
+            update_id,
+        },
+    );
+    assert!(matches!(a.poll_action(), Some(Action::Forget { .. })));
+    a.handle_timeout(t(31_999));
+    assert!(
+        !std::iter::from_fn(|| a.poll_action()).any(|x| matches!(x, Action::StopExecutor { .. }))
+    );
+    a.handle_timeout(t(32_000));
+    assert_eq!(
+        std::iter::from_fn(|| a.poll_action()).find(|x| matches!(x, Action::StopExecutor { .. })),
+        Some(Action::StopExecutor { framework_id: fw() })
+    );
+}
+
+#[test]
+fn an_executor_with_a_task_again_is_not_stopped() {
+    let mut a = registered();
+    a.set_executor_idle(std::time::Duration::from_secs(30));
+    launch(&mut a, "t1");
+    let tid = TaskId::new("t1").expect("id");
+    let update_id = finish(&mut a, &tid, t(100));
+    a.handle_master_message(
+        t(200),
+        MasterToAgent::AcknowledgeUpdate {
+            task_id: tid,
+            update_id,
+        },
+    );
+    launch(&mut a, "t2");
+    a.handle_timeout(t(40_000));
+    assert!(
+        !std::iter::from_fn(|| a.poll_action()).any(|x| matches!(x, Action::StopExecutor { .. })),
+        "t2 runs there"
+    );
+}
+
+/// `task` finishes at `at`; returns the update that says so.
+fn finish(a: &mut Agent, task: &TaskId, at: Time) -> UpdateId {
+    let done = TaskEvent::Finished {
+        output: Vec::new(),
+        exit_code: None,
+    };
+    a.handle_task_event(at, fw(), task.clone(), done);
+    update(a.poll_transmit()).0
 }

@@ -9,7 +9,7 @@ use stoa_proto::{FrameworkId, TaskId};
 pub type Load = (u64, u64);
 
 #[derive(Debug, Default)]
-pub struct WasmLoad {
+pub struct ExecutorLoad {
     frameworks: HashMap<FrameworkId, Tasks>,
 }
 
@@ -19,7 +19,7 @@ struct Tasks {
     total: Load,
 }
 
-impl WasmLoad {
+impl ExecutorLoad {
     /// Counts a running task (again: a task already counted is replaced).
     pub fn add(&mut self, framework: &FrameworkId, task: &TaskId, load: Load) {
         let tasks = self.frameworks.entry(framework.clone()).or_default();
@@ -62,10 +62,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn totals_follow_tasks_in_and_out() -> anyhow::Result<()> {
+    fn totals_follow_tasks_in_and_out() -> Result<(), stoa_proto::IdError> {
         let (fw, other) = (FrameworkId::new("f1")?, FrameworkId::new("f2")?);
         let (a, b) = (TaskId::new("a")?, TaskId::new("b")?);
-        let mut load = WasmLoad::default();
+        let mut load = ExecutorLoad::default();
         load.add(&fw, &a, (100, 16));
         load.add(&fw, &b, (250, 32));
         load.add(&other, &a, (1000, 1));
