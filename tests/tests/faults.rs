@@ -38,11 +38,15 @@ fn sleeper(i: usize, artifact: &Artifact) -> TaskInfo {
 #[test]
 fn every_update_reaches_its_scheduler_across_a_master_crash() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(1, "cpus:2;mem:1024")?;
-    let artifact = Artifact::inline(misbehave_wasm()?);
     let rt = tokio::runtime::Runtime::new()?;
     let mut info = FrameworkInfo::new("crash-survivor", "test".parse()?);
     info.failover_timeout_ms = 60_000;
     let id = rt.block_on(async {
+        // Stored once and fetched once by the agent: twelve inline copies
+        // of a 2.6 MB component would keep the agent's loop busy for
+        // seconds on a loaded machine, long enough to miss heartbeats.
+        let digest = stoa_client::upload_artifact(&cluster.client(), &misbehave_wasm()?).await?;
+        let artifact = Artifact::Stored(digest);
         let mut fw = TestFramework::subscribe_as(&cluster.client(), info.clone()).await?;
         fw.launch_all((0..TASKS).map(|i| sleeper(i, &artifact)).collect())
             .await?;
