@@ -379,7 +379,15 @@ impl Sim {
     /// invariant breaks.
     pub fn run(&mut self, limit: Duration) -> Outcome {
         let end = Time::ZERO + limit;
-        let faults_over = Time::ZERO + self.config.fault_horizon + Duration::from_secs(60);
+        // After the last fault ends the cluster gets a minute to converge
+        // (reconnections, removals, redeliveries) before the final checks;
+        // a run without faults only waits for its last acknowledgements.
+        let faults_over = self
+            .faults
+            .iter()
+            .map(|f| f.at + f.lasts + Duration::from_secs(60))
+            .max()
+            .unwrap_or(Time::ZERO);
         let mut settle_until: Option<Time> = None;
         loop {
             if self.violations.is_empty() && settle_until.is_none() && self.done() {
@@ -1125,8 +1133,9 @@ impl Sim {
             Event::Offers { offers } => {
                 let each = self.config.task_resources.clone();
                 for offer in offers {
-                    let call = self.schedulers[f].builtin.offer(&offer, &each);
-                    self.call(f, call);
+                    for call in self.schedulers[f].builtin.offer(&offer, &each) {
+                        self.call(f, call);
+                    }
                 }
             }
             Event::Update { status, ack } => {

@@ -22,6 +22,8 @@ pub struct BuiltIn {
     pub finished: BTreeSet<usize>,
     pub failed: BTreeMap<usize, String>,
     pub told: Told,
+    /// Offers are suppressed: nothing is left to launch.
+    suppressed: bool,
 }
 
 impl BuiltIn {
@@ -32,6 +34,7 @@ impl BuiltIn {
             finished: BTreeSet::new(),
             failed: BTreeMap::new(),
             told: Told::default(),
+            suppressed: false,
         }
     }
 
@@ -39,8 +42,9 @@ impl BuiltIn {
         self.finished.len() + self.failed.len()
     }
 
-    /// Launches what fits in `offer`, or declines it.
-    pub fn offer(&mut self, offer: &Offer, each: &Resources) -> Call {
+    /// Launches what fits in `offer`, or declines it (and, with nothing
+    /// left to launch, asks for no more offers until it revives).
+    pub fn offer(&mut self, offer: &Offer, each: &Resources) -> Vec<Call> {
         let mut left = offer.resources.clone();
         let mut tasks = Vec::new();
         while let Some(&(n, attempt)) = self.pending.front() {
@@ -55,16 +59,21 @@ impl BuiltIn {
             tasks.push(task);
         }
         if tasks.is_empty() {
-            Call::Decline {
+            let decline = Call::Decline {
                 offer_ids: vec![offer.id],
-                refuse_ms: Some(1000),
+                refuse_ms: Some(1_000),
+            };
+            if self.pending.is_empty() && !self.suppressed {
+                self.suppressed = true;
+                return vec![decline, Call::Suppress];
             }
+            vec![decline]
         } else {
-            Call::Accept {
+            vec![Call::Accept {
                 offer_ids: vec![offer.id],
                 operations: vec![Operation::Launch { tasks }],
                 refuse_ms: None,
-            }
+            }]
         }
     }
 
@@ -107,6 +116,7 @@ impl BuiltIn {
             }
             _ => {
                 self.pending.push_back((n, attempt + 1));
+                self.suppressed = false;
                 vec![Call::Revive]
             }
         }
@@ -139,16 +149,18 @@ impl BuiltIn {
 
     /// What to ask the master once subscribed (again): the state of every
     /// task launched and not heard to end.
-    pub fn subscribed(&self) -> Vec<Call> {
-        if self.told.open.is_empty() {
-            return Vec::new();
-        }
-        vec![
-            Call::Reconcile {
+    /// Revives offers too: a master that kept the framework may still
+    /// hold it suppressed.
+    pub fn subscribed(&mut self) -> Vec<Call> {
+        self.suppressed = false;
+        let mut calls = Vec::new();
+        if !self.told.open.is_empty() {
+            calls.push(Call::Reconcile {
                 tasks: self.told.open.iter().cloned().collect(),
-            },
-            Call::Revive,
-        ]
+            });
+        }
+        calls.push(Call::Revive);
+        calls
     }
 
     /// Every unit still to be done counts as failed (the framework is gone).
