@@ -145,8 +145,4 @@ impl Told {
         }
         ends
     }
-
-    pub fn is_open(&self, task: &TaskId) -> bool {
-        self.open.contains(task)
-    }
 }
