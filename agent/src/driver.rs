@@ -8,10 +8,9 @@ use crate::core::{Action, Agent, TaskEvent};
 use crate::deadline::sleep_until;
 use crate::exec::task_dir::TaskDir;
 use crate::executors::{Containment, Executors, FromExecutor, Launcher};
-use crate::sandbox_gc::SandboxGc;
 use crate::trash::Trash;
 use anyhow::Context as _;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -88,11 +87,7 @@ struct State {
     layout: WorkDir,
     store: ArtifactStore,
     fetched_tx: mpsc::UnboundedSender<(Digest, Result<(), String>)>,
-    gc: SandboxGc,
     trash: Trash,
-    /// Native tasks started with a cgroup of their own, removed when they
-    /// end.
-    native: HashSet<(FrameworkId, TaskId)>,
     config: DriverConfig,
 }
 
@@ -133,6 +128,7 @@ pub async fn run(
     let (ended_tx, mut ended_rx) = mpsc::channel::<EndedQuery>(64);
     let mut agent = Agent::new(config.info.clone(), known_id, first_update);
     agent.set_executor_idle(config.executor_idle);
+    agent.set_sandbox_collection(config.gc_delay, config.gc_max_dirs);
     let mut state = State {
         agent,
         executors: Executors::new(
@@ -148,9 +144,7 @@ pub async fn run(
         layout: layout.clone(),
         store,
         fetched_tx,
-        gc: SandboxGc::new(config.gc_delay, config.gc_max_dirs),
         trash: Trash::open(layout.trash()),
-        native: HashSet::new(),
         config: config.clone(),
     };
     match &config.cgroups {
@@ -169,15 +163,12 @@ pub async fn run(
             live.insert((fw.clone(), t.task.task_id.clone()));
             if !t.last.as_ref().is_some_and(TaskEvent::is_terminal) {
                 running.insert((fw.clone(), t.task.task_id.clone()));
-                if matches!(t.task.kind, TaskKind::Command(_)) {
-                    state.native.insert((fw.clone(), t.task.task_id.clone()));
-                }
             }
             state.agent.recover_task(now(), fw.clone(), &t.task, t.last);
         }
         state.agent.recovered_executor(&fw);
     }
-    state.schedule_old_dirs(&live);
+    state.schedule_old_dirs(now(), &live);
     state.collect_cgroups(&running).await;
     let mut delays = stoa_transport::reconnect_delays();
     tokio::pin!(shutdown);
@@ -228,7 +219,6 @@ pub async fn run(
                 .agent
                 .poll_timeout()
                 .map(|t| start + Duration::from_micros(t.as_micros()));
-            let chore_at = state.gc.next_due(Instant::now());
             tokio::select! {
                 msg = msgs_rx.recv() => match msg {
                     Some(msg) => state.agent.handle_master_message(now(), msg),
@@ -240,7 +230,6 @@ pub async fn run(
                     let _ = reply.send(state.agent.has_ended(&framework_id, &task_id));
                 }
                 _ = sleep_until(deadline) => state.agent.handle_timeout(now()),
-                _ = sleep_until(chore_at) => state.do_chores(),
                 _ = &mut shutdown => {
                     conn.close(stoa_transport::close::SHUTDOWN, b"agent shutting down");
                     return Ok(());
@@ -301,22 +290,23 @@ impl State {
                 Action::Forget {
                     framework_id,
                     task_id,
-                    sandbox,
                 } => {
                     if self.executors.is_running(&framework_id) {
-                        self.executors.send(
-                            &framework_id,
-                            AgentToExecutor::Forget {
-                                task_id: task_id.clone(),
-                            },
-                        );
-                    }
-                    if sandbox {
-                        self.gc.finished(Instant::now(), framework_id, task_id);
+                        self.executors
+                            .send(&framework_id, AgentToExecutor::Forget { task_id });
                     }
                 }
+                Action::RemoveCgroup {
+                    framework_id,
+                    task_id,
+                } => self.remove_cgroup(framework_id.as_str(), &task_leaf(&task_id)),
+                Action::CollectSandbox {
+                    framework_id,
+                    task_id,
+                } => self.collect_dir(&framework_id, &task_id),
             }
         }
+        self.trash.empty();
         let msgs = std::iter::from_fn(|| self.agent.poll_transmit());
         if let Err(e) = sender.send_many(msgs).await {
             tracing::warn!(error = format!("{e:#}"), "cannot send to the master");
@@ -357,11 +347,7 @@ impl State {
         let dir = self.layout.task(&framework_id, &task.task_id);
         let cgroup = match &task.kind {
             TaskKind::Command(command) => match self.task_cgroup(&framework_id, &task, command) {
-                Ok(paths) => {
-                    self.native
-                        .insert((framework_id.clone(), task.task_id.clone()));
-                    Some(paths)
-                }
+                Ok(paths) => Some(paths),
                 Err(message) => {
                     let event =
                         TaskEvent::ended(TaskState::Error, Reason::IsolationUnavailable, message);
@@ -407,13 +393,6 @@ impl State {
             .create(framework_id.as_str(), &leaf, &limits)
             .map(|cgroup| cgroup.paths().clone())
             .map_err(|e| format!("cannot make the task's cgroup: {e:#}"))
-    }
-
-    /// A task ended: its cgroup, if it had one, goes.
-    fn task_ended(&mut self, framework_id: &FrameworkId, task_id: &TaskId) {
-        if self.native.remove(&(framework_id.clone(), task_id.clone())) {
-            self.remove_cgroup(framework_id.as_str(), &task_leaf(task_id));
-        }
     }
 
     /// Removes a cgroup the agent made, off the loop: killing what is left
@@ -481,11 +460,8 @@ impl State {
         match input {
             FromExecutor::Said { framework_id, msg } => match msg {
                 ExecutorToAgent::Event { task_id, event } => {
-                    if event.is_terminal() {
-                        self.task_ended(&framework_id, &task_id);
-                    }
                     self.agent
-                        .handle_task_event(now, framework_id, task_id, event);
+                        .handle_task_event(now, framework_id, task_id, event)
                 }
                 ExecutorToAgent::Message { task_id, data } => {
                     self.agent.handle_task_message(framework_id, task_id, data)
@@ -503,41 +479,28 @@ impl State {
                 if let Some(leaf) = leaf {
                     self.remove_cgroup(framework_id.as_str(), &leaf);
                 }
-                if !current {
-                    return;
-                }
                 // The core decides what the executor's death does to its
-                // tasks; the driver cleans up after them.
-                for task_id in self.agent.handle_executor_gone(now, &framework_id) {
-                    self.task_ended(&framework_id, &task_id);
+                // tasks.
+                if current {
+                    self.agent.handle_executor_gone(now, &framework_id);
                 }
             }
         }
     }
 
-    fn do_chores(&mut self) {
-        self.collect_dirs(Instant::now());
-    }
-
-    /// Removes the task directories the collector says are due.
-    fn collect_dirs(&mut self, now: Instant) {
-        for (framework_id, task_id) in self.gc.due(now) {
-            if self.agent.knows(&framework_id, &task_id) {
-                // Launched again since; collected when it is forgotten.
-                continue;
-            }
-            let dir = self.layout.task(&framework_id, &task_id);
-            if let Err(e) = self.trash.put(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot collect a task directory; remove it by hand");
-            }
+    /// Moves a task's directory to the trash at once; the trash is
+    /// emptied off the loop after each round of actions.
+    fn collect_dir(&mut self, framework_id: &FrameworkId, task_id: &TaskId) {
+        let dir = self.layout.task(framework_id, task_id);
+        if let Err(e) = self.trash.put(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot collect a task directory; remove it by hand");
         }
-        self.trash.empty();
     }
 
     /// Task directories left by an earlier agent process whose tasks are
-    /// not running: collected `gc_delay` after they were last written (or
-    /// sooner, past the count).
-    fn schedule_old_dirs(&mut self, live: &BTreeSet<(FrameworkId, stoa_proto::TaskId)>) {
+    /// not running: the core collects them `gc_delay` after they were last
+    /// written (or sooner, past the count).
+    fn schedule_old_dirs(&mut self, now: Time, live: &BTreeSet<(FrameworkId, TaskId)>) {
         let now_sys = std::time::SystemTime::now();
         let old = task_dirs(&self.layout.tasks())
             .into_iter()
@@ -550,7 +513,7 @@ impl State {
                     .unwrap_or_default();
                 (f, t, age)
             });
-        self.gc.left_behind(Instant::now(), old);
+        self.agent.handle_left_behind(now, old);
     }
 }
 

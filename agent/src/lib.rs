@@ -14,5 +14,4 @@ pub mod exec;
 pub mod executor;
 pub mod executor_dir;
 pub mod executors;
-pub mod sandbox_gc;
 pub mod trash;

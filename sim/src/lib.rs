@@ -194,6 +194,20 @@ struct AgentSlot {
     artifacts: BTreeSet<stoa_proto::Digest>,
     /// Until when its fetches fail.
     fetch_fails_until: Time,
+    /// Task directories on its disk (they survive its crashes), until
+    /// collected.
+    dirs: BTreeSet<(FrameworkId, TaskId)>,
+}
+
+/// How long a simulated agent keeps a forgotten task's directory, and how
+/// many at most: short and few, so runs collect some both ways.
+const SANDBOX_DELAY: Duration = Duration::from_secs(10);
+const SANDBOX_MAX_DIRS: usize = 40;
+
+fn agent_core(info: AgentInfo, known_id: Option<stoa_proto::AgentId>, first_update: u64) -> Agent {
+    let mut core = Agent::new(info, known_id, first_update);
+    core.set_sandbox_collection(SANDBOX_DELAY, SANDBOX_MAX_DIRS);
+    core
 }
 
 /// The outcome of a run.
@@ -291,7 +305,7 @@ impl Sim {
                 attributes: Attributes::default(),
             };
             sim.agents.push(AgentSlot {
-                core: Some(Agent::new(info.clone(), None, 0)),
+                core: Some(agent_core(info.clone(), None, 0)),
                 conn: None,
                 info,
                 held: BTreeMap::new(),
@@ -300,6 +314,7 @@ impl Sim {
                 known_id: None,
                 artifacts: BTreeSet::new(),
                 fetch_fails_until: Time::ZERO,
+                dirs: BTreeSet::new(),
             });
             sim.connect(Peer::Agent(i));
         }
@@ -868,7 +883,7 @@ impl Sim {
         let slot = &mut self.agents[i];
         slot.incarnation += 1;
         // A restarted agent numbers its updates above every earlier number.
-        let mut core = Agent::new(
+        let mut core = agent_core(
             slot.info.clone(),
             slot.known_id.clone(),
             slot.incarnation << 40,
@@ -876,6 +891,12 @@ impl Sim {
         for ((fw, _), held) in &slot.held {
             core.recover_task(now, fw.clone(), &held.task, held.last.clone());
         }
+        let left = slot.dirs.iter().filter(|key| !slot.held.contains_key(key));
+        core.handle_left_behind(
+            now,
+            left.map(|(f, t)| (f.clone(), t.clone(), Duration::ZERO))
+                .collect::<Vec<_>>(),
+        );
         let held = slot.held.len();
         slot.core = Some(core);
         self.log(format!("agent-{i} starts again holding {held} tasks"));
@@ -954,6 +975,11 @@ impl Sim {
                 if let Some(v) = self.truth.started(now, i, &framework_id, &task.task_id) {
                     self.violate(v);
                 }
+                if task.kind.has_sandbox() {
+                    self.agents[i]
+                        .dirs
+                        .insert((framework_id.clone(), task.task_id.clone()));
+                }
                 // The simulated executor echoes a wasm task's input and a
                 // command's argv.
                 let input = match &task.kind {
@@ -1029,6 +1055,50 @@ impl Sim {
                         invariant: "an idle executor is stopped only when idle",
                         detail: format!(
                             "agent-{i} stopped {framework_id}'s executor running {running:?}"
+                        ),
+                    });
+                }
+            }
+            // A cgroup is removed once its task is over: removing it kills
+            // whatever runs in it.
+            Action::RemoveCgroup {
+                framework_id,
+                task_id,
+            } => {
+                let held = self.agents[i]
+                    .held
+                    .get(&(framework_id.clone(), task_id.clone()));
+                if held.is_some_and(|h| !h.last.as_ref().is_some_and(TaskEvent::is_terminal)) {
+                    self.violate(Violation {
+                        at: now,
+                        invariant: "a task's cgroup is removed only after it ends",
+                        detail: format!("agent-{i} removed the cgroup of {framework_id}/{task_id}"),
+                    });
+                }
+            }
+            Action::CollectSandbox {
+                framework_id,
+                task_id,
+            } => {
+                let key = (framework_id, task_id);
+                self.log(format!(
+                    "agent-{i} collects the directory of {}/{}",
+                    key.0, key.1
+                ));
+                let problem = if self.agents[i].held.contains_key(&key) {
+                    Some("while its executor still holds the task")
+                } else if !self.agents[i].dirs.remove(&key) {
+                    Some("that is not there (collected twice?)")
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    self.violate(Violation {
+                        at: now,
+                        invariant: "a task's directory is collected once, after it is forgotten",
+                        detail: format!(
+                            "agent-{i} collected the directory of {}/{} {problem}",
+                            key.0, key.1
                         ),
                     });
                 }

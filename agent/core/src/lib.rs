@@ -11,10 +11,12 @@
 mod executor_load;
 mod executors;
 mod fetches;
+mod sandboxes;
 mod status_updates;
 
 use executors::{Due, Executors};
 use fetches::Fetches;
+use sandboxes::Sandboxes;
 use status_updates::StatusUpdates;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -55,11 +57,22 @@ pub enum Action {
         data: Vec<u8>,
     },
     /// The master has the task's terminal update; the executor may forget
-    /// the task and its directory, if it has one, may be collected.
+    /// the task.
     Forget {
         framework_id: FrameworkId,
         task_id: TaskId,
-        sandbox: bool,
+    },
+    /// A native task ended: remove the cgroup made for it (and anything
+    /// left in it).
+    RemoveCgroup {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+    },
+    /// A forgotten task's directory (sandbox and logs) is due for
+    /// collection.
+    CollectSandbox {
+        framework_id: FrameworkId,
+        task_id: TaskId,
     },
 }
 
@@ -69,8 +82,22 @@ pub use stoa_proto::executor::TaskEvent;
 struct TaskRecord {
     resources: Resources,
     state: TaskState,
-    /// It has a directory to collect once forgotten.
+    /// It has a directory to collect once forgotten: it keeps one, and
+    /// went to an executor (which makes it).
     sandbox: bool,
+    /// A native task: it runs in a cgroup of its own, removed at its end.
+    native: bool,
+}
+
+impl TaskRecord {
+    fn new(task: &TaskInfo, state: TaskState) -> Self {
+        TaskRecord {
+            resources: task.resources.clone(),
+            state,
+            sandbox: false,
+            native: matches!(task.kind, stoa_proto::TaskKind::Command(_)),
+        }
+    }
 }
 
 /// The agent's state machine. See the module docs for the calling order.
@@ -96,6 +123,8 @@ pub struct Agent {
     fetches: Fetches,
     /// Executors' sizes, shrinking and idle stops.
     executors: Executors,
+    /// Forgotten tasks' directories, until they are collected.
+    sandboxes: Sandboxes,
     updates: StatusUpdates,
     outbox: VecDeque<AgentToMaster>,
     actions: VecDeque<Action>,
@@ -121,6 +150,7 @@ impl Agent {
             tasks: BTreeMap::new(),
             fetches: Fetches::default(),
             executors: Executors::new(Duration::from_secs(60)),
+            sandboxes: Sandboxes::new(Duration::from_secs(3600), 10_000),
             updates: StatusUpdates::starting_at(first_update),
             outbox: VecDeque::new(),
             actions: VecDeque::new(),
@@ -162,7 +192,11 @@ impl Agent {
     }
 
     pub fn poll_timeout(&self) -> Option<Time> {
-        let chores = self.executors.next_deadline().into_iter();
+        let chores = self
+            .executors
+            .next_deadline()
+            .into_iter()
+            .chain(self.sandboxes.next_due());
         if !self.registered {
             return self.fence_at.into_iter().chain(chores).min();
         }
@@ -177,6 +211,26 @@ impl Agent {
     /// is stopped (default 60 s).
     pub fn set_executor_idle(&mut self, idle: Duration) {
         self.executors.set_idle(idle);
+    }
+
+    /// How long a forgotten task's directory is kept (default an hour),
+    /// and how many are kept at most (default 10,000; past it the oldest
+    /// go first).
+    pub fn set_sandbox_collection(&mut self, delay: Duration, max_dirs: usize) {
+        self.sandboxes.set_policy(delay, max_dirs);
+    }
+
+    /// After a restart, before any task is forgotten: directories an
+    /// earlier agent process left whose tasks it does not hold, each with
+    /// how long ago it was last written. They are collected the delay
+    /// after that (or sooner, past the count).
+    pub fn handle_left_behind(
+        &mut self,
+        now: Time,
+        dirs: impl IntoIterator<Item = (FrameworkId, TaskId, Duration)>,
+    ) {
+        self.sandboxes.left_behind(now, dirs);
+        self.collect_sandboxes(now);
     }
 
     /// After a restart, once its tasks are recovered: the framework's
@@ -321,12 +375,7 @@ impl Agent {
                         && let Some(task) = self.tasks.remove(&key)
                     {
                         let (framework_id, task_id) = key;
-                        self.executors.forgotten(now, &framework_id);
-                        self.actions.push_back(Action::Forget {
-                            framework_id,
-                            task_id,
-                            sandbox: task.sandbox,
-                        });
+                        self.forget(now, framework_id, task_id, task.sandbox);
                     }
                 }
             }
@@ -383,6 +432,12 @@ impl Agent {
                     .into();
         }
         task.state = status.state;
+        if status.state.is_terminal() && task.native {
+            self.actions.push_back(Action::RemoveCgroup {
+                framework_id: framework_id.clone(),
+                task_id: status.task_id.clone(),
+            });
+        }
         self.send_update(now, framework_id, status);
     }
 
@@ -397,6 +452,12 @@ impl Agent {
             return;
         };
         self.executors.stopped(now, &framework_id, &task.task_id);
+        if let Some(record) = self
+            .tasks
+            .get_mut(&(framework_id.clone(), task.task_id.clone()))
+        {
+            record.sandbox = false;
+        }
         self.preparing(now, framework_id.clone(), task.task_id.clone());
         if self.fetches.wait(digest, framework_id, task) {
             self.actions.push_back(Action::Fetch { digest });
@@ -428,9 +489,8 @@ impl Agent {
 
     /// A framework's executor process exited: every task of it that had
     /// not ended fails (`executor-terminated`), alone, and the others on
-    /// this agent go on. Returns those tasks, for the driver to clean up
-    /// after them.
-    pub fn handle_executor_gone(&mut self, now: Time, framework_id: &FrameworkId) -> Vec<TaskId> {
+    /// this agent go on.
+    pub fn handle_executor_gone(&mut self, now: Time, framework_id: &FrameworkId) {
         let orphans: Vec<TaskId> = self
             .tasks
             .iter()
@@ -450,7 +510,6 @@ impl Agent {
             );
             self.handle_task_event(now, framework_id.clone(), task_id.clone(), event);
         }
-        orphans
     }
 
     /// A launched task waits for something before it can start (its
@@ -509,14 +568,9 @@ impl Agent {
             Some(_) => TaskState::Running,
             None => TaskState::Starting,
         };
-        self.tasks.insert(
-            key,
-            TaskRecord {
-                resources: task.resources.clone(),
-                state,
-                sandbox: task.kind.has_sandbox(),
-            },
-        );
+        let mut record = TaskRecord::new(task, state);
+        record.sandbox = task.kind.has_sandbox();
+        self.tasks.insert(key, record);
         // It runs in its executor: counted in the executor's size (taken
         // out again below if it has ended).
         self.executors.started(&framework_id, task);
@@ -564,6 +618,7 @@ impl Agent {
                 }
             }
         }
+        self.collect_sandboxes(now);
         if self.fence_at.is_some_and(|t| t <= now) {
             self.fence_at = None;
             self.fence(now);
@@ -621,18 +676,48 @@ impl Agent {
                     framework_id: framework_id.clone(),
                     task_id: task_id.clone(),
                 });
+                // Its end will not be heard (the task is forgotten now).
+                if task.native {
+                    self.actions.push_back(Action::RemoveCgroup {
+                        framework_id: framework_id.clone(),
+                        task_id: task_id.clone(),
+                    });
+                }
             }
             self.executors.stopped(now, &framework_id, &task_id);
-            self.executors.forgotten(now, &framework_id);
-            self.actions.push_back(Action::Forget {
-                framework_id,
-                task_id,
-                sandbox: task.sandbox,
-            });
+            self.forget(now, framework_id, task_id, task.sandbox);
         }
         self.fenced.clear();
         self.fetches = Fetches::default();
         self.updates.clear();
+    }
+
+    /// The agent lets go of a task: its executor forgets it, and its
+    /// directory, if it has one, waits for collection.
+    fn forget(&mut self, now: Time, framework_id: FrameworkId, task_id: TaskId, sandbox: bool) {
+        self.executors.forgotten(now, &framework_id);
+        self.actions.push_back(Action::Forget {
+            framework_id: framework_id.clone(),
+            task_id: task_id.clone(),
+        });
+        if sandbox {
+            self.sandboxes.finished(now, framework_id, task_id);
+            self.collect_sandboxes(now);
+        }
+    }
+
+    /// Asks for the directories that are due. One whose task id was
+    /// launched again since is left: it is collected when that task is
+    /// forgotten.
+    fn collect_sandboxes(&mut self, now: Time) {
+        for (framework_id, task_id) in self.sandboxes.due(now) {
+            if !self.knows(&framework_id, &task_id) {
+                self.actions.push_back(Action::CollectSandbox {
+                    framework_id,
+                    task_id,
+                });
+            }
+        }
     }
 
     fn run_task(&mut self, framework_id: FrameworkId, task: Box<TaskInfo>) {
@@ -641,14 +726,8 @@ impl Agent {
             tracing::warn!(task = %task.task_id, "ignoring a second launch of a task this agent already has");
             return;
         }
-        self.tasks.insert(
-            key,
-            TaskRecord {
-                resources: task.resources.clone(),
-                state: TaskState::Starting,
-                sandbox: task.kind.has_sandbox(),
-            },
-        );
+        self.tasks
+            .insert(key, TaskRecord::new(&task, TaskState::Starting));
         // No TASK_STARTING here: the executor's RUNNING follows within a
         // millisecond, and every update is a round trip to the scheduler.
         // A launch that must wait reports STARTING (`preparing`).
@@ -659,6 +738,12 @@ impl Agent {
     /// (in that order: the launch starts an executor that is not running,
     /// and only a running one can be sized).
     fn launch(&mut self, framework_id: FrameworkId, task: Box<TaskInfo>) {
+        if let Some(record) = self
+            .tasks
+            .get_mut(&(framework_id.clone(), task.task_id.clone()))
+        {
+            record.sandbox = task.kind.has_sandbox();
+        }
         let grown = self.executors.started(&framework_id, &task);
         self.actions.push_back(Action::Launch {
             framework_id: framework_id.clone(),

@@ -438,7 +438,7 @@ fn a_dead_executor_fails_its_own_running_tasks_only() {
     std::iter::from_fn(|| a.poll_transmit()).for_each(drop);
     // t2 ended already; t3 waits for its artifact and will start with a
     // new executor: only t1 fails.
-    assert_eq!(a.handle_executor_gone(t(4), &fw()), vec![t1]);
+    a.handle_executor_gone(t(4), &fw());
     match a.poll_transmit() {
         Some(AgentToMaster::StatusUpdate { status, .. }) => {
             assert_eq!(status.state, TaskState::Failed);
@@ -532,4 +532,127 @@ fn finish(a: &mut Agent, task: &TaskId, at: Time) -> UpdateId {
     };
     a.handle_task_event(at, fw(), task.clone(), done);
     update(a.poll_transmit()).0
+}
+
+/// RUN_TASK of a native command `id` (a task with a cgroup of its own).
+fn launch_native(a: &mut Agent, id: &str) {
+    let task = TaskInfo {
+        task_id: TaskId::new(id).expect("id"),
+        name: id.into(),
+        resources: "cpus:0.25;mem:16".parse().expect("r"),
+        kind: TaskKind::Command(stoa_proto::CommandTask::new(["sleep", "9"])),
+        limits: TaskLimits::default(),
+    };
+    a.handle_master_message(
+        t(1),
+        MasterToAgent::RunTask {
+            framework_id: fw(),
+            task: Box::new(task),
+        },
+    );
+}
+
+fn removed_cgroups(a: &mut Agent) -> Vec<String> {
+    std::iter::from_fn(|| a.poll_action())
+        .filter_map(|x| match x {
+            Action::RemoveCgroup { task_id, .. } => Some(task_id.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_native_tasks_cgroup_goes_when_it_ends_however_it_ends() {
+    let mut a = registered();
+    launch_native(&mut a, "n1");
+    launch_native(&mut a, "n2");
+    launch(&mut a, "w1");
+    let n1 = TaskId::new("n1").expect("id");
+    a.handle_task_event(t(2), fw(), n1.clone(), TaskEvent::Running);
+    assert_eq!(
+        removed_cgroups(&mut a),
+        Vec::<String>::new(),
+        "all still run"
+    );
+    finish(&mut a, &n1, t(3));
+    assert_eq!(removed_cgroups(&mut a), ["n1"]);
+    // The executor dies: n2 fails with it and its cgroup goes; the wasm
+    // task has none.
+    a.handle_executor_gone(t(4), &fw());
+    assert_eq!(removed_cgroups(&mut a), ["n2"]);
+}
+
+fn collected(a: &mut Agent) -> Vec<String> {
+    std::iter::from_fn(|| a.poll_action())
+        .filter_map(|x| match x {
+            Action::CollectSandbox { task_id, .. } => Some(task_id.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Finishes `id` at `at` and has its end acknowledged: forgotten.
+fn finish_and_forget(a: &mut Agent, id: &str, at: Time) {
+    let task_id = TaskId::new(id).expect("id");
+    std::iter::from_fn(|| a.poll_transmit()).for_each(drop);
+    let update_id = finish(a, &task_id, at);
+    a.handle_master_message(at, MasterToAgent::AcknowledgeUpdate { task_id, update_id });
+}
+
+#[test]
+fn a_forgotten_tasks_directory_is_collected_on_the_core_clock() {
+    let mut a = registered();
+    a.set_sandbox_collection(std::time::Duration::from_secs(10), 2);
+    for id in ["d1", "d2", "d3"] {
+        launch_native(&mut a, id);
+    }
+    finish_and_forget(&mut a, "d1", t(100));
+    assert_eq!(
+        collected(&mut a),
+        Vec::<String>::new(),
+        "kept for the delay"
+    );
+    assert!(
+        a.poll_timeout() <= Some(t(10_100)),
+        "wakes for the collection"
+    );
+    a.handle_timeout(t(10_099));
+    assert_eq!(collected(&mut a), Vec::<String>::new());
+    a.handle_timeout(t(10_100));
+    assert_eq!(collected(&mut a), ["d1"]);
+    // Past the count the oldest goes at once.
+    finish_and_forget(&mut a, "d2", t(10_200));
+    finish_and_forget(&mut a, "d3", t(10_300));
+    assert_eq!(collected(&mut a), Vec::<String>::new(), "two are allowed");
+    launch_native(&mut a, "d4");
+    finish_and_forget(&mut a, "d4", t(10_400));
+    assert_eq!(collected(&mut a), ["d2"]);
+    // An id launched again before its directory is due keeps it until the
+    // new task is forgotten.
+    launch_native(&mut a, "d3");
+    a.handle_timeout(t(20_400));
+    assert_eq!(collected(&mut a), ["d4"], "d3 runs again");
+    finish_and_forget(&mut a, "d3", t(20_500));
+    a.handle_timeout(t(30_500));
+    assert_eq!(collected(&mut a), ["d3"]);
+}
+
+#[test]
+fn directories_left_by_an_earlier_agent_are_collected_by_their_age() {
+    let mut a = registered();
+    a.set_sandbox_collection(std::time::Duration::from_secs(60), 100);
+    let old = TaskId::new("old").expect("id");
+    let young = TaskId::new("young").expect("id");
+    a.handle_left_behind(
+        t(1_000),
+        [
+            (fw(), old, std::time::Duration::from_secs(120)),
+            (fw(), young, std::time::Duration::from_secs(30)),
+        ],
+    );
+    assert_eq!(collected(&mut a), ["old"], "past its delay already");
+    a.handle_timeout(t(30_999));
+    assert_eq!(collected(&mut a), Vec::<String>::new());
+    a.handle_timeout(t(31_000));
+    assert_eq!(collected(&mut a), ["young"]);
 }

@@ -1,5 +1,5 @@
-//! When finished tasks' directories (sandbox and logs) are removed:
-//! `gc_delay` after the agent forgets the task, or sooner, oldest first,
+//! When finished tasks' directories (sandbox and logs) are collected:
+//! `delay` after the agent forgets the task, or sooner, oldest first,
 //! once more than `max_dirs` are kept (like Nomad's `gc_max_allocs`).
 //!
 //! A busy framework finishes thousands of tasks a second; without the
@@ -9,36 +9,41 @@
 //! and both bounds are checked at its front.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
-use stoa_proto::{FrameworkId, TaskId};
+use std::time::Duration;
+use stoa_proto::{FrameworkId, TaskId, Time};
 
 #[derive(Debug)]
-pub struct SandboxGc {
+pub(crate) struct Sandboxes {
     delay: Duration,
     max_dirs: usize,
-    queue: VecDeque<(Instant, FrameworkId, TaskId)>,
+    queue: VecDeque<(Time, FrameworkId, TaskId)>,
 }
 
-impl SandboxGc {
-    pub fn new(delay: Duration, max_dirs: usize) -> Self {
-        SandboxGc {
+impl Sandboxes {
+    pub(crate) fn new(delay: Duration, max_dirs: usize) -> Self {
+        Sandboxes {
             delay,
             max_dirs,
             queue: VecDeque::new(),
         }
     }
 
+    pub(crate) fn set_policy(&mut self, delay: Duration, max_dirs: usize) {
+        self.delay = delay;
+        self.max_dirs = max_dirs;
+    }
+
     /// A task was forgotten at `now`: its directory goes after the delay.
-    pub fn finished(&mut self, now: Instant, framework: FrameworkId, task: TaskId) {
+    pub(crate) fn finished(&mut self, now: Time, framework: FrameworkId, task: TaskId) {
         self.queue.push_back((now + self.delay, framework, task));
     }
 
     /// Directories a previous agent process left, each with how long ago
-    /// it was last written. Call before any [`SandboxGc::finished`]: their
+    /// it was last written. Call before any [`Sandboxes::finished`]: their
     /// due times are no later than those of tasks that end from now on.
-    pub fn left_behind(
+    pub(crate) fn left_behind(
         &mut self,
-        now: Instant,
+        now: Time,
         dirs: impl IntoIterator<Item = (FrameworkId, TaskId, Duration)>,
     ) {
         let mut old: Vec<_> = dirs
@@ -49,18 +54,15 @@ impl SandboxGc {
         self.queue.extend(old);
     }
 
-    /// When the next directory is due: `now` if more are kept than
-    /// allowed, else the oldest one's time.
-    pub fn next_due(&self, now: Instant) -> Option<Instant> {
-        match self.queue.front() {
-            Some(_) if self.queue.len() > self.max_dirs => Some(now),
-            Some((due, _, _)) => Some(*due),
-            None => None,
-        }
+    /// When the oldest directory is due by time. (Past the count they are
+    /// due at once: callers take [`Sandboxes::due`] after each
+    /// [`Sandboxes::finished`].)
+    pub(crate) fn next_due(&self) -> Option<Time> {
+        self.queue.front().map(|(due, _, _)| *due)
     }
 
-    /// The directories to remove now, oldest first.
-    pub fn due(&mut self, now: Instant) -> Vec<(FrameworkId, TaskId)> {
+    /// The directories to collect now, oldest first.
+    pub(crate) fn due(&mut self, now: Time) -> Vec<(FrameworkId, TaskId)> {
         let mut out = Vec::new();
         while let Some((due, _, _)) = self.queue.front() {
             if *due > now && self.queue.len() <= self.max_dirs {
@@ -86,36 +88,35 @@ mod tests {
         due.into_iter().map(|(_, t)| t.to_string()).collect()
     }
 
+    fn secs(s: u64) -> Time {
+        Time::ZERO + Duration::from_secs(s)
+    }
+
     #[test]
     fn directories_go_after_the_delay_or_oldest_first_past_the_count() -> anyhow::Result<()> {
-        let start = Instant::now();
-        let mut gc = SandboxGc::new(Duration::from_secs(60), 3);
+        let mut gc = Sandboxes::new(Duration::from_secs(60), 3);
         for n in 0..3 {
             let (f, t) = ids(n)?;
-            gc.finished(start + Duration::from_secs(n as u64), f, t);
+            gc.finished(secs(n as u64), f, t);
         }
-        assert!(gc.due(start).is_empty(), "three are allowed");
-        assert_eq!(gc.next_due(start), Some(start + Duration::from_secs(60)));
+        assert!(gc.due(secs(2)).is_empty(), "three are allowed");
+        assert_eq!(gc.next_due(), Some(secs(60)));
         for n in 3..5 {
             let (f, t) = ids(n)?;
-            gc.finished(start + Duration::from_secs(n as u64), f, t);
+            gc.finished(secs(n as u64), f, t);
         }
-        assert_eq!(gc.next_due(start), Some(start), "over the count: now");
-        assert_eq!(names(gc.due(start + Duration::from_secs(5))), ["t0", "t1"]);
+        assert_eq!(names(gc.due(secs(5))), ["t0", "t1"], "over the count");
         // Then by time alone.
-        assert_eq!(names(gc.due(start + Duration::from_secs(62))), ["t2"]);
-        assert_eq!(
-            names(gc.due(start + Duration::from_secs(100))),
-            ["t3", "t4"]
-        );
-        assert_eq!(gc.next_due(start), None);
+        assert_eq!(names(gc.due(secs(62))), ["t2"]);
+        assert_eq!(names(gc.due(secs(100))), ["t3", "t4"]);
+        assert_eq!(gc.next_due(), None);
         Ok(())
     }
 
     #[test]
     fn directories_left_behind_count_their_age_and_come_first() -> anyhow::Result<()> {
-        let now = Instant::now();
-        let mut gc = SandboxGc::new(Duration::from_secs(60), 100);
+        let now = secs(1_000);
+        let mut gc = Sandboxes::new(Duration::from_secs(60), 100);
         let (f, young) = ids(1)?;
         let (_, old) = ids(2)?;
         gc.left_behind(
