@@ -50,11 +50,21 @@ fn launch(a: &mut Agent, id: &str) {
 
 /// RUN_TASK of a small wasm task `id` with `artifact`.
 fn launch_from(a: &mut Agent, id: &str, artifact: Artifact) {
+    launch_kind(a, id, TaskKind::wasm(artifact, vec![]));
+}
+
+/// RUN_TASK of a native command `id` (a task with a cgroup of its own).
+fn launch_native(a: &mut Agent, id: &str) {
+    let command = stoa_proto::CommandTask::new(["sleep", "9"]);
+    launch_kind(a, id, TaskKind::Command(command));
+}
+
+fn launch_kind(a: &mut Agent, id: &str, kind: TaskKind) {
     let task = TaskInfo {
         task_id: TaskId::new(id).expect("id"),
         name: id.into(),
         resources: "cpus:0.25;mem:16".parse().expect("r"),
-        kind: TaskKind::wasm(artifact, vec![]),
+        kind,
         limits: TaskLimits::default(),
     };
     a.handle_master_message(
@@ -532,24 +542,6 @@ fn finish(a: &mut Agent, task: &TaskId, at: Time) -> UpdateId {
     };
     a.handle_task_event(at, fw(), task.clone(), done);
     update(a.poll_transmit()).0
-}
-
-/// RUN_TASK of a native command `id` (a task with a cgroup of its own).
-fn launch_native(a: &mut Agent, id: &str) {
-    let task = TaskInfo {
-        task_id: TaskId::new(id).expect("id"),
-        name: id.into(),
-        resources: "cpus:0.25;mem:16".parse().expect("r"),
-        kind: TaskKind::Command(stoa_proto::CommandTask::new(["sleep", "9"])),
-        limits: TaskLimits::default(),
-    };
-    a.handle_master_message(
-        t(1),
-        MasterToAgent::RunTask {
-            framework_id: fw(),
-            task: Box::new(task),
-        },
-    );
 }
 
 fn removed_cgroups(a: &mut Agent) -> Vec<String> {
