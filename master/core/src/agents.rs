@@ -1,0 +1,400 @@
+//! Agents: registration and re-registration with the tasks they hold,
+//! heartbeats, unreachable agents and their removal.
+
+use super::*;
+
+impl Master {
+    /// Adds an agent's resources, static and dynamic reservations to the
+    /// allocator.
+    pub(super) fn add_agent_to_allocator(
+        &mut self,
+        id: &AgentId,
+        info: &AgentInfo,
+        dynamic: &BTreeMap<Role, Resources>,
+    ) -> Result<(), String> {
+        let reserved = info.reservations.iter().cloned().collect();
+        self.allocator
+            .add_agent(
+                id.clone(),
+                info.resources.clone(),
+                reserved,
+                info.attributes.clone(),
+            )
+            .map_err(|e| format!("invalid resources: {e}"))?;
+        // Dynamic reservations made before a master restart.
+        for (role, r) in dynamic {
+            if let Err(e) = self.allocator.reserve(id, role, r) {
+                tracing::error!(agent = %id, %role, "cannot restore a dynamic reservation: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn register_agent(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        info: AgentInfo,
+        agent_id: Option<AgentId>,
+        tasks: Vec<RunningTask>,
+    ) {
+        if let Err(message) = check_hostname(&info.hostname) {
+            self.outbox.push_back(Transmit::ToAgent(
+                conn,
+                MasterToAgent::Refused {
+                    message: message.clone(),
+                },
+            ));
+            self.outbox.push_back(Transmit::Close(conn, message));
+            return;
+        }
+        // A removed agent starts anew under a new id; what it reports
+        // running belongs to its old self, whose tasks are GONE: it kills
+        // them when it sees its new id.
+        let (agent_id, tasks) = match agent_id {
+            Some(id) if self.registry.state().removed_agents.contains_key(&id) => {
+                tracing::warn!(agent = %id, "a removed agent came back; it registers anew and kills what it ran");
+                (None, Vec::new())
+            }
+            other => (other, tasks),
+        };
+        let id = match agent_id {
+            Some(id) => id,
+            None => match AgentId::new(self.fresh_id("a")) {
+                Ok(id) => id,
+                Err(e) => {
+                    self.outbox
+                        .push_back(Transmit::Close(conn, format!("cannot name agent: {e}")));
+                    return;
+                }
+            },
+        };
+        // A second connection for the same agent replaces the first.
+        if let Some(old) = self.agents.get(&id).and_then(|a| a.conn) {
+            self.peers.remove(&old);
+            self.agent_of.remove(&old);
+            self.outbox.push_back(Transmit::Close(
+                old,
+                "agent registered on a new connection".into(),
+            ));
+        }
+        self.peers.insert(conn, Peer::Agent);
+        self.agent_of.insert(conn, id.clone());
+        if self.agents.contains_key(&id) {
+            self.allocator.set_agent_active(&id, true);
+        } else {
+            let dynamic =
+                (self.registry.state().reservations.get(&id).cloned()).unwrap_or_default();
+            if let Err(message) = self.add_agent_to_allocator(&id, &info, &dynamic) {
+                self.outbox.push_back(Transmit::ToAgent(
+                    conn,
+                    MasterToAgent::Refused {
+                        message: message.clone(),
+                    },
+                ));
+                self.outbox.push_back(Transmit::Close(conn, message));
+                self.peers.remove(&conn);
+                self.agent_of.remove(&conn);
+                return;
+            }
+        }
+        if self.registry.state().agents.get(&id) != Some(&info) {
+            self.registry
+                .write(Write::Agent(id.clone(), Some(Box::new(info.clone()))));
+        }
+        let entry = self.agents.entry(id.clone()).or_insert_with(|| AgentEntry {
+            conn: None,
+            info: info.clone(),
+            last_heartbeat: now,
+            unreachable_since: None,
+        });
+        entry.unreachable_since = None;
+        self.timers.cancel(&Timer::Removal(id.clone()));
+        entry.conn = Some(conn);
+        entry.info = info;
+        self.heard_from(&id, now);
+        tracing::info!(agent = %id, hostname = %self.agents[&id].info.hostname, resources = %self.agents[&id].info.resources, "agent registered");
+        self.outbox.push_back(Transmit::ToAgent(
+            conn,
+            MasterToAgent::Registered {
+                agent_id: id.clone(),
+                heartbeat_interval_ms: u64::try_from(self.config.heartbeat_interval.as_millis())
+                    .unwrap_or(u64::MAX),
+                removal_timeout_ms: u64::try_from(self.config.agent_removal_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
+            },
+        ));
+        self.reconcile_agent_tasks(now, conn, &id, tasks);
+        if self.recovering.remove(&id) {
+            self.recovered_one();
+        }
+        self.check_instances(now);
+        self.request_allocation(now);
+    }
+
+    /// An agent admitted before this master started registered again or
+    /// was removed: once none are left, reconciliations held back get
+    /// their answers.
+    fn recovered_one(&mut self) {
+        if !self.recovering.is_empty() {
+            return;
+        }
+        tracing::info!("every agent admitted before this master started is back or removed");
+        for (fw, task) in std::mem::take(&mut self.deferred_reconciles) {
+            let status = self.task_status(&fw, task);
+            self.send_to_framework(&fw, Event::Update { status, ack: None });
+        }
+    }
+
+    /// Brings the books for `agent` in line with what it reports running.
+    fn reconcile_agent_tasks(
+        &mut self,
+        now: Time,
+        conn: ConnId,
+        agent: &AgentId,
+        reported: Vec<RunningTask>,
+    ) {
+        let known = self.tasks.on_agent(agent, |t| !t.state.is_terminal());
+        for key in known {
+            if !reported
+                .iter()
+                .any(|r| r.framework_id == key.0 && r.task_id == key.1)
+            {
+                let status = TaskStatus::new(key.1.clone(), TaskState::Lost)
+                    .because(
+                        Reason::AgentRestarted,
+                        "the agent came back without this task",
+                    )
+                    .on(agent.clone());
+                self.release_task(&key, TaskState::Lost, None);
+                if hosted::is_instance(&key.1) {
+                    self.instance_update(now, &key.0, &key.1, TaskState::Lost);
+                    continue;
+                }
+                self.tasks.remove(&key);
+                self.send_to_framework(&key.0, Event::Update { status, ack: None });
+            }
+        }
+        for r in reported {
+            // An ended task's update follows, resent until acknowledged; it
+            // holds nothing meanwhile, but reconciliation must not call it
+            // unknown.
+            if r.state.is_terminal() {
+                let key = (r.framework_id.clone(), r.task_id.clone());
+                if !self.tasks.contains_key(&key) {
+                    let status = TaskStatus::new(r.task_id, r.state).on(agent.clone());
+                    self.remember_end(&key, &status);
+                }
+                continue;
+            }
+            if hosted::is_instance(&r.task_id) {
+                self.reported_instance(agent, &r);
+                continue;
+            }
+            let key = (r.framework_id.clone(), r.task_id.clone());
+            // Killed while out of reach, or of a framework torn down
+            // meanwhile: the kill is carried out now.
+            let doomed = self
+                .registry
+                .state()
+                .torn_down
+                .contains_key(&r.framework_id)
+                || self.tasks.get(&key).is_some_and(|t| t.kill_requested);
+            if self.book_reported(agent, &r) {
+                let status = TaskStatus::new(r.task_id.clone(), r.state).on(agent.clone());
+                self.send_to_framework(&r.framework_id, Event::Update { status, ack: None });
+            }
+            if doomed {
+                if let Some(task) = self.tasks.get_mut(&key) {
+                    task.kill_requested = true;
+                }
+                self.outbox.push_back(Transmit::ToAgent(
+                    conn,
+                    MasterToAgent::KillTask {
+                        framework_id: r.framework_id,
+                        task_id: r.task_id,
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Takes a task a registering agent reports into the books: one that
+    /// was unreachable is reachable again (true is returned, for its
+    /// framework to hear it); one this master does not know (from before
+    /// it started) is booked with what it holds.
+    pub(super) fn book_reported(&mut self, agent: &AgentId, r: &RunningTask) -> bool {
+        let key = (r.framework_id.clone(), r.task_id.clone());
+        if let Some(task) = self.tasks.get_mut(&key) {
+            let back = task.state == TaskState::Unreachable;
+            if back {
+                task.state = r.state;
+            }
+            return back;
+        }
+        let allocation = self.claim_running(agent, r);
+        self.remember_placement(&key, agent);
+        self.tasks.insert(
+            key,
+            TaskEntry {
+                agent: agent.clone(),
+                allocation,
+                state: r.state,
+                revocable: false,
+                preempting: false,
+                terminal_update: None,
+                kill_requested: false,
+            },
+        );
+        false
+    }
+
+    /// Books a task reported by a re-registering agent as held, from the
+    /// agent's unreserved resources or else one of its reservations. A
+    /// framework not (yet) subscribed is held for as an inactive one, so the
+    /// task's resources are not offered to anyone else meanwhile.
+    fn claim_running(&mut self, agent: &AgentId, task: &RunningTask) -> Allocation {
+        // A framework the registry knows is in the allocator under its own
+        // role (restored inactive), so the task counts against that role's
+        // share, quota and limit. Only a framework nobody knows (torn down
+        // long ago, or from a registry that did not keep frameworks) is
+        // held for under a placeholder role until its task is killed.
+        if !self.frameworks.contains_key(&task.framework_id) {
+            let role = Role::new("recovered").unwrap_or_else(|_| unreachable!("a valid role"));
+            let spec = FrameworkSpec {
+                role,
+                min_allocatable: None,
+                constraints: Vec::new(),
+            };
+            self.allocator
+                .add_framework(task.framework_id.clone(), spec);
+            self.allocator
+                .set_framework_active(&task.framework_id, false);
+        }
+        let roles: Vec<Role> = self
+            .agents
+            .get(agent)
+            .map(|a| a.info.reservations.iter().map(|(r, _)| r.clone()).collect())
+            .unwrap_or_default();
+        let candidates = std::iter::once(Allocation {
+            unreserved: task.resources.clone(),
+            reserved: BTreeMap::new(),
+        })
+        .chain(roles.into_iter().map(|role| Allocation {
+            unreserved: Resources::new(),
+            reserved: BTreeMap::from([(role, task.resources.clone())]),
+        }));
+        for candidate in candidates {
+            if self
+                .allocator
+                .claim(&task.framework_id, agent, &candidate)
+                .is_ok()
+            {
+                return candidate;
+            }
+        }
+        tracing::error!(agent = %agent, task = %task.task_id, "a reported task holds more than the agent has free; not booking it");
+        Allocation::default()
+    }
+
+    /// An agent spoke: its heartbeat deadline moves to `now` plus the
+    /// timeout.
+    pub(super) fn heard_from(&mut self, id: &AgentId, now: Time) {
+        let Some(agent) = self.agents.get_mut(id) else {
+            return;
+        };
+        agent.last_heartbeat = now;
+        if agent.conn.is_some() {
+            let due = now + self.config.agent_timeout;
+            self.timers.set(Timer::Heartbeat(id.clone()), due);
+        }
+    }
+
+    pub(super) fn agent_lost(&mut self, now: Time, id: &AgentId) {
+        let Some(agent) = self.agents.get_mut(id) else {
+            return;
+        };
+        agent.conn = None;
+        if agent.unreachable_since.is_none() {
+            agent.unreachable_since = Some(now);
+            let due = now + self.config.agent_removal_timeout;
+            self.timers.set(Timer::Removal(id.clone()), due);
+        }
+        self.timers.cancel(&Timer::Heartbeat(id.clone()));
+        tracing::warn!(agent = %id, "agent disconnected; its tasks are unreachable");
+        self.rescind_agent_offers(id);
+        self.allocator.set_agent_active(id, false);
+        let keys = self.tasks.on_agent(id, |t| !t.state.is_terminal());
+        let affected: std::collections::BTreeSet<FrameworkId> =
+            keys.iter().map(|(f, _)| f.clone()).collect();
+        for fw in affected {
+            self.send_to_framework(
+                &fw,
+                Event::Failure {
+                    agent_id: id.clone(),
+                },
+            );
+        }
+        for key in keys {
+            if let Some(task) = self.tasks.get_mut(&key) {
+                task.state = TaskState::Unreachable;
+            }
+            let status = TaskStatus::new(key.1.clone(), TaskState::Unreachable)
+                .because(Reason::AgentDisconnected, "lost contact with the agent")
+                .on(id.clone());
+            self.send_to_framework(&key.0, Event::Update { status, ack: None });
+        }
+        self.check_instances(now);
+        self.request_allocation(now);
+    }
+
+    /// An agent unreachable past the removal timeout leaves the cluster:
+    /// its tasks are GONE, its resources leave the allocator, and the
+    /// registry remembers it was removed so that, if it comes back, it
+    /// starts anew and kills what it still runs.
+    pub(super) fn remove_agent(&mut self, now: Time, id: &AgentId) {
+        if self.agents.get(id).is_none_or(|a| a.conn.is_some()) {
+            return;
+        }
+        tracing::warn!(agent = %id, "agent unreachable past the removal timeout; removing it");
+        let keys = self.tasks.on_agent(id, |_| true);
+        for key in keys {
+            let Some(task) = self.tasks.get(&key) else {
+                continue;
+            };
+            if task.state.is_terminal() {
+                // Its end was sent; the acknowledgement can no longer reach
+                // the agent.
+                self.forget_task(&key);
+                continue;
+            }
+            self.release_task(&key, TaskState::Gone, None);
+            if hosted::is_instance(&key.1) {
+                self.instance_update(now, &key.0, &key.1, TaskState::Gone);
+                self.tasks.remove(&key);
+                continue;
+            }
+            let status = TaskStatus::new(key.1.clone(), TaskState::Gone)
+                .because(
+                    Reason::AgentRemoved,
+                    "the agent was unreachable past the removal timeout",
+                )
+                .on(id.clone());
+            self.remember_end(&key, &status);
+            self.tasks.remove(&key);
+            self.send_to_framework(&key.0, Event::Update { status, ack: None });
+        }
+        self.rescind_agent_offers(id);
+        self.allocator.remove_agent(id);
+        self.agents.remove(id);
+        self.timers.cancel(&Timer::Heartbeat(id.clone()));
+        self.timers.cancel(&Timer::Removal(id.clone()));
+        let seq = self.registry.next_seq();
+        self.registry.write(Write::AgentRemoved(id.clone(), seq));
+        if self.recovering.remove(id) {
+            self.recovered_one();
+        }
+        self.check_instances(now);
+        self.request_allocation(now);
+    }
+}

@@ -1,0 +1,261 @@
+//! Operators' calls and views: weights, quotas, dynamic reservations,
+//! teardown, the role and framework lists, and where a task's logs are.
+
+use super::*;
+
+impl Master {
+    /// An operator's request. The reply is only to be sent after the
+    /// writes of the next [`Master::ready`] are durable.
+    /// The framework of `task` and the connection of the agent it runs (or
+    /// ran) on, for reading its logs. `framework` picks one when several
+    /// frameworks used the same task id.
+    pub fn locate_task(
+        &self,
+        task: &TaskId,
+        framework: Option<&FrameworkId>,
+    ) -> Result<(FrameworkId, ConnId), String> {
+        let matches =
+            |(f, t): &(FrameworkId, TaskId)| t == task && framework.is_none_or(|w| w == f);
+        let found = self
+            .placements
+            .iter()
+            .rev()
+            .find(|(key, _)| matches(key))
+            .map(|((f, _), a)| (f.clone(), a.clone()))
+            .or_else(|| {
+                self.tasks
+                    .iter()
+                    .find(|(key, _)| matches(key))
+                    .map(|((f, _), t)| (f.clone(), t.agent.clone()))
+            });
+        let Some((framework_id, agent)) = found else {
+            return Err(format!("no task {task} is known to this master"));
+        };
+        match self.agents.get(&agent).and_then(|a| a.conn) {
+            Some(conn) => Ok((framework_id, conn)),
+            None => Err(format!(
+                "task {task} ran on agent {agent}, which is not connected"
+            )),
+        }
+    }
+
+    /// Every framework, as `stoa frameworks` shows it.
+    pub fn framework_list(&self) -> Vec<stoa_proto::operator::FrameworkStatus> {
+        let running = |fw: &FrameworkId| {
+            self.tasks
+                .of_framework(fw, |t| !t.state.is_terminal())
+                .iter()
+                .filter(|(_, task)| !hosted::is_instance(task))
+                .count()
+        };
+        self.frameworks
+            .iter()
+            .map(|(id, f)| stoa_proto::operator::FrameworkStatus {
+                id: id.clone(),
+                name: f.info.name.clone(),
+                role: f.info.role.clone(),
+                principal: f.info.principal.clone(),
+                connected: f.conn.is_some(),
+                tasks: running(id),
+                hosted: self
+                    .hosted
+                    .get(id)
+                    .map(|h| stoa_proto::operator::HostedStatus {
+                        instance: h.record.current.clone(),
+                        launched: h.record.launched,
+                    }),
+            })
+            .collect()
+    }
+
+    pub(super) fn remember_placement(&mut self, key: &(FrameworkId, TaskId), agent: &AgentId) {
+        if self.placements.len() >= MAX_PLACEMENTS {
+            self.placements.pop_front();
+        }
+        self.placements.push_back((key.clone(), agent.clone()));
+    }
+
+    pub fn handle_operator_call(&mut self, now: Time, call: OperatorCall) -> OperatorReply {
+        let result = match call {
+            OperatorCall::SetWeight { role, weight } => self
+                .allocator
+                .set_weight(&role, weight)
+                .map_err(|e| e.to_string())
+                .map(|()| self.registry.write(Write::Weight(role, Some(weight)))),
+            OperatorCall::SetQuota {
+                role,
+                guarantee,
+                limit,
+            } => {
+                let spec = QuotaSpec { guarantee, limit };
+                quota_of(&spec)
+                    .and_then(|q| {
+                        self.allocator
+                            .set_quota(&role, q)
+                            .map_err(|e| e.to_string())
+                    })
+                    .map(|()| {
+                        let spec = (spec != QuotaSpec::default()).then_some(spec);
+                        self.registry.write(Write::Quota(role, spec));
+                    })
+            }
+            OperatorCall::GetRoles => return OperatorReply::Roles(self.roles()),
+            OperatorCall::Reserve {
+                agent,
+                role,
+                resources,
+            } => {
+                self.rescind_agent_offers(&agent);
+                self.allocator
+                    .reserve_free(&agent, &role, &resources)
+                    .map_err(|e| e.to_string())
+                    .map(|()| {
+                        self.dynamic_reservation(&agent, &role, &resources, true);
+                    })
+            }
+            OperatorCall::Unreserve {
+                agent,
+                role,
+                resources,
+            } => {
+                let dynamic = self
+                    .registry
+                    .state()
+                    .reservations
+                    .get(&agent)
+                    .and_then(|r| r.get(&role))
+                    .is_some_and(|r| r.contains(&resources));
+                if dynamic {
+                    self.rescind_agent_offers(&agent);
+                    self.allocator
+                        .unreserve_free(&agent, &role, &resources)
+                        .map_err(|e| e.to_string())
+                        .map(|()| {
+                            self.dynamic_reservation(&agent, &role, &resources, false);
+                        })
+                } else {
+                    Err(format!(
+                        "{agent} has no dynamic reservation of {resources} for {role} (static reservations change with the agent's --resources)"
+                    ))
+                }
+            }
+            OperatorCall::GetFrameworks => return OperatorReply::Frameworks(self.framework_list()),
+            OperatorCall::Teardown { framework_id } => {
+                if self.frameworks.contains_key(&framework_id) {
+                    tracing::info!(framework = %framework_id, "an operator tore the framework down");
+                    if let Some(conn) = self.frameworks.get(&framework_id).and_then(|f| f.conn) {
+                        self.refuse_scheduler(
+                            conn,
+                            Refusal::TornDown,
+                            "an operator tore the framework down".into(),
+                        );
+                        self.handle_disconnected(now, conn);
+                    }
+                    self.remove_framework(now, &framework_id);
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no framework {framework_id} is known to this master"
+                    ))
+                }
+            }
+            OperatorCall::ReadLog { .. } => {
+                return OperatorReply::Refused {
+                    message: "log reads are served by the master's driver, not its core".into(),
+                };
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.request_allocation(now);
+                OperatorReply::Done
+            }
+            Err(message) => OperatorReply::Refused { message },
+        }
+    }
+
+    /// Every role with a weight, a quota or a framework, with what it holds.
+    pub fn roles(&self) -> Vec<RoleStatus> {
+        let mut roles: std::collections::BTreeSet<Role> =
+            self.registry.state().weights.keys().cloned().collect();
+        roles.extend(self.registry.state().quotas.keys().cloned());
+        roles.extend(self.frameworks.values().map(|f| f.info.role.clone()));
+        let mut reserved: BTreeMap<Role, Vec<(AgentId, Resources)>> = BTreeMap::new();
+        for (agent, a) in &self.agents {
+            for (role, r) in &a.info.reservations {
+                reserved
+                    .entry(role.clone())
+                    .or_default()
+                    .push((agent.clone(), r.clone()));
+            }
+        }
+        for (agent, by_role) in &self.registry.state().reservations {
+            for (role, r) in by_role {
+                reserved
+                    .entry(role.clone())
+                    .or_default()
+                    .push((agent.clone(), r.clone()));
+            }
+        }
+        roles.extend(reserved.keys().cloned());
+        roles
+            .into_iter()
+            .map(|role| {
+                let registry = self.registry.state();
+                let quota = registry.quotas.get(&role).cloned().unwrap_or_default();
+                RoleStatus {
+                    weight: registry.weights.get(&role).copied().unwrap_or(1.0),
+                    guarantee: quota.guarantee,
+                    limit: quota.limit,
+                    allocated: self
+                        .allocator
+                        .role_allocation(&role)
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                    frameworks: self
+                        .frameworks
+                        .values()
+                        .filter(|f| role.contains(&f.info.role))
+                        .count(),
+                    reservations: reserved.remove(&role).unwrap_or_default(),
+                    role,
+                }
+            })
+            .collect()
+    }
+
+    /// Records a dynamic reservation change for the registry.
+    pub(super) fn dynamic_reservation(
+        &mut self,
+        agent: &AgentId,
+        role: &Role,
+        resources: &Resources,
+        add: bool,
+    ) {
+        let mut roles = self
+            .registry
+            .state()
+            .reservations
+            .get(agent)
+            .cloned()
+            .unwrap_or_default();
+        let current = roles.get(role).cloned().unwrap_or_default();
+        let next = if add {
+            current.checked_add(resources)
+        } else {
+            current.checked_sub(resources)
+        };
+        match next {
+            Some(r) if r.is_empty() => {
+                roles.remove(role);
+            }
+            Some(r) => {
+                roles.insert(role.clone(), r);
+            }
+            None => tracing::error!(%agent, %role, "dynamic reservation books out of step"),
+        }
+        self.registry
+            .write(Write::Reservations(agent.clone(), roles));
+    }
+}
