@@ -221,8 +221,7 @@ impl Master {
             self.send_to_framework(fw, Event::Update { status, ack: None });
             return;
         };
-        self.remember_placement(&key, &agent);
-        self.tasks.insert(
+        self.book_task(
             key,
             TaskEntry {
                 agent,

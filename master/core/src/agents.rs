@@ -71,15 +71,13 @@ impl Master {
         };
         // A second connection for the same agent replaces the first.
         if let Some(old) = self.agents.get(&id).and_then(|a| a.conn) {
-            self.peers.remove(&old);
-            self.agent_of.remove(&old);
+            self.connections.close(old);
             self.outbox.push_back(Transmit::Close(
                 old,
                 "agent registered on a new connection".into(),
             ));
         }
-        self.peers.insert(conn, Peer::Agent);
-        self.agent_of.insert(conn, id.clone());
+        self.connections.bind(conn, Peer::Agent(id.clone()));
         if self.agents.contains_key(&id) {
             self.allocator.set_agent_active(&id, true);
         } else {
@@ -93,8 +91,7 @@ impl Master {
                     },
                 ));
                 self.outbox.push_back(Transmit::Close(conn, message));
-                self.peers.remove(&conn);
-                self.agent_of.remove(&conn);
+                self.connections.close(conn);
                 return;
             }
         }
@@ -233,8 +230,7 @@ impl Master {
             return back;
         }
         let allocation = self.claim_running(agent, r);
-        self.remember_placement(&key, agent);
-        self.tasks.insert(
+        self.book_task(
             key,
             TaskEntry {
                 agent: agent.clone(),

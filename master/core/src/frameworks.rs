@@ -7,7 +7,7 @@ impl Master {
     /// SEND_MESSAGE: bytes for a framework's scheduler, from its own
     /// principal. Answered on `conn`, which then closes.
     pub(super) fn send_message(&mut self, conn: ConnId, fw: &FrameworkId, data: Vec<u8>) {
-        let principal = self.principals.get(&conn);
+        let principal = self.connections.principal(conn);
         let refusal = match self.frameworks.get(fw) {
             None => Some((
                 Refusal::UnknownFramework,
@@ -48,7 +48,7 @@ impl Master {
         mut info: FrameworkInfo,
         hosted: bool,
     ) {
-        let spec = match (self.principals.get(&conn), &info.principal) {
+        let spec = match (self.connections.principal(conn), &info.principal) {
             (Some(proven), Some(claimed)) if proven != claimed => Err((
                 Refusal::NotAuthorized,
                 format!(
@@ -57,7 +57,7 @@ impl Master {
             )),
             _ => check_framework(&info).map_err(|why| (Refusal::Invalid, why)),
         };
-        if let Some(proven) = self.principals.get(&conn) {
+        if let Some(proven) = self.connections.principal(conn) {
             info.principal = Some(proven.clone());
         }
         if let Err((code, message)) = spec {
@@ -102,8 +102,7 @@ impl Master {
             .write(Write::Framework(id.clone(), Some(Box::new(info.clone()))));
         self.allocator.add_framework(id.clone(), spec);
         tracing::info!(framework = %id, name = %info.name, role = %info.role, "framework subscribed");
-        self.peers.insert(conn, Peer::Framework);
-        self.framework_of.insert(conn, id.clone());
+        self.connections.bind(conn, Peer::Framework(id.clone()));
         self.frameworks.insert(
             id.clone(),
             FrameworkEntry {
@@ -162,17 +161,14 @@ impl Master {
                 Refusal::FailedOver,
                 stoa_proto::messages::FAILED_OVER.to_string(),
             );
-            self.peers.remove(&old);
-            self.framework_of.remove(&old);
-            self.principals.remove(&old);
+            self.connections.close(old);
         }
         // Offers made to the old scheduler go back to the pool.
         self.rescind_framework_offers(&id);
         self.allocator.update_framework(&id, spec);
         self.allocator.set_framework_active(&id, true);
         tracing::info!(framework = %id, "scheduler failed over");
-        self.peers.insert(conn, Peer::Framework);
-        self.framework_of.insert(conn, id.clone());
+        self.connections.bind(conn, Peer::Framework(id.clone()));
         if self.registry.state().frameworks.get(&id) != Some(&info) {
             self.registry
                 .write(Write::Framework(id.clone(), Some(Box::new(info.clone()))));

@@ -103,7 +103,7 @@ impl Master {
     /// until its first instance subscribes.
     pub(super) fn submit(&mut self, now: Time, conn: crate::ConnId, submission: Submission) {
         let mut submission = submission;
-        let proven = self.principals.get(&conn).cloned();
+        let proven = self.connections.principal(conn).cloned();
         let checked = check_submission(&submission, proven.as_deref())
             .and_then(|()| super::check_framework(&submission.framework));
         let spec = match checked {
@@ -165,8 +165,8 @@ impl Master {
         presented: Digest,
     ) {
         let from_agent = self
-            .principals
-            .get(&conn)
+            .connections
+            .principal(conn)
             .is_some_and(|p| stoa_proto::messages::is_agent_principal(p));
         let refusal = match info.id.as_ref().map(|id| (id, self.hosted.get(id))) {
             _ if !from_agent => Some("only an agent may host a scheduler".to_string()),
@@ -194,10 +194,7 @@ impl Master {
             .hosted
             .get(&id)
             .and_then(|h| h.record.submission.framework.principal.clone());
-        match principal {
-            Some(p) => self.principals.insert(conn, p),
-            None => self.principals.remove(&conn),
-        };
+        self.connections.set_principal(conn, principal);
         if let Some(h) = self.hosted.get_mut(&id) {
             h.failures = 0;
             h.unreachable_since = None;
@@ -449,8 +446,7 @@ impl Master {
             self.kill_instance(fw, &old_task, &old_agent);
         }
         let key = (fw.clone(), task_id);
-        self.remember_placement(&key, &agent);
-        self.tasks.insert(
+        self.book_task(
             key,
             TaskEntry {
                 agent: agent.clone(),

@@ -13,23 +13,27 @@ mod accept;
 pub mod acl;
 mod agents;
 mod allocation;
+mod connections;
 mod frameworks;
 pub mod hosted;
 mod index;
 mod offers;
 mod operator;
+mod recent;
 pub mod registry;
 mod restore;
 mod status_updates;
 mod tasks;
 mod timers;
 
+use connections::{Connections, Peer};
 use offers::{OfferEntry, Offers};
+use recent::Recent;
 use tasks::{TaskEntry, Tasks};
 use timers::{Timer, Timers};
 
 use registry::{Journal, QuotaSpec, Registry, Write};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use stoa_allocator::{
     Allocation, Allocator, AllocatorConfig, Constraint, FrameworkSpec, MinAllocatable,
@@ -108,14 +112,6 @@ impl Default for MasterConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Peer {
-    /// Connected, first message not yet seen.
-    Pending(Channel),
-    Agent,
-    Framework,
-}
-
 #[derive(Debug)]
 struct AgentEntry {
     conn: Option<ConnId>,
@@ -168,11 +164,7 @@ pub struct Master {
     /// Prefix of ids this master run assigns, unique across runs.
     instance: String,
     next_id: u64,
-    peers: HashMap<ConnId, Peer>,
-    /// The principal each connection authenticated as (its certificate).
-    principals: HashMap<ConnId, String>,
-    agent_of: HashMap<ConnId, AgentId>,
-    framework_of: HashMap<ConnId, FrameworkId>,
+    connections: Connections,
     agents: BTreeMap<AgentId, AgentEntry>,
     frameworks: BTreeMap<FrameworkId, FrameworkEntry>,
     tasks: Tasks,
@@ -191,14 +183,13 @@ pub struct Master {
     /// answered once it is empty.
     deferred_reconciles: Vec<(FrameworkId, TaskId)>,
     /// How recent tasks ended, for reconciliation after their end was
-    /// acknowledged and the task forgotten; newest last.
-    ended: VecDeque<(FrameworkId, TaskId)>,
-    ended_status: HashMap<(FrameworkId, TaskId), TaskStatus>,
+    /// acknowledged and the task forgotten.
+    ended: Recent<(FrameworkId, TaskId), TaskStatus>,
     allocation_due: Option<Time>,
     outbox: VecDeque<Transmit>,
-    /// Where recent tasks ran, ended ones included, newest last: their
-    /// sandboxes and logs outlive them on the agent.
-    placements: VecDeque<((FrameworkId, TaskId), AgentId)>,
+    /// Where recent tasks ran, ended ones included: their sandboxes and
+    /// logs outlive them on the agent.
+    placements: Recent<(FrameworkId, TaskId), AgentId>,
     /// When connected schedulers are next sent HEARTBEAT.
     next_scheduler_heartbeat: Option<Time>,
     /// Frameworks whose schedulers the master runs (`stoa submit`).
@@ -230,10 +221,7 @@ impl Master {
             config,
             instance: instance.to_string(),
             next_id: 1,
-            peers: HashMap::new(),
-            principals: HashMap::new(),
-            agent_of: HashMap::new(),
-            framework_of: HashMap::new(),
+            connections: Connections::default(),
             agents: BTreeMap::new(),
             frameworks: BTreeMap::new(),
             tasks: Tasks::default(),
@@ -242,12 +230,11 @@ impl Master {
             timers: Timers::default(),
             recovering: std::collections::BTreeSet::new(),
             deferred_reconciles: Vec::new(),
-            ended: VecDeque::new(),
-            ended_status: HashMap::new(),
+            ended: Recent::new(MAX_ENDED),
             next_scheduler_heartbeat: None,
             allocation_due: None,
             outbox: VecDeque::new(),
-            placements: VecDeque::new(),
+            placements: Recent::new(MAX_PLACEMENTS),
             hosted: BTreeMap::new(),
         }
     }
@@ -362,28 +349,19 @@ impl Master {
     }
 
     pub fn handle_connected(&mut self, _now: Time, conn: ConnId, channel: Channel) {
-        self.peers.insert(conn, Peer::Pending(channel));
+        self.connections.opened(conn, channel);
     }
 
     /// `conn`'s peer proved it is `principal` (the name in its client
     /// certificate). A framework subscribing on it is that principal.
     pub fn handle_authenticated(&mut self, conn: ConnId, principal: String) {
-        self.principals.insert(conn, principal);
+        self.connections.set_principal(conn, Some(principal));
     }
 
     pub fn handle_disconnected(&mut self, now: Time, conn: ConnId) {
-        self.principals.remove(&conn);
-        match self.peers.remove(&conn) {
-            Some(Peer::Agent) => {
-                if let Some(id) = self.agent_of.remove(&conn) {
-                    self.agent_lost(now, &id);
-                }
-            }
-            Some(Peer::Framework) => {
-                if let Some(id) = self.framework_of.remove(&conn) {
-                    self.scheduler_lost(now, &id);
-                }
-            }
+        match self.connections.close(conn) {
+            Some(Peer::Agent(id)) => self.agent_lost(now, &id),
+            Some(Peer::Framework(id)) => self.scheduler_lost(now, &id),
             Some(Peer::Pending(_)) | None => {}
         }
     }
@@ -391,7 +369,7 @@ impl Master {
     /// A message from an agent. `conn` must have been opened on
     /// [`Channel::Agent`].
     pub fn handle_agent_message(&mut self, now: Time, conn: ConnId, msg: AgentToMaster) {
-        let peer = self.peers.get(&conn).copied();
+        let peer = self.connections.peer(conn).cloned();
         match (peer, msg) {
             (
                 Some(Peer::Pending(Channel::Agent)),
@@ -401,26 +379,20 @@ impl Master {
                     tasks,
                 },
             ) => self.register_agent(now, conn, info, agent_id, tasks),
-            (Some(Peer::Agent), AgentToMaster::Heartbeat) => {
-                if let Some(id) = self.agent_of.get(&conn).cloned() {
-                    self.heard_from(&id, now);
-                }
-            }
+            (Some(Peer::Agent(id)), AgentToMaster::Heartbeat) => self.heard_from(&id, now),
             (
-                Some(Peer::Agent),
+                Some(Peer::Agent(agent_id)),
                 AgentToMaster::StatusUpdate {
                     framework_id,
                     update_id,
                     status,
                 },
             ) => {
-                if let Some(agent_id) = self.agent_of.get(&conn).cloned() {
-                    self.heard_from(&agent_id, now);
-                    self.status_update(now, conn, agent_id, framework_id, update_id, status);
-                }
+                self.heard_from(&agent_id, now);
+                self.status_update(now, conn, agent_id, framework_id, update_id, status);
             }
             (
-                Some(Peer::Agent),
+                Some(Peer::Agent(_)),
                 AgentToMaster::FrameworkMessage {
                     framework_id,
                     task_id,
@@ -438,7 +410,7 @@ impl Master {
                 self.send_to_framework(&framework_id, Event::Message { from, data });
             }
             (
-                Some(Peer::Agent),
+                Some(Peer::Agent(_)),
                 AgentToMaster::Undelivered {
                     framework_id,
                     task_id,
@@ -451,7 +423,7 @@ impl Master {
                     self.send_to_framework(&framework_id, Event::Error { code, message });
                 }
             }
-            (Some(Peer::Agent), AgentToMaster::Register { .. }) => {
+            (Some(Peer::Agent(_)), AgentToMaster::Register { .. }) => {
                 self.outbox.push_back(Transmit::Close(
                     conn,
                     "already registered on this connection".into(),
@@ -467,7 +439,7 @@ impl Master {
     /// A call from a scheduler. `conn` must have been opened on
     /// [`Channel::Scheduler`].
     pub fn handle_scheduler_call(&mut self, now: Time, conn: ConnId, call: Call) {
-        let peer = self.peers.get(&conn).copied();
+        let peer = self.connections.peer(conn).cloned();
         match (peer, call) {
             (Some(Peer::Pending(Channel::Scheduler)), Call::Subscribe { framework }) => {
                 self.subscribe(now, conn, framework, false)
@@ -487,7 +459,7 @@ impl Master {
                 self.send_message(conn, &framework_id, data)
             }
             (
-                Some(Peer::Framework),
+                Some(Peer::Framework(_)),
                 Call::Subscribe { .. }
                 | Call::SubscribeHosted { .. }
                 | Call::Submit { .. }
@@ -501,47 +473,42 @@ impl Master {
                     },
                 );
             }
-            (Some(Peer::Framework), call) => {
-                let Some(fw) = self.framework_of.get(&conn).cloned() else {
-                    return;
-                };
-                match call {
-                    Call::Accept {
-                        offer_ids,
-                        operations,
-                        refuse_ms,
-                    } => self.accept(now, &fw, offer_ids, operations, refuse_ms),
-                    Call::Decline {
-                        offer_ids,
-                        refuse_ms,
-                    } => self.decline(now, &fw, offer_ids, refuse_ms),
-                    Call::Kill { task_id } => self.kill(&fw, task_id),
-                    Call::Suppress => self.allocator.suppress(&fw),
-                    Call::Revive => {
-                        self.allocator.revive(&fw);
-                        self.request_allocation(now);
-                    }
-                    Call::Acknowledge {
-                        agent_id,
-                        task_id,
-                        update_id,
-                    } => self.acknowledge(&fw, agent_id, task_id, update_id),
-                    Call::Teardown => {
-                        self.remove_framework(now, &fw);
-                        self.outbox
-                            .push_back(Transmit::Close(conn, "framework torn down".into()));
-                    }
-                    Call::Reconcile { tasks } => self.reconcile(&fw, tasks),
-                    Call::Message { task_id, data } => self.message_task(&fw, task_id, data),
-                    Call::UpdateFramework { framework } => {
-                        self.update_framework(now, conn, &fw, framework)
-                    }
-                    Call::Subscribe { .. }
-                    | Call::SubscribeHosted { .. }
-                    | Call::Submit { .. }
-                    | Call::SendMessage { .. } => {}
+            (Some(Peer::Framework(fw)), call) => match call {
+                Call::Accept {
+                    offer_ids,
+                    operations,
+                    refuse_ms,
+                } => self.accept(now, &fw, offer_ids, operations, refuse_ms),
+                Call::Decline {
+                    offer_ids,
+                    refuse_ms,
+                } => self.decline(now, &fw, offer_ids, refuse_ms),
+                Call::Kill { task_id } => self.kill(&fw, task_id),
+                Call::Suppress => self.allocator.suppress(&fw),
+                Call::Revive => {
+                    self.allocator.revive(&fw);
+                    self.request_allocation(now);
                 }
-            }
+                Call::Acknowledge {
+                    agent_id,
+                    task_id,
+                    update_id,
+                } => self.acknowledge(&fw, agent_id, task_id, update_id),
+                Call::Teardown => {
+                    self.remove_framework(now, &fw);
+                    self.outbox
+                        .push_back(Transmit::Close(conn, "framework torn down".into()));
+                }
+                Call::Reconcile { tasks } => self.reconcile(&fw, tasks),
+                Call::Message { task_id, data } => self.message_task(&fw, task_id, data),
+                Call::UpdateFramework { framework } => {
+                    self.update_framework(now, conn, &fw, framework)
+                }
+                Call::Subscribe { .. }
+                | Call::SubscribeHosted { .. }
+                | Call::Submit { .. }
+                | Call::SendMessage { .. } => {}
+            },
             (_, _) => {
                 self.refuse_scheduler(
                     conn,

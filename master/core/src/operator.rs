@@ -18,8 +18,7 @@ impl Master {
             |(f, t): &(FrameworkId, TaskId)| t == task && framework.is_none_or(|w| w == f);
         let found = self
             .placements
-            .iter()
-            .rev()
+            .newest_first()
             .find(|(key, _)| matches(key))
             .map(|((f, _), a)| (f.clone(), a.clone()))
             .or_else(|| {
@@ -66,13 +65,6 @@ impl Master {
                     }),
             })
             .collect()
-    }
-
-    pub(super) fn remember_placement(&mut self, key: &(FrameworkId, TaskId), agent: &AgentId) {
-        if self.placements.len() >= MAX_PLACEMENTS {
-            self.placements.pop_front();
-        }
-        self.placements.push_back((key.clone(), agent.clone()));
     }
 
     pub fn handle_operator_call(&mut self, now: Time, call: OperatorCall) -> OperatorReply {

@@ -7,18 +7,15 @@ use super::*;
 impl Master {
     /// Keeps how a task ended for reconciliation after it is forgotten.
     pub(super) fn remember_end(&mut self, key: &(FrameworkId, TaskId), status: &TaskStatus) {
-        if self
-            .ended_status
-            .insert(key.clone(), status.clone())
-            .is_none()
-        {
-            self.ended.push_back(key.clone());
-        }
-        while self.ended.len() > MAX_ENDED {
-            if let Some(old) = self.ended.pop_front() {
-                self.ended_status.remove(&old);
-            }
-        }
+        self.ended.put(key.clone(), status.clone());
+    }
+
+    /// Books a task placed on `agent`. Its id may have been used before:
+    /// how that task ended no longer stands for it.
+    pub(super) fn book_task(&mut self, key: (FrameworkId, TaskId), entry: TaskEntry) {
+        self.ended.remove(&key);
+        self.placements.put(key.clone(), entry.agent.clone());
+        self.tasks.insert(key, entry);
     }
 
     /// Drops an ended task from the books; its id may be used again.
@@ -36,7 +33,7 @@ impl Master {
         if let Some(t) = self.tasks.get(&key) {
             return TaskStatus::new(key.1, t.state).on(t.agent.clone());
         }
-        if let Some(status) = self.ended_status.get(&key) {
+        if let Some(status) = self.ended.get(&key) {
             return status.clone();
         }
         TaskStatus::new(key.1, TaskState::Unknown)
@@ -75,7 +72,7 @@ impl Master {
                 .tasks
                 .get(&key)
                 .is_some_and(|t| t.agent == agent && t.state.is_terminal())
-                || self.ended_status.contains_key(&key))
+                || self.ended.get(&key).is_some())
         {
             self.acknowledge_to(conn, status.task_id, update_id);
             return;
@@ -160,7 +157,7 @@ impl Master {
     /// The agent on `conn`, if it runs `task` of `fw`: only such an agent
     /// may speak for the task (anything else is dropped, with a warning).
     pub(super) fn runs_on(&self, conn: ConnId, fw: &FrameworkId, task: &TaskId) -> Option<AgentId> {
-        let agent = self.agent_of.get(&conn)?;
+        let agent = self.connections.agent(conn)?;
         let key = (fw.clone(), task.clone());
         if self.tasks.get(&key).is_some_and(|t| &t.agent == agent) {
             return Some(agent.clone());

@@ -450,25 +450,32 @@ fn suppress_stops_offers_and_revive_brings_them_back_at_once() {
 /// Agents send a task's updates without waiting for acknowledgements, so a
 /// retry can bring RUNNING again after the task's end: the master
 /// acknowledges it itself, and the scheduler never sees the task run again.
+/// An agent's update `n` of `task` of `fw`.
+fn status_update(fw: &FrameworkId, task: &TaskId, n: u64, state: TaskState) -> AgentToMaster {
+    AgentToMaster::StatusUpdate {
+        framework_id: fw.clone(),
+        update_id: UpdateId(n),
+        status: TaskStatus::new(task.clone(), state),
+    }
+}
+
+/// The states of the updates relayed to the scheduler.
+fn relayed(out: &[Transmit]) -> Vec<TaskState> {
+    out.iter()
+        .filter_map(|x| match x {
+            Transmit::ToScheduler(SCHED, Event::Update { status, .. }) => Some(status.state),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn an_update_older_than_the_tasks_end_is_acknowledged_not_relayed() {
     let (mut m, _, offer) = cluster();
     launch(&mut m, offer.id, vec![task("t1", "cpus:1;mem:512")]);
     drain(&mut m);
     let tid = TaskId::new("t1").expect("id");
-    let update = |update_id, state| AgentToMaster::StatusUpdate {
-        framework_id: offer.framework_id.clone(),
-        update_id: UpdateId(update_id),
-        status: TaskStatus::new(tid.clone(), state),
-    };
-    let relayed = |out: &[Transmit]| {
-        out.iter()
-            .filter_map(|x| match x {
-                Transmit::ToScheduler(SCHED, Event::Update { status, .. }) => Some(status.state),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
+    let update = |n, state| status_update(&offer.framework_id, &tid, n, state);
     m.handle_agent_message(t(2), AGENT, update(1, TaskState::Running));
     m.handle_agent_message(t(2), AGENT, update(2, TaskState::Finished));
     assert_eq!(
@@ -1676,3 +1683,39 @@ fn messages_go_to_a_running_task_and_back_from_it_only() {
 }
 
 mod faults;
+
+/// A task id may be used again once its end was acknowledged; the new
+/// task's updates reach its scheduler like any other's (the memory of the
+/// old end must not swallow them as stale).
+#[test]
+fn a_task_id_used_again_after_its_end_is_reported_in_full() {
+    let (mut m, agent_id, offer) = cluster();
+    let fw = offer.framework_id.clone();
+    let tid = TaskId::new("t1").expect("id");
+    let update = |n, state| status_update(&fw, &tid, n, state);
+    launch(&mut m, offer.id, vec![task("t1", "cpus:1;mem:512")]);
+    drain(&mut m);
+    m.handle_agent_message(t(2), AGENT, update(1, TaskState::Running));
+    m.handle_agent_message(t(2), AGENT, update(2, TaskState::Finished));
+    drain(&mut m);
+    let ack = Call::Acknowledge {
+        agent_id,
+        task_id: tid.clone(),
+        update_id: UpdateId(2),
+    };
+    m.handle_scheduler_call(t(3), SCHED, ack);
+    drain(&mut m);
+    let offer = match allocate_now(&mut m).as_slice() {
+        [Transmit::ToScheduler(SCHED, Event::Offers { offers })] => offers[0].id,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    launch(&mut m, offer, vec![task("t1", "cpus:1;mem:512")]);
+    drain(&mut m);
+    m.handle_agent_message(t(5), AGENT, update(3, TaskState::Running));
+    assert_eq!(relayed(&drain(&mut m)), vec![TaskState::Running]);
+    let reconcile = Call::Reconcile {
+        tasks: vec![tid.clone()],
+    };
+    m.handle_scheduler_call(t(6), SCHED, reconcile);
+    assert_eq!(relayed(&drain(&mut m)), vec![TaskState::Running]);
+}
