@@ -263,6 +263,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// mimalloc rather than glibc's malloc: a master that has booked a million
+/// tasks leaves glibc's heap fragmented, and each first free of a task's
+/// books then cost four times as much (docs/benchmarks.md, master core).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The simulator's own trace is its output; the cores' logs, a line per

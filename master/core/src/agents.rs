@@ -110,6 +110,8 @@ impl Master {
         entry.conn = Some(conn);
         entry.info = info;
         self.heard_from(&id, now);
+        let due = now + self.config.agent_timeout;
+        self.timers.set(Timer::Heartbeat(id.clone()), due);
         tracing::info!(agent = %id, hostname = %self.agents[&id].info.hostname, resources = %self.agents[&id].info.resources, "agent registered");
         self.outbox.push_back(Transmit::ToAgent(
             conn,
@@ -293,17 +295,32 @@ impl Master {
         Allocation::default()
     }
 
-    /// An agent spoke: its heartbeat deadline moves to `now` plus the
-    /// timeout.
+    /// An agent spoke. Its heartbeat timer is not moved now (that would
+    /// be two tree updates on every message of every agent): when it
+    /// fires, it is set again from the last time the agent spoke.
     pub(super) fn heard_from(&mut self, id: &AgentId, now: Time) {
-        let Some(agent) = self.agents.get_mut(id) else {
+        if let Some(agent) = self.agents.get_mut(id) {
+            agent.last_heartbeat = now;
+        }
+    }
+
+    /// An agent's heartbeat timer fired: it has been silent for the
+    /// timeout, and is unreachable; or it spoke since, and the timer is
+    /// set again from then.
+    pub(super) fn heartbeat_due(&mut self, now: Time, id: AgentId) {
+        let Some(agent) = self.agents.get(&id) else {
             return;
         };
-        agent.last_heartbeat = now;
-        if agent.conn.is_some() {
-            let due = now + self.config.agent_timeout;
-            self.timers.set(Timer::Heartbeat(id.clone()), due);
+        let Some(conn) = agent.conn else { return };
+        let due = agent.last_heartbeat + self.config.agent_timeout;
+        if due > now {
+            self.timers.set(Timer::Heartbeat(id), due);
+            return;
         }
+        tracing::warn!(agent = %id, "agent missed its heartbeats; marking it unreachable");
+        self.outbox
+            .push_back(Transmit::Close(conn, "missed heartbeats".into()));
+        self.handle_disconnected(now, conn);
     }
 
     pub(super) fn agent_lost(&mut self, now: Time, id: &AgentId) {

@@ -298,14 +298,7 @@ impl Master {
     pub fn handle_timeout(&mut self, now: Time) {
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
-                Timer::Heartbeat(id) => {
-                    if let Some(conn) = self.agents.get(&id).and_then(|a| a.conn) {
-                        tracing::warn!(agent = %id, "agent missed its heartbeats; marking it unreachable");
-                        self.outbox
-                            .push_back(Transmit::Close(conn, "missed heartbeats".into()));
-                        self.handle_disconnected(now, conn);
-                    }
-                }
+                Timer::Heartbeat(id) => self.heartbeat_due(now, id),
                 Timer::Removal(id) => self.remove_agent(now, &id),
                 Timer::Failover(id) => {
                     tracing::info!(framework = %id, "failover timeout passed; tearing the framework down");

@@ -4,11 +4,13 @@
 //! its own tasks, never to all tasks in the cluster.
 
 use crate::index::{file, unfile};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use stoa_allocator::Allocation;
 use stoa_proto::{AgentId, FrameworkId, TaskId, TaskState, UpdateId};
 
 pub(crate) type TaskKey = (FrameworkId, TaskId);
+
+type Fixed = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 #[derive(Debug)]
 pub(crate) struct TaskEntry {
@@ -34,7 +36,11 @@ pub(crate) struct TaskEntry {
 /// removals only.
 #[derive(Debug, Default)]
 pub(crate) struct Tasks {
-    entries: BTreeMap<TaskKey, TaskEntry>,
+    /// Hashed, not ordered: a lookup costs a hash and a probe or two, not
+    /// a walk down a tree comparing strings, each comparison a likely
+    /// cache miss in a book of a million tasks. The hasher is fixed, so
+    /// runs are repeatable.
+    entries: HashMap<TaskKey, TaskEntry, Fixed>,
     by_agent: HashMap<AgentId, BTreeSet<TaskKey>>,
     by_framework: HashMap<FrameworkId, BTreeSet<TaskId>>,
     revocable: BTreeSet<TaskKey>,
@@ -57,7 +63,8 @@ impl Tasks {
         self.entries.len()
     }
 
-    /// Every task, in key order (operators, checks; a walk of the cluster).
+    /// Every task, in no particular order (operators, checks; a walk of
+    /// the cluster).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&TaskKey, &TaskEntry)> {
         self.entries.iter()
     }

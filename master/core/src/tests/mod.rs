@@ -520,6 +520,11 @@ fn unanswered_offers_are_rescinded_after_the_offer_timeout() {
         other => panic!("expected an offer, got {other:?}"),
     };
     m.handle_agent_message(t(9_000), AGENT, AgentToMaster::Heartbeat);
+    // The heartbeat timer set at registration wakes first, finds the
+    // agent heard from since, and is set again from then.
+    assert_eq!(m.poll_timeout(), Some(t(5_000)));
+    m.handle_timeout(t(5_000));
+    assert_eq!(drain(&mut m), Vec::new());
     assert_eq!(m.poll_timeout(), Some(t(10_000)));
     m.handle_timeout(t(10_000));
     let out = drain(&mut m);
@@ -1718,4 +1723,24 @@ fn a_task_id_used_again_after_its_end_is_reported_in_full() {
     };
     m.handle_scheduler_call(t(6), SCHED, reconcile);
     assert_eq!(relayed(&drain(&mut m)), vec![TaskState::Running]);
+}
+
+/// Heartbeats do not move the agent's timer; when it fires it is set again
+/// from the last word, and the agent is unreachable only once it has been
+/// silent for the whole timeout.
+#[test]
+fn an_agent_is_unreachable_a_full_timeout_after_its_last_word() {
+    let mut m = Master::new(MasterConfig::default(), "m");
+    register(&mut m, "cpus:1;mem:64".parse().expect("r"), Vec::new());
+    allocate_now(&mut m);
+    m.handle_agent_message(t(3_000), AGENT, AgentToMaster::Heartbeat);
+    assert_eq!(m.poll_timeout(), Some(t(5_000)), "set at registration");
+    m.handle_timeout(t(5_000));
+    assert_eq!(m.summary().connected_agents, 1);
+    assert_eq!(m.poll_timeout(), Some(t(8_000)), "five seconds after 3 s");
+    m.handle_timeout(t(7_999));
+    assert_eq!(m.summary().connected_agents, 1);
+    m.handle_timeout(t(8_000));
+    assert_eq!(m.summary().connected_agents, 0);
+    assert!(drain(&mut m).contains(&Transmit::Close(AGENT, "missed heartbeats".into())));
 }
