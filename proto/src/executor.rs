@@ -19,6 +19,7 @@ pub enum TaskEvent {
     },
     /// Ended well: a `stoa:task` returned its output, or a command exited 0.
     Finished {
+        #[serde(with = "serde_bytes")]
         output: Vec<u8>,
         exit_code: Option<i32>,
     },
@@ -64,6 +65,7 @@ pub enum AgentToExecutor {
     /// Bytes from the scheduler for the task's inbox.
     Message {
         task_id: TaskId,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// The master has the task's terminal update: the executor may drop it.
@@ -113,6 +115,7 @@ pub enum ExecutorToAgent {
     /// The task sent bytes to its scheduler.
     Message {
         task_id: TaskId,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// A message for the task was dropped, and why.

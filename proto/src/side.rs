@@ -49,6 +49,7 @@ pub enum SideRequest {
 /// Part of a task's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Where the next read should start.
     pub next_offset: u64,

@@ -48,7 +48,11 @@ impl std::str::FromStr for Digest {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Artifact {
     /// Carried in the launch itself: for small binaries and tests.
-    Inline { digest: Digest, bytes: Vec<u8> },
+    Inline {
+        digest: Digest,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// Uploaded once to the master's artifact store; an agent that does not
     /// have it fetches it from there.
     Stored(Digest),
@@ -118,6 +122,7 @@ pub struct HostedScheduler {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WasmTask {
     pub artifact: Artifact,
+    #[serde(with = "serde_bytes")]
     pub input: Vec<u8>,
     /// Arguments after the program name (`argv[1..]`).
     pub args: Vec<String>,
@@ -157,6 +162,7 @@ pub struct CommandTask {
     /// The whole environment: nothing is inherited from the agent.
     pub env: Vec<(String, String)>,
     /// Written to the program's stdin, which is then closed.
+    #[serde(with = "serde_bytes")]
     pub input: Vec<u8>,
     /// How long a kill waits between SIGTERM and SIGKILL;
     /// [`DEFAULT_KILL_GRACE_MS`] when `None`.
@@ -500,6 +506,7 @@ pub struct TaskStatus {
     /// Human-readable detail: the trap message, the error the task returned.
     pub message: String,
     /// The task's output, on FINISHED.
+    #[serde(with = "serde_bytes")]
     pub output: Option<Vec<u8>>,
     /// A command's exit code, once it exited.
     pub exit_code: Option<i32>,

@@ -60,17 +60,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// How often an idle connection proves it is alive.
-pub const KEEP_ALIVE: Duration = Duration::from_millis(300);
+pub const KEEP_ALIVE: Duration = Duration::from_millis(250);
 
-/// How long a connection may hear nothing before it counts as lost: ten
+/// How long a connection may hear nothing before it counts as lost: six
 /// keep-alives. A master that died and came back on its address is
 /// noticed sooner, at the next keep-alive, through a stateless reset (see
 /// [`crate::server_endpoint`]); one that stays down is noticed after this.
-/// Shorter idle timeouts (1.2 s and 2 s were tried) dropped healthy
-/// connections when a daemon's loop stalled for a couple of seconds, as an
-/// agent's does launching a dozen tasks with inline artifacts in a debug
-/// build on two cores: its tasks then came back LOST.
-pub const IDLE_TIMEOUT: Duration = Duration::from_millis(3_000);
+///
+/// The daemons run their loops on one thread, so a loop stalled for this
+/// long drops its links. The stall that kept this at 3 s (1.2 s and 2 s
+/// dropped healthy links) was byte fields decoded one byte at a time: a
+/// 2.6 MB inline component cost 130 ms a hop in a debug build, seconds
+/// for a dozen launches; they are decoded as bytes now (1 ms).
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1_500);
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
