@@ -6,16 +6,17 @@
 use crate::cgroups::{Cgroups, Limits};
 use crate::core::{Action, Agent, TaskEvent};
 use crate::deadline::sleep_until;
-use crate::exec::task_dir::TaskDir;
 use crate::executors::{Containment, Executors, FromExecutor, Launcher};
+use crate::log_server::{EndedQuery, serve_side_streams};
 use crate::trash::Trash;
+pub use crate::work_dir::WorkDir;
+use crate::work_dir::task_dirs;
 use anyhow::Context as _;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stoa_proto::executor::{AgentToExecutor, CgroupPaths, ExecutorToAgent};
-use stoa_proto::side::{SideReply, SideRequest};
 use stoa_proto::{
     AgentId, AgentInfo, Artifact, CommandTask, Digest, FrameworkId, MasterToAgent, Reason, TaskId,
     TaskInfo, TaskKind, TaskState, Time,
@@ -51,33 +52,6 @@ pub struct DriverConfig {
     /// CPU (thousandths) and memory (MiB) an executor may use beyond its
     /// wasm tasks' resources.
     pub executor_overhead: (u64, u64),
-}
-
-/// The layout of an agent's work directory.
-#[derive(Debug, Clone)]
-pub struct WorkDir(pub PathBuf);
-
-impl WorkDir {
-    pub fn executors(&self) -> PathBuf {
-        self.0.join("executors")
-    }
-    pub fn tasks(&self) -> PathBuf {
-        self.0.join("tasks")
-    }
-    pub fn artifacts(&self) -> PathBuf {
-        self.0.join("artifacts")
-    }
-    pub fn compiled(&self) -> PathBuf {
-        self.0.join("compiled")
-    }
-    /// Task directories on their way out: moved here at once, removed
-    /// off the loop.
-    pub fn trash(&self) -> PathBuf {
-        self.0.join("trash")
-    }
-    pub fn task(&self, framework: &FrameworkId, task: &stoa_proto::TaskId) -> PathBuf {
-        self.tasks().join(framework.as_str()).join(task.as_str())
-    }
 }
 
 /// Everything the loop reacts to besides the master's messages.
@@ -523,22 +497,6 @@ fn task_leaf(task_id: &TaskId) -> String {
     format!("task-{}", task_id.as_str())
 }
 
-/// Every `<tasks>/<framework>/<task>` directory.
-fn task_dirs(tasks: &Path) -> Vec<(FrameworkId, stoa_proto::TaskId, PathBuf)> {
-    let mut out = Vec::new();
-    for fw in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
-        let Ok(framework_id) = FrameworkId::new(fw.file_name().to_string_lossy()) else {
-            continue;
-        };
-        for t in std::fs::read_dir(fw.path()).into_iter().flatten().flatten() {
-            if let Ok(task_id) = stoa_proto::TaskId::new(t.file_name().to_string_lossy()) {
-                out.push((framework_id.clone(), task_id, t.path()));
-            }
-        }
-    }
-    out
-}
-
 async fn read_loop(mut receiver: FrameReceiver, tx: mpsc::Sender<MasterToAgent>) {
     loop {
         match receiver.recv::<MasterToAgent>().await {
@@ -557,60 +515,5 @@ async fn read_loop(mut receiver: FrameReceiver, tx: mpsc::Sender<MasterToAgent>)
                 return;
             }
         }
-    }
-}
-
-/// A log reader's question to the agent's loop: has this task ended?
-type EndedQuery = (FrameworkId, TaskId, tokio::sync::oneshot::Sender<bool>);
-
-/// Side streams the master opens: log reads.
-async fn serve_side_streams(
-    conn: quinn::Connection,
-    layout: WorkDir,
-    ended: mpsc::Sender<EndedQuery>,
-) {
-    while let Ok((send, recv)) = conn.accept_bi().await {
-        let (layout, ended) = (layout.clone(), ended.clone());
-        tokio::spawn(async move {
-            let mut send = FrameSender::new(send);
-            let request = FrameReceiver::new(recv).recv::<SideRequest>().await;
-            let reply = match request {
-                Ok(Some(SideRequest::ReadLog {
-                    framework_id,
-                    task_id,
-                    stream,
-                    offset,
-                    max_len,
-                })) => {
-                    let dir = TaskDir::existing(&layout.task(&framework_id, &task_id));
-                    // Asked before reading: see `TaskDir::read_log`.
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    if ended
-                        .send((framework_id, task_id.clone(), tx))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let Ok(task_ended) = rx.await else { return };
-                    match dir.read_log(stream, offset, max_len, task_ended) {
-                        Ok(chunk) => SideReply::Log(chunk),
-                        Err(e) => SideReply::Refused {
-                            message: format!(
-                                "no {} for task {task_id} on this agent: {e} (an ephemeral wasm task keeps no logs)",
-                                stream.file_name()
-                            ),
-                        },
-                    }
-                }
-                Ok(Some(other)) => SideReply::Refused {
-                    message: format!("an agent does not serve {other:?}"),
-                },
-                Ok(None) | Err(_) => return,
-            };
-            if send.send(&reply).await.is_ok() {
-                send.finish_and_flush(Duration::from_secs(2)).await;
-            }
-        });
     }
 }

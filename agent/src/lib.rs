@@ -14,4 +14,6 @@ pub mod exec;
 pub mod executor;
 pub mod executor_dir;
 pub mod executors;
+mod log_server;
 pub mod trash;
+pub mod work_dir;

@@ -33,7 +33,7 @@ fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 #[test]
 fn the_daemon_the_executor_and_the_task_runtimes_import_downwards_only() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let daemon = ["driver", "executors", "trash"];
+    let daemon = ["driver", "executors", "log_server", "trash", "work_dir"];
     let mut runtimes = Vec::new();
     sources(&src.join("exec"), &mut runtimes);
     for file in &runtimes {
@@ -51,7 +51,13 @@ fn the_daemon_the_executor_and_the_task_runtimes_import_downwards_only() {
             "the executor process imports crate::{m} of the daemon"
         );
     }
-    for file in ["driver.rs", "executors.rs", "trash.rs"] {
+    for file in [
+        "driver.rs",
+        "executors.rs",
+        "log_server.rs",
+        "trash.rs",
+        "work_dir.rs",
+    ] {
         for m in imports(&src.join(file)) {
             assert_ne!(
                 m, "executor",
