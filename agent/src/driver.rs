@@ -13,7 +13,6 @@ pub use crate::work_dir::WorkDir;
 use crate::work_dir::task_dirs;
 use anyhow::Context as _;
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stoa_proto::executor::{AgentToExecutor, CgroupPaths, ExecutorToAgent};
@@ -22,12 +21,13 @@ use stoa_proto::{
     TaskInfo, TaskKind, TaskState, Time,
 };
 use stoa_transport::side::{ArtifactStore, fetch_artifact};
-use stoa_transport::{ALPN_AGENT, FrameReceiver, FrameSender, Identity};
+use stoa_transport::{ALPN_AGENT, FrameReceiver, FrameSender, Identity, Masters};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
-    pub master: SocketAddr,
+    /// The cluster's masters; the agent registers with the one that leads.
+    pub master: Masters,
     /// Directory with `ca.pem`, `agent.pem`, `agent.key`.
     pub certs: PathBuf,
     pub info: AgentInfo,
@@ -81,7 +81,7 @@ pub async fn run(
         .with_context(|| format!("cannot create {}", layout.artifacts().display()))?;
     let identity = Identity::load(&config.certs, "agent")?;
     let client = stoa_transport::client_config(&identity, ALPN_AGENT)?;
-    let endpoint = stoa_transport::client_endpoint(config.master)?;
+    let endpoint = stoa_transport::client_endpoint(config.master.first())?;
     let id_file = config.work_dir.join("agent_id");
     let known_id = std::fs::read_to_string(&id_file)
         .ok()
@@ -149,7 +149,7 @@ pub async fn run(
 
     loop {
         let connected = tokio::select! {
-            c = stoa_transport::connect(&endpoint, config.master, client.clone()) => c,
+            c = stoa_transport::connect_leader(&endpoint, &config.master, client.clone()) => c,
             _ = &mut shutdown => return Ok(()),
         };
         let (conn, mut sender, receiver) = match connected {

@@ -141,7 +141,10 @@ async fn measure(
     cluster: &crate::up::LocalCluster,
     wasm: &[u8],
 ) -> anyhow::Result<(Vec<Duration>, f64)> {
-    let config = ClientConfig::new(cluster.addr.parse()?, &cluster.certs);
+    let config = ClientConfig::new(
+        cluster.addr.parse::<std::net::SocketAddr>()?,
+        &cluster.certs,
+    );
     let digest = stoa_client::upload_artifact(&config, wasm).await?;
     let info = FrameworkInfo::new("bench", "bench".parse()?);
     let mut session = SchedulerSession::subscribe(&config, info).await?;

@@ -94,10 +94,26 @@ struct MasterArgs {
     /// itself after three quarters of this while out of touch.
     #[arg(long, default_value_t = 120)]
     agent_removal_timeout: u64,
-    /// The registry file: weights, quotas and dynamic reservations survive
-    /// restarts here.
+    /// Where the registry (admitted agents, frameworks, weights, quotas,
+    /// reservations, hosted schedulers) survives restarts: `file:PATH` (or
+    /// a bare path) for a single master, or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` for several masters
+    /// sharing it, of which one is elected leader and the others stand by.
     #[arg(long, default_value = ".stoa/registry.redb")]
-    registry: PathBuf,
+    registry: stoa_master::registry::RegistrySpec,
+    /// The address clients reach this master at, announced while it leads
+    /// (default: the bound --listen address). Needed with an etcd registry
+    /// when listening on 0.0.0.0.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Milliseconds a leader's etcd lease lives without renewal: a leader
+    /// that dies is replaced this long after (etcd raises it to 1.5 times
+    /// its election timeout, 2 s with etcd's defaults).
+    #[arg(long, default_value_t = 2_000)]
+    etcd_lease_ttl_ms: u64,
+    /// Milliseconds one call to etcd may take.
+    #[arg(long, default_value_t = 1_000)]
+    etcd_timeout_ms: u64,
     /// Rescind offers not answered within this many seconds.
     #[arg(long)]
     offer_timeout: Option<u64>,
@@ -116,9 +132,10 @@ struct MasterArgs {
 
 #[derive(Debug, clap::Args)]
 struct AgentArgs {
-    /// The master's address.
+    /// The masters' addresses, comma-separated (HOST:PORT,...); the agent
+    /// registers with the one that leads.
     #[arg(long, default_value = "127.0.0.1:5050", env = "STOA_MASTER")]
-    master: SocketAddr,
+    master: stoa_transport::Masters,
     /// Directory with ca.pem, agent.pem and agent.key.
     #[arg(long, default_value = ".stoa/certs")]
     certs: PathBuf,
@@ -213,9 +230,9 @@ struct ExecutorArgs {
     /// Seconds to keep tasks running without an agent.
     #[arg(long, default_value_t = 900)]
     recovery_timeout: u64,
-    /// The master's address, for hosted schedulers.
+    /// The masters' addresses, for hosted schedulers.
     #[arg(long)]
-    master: Option<SocketAddr>,
+    master: Option<stoa_transport::Masters>,
     /// Directory with ca.pem, agent.pem and agent.key: hosted schedulers
     /// reach the master as this agent.
     #[arg(long)]
@@ -312,9 +329,14 @@ fn main() -> anyhow::Result<()> {
                 };
                 let config = stoa_master::driver::DriverConfig {
                     listen: a.listen,
+                    advertise: a.advertise,
                     certs: a.certs,
                     addr_file: a.addr_file,
                     registry: a.registry,
+                    etcd: stoa_master::registry::etcd::EtcdTimings {
+                        lease_ttl: Duration::from_millis(a.etcd_lease_ttl_ms.max(1)),
+                        request_timeout: Duration::from_millis(a.etcd_timeout_ms.max(1)),
+                    },
                     artifacts: a.artifacts,
                     max_artifact: a.max_artifact_mib << 20,
                     core,

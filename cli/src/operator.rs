@@ -2,7 +2,6 @@
 //! operator channel with the `operator` certificate.
 
 use anyhow::bail;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use stoa_client::ClientConfig;
 use stoa_proto::operator::{OperatorCall, OperatorReply};
@@ -10,9 +9,10 @@ use stoa_proto::{Resources, Role};
 
 #[derive(Debug, clap::Args)]
 pub struct Target {
-    /// The master's address.
+    /// The masters' addresses, comma-separated (HOST:PORT,...); calls go
+    /// to the one that leads.
     #[arg(long, default_value = "127.0.0.1:5050", env = "STOA_MASTER")]
-    master: SocketAddr,
+    master: stoa_transport::Masters,
     /// Directory with ca.pem, operator.pem and operator.key.
     #[arg(long, default_value = ".stoa/certs", env = "STOA_CERTS")]
     certs: PathBuf,
@@ -85,7 +85,7 @@ pub async fn reserve(a: ReserveArgs, reserve: bool) -> anyhow::Result<()> {
 }
 
 async fn call(target: &Target, call: OperatorCall) -> anyhow::Result<OperatorReply> {
-    let mut config = ClientConfig::new(target.master, &target.certs);
+    let mut config = ClientConfig::new(target.master.clone(), &target.certs);
     config.identity = stoa_transport::OPERATOR_NAME.into();
     match stoa_client::operator_call(&config, &call).await? {
         OperatorReply::Refused { message } => bail!("the master refused: {message}"),

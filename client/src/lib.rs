@@ -12,17 +12,17 @@ pub mod scheduler;
 pub use scheduler::{Calls, DriverOptions, Scheduler};
 
 use anyhow::{Context as _, bail};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use stoa_proto::{
     AgentId, Call, Event, FrameworkId, FrameworkInfo, OfferId, Operation, TaskId, UpdateId,
 };
-use stoa_transport::{ALPN_SCHEDULER, FrameReceiver, FrameSender, Identity};
+use stoa_transport::{ALPN_SCHEDULER, FrameReceiver, FrameSender, Identity, Masters};
 
-/// Where the master is and which certificates to present.
+/// Where the masters are and which certificates to present.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    pub master: SocketAddr,
+    /// The cluster's masters; calls go to the one that leads.
+    pub master: Masters,
     /// Directory with `ca.pem` and the client's `NAME.pem`/`NAME.key`.
     pub certs: PathBuf,
     /// Certificate name in `certs` (default `client`).
@@ -34,9 +34,9 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    pub fn new(master: SocketAddr, certs: impl Into<PathBuf>) -> Self {
+    pub fn new(master: impl Into<Masters>, certs: impl Into<PathBuf>) -> Self {
         ClientConfig {
-            master,
+            master: master.into(),
             certs: certs.into(),
             identity: "client".into(),
             hosted: None,
@@ -79,9 +79,9 @@ impl SchedulerSession {
     ) -> anyhow::Result<Self> {
         let identity = Identity::load(&config.certs, &config.identity)?;
         let tls = stoa_transport::client_config(&identity, ALPN_SCHEDULER)?;
-        let endpoint = stoa_transport::client_endpoint(config.master)?;
+        let endpoint = stoa_transport::client_endpoint(config.master.first())?;
         let (conn, mut sender, mut receiver) =
-            stoa_transport::connect(&endpoint, config.master, tls).await?;
+            stoa_transport::connect_leader(&endpoint, &config.master, tls).await?;
         let call = match &config.hosted {
             None => Call::Subscribe { framework },
             Some((task_id, token)) => Call::SubscribeHosted {
@@ -225,9 +225,9 @@ pub async fn operator_call(
 ) -> anyhow::Result<stoa_proto::operator::OperatorReply> {
     let identity = Identity::load(&config.certs, &config.identity)?;
     let tls = stoa_transport::client_config(&identity, stoa_transport::ALPN_OPERATOR)?;
-    let endpoint = stoa_transport::client_endpoint(config.master)?;
+    let endpoint = stoa_transport::client_endpoint(config.master.first())?;
     let (conn, mut sender, mut receiver) =
-        stoa_transport::connect(&endpoint, config.master, tls).await?;
+        stoa_transport::connect_leader(&endpoint, &config.master, tls).await?;
     sender.send(call).await.context("cannot send the request")?;
     let reply = receiver.recv().await;
     conn.close(stoa_transport::close::NORMAL, b"done");
@@ -276,9 +276,9 @@ pub async fn send_message(
 async fn request(config: &ClientConfig, what: &str, call: &Call) -> anyhow::Result<Event> {
     let identity = Identity::load(&config.certs, &config.identity)?;
     let tls = stoa_transport::client_config(&identity, ALPN_SCHEDULER)?;
-    let endpoint = stoa_transport::client_endpoint(config.master)?;
+    let endpoint = stoa_transport::client_endpoint(config.master.first())?;
     let (conn, mut sender, mut receiver) =
-        stoa_transport::connect(&endpoint, config.master, tls).await?;
+        stoa_transport::connect_leader(&endpoint, &config.master, tls).await?;
     sender
         .send(call)
         .await
@@ -305,12 +305,8 @@ pub async fn upload_artifact(
 ) -> anyhow::Result<stoa_proto::Digest> {
     let identity = Identity::load(&config.certs, &config.identity)?;
     let tls = stoa_transport::client_config(&identity, stoa_transport::ALPN_ARTIFACTS)?;
-    let endpoint = stoa_transport::client_endpoint(config.master)?;
-    let conn = endpoint
-        .connect_with(tls, config.master, stoa_transport::MASTER_NAME)
-        .context("cannot start a connection")?
-        .await
-        .with_context(|| format!("QUIC handshake with the master at {} failed", config.master))?;
+    let endpoint = stoa_transport::client_endpoint(config.master.first())?;
+    let conn = stoa_transport::connect_leader_conn(&endpoint, &config.master, tls).await?;
     let result = stoa_transport::side::put_artifact(&conn, bytes).await;
     conn.close(stoa_transport::close::NORMAL, b"done");
     endpoint.wait_idle().await;

@@ -4,7 +4,9 @@
 
 use crate::core::{Channel, ConnId, Master, MasterConfig, Transmit};
 use crate::refusal_log::RefusalLog;
-use crate::registry_store::RegistryStore;
+use crate::registry::etcd::{EtcdStore, EtcdTimings, Leadership, keep_leading};
+use crate::registry::file::FileStore;
+use crate::registry::{RegistrySpec, RegistryStore};
 use anyhow::Context as _;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -17,8 +19,8 @@ use stoa_proto::side::SideRequest;
 use stoa_proto::{AgentToMaster, Call, Time, framing};
 use stoa_transport::side::{ArtifactStore, serve_artifacts};
 use stoa_transport::{
-    ALPN_AGENT, ALPN_ARTIFACTS, ALPN_OPERATOR, ALPN_SCHEDULER, FrameReceiver, FrameSender,
-    Identity, close,
+    ALPN_AGENT, ALPN_ARTIFACTS, ALPN_OPERATOR, ALPN_SCHEDULER, ALPN_STANDBY, FrameReceiver,
+    FrameSender, Identity, close,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,12 +32,18 @@ const WRITE_BATCH: usize = 64 << 10;
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
     pub listen: SocketAddr,
+    /// Where the other masters' standbys send clients while this one
+    /// leads: the address clients reach it at (default: `listen`'s bound
+    /// address, which must then not be unspecified).
+    pub advertise: Option<SocketAddr>,
     /// Directory with `ca.pem`, `master.pem`, `master.key`.
     pub certs: PathBuf,
     /// Where to write the bound address (useful with port 0).
     pub addr_file: Option<PathBuf>,
-    /// The registry file (weights, quotas, dynamic reservations).
-    pub registry: PathBuf,
+    /// The registry: a file for one master, etcd for several.
+    pub registry: RegistrySpec,
+    /// The leader's lease and etcd's timeouts (etcd registries only).
+    pub etcd: EtcdTimings,
     /// The artifact store's directory.
     pub artifacts: PathBuf,
     /// Largest artifact accepted.
@@ -71,14 +79,189 @@ struct Peer {
     conn: quinn::Connection,
 }
 
-/// Runs a master until `shutdown` resolves.
+/// How a term of leadership ended.
+enum Ended {
+    /// The process is stopping.
+    Shutdown,
+    /// Leadership was lost (lease, etcd session, fenced write); the master
+    /// stands by again.
+    Deposed(anyhow::Error),
+}
+
+/// Runs a master until `shutdown` resolves. With a file registry it leads
+/// alone; with etcd it stands by until elected, leads until it loses the
+/// election or stops (resigning, so a standby takes over at once), and
+/// stands by again after losing it.
 pub async fn run(
     config: DriverConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let identity = Identity::load(&config.certs, "master")?;
-    let store = RegistryStore::open(&config.registry)?;
-    let registry = store.load()?;
+    let store = match &config.registry {
+        RegistrySpec::File(path) => RegistryStore::File(FileStore::open(path)?),
+        RegistrySpec::Etcd(spec) => {
+            RegistryStore::Etcd(Box::new(EtcdStore::open(spec, config.etcd).await?))
+        }
+    };
+    let leader_config = stoa_transport::server_config(
+        &identity,
+        &[ALPN_AGENT, ALPN_SCHEDULER, ALPN_OPERATOR, ALPN_ARTIFACTS],
+    )?;
+    let standby_config = stoa_transport::server_config(&identity, &[ALPN_STANDBY])?;
+    let secret = store.secret().await?;
+    let endpoint = stoa_transport::server_endpoint(standby_config.clone(), config.listen, &secret)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = endpoint.local_addr()?;
+    if let Some(path) = &config.addr_file {
+        std::fs::write(path, addr.to_string())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let advertise = config.advertise.unwrap_or(addr);
+    tracing::info!(%addr, registry = %config.registry, "master listening");
+    tokio::pin!(shutdown);
+    match &store {
+        RegistryStore::File(_) => {
+            endpoint.set_server_config(Some(leader_config));
+            let never = std::future::pending();
+            lead(
+                &config,
+                &store,
+                None,
+                &endpoint,
+                secret,
+                never,
+                &mut shutdown,
+            )
+            .await?;
+        }
+        RegistryStore::Etcd(etcd) => {
+            if advertise.ip().is_unspecified() {
+                anyhow::bail!(
+                    "with an etcd registry, give --advertise (the address clients reach this master at): {addr} is not one"
+                );
+            }
+            let mut delays = stoa_transport::reconnect_delays();
+            loop {
+                endpoint.set_server_config(Some(standby_config.clone()));
+                tracing::info!(%advertise, "standing by: campaigning to lead");
+                let won = tokio::select! {
+                    won = stand_by(&endpoint, etcd, advertise) => won,
+                    _ = &mut shutdown => break,
+                };
+                let won = match won {
+                    Ok(won) => won,
+                    Err(e) => {
+                        // etcd unreachable or restarting: stand by and
+                        // campaign again.
+                        let retry = delays.next().unwrap_or(Duration::from_secs(5));
+                        tracing::warn!(error = format!("{e:#}"), retry_in = ?retry, "campaign failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(retry) => continue,
+                            _ = &mut shutdown => break,
+                        }
+                    }
+                };
+                delays = stoa_transport::reconnect_delays();
+                let (leadership, keeper, stream) = won;
+                tracing::info!(%advertise, "elected leader");
+                endpoint.set_server_config(Some(leader_config.clone()));
+                let lost = keep_leading(keeper, stream, etcd.timings());
+                let ended = lead(
+                    &config,
+                    &store,
+                    Some(&leadership),
+                    &endpoint,
+                    secret,
+                    lost,
+                    &mut shutdown,
+                )
+                .await?;
+                match ended {
+                    Ended::Shutdown => {
+                        etcd.resign(&leadership).await;
+                        break;
+                    }
+                    Ended::Deposed(why) => {
+                        tracing::error!(
+                            error = format!("{why:#}"),
+                            "no longer the leader; every connection closed, standing by"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    endpoint.close(close::SHUTDOWN, b"master shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+/// Answers every connection with who leads until this master is elected.
+async fn stand_by(
+    endpoint: &quinn::Endpoint,
+    etcd: &EtcdStore,
+    advertise: SocketAddr,
+) -> anyhow::Result<(
+    Leadership,
+    etcd_client::LeaseKeeper,
+    etcd_client::LeaseKeepAliveStream,
+)> {
+    let redirects = tokio::spawn(redirect_loop(endpoint.clone(), etcd.clone()));
+    let won = etcd.campaign(&advertise.to_string()).await;
+    redirects.abort();
+    won
+}
+
+/// A standby's accept loop: each connection is closed at once, with the
+/// leader's address (asked of etcd at most every 100 ms) as the reason.
+async fn redirect_loop(endpoint: quinn::Endpoint, etcd: EtcdStore) {
+    let mut known: Option<(Instant, Option<String>)> = None;
+    let refusals = Arc::new(RefusalLog::default());
+    while let Some(incoming) = endpoint.accept().await {
+        let fresh = known
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < Duration::from_millis(100));
+        if !fresh {
+            let leader = etcd.leader().await.unwrap_or_else(|e| {
+                tracing::warn!(error = format!("{e:#}"), "cannot ask etcd who leads");
+                None
+            });
+            known = Some((Instant::now(), leader));
+        }
+        let reason = stoa_transport::leader::not_leader_reason(
+            known.as_ref().and_then(|(_, l)| l.as_deref()),
+        );
+        let refusals = refusals.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => {
+                    conn.close(close::NOT_LEADER, &reason);
+                    // Keep the connection until the close is sent.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+                }
+                Err(e) => {
+                    if let Some(unlogged) = refusals.note(Instant::now()) {
+                        tracing::info!(error = %e, refused_since_last_line = unlogged, "handshake refused");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Leads: a fresh core restored from the registry, fed by every
+/// connection, until `shutdown` or `lost` (then every connection is
+/// closed, telling peers to find the new leader).
+async fn lead(
+    config: &DriverConfig,
+    store: &RegistryStore,
+    leader: Option<&Leadership>,
+    endpoint: &quinn::Endpoint,
+    secret: [u8; 32],
+    lost: impl std::future::Future<Output = anyhow::Error>,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<Ended> {
+    let registry = store.load().await?;
     let artifacts = Artifacts {
         store: ArtifactStore::open(&config.artifacts).with_context(|| {
             format!(
@@ -88,20 +271,6 @@ pub async fn run(
         })?,
         max: config.max_artifact,
     };
-    let server = stoa_transport::server_config(
-        &identity,
-        &[ALPN_AGENT, ALPN_SCHEDULER, ALPN_OPERATOR, ALPN_ARTIFACTS],
-    )?;
-    let secret = store.secret()?;
-    let endpoint = stoa_transport::server_endpoint(server, config.listen, &secret)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = endpoint.local_addr()?;
-    if let Some(path) = &config.addr_file {
-        std::fs::write(path, addr.to_string())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    tracing::info!(%addr, "master listening");
-
     let start = Instant::now();
     let now =
         move || Time::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -116,7 +285,9 @@ pub async fn run(
     core.secret = secret;
     let mut master = Master::new(core, &instance);
     tracing::info!(
-        registry = %config.registry.display(),
+        registry = %config.registry,
+        agents = registry.agents.len(),
+        frameworks = registry.frameworks.len(),
         weights = registry.weights.len(),
         quotas = registry.quotas.len(),
         "registry loaded"
@@ -125,98 +296,157 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<Input>(PEER_QUEUE);
     let acceptor = tokio::spawn(accept_loop(endpoint.clone(), tx, artifacts));
     let mut peers: HashMap<ConnId, Peer> = HashMap::new();
-    tokio::pin!(shutdown);
+    tokio::pin!(lost);
+    let out = Out { store, leader };
 
-    loop {
+    let ended = loop {
         let deadline = master
             .poll_timeout()
             .map(|t| start + Duration::from_micros(t.as_micros()));
-        tokio::select! {
+        let step: anyhow::Result<()> = tokio::select! {
             // Inputs first: timers (a due allocation above all) wait until
             // what is queued has been handled, so changes that arrive
             // together share one allocation run. Tokio's task budget still
             // lets a timer through under a flood of inputs.
             biased;
             input = rx.recv() => {
-                let Some(input) = input else { break };
-                match input {
-                    Input::Connected(id, channel, peer) => {
-                        let principal = stoa_transport::peer_name(&peer.conn);
-                        peers.insert(id, peer);
-                        master.handle_connected(now(), id, channel);
-                        if let Some(principal) = principal {
-                            master.handle_authenticated(id, principal);
-                        }
-                    }
-                    Input::Agent(id, msg) => master.handle_agent_message(now(), id, msg),
-                    Input::Scheduler(id, call) => master.handle_scheduler_call(now(), id, call),
-                    Input::Operator(OperatorCall::ReadLog { framework_id, task_id, stream, offset, max_len }, reply) => {
-                        match master.locate_task(&task_id, framework_id.as_ref()) {
-                            Ok((framework_id, agent)) => match peers.get(&agent) {
-                                Some(peer) => {
-                                    let request = SideRequest::ReadLog { framework_id, task_id, stream, offset, max_len };
-                                    tokio::spawn(read_log(peer.conn.clone(), request, reply));
-                                }
-                                None => {
-                                    let _ = reply.send(OperatorReply::Refused { message: "the task's agent is not connected".into() });
-                                }
-                            },
-                            Err(message) => {
-                                let _ = reply.send(OperatorReply::Refused { message });
-                            }
-                        }
-                    }
-                    Input::Operator(call, reply) => {
-                        let answer = master.handle_operator_call(now(), call);
-                        // The reply may tell of a registry change: it
-                        // waits for the change to be durable.
-                        write_out(&mut master, &store, &mut peers, now)?;
-                        let _ = reply.send(answer);
-                    }
-                    Input::Failed(id, reason) => {
-                        tracing::warn!(conn = id.0, %reason, "closing connection: protocol error");
-                        if let Some(peer) = peers.remove(&id) {
-                            peer.conn.close(close::PROTOCOL_ERROR, reason.as_bytes());
-                        }
-                        master.handle_disconnected(now(), id);
-                    }
-                    Input::Disconnected(id) => {
-                        peers.remove(&id);
-                        master.handle_disconnected(now(), id);
-                    }
-                }
+                let Some(input) = input else { break Ended::Shutdown };
+                handle(&mut master, &mut peers, &out, input, now).await
             }
-            _ = sleep_until(deadline) => master.handle_timeout(now()),
-            _ = &mut shutdown => break,
+            _ = sleep_until(deadline) => {
+                master.handle_timeout(now());
+                Ok(())
+            }
+            why = &mut lost => break Ended::Deposed(why),
+            _ = &mut *shutdown => break Ended::Shutdown,
+        };
+        let written = match step {
+            Ok(()) => out.write(&mut master, &mut peers, now).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            // Not durable: nothing more may be said. On etcd another master
+            // takes over; a file registry that cannot be written stops
+            // this one.
+            if leader.is_none() {
+                return Err(e);
+            }
+            break Ended::Deposed(e);
         }
-        write_out(&mut master, &store, &mut peers, now)?;
-    }
+    };
     acceptor.abort();
-    endpoint.close(close::SHUTDOWN, b"master shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if let Ended::Deposed(_) = &ended {
+        // Peers reconnect to whoever leads next.
+        for (_, peer) in peers.drain() {
+            peer.conn.close(close::NOT_LEADER, b"");
+        }
+    }
+    Ok(ended)
+}
+
+/// Handles one input from a connection.
+async fn handle(
+    master: &mut Master,
+    peers: &mut HashMap<ConnId, Peer>,
+    out: &Out<'_>,
+    input: Input,
+    now: impl Fn() -> Time + Copy,
+) -> anyhow::Result<()> {
+    match input {
+        Input::Connected(id, channel, peer) => {
+            let principal = stoa_transport::peer_name(&peer.conn);
+            peers.insert(id, peer);
+            master.handle_connected(now(), id, channel);
+            if let Some(principal) = principal {
+                master.handle_authenticated(id, principal);
+            }
+        }
+        Input::Agent(id, msg) => master.handle_agent_message(now(), id, msg),
+        Input::Scheduler(id, call) => master.handle_scheduler_call(now(), id, call),
+        Input::Operator(
+            OperatorCall::ReadLog {
+                framework_id,
+                task_id,
+                stream,
+                offset,
+                max_len,
+            },
+            reply,
+        ) => match master.locate_task(&task_id, framework_id.as_ref()) {
+            Ok((framework_id, agent)) => match peers.get(&agent) {
+                Some(peer) => {
+                    let request = SideRequest::ReadLog {
+                        framework_id,
+                        task_id,
+                        stream,
+                        offset,
+                        max_len,
+                    };
+                    tokio::spawn(read_log(peer.conn.clone(), request, reply));
+                }
+                None => {
+                    let _ = reply.send(OperatorReply::Refused {
+                        message: "the task's agent is not connected".into(),
+                    });
+                }
+            },
+            Err(message) => {
+                let _ = reply.send(OperatorReply::Refused { message });
+            }
+        },
+        Input::Operator(call, reply) => {
+            let answer = master.handle_operator_call(now(), call);
+            // The reply may tell of a registry change: it waits for the
+            // change to be durable.
+            out.write(master, peers, now).await?;
+            let _ = reply.send(answer);
+        }
+        Input::Failed(id, reason) => {
+            tracing::warn!(conn = id.0, %reason, "closing connection: protocol error");
+            if let Some(peer) = peers.remove(&id) {
+                peer.conn.close(close::PROTOCOL_ERROR, reason.as_bytes());
+            }
+            master.handle_disconnected(now(), id);
+        }
+        Input::Disconnected(id) => {
+            peers.remove(&id);
+            master.handle_disconnected(now(), id);
+        }
+    }
     Ok(())
 }
 
-/// Durable before visible: persists what the core wrote to the registry,
-/// then sends what it released. A failed write stops the master: carrying
-/// on would tell peers about state that is not durable.
-fn write_out(
-    master: &mut Master,
-    store: &RegistryStore,
-    peers: &mut HashMap<ConnId, Peer>,
-    now: impl Fn() -> Time,
-) -> anyhow::Result<()> {
-    loop {
-        let ready = master.ready();
-        if ready.is_empty() {
-            return Ok(());
-        }
-        store
-            .apply(ready.writes())
-            .context("cannot write the registry; stopping")?;
-        let dropped = flush(master.advance(ready), peers);
-        for id in dropped {
-            master.handle_disconnected(now(), id);
+/// Where the core's output goes: the registry (as this leader), then the
+/// peers.
+struct Out<'a> {
+    store: &'a RegistryStore,
+    leader: Option<&'a Leadership>,
+}
+
+impl Out<'_> {
+    /// Durable before visible: persists what the core wrote to the
+    /// registry, then sends what it released. A failed write returns an
+    /// error and sends nothing: carrying on would tell peers about state
+    /// that is not durable.
+    async fn write(
+        &self,
+        master: &mut Master,
+        peers: &mut HashMap<ConnId, Peer>,
+        now: impl Fn() -> Time,
+    ) -> anyhow::Result<()> {
+        loop {
+            let ready = master.ready();
+            if ready.is_empty() {
+                return Ok(());
+            }
+            self.store
+                .apply(self.leader, ready.writes())
+                .await
+                .context("cannot write the registry")?;
+            let dropped = flush(master.advance(ready), peers);
+            for id in dropped {
+                master.handle_disconnected(now(), id);
+            }
         }
     }
 }

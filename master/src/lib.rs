@@ -8,5 +8,6 @@
 /// creep into it.
 pub use stoa_master_core as core;
 pub mod driver;
+pub mod etcd_server;
 pub mod refusal_log;
-pub mod registry_store;
+pub mod registry;

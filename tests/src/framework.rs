@@ -32,6 +32,45 @@ impl TestFramework {
         })
     }
 
+    /// Subscribes `info` again (a failover: `info.id` set) until a master
+    /// takes it, for at most 30 s: the master may be restarting, or its
+    /// successor not yet elected.
+    pub async fn resubscribe(client: &ClientConfig, info: &FrameworkInfo) -> anyhow::Result<Self> {
+        let give_up = std::time::Instant::now() + EVENT_WAIT;
+        loop {
+            match TestFramework::subscribe_as(client, info.clone()).await {
+                Ok(fw) => return Ok(fw),
+                Err(_) if std::time::Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Every task's terminal states as they come, until `tasks` tasks
+    /// have FINISHED.
+    pub async fn ends_until_finished(
+        &mut self,
+        tasks: usize,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, Vec<TaskState>>> {
+        let mut ends: std::collections::BTreeMap<String, Vec<TaskState>> = Default::default();
+        while ends
+            .values()
+            .filter(|s| s.contains(&TaskState::Finished))
+            .count()
+            < tasks
+        {
+            let status = self.next_update().await?;
+            if status.state.is_terminal() {
+                ends.entry(status.task_id.to_string())
+                    .or_default()
+                    .push(status.state);
+            }
+        }
+        Ok(ends)
+    }
+
     /// The next event of any kind, updates acknowledged as usual.
     pub async fn event(&mut self) -> anyhow::Result<Event> {
         self.next_event().await

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use stoa_client::ClientConfig;
 
 pub mod framework;
+pub mod ha;
 pub use framework::TestFramework;
+pub use ha::HaCluster;
 
 /// The directory holding this test binary's sibling executables
 /// (`target/debug`).
@@ -53,6 +55,28 @@ fn component(file: &str, package: &str, env: &str) -> anyhow::Result<Vec<u8>> {
     match std::env::var_os(env) {
         Some(p) => std::fs::read(&p).with_context(|| format!("cannot read {}", p.display())),
         None => built("wasm32-wasip2", file, package),
+    }
+}
+
+/// A task of the misbehaving component (`artifact`) that sleeps `ms`
+/// milliseconds in its own directory, then finishes.
+pub fn sleeper(i: usize, artifact: &stoa_proto::Artifact, ms: u64) -> stoa_proto::TaskInfo {
+    use stoa_proto::{Sandbox, TaskId, TaskInfo, TaskKind, TaskLimits, WasmTask};
+    TaskInfo {
+        task_id: TaskId::new(format!("sleeper-{i}")).expect("valid id"),
+        name: format!("sleeper {i}"),
+        resources: "cpus:0.1;mem:32".parse().expect("valid resources"),
+        kind: TaskKind::Wasm(WasmTask {
+            artifact: artifact.clone(),
+            input: format!("sleep:{ms}").into_bytes(),
+            args: Vec::new(),
+            env: Vec::new(),
+            sandbox: Sandbox::Directory,
+        }),
+        limits: TaskLimits {
+            fuel: None,
+            timeout_ms: Some(60_000),
+        },
     }
 }
 
@@ -126,38 +150,19 @@ impl Cluster {
     }
 
     fn spawn_agent(&self, i: usize, extra: &[&str]) -> anyhow::Result<Child> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("agent-{i}.log")))?;
-        Ok(Command::new(stoa_bin()?)
-            .args([
-                "agent",
-                "--master",
-                &self.addr.to_string(),
-                "--resources",
-                &self.resources,
-                "--hostname",
-                &format!("host-{i}"),
-                // Which agent is which, for frameworks that place by
-                // attribute (data locality).
-                "--attributes",
-                &format!("node:{i}"),
-            ])
-            .arg("--certs")
-            .arg(&self.certs)
-            .arg("--work-dir")
-            .arg(self.agent_dir(i))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?)
+        let masters = self.addr.to_string();
+        spawn_agent(
+            self.dir.path(),
+            &self.certs,
+            &masters,
+            &self.resources,
+            i,
+            extra,
+        )
     }
 
     fn wait_registered(&self, i: usize) -> anyhow::Result<()> {
-        wait_for_file(&self.agent_dir(i).join("agent_id"), Duration::from_secs(20))
-            .with_context(|| format!("agent-{i} did not register; logs:\n{}", self.logs()))?;
-        Ok(())
+        wait_registered(&self.agent_dir(i), i).map_err(|e| e.context(self.logs()))
     }
 
     /// Kills agent `i` (SIGKILL: no goodbye, as in a crash); its executors
@@ -257,17 +262,67 @@ impl Cluster {
 
     /// Every process's log, for failure messages.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
-            for e in entries.flatten() {
-                if e.path().extension().is_some_and(|x| x == "log") {
-                    out.push_str(&format!("--- {}\n", e.path().display()));
-                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-                }
+        logs_in(self.dir.path())
+    }
+}
+
+/// Every `*.log` in `dir`, for failure messages.
+pub(crate) fn logs_in(dir: &Path) -> String {
+    let mut out = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                out.push_str(&format!("--- {}\n", e.path().display()));
+                out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
             }
         }
-        out
     }
+    out
+}
+
+/// Starts agent `i` of the cluster in `dir` (its work directory
+/// `dir/agent-I`, its log `dir/agent-I.log`), registering with `masters`.
+pub(crate) fn spawn_agent(
+    dir: &Path,
+    certs: &Path,
+    masters: &str,
+    resources: &str,
+    i: usize,
+    extra: &[&str],
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("agent-{i}.log")))?;
+    Ok(Command::new(stoa_bin()?)
+        .args([
+            "agent",
+            "--master",
+            masters,
+            "--resources",
+            resources,
+            "--hostname",
+            &format!("host-{i}"),
+            // Which agent is which, for frameworks that place by
+            // attribute (data locality).
+            "--attributes",
+            &format!("node:{i}"),
+        ])
+        .arg("--certs")
+        .arg(certs)
+        .arg("--work-dir")
+        .arg(dir.join(format!("agent-{i}")))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+/// Waits until the agent working in `work_dir` has registered.
+pub(crate) fn wait_registered(work_dir: &Path, i: usize) -> anyhow::Result<()> {
+    wait_for_file(&work_dir.join("agent_id"), Duration::from_secs(20))
+        .with_context(|| format!("agent-{i} did not register"))?;
+    Ok(())
 }
 
 /// Starts a master whose files (address, registry, log) live in `dir`.
@@ -276,19 +331,33 @@ fn spawn_master(dir: &Path, certs: &Path) -> anyhow::Result<Child> {
 }
 
 fn spawn_master_on(dir: &Path, certs: &Path, listen: &str) -> anyhow::Result<Child> {
+    let registry = dir.join("registry.redb");
+    spawn_named_master(dir, certs, listen, "master", &registry.to_string_lossy())
+}
+
+/// Starts a master whose address and log are `dir/NAME.addr` and
+/// `dir/NAME.log`, on `registry`; masters of one cluster share
+/// `dir/artifacts`.
+pub(crate) fn spawn_named_master(
+    dir: &Path,
+    certs: &Path,
+    listen: &str,
+    name: &str,
+    registry: &str,
+) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("master.log"))?;
+        .open(dir.join(format!("{name}.log")))?;
     let mut command = Command::new(stoa_bin()?);
     command
         .args(["master", "--listen", listen, "--agent-timeout", "3"])
         .arg("--certs")
         .arg(certs)
         .arg("--addr-file")
-        .arg(dir.join("master.addr"))
+        .arg(dir.join(format!("{name}.addr")))
         .arg("--registry")
-        .arg(dir.join("registry.redb"))
+        .arg(registry)
         .arg("--artifacts")
         .arg(dir.join("artifacts"));
     let acls = dir.join("acls.json");
@@ -315,7 +384,7 @@ impl Drop for Cluster {
     }
 }
 
-fn wait_for_file(path: &Path, limit: Duration) -> anyhow::Result<String> {
+pub(crate) fn wait_for_file(path: &Path, limit: Duration) -> anyhow::Result<String> {
     let start = Instant::now();
     loop {
         if let Ok(s) = std::fs::read_to_string(path)

@@ -2,33 +2,11 @@
 //! tasks. The same holes have scenario tests on the master core
 //! (`master/core/src/tests/faults.rs`) and seeds in the simulator's sweep.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-use stoa_proto::{
-    Artifact, FrameworkInfo, Sandbox, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState, WasmTask,
-};
-use stoa_tests::{Cluster, TestFramework, misbehave_wasm};
+use std::time::Duration;
+use stoa_proto::{Artifact, FrameworkInfo, TaskState};
+use stoa_tests::{Cluster, TestFramework, misbehave_wasm, sleeper};
 
 const TASKS: usize = 12;
-
-fn sleeper(i: usize, artifact: &Artifact) -> TaskInfo {
-    TaskInfo {
-        task_id: TaskId::new(format!("sleeper-{i}")).expect("valid id"),
-        name: format!("sleeper {i}"),
-        resources: "cpus:0.1;mem:32".parse().expect("valid resources"),
-        kind: TaskKind::Wasm(WasmTask {
-            artifact: artifact.clone(),
-            input: b"sleep:5000".to_vec(),
-            args: Vec::new(),
-            env: Vec::new(),
-            sandbox: Sandbox::Directory,
-        }),
-        limits: TaskLimits {
-            fuel: None,
-            timeout_ms: Some(60_000),
-        },
-    }
-}
 
 /// Tasks sleeping 5 s; the master is killed while they run and comes back
 /// 2 s later. The scheduler subscribes again with its id and must hear
@@ -48,7 +26,7 @@ fn every_update_reaches_its_scheduler_across_a_master_crash() -> anyhow::Result<
         let digest = stoa_client::upload_artifact(&cluster.client(), &misbehave_wasm()?).await?;
         let artifact = Artifact::Stored(digest);
         let mut fw = TestFramework::subscribe_as(&cluster.client(), info.clone()).await?;
-        fw.launch_all((0..TASKS).map(|i| sleeper(i, &artifact)).collect())
+        fw.launch_all((0..TASKS).map(|i| sleeper(i, &artifact, 5_000)).collect())
             .await?;
         for i in 0..TASKS {
             fw.wait_for(&format!("sleeper-{i}"), TaskState::Running)
@@ -63,33 +41,10 @@ fn every_update_reaches_its_scheduler_across_a_master_crash() -> anyhow::Result<
 
     info.id = Some(id.clone());
     let ends = rt.block_on(async {
-        let give_up = Instant::now() + Duration::from_secs(30);
-        let mut fw = loop {
-            match TestFramework::subscribe_as(&cluster.client(), info.clone()).await {
-                Ok(fw) => break fw,
-                // The new master may not be listening yet.
-                Err(_) if Instant::now() < give_up => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        // The new master may not be listening yet.
+        let mut fw = TestFramework::resubscribe(&cluster.client(), &info).await?;
         assert_eq!(fw.id(), &id, "the framework keeps its id");
-        let mut ends: BTreeMap<String, Vec<TaskState>> = BTreeMap::new();
-        while ends
-            .values()
-            .filter(|s| s.contains(&TaskState::Finished))
-            .count()
-            < TASKS
-        {
-            let status = fw.next_update().await?;
-            if status.state.is_terminal() {
-                ends.entry(status.task_id.to_string())
-                    .or_default()
-                    .push(status.state);
-            }
-        }
-        anyhow::Ok(ends)
+        fw.ends_until_finished(TASKS).await
     });
     let ends = ends.map_err(|e| anyhow::anyhow!("{e:#}; logs:\n{}", cluster.logs()))?;
     for (task, states) in &ends {

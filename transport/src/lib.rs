@@ -9,10 +9,12 @@
 
 pub mod certs;
 pub mod framed;
+pub mod leader;
 pub mod side;
 pub mod tls;
 
 pub use framed::{FrameReceiver, FrameSender, RecvError};
+pub use leader::{ALPN_STANDBY, Masters, NotLeader, connect, connect_leader, connect_leader_conn};
 pub use side::ArtifactStore;
 pub use tls::{Identity, client_config, server_config};
 
@@ -35,6 +37,9 @@ pub mod close {
     pub const REFUSED: VarInt = VarInt::from_u32(2);
     /// The process is shutting down.
     pub const SHUTDOWN: VarInt = VarInt::from_u32(3);
+    /// This master does not lead (a standby, or a leader that lost its
+    /// election); the reason is the leader's address, if one is known.
+    pub const NOT_LEADER: VarInt = VarInt::from_u32(4);
 }
 
 /// Delays between attempts to reach the master again: from 100 ms,
@@ -122,25 +127,6 @@ pub fn client_endpoint(remote: std::net::SocketAddr) -> std::io::Result<quinn::E
     .parse()
     .map_err(std::io::Error::other)?;
     quinn::Endpoint::client(bind)
-}
-
-/// Connects to the master on one channel and opens the connection's stream.
-pub async fn connect(
-    endpoint: &quinn::Endpoint,
-    master: std::net::SocketAddr,
-    config: quinn::ClientConfig,
-) -> anyhow::Result<(quinn::Connection, FrameSender, FrameReceiver)> {
-    use anyhow::Context as _;
-    let conn = endpoint
-        .connect_with(config, master, MASTER_NAME)
-        .context("cannot start a connection")?
-        .await
-        .with_context(|| format!("QUIC handshake with the master at {master} failed"))?;
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .context("cannot open a stream to the master")?;
-    Ok((conn, FrameSender::new(send), FrameReceiver::new(recv)))
 }
 
 /// Channel of operators (the `stoa` CLI) talking to the master.

@@ -102,14 +102,16 @@ pub fn server_config(id: &Identity, alpns: &[&[u8]]) -> anyhow::Result<quinn::Se
     Ok(config)
 }
 
-/// A client on one channel that verifies the master against the cluster CA.
+/// A client on one channel that verifies the master against the cluster
+/// CA. It offers the standby channel too, so that a standby master can
+/// say in the handshake that it does not lead (see [`crate::leader`]).
 pub fn client_config(id: &Identity, alpn: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(id.roots.clone())
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
         .context("the node's certificate and key do not match")?;
-    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec(), crate::ALPN_STANDBY.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
