@@ -94,6 +94,11 @@ struct MasterArgs {
     /// itself after three quarters of this while out of touch.
     #[arg(long, default_value_t = 120)]
     agent_removal_timeout: u64,
+    /// Seconds agents admitted before a restart or a failover have to
+    /// register with this master again; those still away are then treated
+    /// as lost (frameworks hear FAILURE; reconciliation stops waiting).
+    #[arg(long, default_value_t = 10)]
+    agent_reregister_timeout: u64,
     /// Where the registry (admitted agents, frameworks, weights, quotas,
     /// reservations, hosted schedulers) survives restarts: `file:PATH` (or
     /// a bare path) for a single master, or
@@ -323,6 +328,7 @@ fn main() -> anyhow::Result<()> {
                 let core = stoa_master::core::MasterConfig {
                     agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
                     agent_removal_timeout: Duration::from_secs(a.agent_removal_timeout.max(1)),
+                    agent_reregister_timeout: Duration::from_secs(a.agent_reregister_timeout),
                     offer_timeout: a.offer_timeout.map(Duration::from_secs),
                     acls,
                     ..Default::default()

@@ -134,10 +134,53 @@ impl Master {
     /// An agent admitted before this master started registered again or
     /// was removed: once none are left, reconciliations held back get
     /// their answers.
+    /// The re-registration timeout passed: agents admitted before this
+    /// master started that are still away are treated as lost, as any
+    /// unreachable agent is. Frameworks hear FAILURE for each, and tasks
+    /// being reconciled that may run on one are UNREACHABLE: not UNKNOWN,
+    /// which would let a framework launch again what may still run. Their
+    /// final answer waits until every such agent is back or removed.
+    pub(super) fn reregister_timed_out(&mut self) {
+        if self.recovering.is_empty() {
+            return;
+        }
+        self.reregister_passed = true;
+        tracing::warn!(
+            agents = self.recovering.len(),
+            "agents admitted before this master started did not register again in time; treating them as lost"
+        );
+        let frameworks: Vec<FrameworkId> = self.frameworks.keys().cloned().collect();
+        let away: Vec<AgentId> = self.recovering.iter().cloned().collect();
+        for agent_id in away {
+            for fw in &frameworks {
+                let agent_id = agent_id.clone();
+                self.send_to_framework(fw, Event::Failure { agent_id });
+            }
+        }
+        // Only those still unknown: a task heard of since (its agent came
+        // back) has had its answer.
+        for (fw, task) in self.deferred_reconciles.clone() {
+            if self.task_status(&fw, task.clone()).state == TaskState::Unknown {
+                self.send_unreachable_while_away(&fw, task);
+            }
+        }
+    }
+
+    /// A task being reconciled that may run on an agent not back since
+    /// this master started, past the re-registration timeout.
+    pub(super) fn send_unreachable_while_away(&mut self, fw: &FrameworkId, task: TaskId) {
+        let status = TaskStatus::new(task, TaskState::Unreachable).because(
+            Reason::AgentDisconnected,
+            "it may run on an agent that has not registered with this master since it started",
+        );
+        self.send_to_framework(fw, Event::Update { status, ack: None });
+    }
+
     fn recovered_one(&mut self) {
         if !self.recovering.is_empty() {
             return;
         }
+        self.timers.cancel(&Timer::Reregister);
         tracing::info!("every agent admitted before this master started is back or removed");
         for (fw, task) in std::mem::take(&mut self.deferred_reconciles) {
             let status = self.task_status(&fw, task);

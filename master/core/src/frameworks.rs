@@ -218,6 +218,9 @@ impl Master {
             for task_id in tasks {
                 let status = self.task_status(fw, task_id.clone());
                 if status.state == TaskState::Unknown && !self.recovering.is_empty() {
+                    if self.reregister_passed {
+                        self.send_unreachable_while_away(fw, task_id.clone());
+                    }
                     self.deferred_reconciles.push((fw.clone(), task_id));
                 } else {
                     known.push(status);

@@ -77,6 +77,12 @@ pub struct MasterConfig {
     /// (`agent-removed`), and if it comes back it must kill them and
     /// register anew.
     pub agent_removal_timeout: Duration,
+    /// After a restart or a failover: how long agents admitted before may
+    /// take to register again. Past it, those still away are treated as
+    /// lost: frameworks hear FAILURE for them, and reconciliation stops
+    /// waiting for them (their tasks are UNKNOWN until they return or are
+    /// removed).
+    pub agent_reregister_timeout: Duration,
     /// Changes arriving within this window share one allocation run. The
     /// default is none: the driver handles every input already queued
     /// before it looks at timers, so changes that arrive together share a
@@ -102,6 +108,7 @@ impl Default for MasterConfig {
             heartbeat_interval: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(5),
             agent_removal_timeout: Duration::from_secs(120),
+            agent_reregister_timeout: Duration::from_secs(10),
             allocation_delay: Duration::ZERO,
             default_refuse: Duration::from_secs(5),
             offer_timeout: None,
@@ -179,6 +186,9 @@ pub struct Master {
     /// with it yet nor been removed. While there are any, the master may
     /// not know a task that runs, so it holds back answering UNKNOWN.
     recovering: std::collections::BTreeSet<AgentId>,
+    /// The re-registration timeout has passed with agents still in
+    /// `recovering`.
+    reregister_passed: bool,
     /// Explicit reconciliations of tasks unknown while `recovering`,
     /// answered once it is empty.
     deferred_reconciles: Vec<(FrameworkId, TaskId)>,
@@ -229,6 +239,7 @@ impl Master {
             registry: Journal::default(),
             timers: Timers::default(),
             recovering: std::collections::BTreeSet::new(),
+            reregister_passed: false,
             deferred_reconciles: Vec::new(),
             ended: Recent::new(MAX_ENDED),
             next_scheduler_heartbeat: None,
@@ -300,6 +311,7 @@ impl Master {
             match timer {
                 Timer::Heartbeat(id) => self.heartbeat_due(now, id),
                 Timer::Removal(id) => self.remove_agent(now, &id),
+                Timer::Reregister => self.reregister_timed_out(),
                 Timer::Failover(id) => {
                     tracing::info!(framework = %id, "failover timeout passed; tearing the framework down");
                     self.remove_framework(now, &id);

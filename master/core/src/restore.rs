@@ -64,6 +64,10 @@ impl Master {
             self.timers.set(Timer::Removal(id.clone()), due);
             self.recovering.insert(id.clone());
         }
+        if !self.recovering.is_empty() {
+            let due = now + self.config.agent_reregister_timeout;
+            self.timers.set(Timer::Reregister, due);
+        }
         self.registry = Journal::restore(registry);
         self.restore_hosted();
     }

@@ -18,6 +18,9 @@ pub(crate) enum Timer {
     Removal(AgentId),
     /// A framework whose scheduler is away is due to be torn down.
     Failover(FrameworkId),
+    /// Agents admitted before this master started that have not
+    /// registered again by now are given up on (`agent_reregister_timeout`).
+    Reregister,
 }
 
 #[derive(Debug, Default)]

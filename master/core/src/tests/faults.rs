@@ -249,6 +249,58 @@ fn unknown_waits_until_every_admitted_agent_is_back_or_removed() {
     );
 }
 
+/// An agent that does not register again within the re-registration
+/// timeout of a new master is treated as lost: its frameworks hear
+/// FAILURE, and a task being reconciled is UNREACHABLE, never UNKNOWN
+/// while the agent may still run it (the simulator found a framework
+/// relaunching such a task, then hearing it finish on the agent's
+/// return); UNKNOWN once the agent is removed.
+#[test]
+fn past_the_reregister_timeout_an_agent_still_away_is_lost() {
+    let (m, _, info) = running_framework();
+    let agent = agent_id_of(&m);
+    let mut m = restart(&m, t(7_000));
+    subscribe(&mut m, SCHED2, info);
+    let t1 = TaskId::new("t1").expect("id");
+    m.handle_scheduler_call(t(7_050), SCHED2, Call::Reconcile { tasks: vec![t1] });
+    assert!(updates(&drain(&mut m)).is_empty(), "waits for the agent");
+    // Default timeout: 10 s after the restart.
+    let mut out = Vec::new();
+    while let Some(due) = m.poll_timeout().filter(|d| *d <= t(17_000)) {
+        m.handle_timeout(due);
+        out.extend(drain(&mut m));
+    }
+    assert!(
+        out.contains(&Transmit::ToScheduler(
+            SCHED2,
+            Event::Failure {
+                agent_id: agent.clone()
+            }
+        )),
+        "{out:?}"
+    );
+    assert_eq!(
+        updates(&out),
+        vec![(
+            "t1".into(),
+            TaskState::Unreachable,
+            Some(Reason::AgentDisconnected)
+        )],
+        "not UNKNOWN: the agent may still run it"
+    );
+    // The agent is removed (60 s after the restart, in `restart`): now the
+    // master knows t1 runs nowhere it will hear of.
+    let mut out = Vec::new();
+    while let Some(due) = m.poll_timeout().filter(|d| *d <= t(70_000)) {
+        m.handle_timeout(due);
+        out.extend(drain(&mut m));
+    }
+    assert_eq!(
+        updates(&out),
+        vec![("t1".into(), TaskState::Unknown, Some(Reason::TaskUnknown))]
+    );
+}
+
 #[test]
 fn an_agent_unreachable_past_the_removal_timeout_is_removed_and_starts_anew() {
     let (mut m, fw, _) = running_framework();
