@@ -96,7 +96,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let per_agent = crate::up::share_of_machine(1)?;
     eprintln!("starting a master and an agent ({per_agent}) …");
     let cluster =
-        crate::up::LocalCluster::start(&dir, 1, "127.0.0.1:0".parse()?, &per_agent).await?;
+        crate::up::LocalCluster::start(&dir, 1, 1, "127.0.0.1:0".parse()?, &per_agent).await?;
     let result = measure(&a, &cluster, &wasm).await;
     cluster.stop().await;
     let (latencies, throughput) = result?;

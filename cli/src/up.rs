@@ -1,5 +1,6 @@
-//! `stoa up`: a master and agents on this machine, as child processes of
-//! this one, with certificates, state and logs under one directory.
+//! `stoa up`: a master (or several on an etcd of their own) and agents on
+//! this machine, as child processes of this one, with certificates, state
+//! and logs under one directory.
 
 use anyhow::{Context as _, bail};
 use std::net::SocketAddr;
@@ -16,9 +17,15 @@ pub struct UpArgs {
     /// How many agents to start.
     #[arg(long, default_value_t = 2)]
     agents: usize,
-    /// Master address.
+    /// Master address; with several masters, the first's (the others take
+    /// the ports after it).
     #[arg(long, default_value = "127.0.0.1:5050")]
     listen: SocketAddr,
+    /// How many masters to start. More than one share a registry in an
+    /// etcd this command starts too (Debian: etcd-server); one leads, the
+    /// others stand by.
+    #[arg(long, default_value_t = 1)]
+    masters: usize,
     /// Print what is running as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -35,20 +42,26 @@ struct Node {
     work_dir: Option<PathBuf>,
 }
 
-/// A master and agents running as children of this process.
+/// Masters and agents running as children of this process.
 pub struct LocalCluster {
+    /// The masters' addresses, as `--master` takes them.
     pub addr: String,
     pub certs: PathBuf,
+    /// The first `masters` nodes are the masters.
     nodes: Vec<Node>,
+    masters: usize,
     agent_ids: Vec<String>,
+    /// The masters' registry, when there are several; stopped after them.
+    etcd: Option<stoa_master::etcd_server::EtcdServer>,
 }
 
 impl LocalCluster {
-    /// Starts a master on `listen` and `agents` agents offering
-    /// `per_agent` each, state under `dir`; returns once every agent has
-    /// registered.
+    /// Starts `masters` masters from `listen` on and `agents` agents
+    /// offering `per_agent` each, state under `dir`; returns once every
+    /// agent has registered.
     pub async fn start(
         dir: &Path,
+        masters: usize,
         agents: usize,
         listen: SocketAddr,
         per_agent: &stoa_proto::Resources,
@@ -61,31 +74,58 @@ impl LocalCluster {
             eprintln!("created cluster certificates in {}", certs.display());
         }
         let exe = std::env::current_exe().context("cannot find the stoa binary")?;
-        let addr_file = dir.join("master.addr");
-        let registry = dir.join("registry.redb");
-        let _ = std::fs::remove_file(&addr_file);
+        let (registry, etcd) = if masters > 1 {
+            let etcd_dir = dir.join("etcd");
+            let etcd = tokio::task::spawn_blocking(move || {
+                stoa_master::etcd_server::EtcdServer::start_in(&etcd_dir)
+            })
+            .await??;
+            eprintln!("etcd serving the masters' registry at {}", etcd.endpoint());
+            (format!("etcd://{}/stoa", etcd.endpoint()), Some(etcd))
+        } else {
+            (path(&dir.join("registry.redb"))?.to_string(), None)
+        };
         let mut nodes = Vec::new();
-        let master = spawn(
-            &exe,
-            "master",
-            &logs,
-            &[
-                "master",
-                "--listen",
-                &listen.to_string(),
-                "--certs",
-                path(&certs)?,
-                "--addr-file",
-                path(&addr_file)?,
-                "--registry",
-                path(&registry)?,
-                "--artifacts",
-                path(&dir.join("artifacts"))?,
-            ],
-        )?;
-        nodes.push(master);
+        let mut addr_files = Vec::new();
+        for i in 0..masters {
+            let name = if masters == 1 {
+                "master".to_string()
+            } else {
+                format!("master-{}", i + 1)
+            };
+            let addr_file = dir.join(format!("{name}.addr"));
+            let _ = std::fs::remove_file(&addr_file);
+            let port = u16::try_from(usize::from(listen.port()) + i)
+                .ok()
+                .filter(|_| listen.port() != 0)
+                .unwrap_or(0);
+            let master = spawn(
+                &exe,
+                &name,
+                &logs,
+                &[
+                    "master",
+                    "--listen",
+                    &SocketAddr::new(listen.ip(), port).to_string(),
+                    "--certs",
+                    path(&certs)?,
+                    "--addr-file",
+                    path(&addr_file)?,
+                    "--registry",
+                    &registry,
+                    "--artifacts",
+                    path(&dir.join("artifacts"))?,
+                ],
+            )?;
+            nodes.push(master);
+            addr_files.push(addr_file);
+        }
         let started = async {
-            let addr = wait_for(&addr_file, &mut nodes, Duration::from_secs(20)).await?;
+            let mut addrs = Vec::new();
+            for file in &addr_files {
+                addrs.push(wait_for(file, &mut nodes, Duration::from_secs(20)).await?);
+            }
+            let addr = addrs.join(",");
             for i in 1..=agents {
                 let name = format!("agent-{i}");
                 let work = dir.join(&name);
@@ -132,7 +172,9 @@ impl LocalCluster {
                 addr,
                 certs,
                 nodes,
+                masters,
                 agent_ids,
+                etcd,
             }),
             Err(e) => {
                 stop(&mut nodes).await;
@@ -141,9 +183,11 @@ impl LocalCluster {
         }
     }
 
-    /// Stops every process of the cluster, executors included.
+    /// Stops every process of the cluster, executors included (etcd
+    /// last: a stopping leader resigns through it).
     pub async fn stop(mut self) {
         stop(&mut self.nodes).await;
+        drop(self.etcd.take());
     }
 }
 
@@ -151,12 +195,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.agents == 0 {
         bail!("--agents must be at least 1");
     }
+    if args.masters == 0 {
+        bail!("--masters must be at least 1");
+    }
     let dir = std::path::absolute(&args.dir)?;
     if let Some(ready) = &args.ready_file {
         let _ = std::fs::remove_file(ready);
     }
     let per_agent = share_of_machine(args.agents)?;
-    let mut cluster = LocalCluster::start(&dir, args.agents, args.listen, &per_agent).await?;
+    let mut cluster =
+        LocalCluster::start(&dir, args.masters, args.agents, args.listen, &per_agent).await?;
     let reported = (|| {
         report(&args, &dir, &cluster, &per_agent)?;
         if let Some(ready) = &args.ready_file {
@@ -296,27 +344,45 @@ fn report(
     per_agent: &stoa_proto::Resources,
 ) -> anyhow::Result<()> {
     let (addr, nodes, agent_ids) = (&cluster.addr, &cluster.nodes, &cluster.agent_ids);
+    let (masters, agents) = nodes.split_at(cluster.masters);
+    let addrs: Vec<&str> = addr.split(',').collect();
     let certs = &cluster.certs;
     if args.json {
-        let agents: Vec<_> = nodes[1..]
+        let agents: Vec<_> = agents
             .iter()
             .zip(agent_ids)
             .map(|(n, id)| serde_json::json!({"name": n.name, "pid": n.child.id(), "agent_id": id, "resources": per_agent.to_string(), "log": n.log}))
             .collect();
+        let masters: Vec<_> = masters
+            .iter()
+            .zip(&addrs)
+            .map(|(n, a)| serde_json::json!({"name": n.name, "address": a, "pid": n.child.id(), "log": n.log}))
+            .collect();
         let out = serde_json::json!({
-            "master": {"address": addr, "pid": nodes[0].child.id(), "log": nodes[0].log},
+            "master": masters.first(),
+            "masters": masters,
+            "etcd": cluster.etcd.as_ref().map(|e| e.endpoint()),
             "agents": agents,
             "certs": certs,
         });
         println!("{out}");
     } else {
         println!("stoa cluster up (state in {})", dir.display());
-        println!(
-            "  master   {addr}  pid {}  log {}",
-            nodes[0].child.id().unwrap_or(0),
-            nodes[0].log.display()
-        );
-        for (n, id) in nodes[1..].iter().zip(agent_ids) {
+        for (n, a) in masters.iter().zip(&addrs) {
+            println!(
+                "  {:<8} {a}  pid {}  log {}",
+                n.name,
+                n.child.id().unwrap_or(0),
+                n.log.display()
+            );
+        }
+        if let Some(etcd) = &cluster.etcd {
+            println!(
+                "  etcd     {}  (the masters' registry; one master leads)",
+                etcd.endpoint()
+            );
+        }
+        for (n, id) in agents.iter().zip(agent_ids) {
             println!(
                 "  {}  {id}  {per_agent}  pid {}  log {}",
                 n.name,

@@ -10,13 +10,14 @@ mod acks;
 pub mod scheduler;
 
 pub use scheduler::{Calls, DriverOptions, Scheduler};
+pub use stoa_transport::Masters;
 
 use anyhow::{Context as _, bail};
 use std::path::PathBuf;
 use stoa_proto::{
     AgentId, Call, Event, FrameworkId, FrameworkInfo, OfferId, Operation, TaskId, UpdateId,
 };
-use stoa_transport::{ALPN_SCHEDULER, FrameReceiver, FrameSender, Identity, Masters};
+use stoa_transport::{ALPN_SCHEDULER, FrameReceiver, FrameSender, Identity};
 
 /// Where the masters are and which certificates to present.
 #[derive(Debug, Clone)]

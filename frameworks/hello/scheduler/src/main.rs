@@ -1,7 +1,6 @@
 //! `hello`: runs the hello framework against a Stoa master.
 
 use clap::Parser;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use stoa_client::ClientConfig;
@@ -11,9 +10,10 @@ use stoa_client::ClientConfig;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The master's address.
+    /// The masters' addresses, comma-separated; the framework subscribes
+    /// with the one that leads.
     #[arg(long, default_value = "127.0.0.1:5050", env = "STOA_MASTER")]
-    master: SocketAddr,
+    master: stoa_client::Masters,
     /// Directory with the cluster certificates (ca.pem, client.pem, client.key).
     #[arg(long, default_value = ".stoa/certs", env = "STOA_CERTS")]
     certs: PathBuf,
