@@ -4,7 +4,7 @@
 
 use crate::core::{Channel, ConnId, Master, MasterConfig, Transmit};
 use crate::refusal_log::RefusalLog;
-use crate::registry::etcd::{EtcdStore, EtcdTimings, Leadership, keep_leading};
+use crate::registry::etcd::{EtcdStore, EtcdTimings, Leadership, Lease};
 use crate::registry::file::FileStore;
 use crate::registry::{RegistrySpec, RegistryStore};
 use anyhow::Context as _;
@@ -144,15 +144,15 @@ pub async fn run(
             loop {
                 endpoint.set_server_config(Some(standby_config.clone()));
                 tracing::info!(%advertise, "standing by: campaigning to lead");
-                let won = tokio::select! {
-                    won = stand_by(&endpoint, etcd, advertise) => won,
+                let term = tokio::select! {
+                    term = stand_by(&endpoint, etcd, advertise) => term,
                     _ = &mut shutdown => break,
                 };
-                let won = match won {
+                let (mut lease, leadership) = match term {
                     Ok(won) => won,
                     Err(e) => {
-                        // etcd unreachable or restarting: stand by and
-                        // campaign again.
+                        // etcd unreachable or restarting, or the lease
+                        // lost while waiting: stand by and campaign again.
                         let retry = delays.next().unwrap_or(Duration::from_secs(5));
                         tracing::warn!(error = format!("{e:#}"), retry_in = ?retry, "campaign failed");
                         tokio::select! {
@@ -162,10 +162,9 @@ pub async fn run(
                     }
                 };
                 delays = stoa_transport::reconnect_delays();
-                let (leadership, keeper, stream) = won;
                 tracing::info!(%advertise, "elected leader");
                 endpoint.set_server_config(Some(leader_config.clone()));
-                let lost = keep_leading(keeper, stream, etcd.timings());
+                let lost = lease.lost();
                 let ended = lead(
                     &config,
                     &store,
@@ -196,18 +195,25 @@ pub async fn run(
     Ok(())
 }
 
-/// Answers every connection with who leads until this master is elected.
+/// Answers every connection with who leads until this master is
+/// elected; returns its lease (renewed all along) and leadership.
 async fn stand_by(
     endpoint: &quinn::Endpoint,
     etcd: &EtcdStore,
     advertise: SocketAddr,
-) -> anyhow::Result<(
-    Leadership,
-    etcd_client::LeaseKeeper,
-    etcd_client::LeaseKeepAliveStream,
-)> {
+) -> anyhow::Result<(Lease, Leadership)> {
     let redirects = tokio::spawn(redirect_loop(endpoint.clone(), etcd.clone()));
-    let won = etcd.campaign(&advertise.to_string()).await;
+    let won = async {
+        let mut lease = etcd.grant_lease().await?;
+        let address = advertise.to_string();
+        let campaign = etcd.campaign(lease.id(), &address);
+        let won = tokio::select! {
+            won = campaign => won?,
+            why = lease.lost() => return Err(why.context("lost the lease while standing by")),
+        };
+        anyhow::Ok((lease, won))
+    }
+    .await;
     redirects.abort();
     won
 }

@@ -291,36 +291,40 @@ impl EtcdStore {
         self.fenced(leader, ops).await
     }
 
-    /// Waits until this master is elected, announcing `address` as where
-    /// it serves. Returns its leadership and the lease's keeper, which
-    /// must renew it (see [`keep_leading`]).
-    pub async fn campaign(
-        &self,
-        address: &str,
-    ) -> anyhow::Result<(Leadership, LeaseKeeper, LeaseKeepAliveStream)> {
+    /// Takes a lease and keeps it alive from now on, standing by as well
+    /// as leading: a candidate's place in the election dies with its
+    /// lease.
+    pub async fn grant_lease(&self) -> anyhow::Result<Lease> {
         let ttl = i64::try_from(self.timings.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let lease = self
+        let id = self
             .timed(self.client.lease_client().grant(ttl, None))
             .await?
             .id();
         let (keeper, stream) = self
-            .timed(self.client.lease_client().keep_alive(lease))
+            .timed(self.client.lease_client().keep_alive(id))
             .await?;
+        let (tx, lost) = tokio::sync::oneshot::channel();
+        let timings = self.timings;
+        let renewer = tokio::spawn(async move {
+            let _ = tx.send(keep_alive(keeper, stream, timings).await);
+        });
+        Ok(Lease { id, lost, renewer })
+    }
+
+    /// Waits until this master is elected on `lease`, announcing
+    /// `address` as where it serves.
+    pub async fn campaign(&self, lease: i64, address: &str) -> anyhow::Result<Leadership> {
         let won = self
             .client
             .election_client()
             .campaign(self.election(), address, lease)
             .await?;
         let key = won.leader().context("etcd elected no leader key")?;
-        Ok((
-            Leadership {
-                lease,
-                key: key.key().to_vec(),
-                revision: key.rev(),
-            },
-            keeper,
-            stream,
-        ))
+        Ok(Leadership {
+            lease,
+            key: key.key().to_vec(),
+            revision: key.rev(),
+        })
     }
 
     /// The address of the master that leads now, if any.
@@ -374,10 +378,39 @@ impl EtcdStore {
 #[error("this master is no longer the leader")]
 pub struct Deposed;
 
-/// Renews the lease until it cannot: returns when leadership is lost (the
-/// lease ran out or was revoked, or etcd could not be reached to renew it
-/// for most of the lease's life). The caller must stop serving at once.
-pub async fn keep_leading(
+/// A master's lease in etcd, renewed by a task of its own until it is
+/// lost or dropped.
+#[derive(Debug)]
+pub struct Lease {
+    id: i64,
+    lost: tokio::sync::oneshot::Receiver<anyhow::Error>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Resolves when the lease is lost (it ran out or was revoked, or
+    /// etcd could not be reached to renew it for most of its life). A
+    /// leader must then stop serving at once.
+    pub async fn lost(&mut self) -> anyhow::Error {
+        match (&mut self.lost).await {
+            Ok(why) => why,
+            Err(_) => anyhow::anyhow!("the lease's renewal stopped"),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+/// Renews the lease until it cannot; returns why.
+async fn keep_alive(
     mut keeper: LeaseKeeper,
     mut stream: LeaseKeepAliveStream,
     timings: EtcdTimings,
@@ -396,14 +429,14 @@ pub async fn keep_leading(
         };
         match tokio::time::timeout(timings.request_timeout, renewal).await {
             Ok(Ok(Some(r))) if r.ttl() > 0 => renewed = sent,
-            Ok(Ok(Some(_))) => return anyhow::anyhow!("the leader's lease expired"),
+            Ok(Ok(Some(_))) => return anyhow::anyhow!("the master's lease expired"),
             Ok(Ok(None)) => return anyhow::anyhow!("etcd closed the lease's keep-alive stream"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader's lease"),
-            Err(_) => tracing::warn!("renewing the leader's lease timed out"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the master's lease"),
+            Err(_) => tracing::warn!("renewing the master's lease timed out"),
         }
         if renewed.elapsed() + margin >= ttl {
             return anyhow::anyhow!(
-                "could not renew the leader's lease for {:?}; standing down",
+                "could not renew the master's lease for {:?}",
                 renewed.elapsed()
             );
         }

@@ -167,7 +167,7 @@ mod tests {
     /// back by a store opened afresh as the core's own books have them;
     /// the secret made once and kept.
     async fn every_kind_of_write_survives_reopening(
-        open: impl AsyncFn() -> anyhow::Result<(RegistryStore, Option<Leadership>)>,
+        open: impl AsyncFn() -> anyhow::Result<(RegistryStore, Option<(etcd::Lease, Leadership)>)>,
     ) -> anyhow::Result<()> {
         let writes = writes()?;
         let mut expected = Registry::default();
@@ -175,12 +175,13 @@ mod tests {
             expected.apply(w);
         }
         let secret = {
-            let (store, leader) = open().await?;
+            let (store, term) = open().await?;
+            let leader = term.as_ref().map(|(_, leader)| leader);
             assert_eq!(store.load().await?, Registry::default());
-            store.apply(leader.as_ref(), &writes[..4]).await?;
-            store.apply(leader.as_ref(), &writes[4..]).await?;
+            store.apply(leader, &writes[..4]).await?;
+            store.apply(leader, &writes[4..]).await?;
             let secret = store.secret().await?;
-            store.resign(leader.as_ref()).await;
+            store.resign(leader).await;
             secret
         };
         let (store, _) = open().await?;
@@ -210,8 +211,9 @@ mod tests {
         let spec = etcd.spec("/stoa-test");
         every_kind_of_write_survives_reopening(async || {
             let store = EtcdStore::open(&spec, etcd::EtcdTimings::default()).await?;
-            let (leader, _keeper, _stream) = store.campaign("127.0.0.1:1").await?;
-            Ok((RegistryStore::Etcd(Box::new(store)), Some(leader)))
+            let lease = store.grant_lease().await?;
+            let leader = store.campaign(lease.id(), "127.0.0.1:1").await?;
+            Ok((RegistryStore::Etcd(Box::new(store)), Some((lease, leader))))
         })
         .await
     }
@@ -222,19 +224,52 @@ mod tests {
         let spec = etcd.spec("/stoa-test");
         let timings = etcd::EtcdTimings::default();
         let first = EtcdStore::open(&spec, timings).await?;
-        let (old, _keeper, _stream) = first.campaign("10.0.0.1:5050").await?;
+        let first_lease = first.grant_lease().await?;
+        let old = first.campaign(first_lease.id(), "10.0.0.1:5050").await?;
         assert_eq!(first.leader().await?.as_deref(), Some("10.0.0.1:5050"));
         // The first leader's lease goes (as when it stops renewing it);
         // another master is elected.
         first.resign(&old).await;
         let second = EtcdStore::open(&spec, timings).await?;
-        let (new, _keeper2, _stream2) = second.campaign("10.0.0.2:5050").await?;
+        let second_lease = second.grant_lease().await?;
+        let new = second.campaign(second_lease.id(), "10.0.0.2:5050").await?;
         assert_eq!(second.leader().await?.as_deref(), Some("10.0.0.2:5050"));
         let w = [Write::Weight("eng".parse()?, Some(3.0))];
         let refused = first.apply(&old, &w).await.expect_err("fenced");
         assert!(refused.is::<etcd::Deposed>(), "{refused:#}");
         second.apply(&new, &w).await?;
         assert_eq!(second.load().await?.weights.len(), 1);
+        Ok(())
+    }
+
+    /// A standby waits in the election longer than its lease lives: its
+    /// lease must be renewed while it waits, or it loses its place (and,
+    /// once elected, finds its lease gone at once).
+    #[tokio::test]
+    async fn a_standby_keeps_its_place_for_longer_than_its_lease() -> anyhow::Result<()> {
+        let etcd = EtcdServer::start()?;
+        let spec = etcd.spec("/stoa-test");
+        let timings = etcd::EtcdTimings::default();
+        let first = EtcdStore::open(&spec, timings).await?;
+        let first_lease = first.grant_lease().await?;
+        let old = first.campaign(first_lease.id(), "10.0.0.1:5050").await?;
+        let second = EtcdStore::open(&spec, timings).await?;
+        let mut second_lease = second.grant_lease().await?;
+        let waiting = tokio::spawn({
+            let second = second.clone();
+            let id = second_lease.id();
+            async move { second.campaign(id, "10.0.0.2:5050").await }
+        });
+        tokio::time::sleep(timings.lease_ttl * 2).await;
+        first.resign(&old).await;
+        let new = tokio::select! {
+            won = waiting => won??,
+            why = second_lease.lost() => anyhow::bail!("the standby lost its lease: {why:#}"),
+        };
+        assert_eq!(second.leader().await?.as_deref(), Some("10.0.0.2:5050"));
+        second
+            .apply(&new, &[Write::Weight("eng".parse()?, Some(1.0))])
+            .await?;
         Ok(())
     }
 
