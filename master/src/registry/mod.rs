@@ -210,29 +210,33 @@ mod tests {
         let etcd = EtcdServer::start()?;
         let spec = etcd.spec("/stoa-test");
         every_kind_of_write_survives_reopening(async || {
-            let store = EtcdStore::open(&spec, etcd::EtcdTimings::default()).await?;
-            let lease = store.grant_lease().await?;
-            let leader = store.campaign(lease.id(), "127.0.0.1:1").await?;
+            let (store, lease, leader) = elected(&spec, "127.0.0.1:1").await?;
             Ok((RegistryStore::Etcd(Box::new(store)), Some((lease, leader))))
         })
         .await
+    }
+
+    /// A master on `spec`, elected as `address` (once no other leads).
+    async fn elected(
+        spec: &EtcdSpec,
+        address: &str,
+    ) -> anyhow::Result<(EtcdStore, etcd::Lease, Leadership)> {
+        let store = EtcdStore::open(spec, etcd::EtcdTimings::default()).await?;
+        let lease = store.grant_lease().await?;
+        let leader = store.campaign(lease.id(), address).await?;
+        Ok((store, lease, leader))
     }
 
     #[tokio::test]
     async fn a_deposed_leader_cannot_write() -> anyhow::Result<()> {
         let etcd = EtcdServer::start()?;
         let spec = etcd.spec("/stoa-test");
-        let timings = etcd::EtcdTimings::default();
-        let first = EtcdStore::open(&spec, timings).await?;
-        let first_lease = first.grant_lease().await?;
-        let old = first.campaign(first_lease.id(), "10.0.0.1:5050").await?;
+        let (first, _first_lease, old) = elected(&spec, "10.0.0.1:5050").await?;
         assert_eq!(first.leader().await?.as_deref(), Some("10.0.0.1:5050"));
         // The first leader's lease goes (as when it stops renewing it);
         // another master is elected.
         first.resign(&old).await;
-        let second = EtcdStore::open(&spec, timings).await?;
-        let second_lease = second.grant_lease().await?;
-        let new = second.campaign(second_lease.id(), "10.0.0.2:5050").await?;
+        let (second, _second_lease, new) = elected(&spec, "10.0.0.2:5050").await?;
         assert_eq!(second.leader().await?.as_deref(), Some("10.0.0.2:5050"));
         let w = [Write::Weight("eng".parse()?, Some(3.0))];
         let refused = first.apply(&old, &w).await.expect_err("fenced");
@@ -250,9 +254,7 @@ mod tests {
         let etcd = EtcdServer::start()?;
         let spec = etcd.spec("/stoa-test");
         let timings = etcd::EtcdTimings::default();
-        let first = EtcdStore::open(&spec, timings).await?;
-        let first_lease = first.grant_lease().await?;
-        let old = first.campaign(first_lease.id(), "10.0.0.1:5050").await?;
+        let (first, _first_lease, old) = elected(&spec, "10.0.0.1:5050").await?;
         let second = EtcdStore::open(&spec, timings).await?;
         let mut second_lease = second.grant_lease().await?;
         let waiting = tokio::spawn({
