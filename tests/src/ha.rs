@@ -60,7 +60,15 @@ impl HaCluster {
         cluster.leader()?;
         let list = cluster.masters_arg();
         for i in 1..=agents {
-            let child = spawn_agent(cluster.dir.path(), &cluster.certs, &list, resources, i, &[])?;
+            let child = spawn_agent(
+                None,
+                cluster.dir.path(),
+                &cluster.certs,
+                &list,
+                resources,
+                i,
+                &[],
+            )?;
             cluster.agents.push(child);
         }
         for i in 1..=agents {
@@ -72,7 +80,14 @@ impl HaCluster {
 
     fn spawn_master(&self, i: usize, listen: &str) -> anyhow::Result<Child> {
         let name = format!("master-{i}");
-        spawn_named_master(self.dir.path(), &self.certs, listen, &name, &self.registry)
+        spawn_named_master(
+            self.dir.path(),
+            &self.certs,
+            listen,
+            &name,
+            &self.registry,
+            &[],
+        )
     }
 
     /// `a,b,c`, as `--master` takes it.

@@ -14,6 +14,7 @@ use stoa_client::ClientConfig;
 
 pub mod framework;
 pub mod ha;
+pub mod netns;
 pub use framework::TestFramework;
 pub use ha::HaCluster;
 
@@ -281,8 +282,10 @@ pub(crate) fn logs_in(dir: &Path) -> String {
 }
 
 /// Starts agent `i` of the cluster in `dir` (its work directory
-/// `dir/agent-I`, its log `dir/agent-I.log`), registering with `masters`.
+/// `dir/agent-I`, its log `dir/agent-I.log`), registering with `masters`;
+/// inside network namespace `netns` when given.
 pub(crate) fn spawn_agent(
+    netns: Option<&str>,
     dir: &Path,
     certs: &Path,
     masters: &str,
@@ -294,7 +297,15 @@ pub(crate) fn spawn_agent(
         .create(true)
         .append(true)
         .open(dir.join(format!("agent-{i}.log")))?;
-    Ok(Command::new(stoa_bin()?)
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(stoa_bin()?);
+            c
+        }
+        None => Command::new(stoa_bin()?),
+    };
+    Ok(command
         .args([
             "agent",
             "--master",
@@ -332,7 +343,14 @@ fn spawn_master(dir: &Path, certs: &Path) -> anyhow::Result<Child> {
 
 fn spawn_master_on(dir: &Path, certs: &Path, listen: &str) -> anyhow::Result<Child> {
     let registry = dir.join("registry.redb");
-    spawn_named_master(dir, certs, listen, "master", &registry.to_string_lossy())
+    spawn_named_master(
+        dir,
+        certs,
+        listen,
+        "master",
+        &registry.to_string_lossy(),
+        &[],
+    )
 }
 
 /// Starts a master whose address and log are `dir/NAME.addr` and
@@ -344,6 +362,7 @@ pub(crate) fn spawn_named_master(
     listen: &str,
     name: &str,
     registry: &str,
+    extra: &[&str],
 ) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -359,7 +378,8 @@ pub(crate) fn spawn_named_master(
         .arg("--registry")
         .arg(registry)
         .arg("--artifacts")
-        .arg(dir.join("artifacts"));
+        .arg(dir.join("artifacts"))
+        .args(extra);
     let acls = dir.join("acls.json");
     if acls.exists() {
         command.arg("--acls").arg(acls);
