@@ -152,14 +152,8 @@ impl Cluster {
 
     fn spawn_agent(&self, i: usize, extra: &[&str]) -> anyhow::Result<Child> {
         let masters = self.addr.to_string();
-        spawn_agent(
-            self.dir.path(),
-            &self.certs,
-            &masters,
-            &self.resources,
-            i,
-            extra,
-        )
+        let (dir, resources) = (self.dir.path(), &self.resources);
+        spawn_agent(None, dir, &self.certs, &masters, resources, i, extra)
     }
 
     fn wait_registered(&self, i: usize) -> anyhow::Result<()> {
