@@ -20,7 +20,11 @@ use stoa_proto::{
 };
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Another benchmark than launches (default): `failover`.
+    #[command(subcommand)]
+    kind: Option<BenchKind>,
     /// The hello task component to launch.
     #[arg(long, default_value = "target/wasm32-wasip2/release/hello_task.wasm")]
     task: PathBuf,
@@ -50,6 +54,13 @@ pub struct BenchArgs {
     json: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum BenchKind {
+    /// Time a master failover: three masters on etcd, many agents, a
+    /// framework; the leader stopped round after round.
+    Failover(crate::bench_failover::FailoverArgs),
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum SandboxArg {
     Directory,
@@ -66,6 +77,9 @@ impl From<SandboxArg> for Sandbox {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchKind::Failover(f)) = a.kind {
+        return crate::bench_failover::run(f).await;
+    }
     if a.samples == 0 || a.tasks == 0 {
         bail!("--samples and --tasks must be at least 1");
     }
@@ -177,7 +191,7 @@ async fn measure(
     Ok((latencies, throughput))
 }
 
-fn progress(n: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress(n: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(n);
     if let Ok(style) = ProgressStyle::with_template("{msg:>10} {bar:40} {pos}/{len} {per_sec}") {
         bar.set_style(style);

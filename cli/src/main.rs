@@ -3,6 +3,7 @@
 
 mod artifact;
 mod bench;
+mod bench_failover;
 mod connect;
 mod framework;
 mod machine;

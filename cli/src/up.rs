@@ -38,6 +38,8 @@ struct Node {
     name: String,
     child: Child,
     log: PathBuf,
+    /// How it was started, to start it again.
+    args: Vec<String>,
     /// An agent's work directory.
     work_dir: Option<PathBuf>,
 }
@@ -183,6 +185,51 @@ impl LocalCluster {
         }
     }
 
+    /// The etcd the masters share, if there are several.
+    pub fn etcd_endpoint(&self) -> Option<String> {
+        self.etcd.as_ref().map(|e| e.endpoint())
+    }
+
+    fn master_at(&mut self, addr: SocketAddr) -> anyhow::Result<&mut Node> {
+        let i = self
+            .addr
+            .split(',')
+            .position(|a| a == addr.to_string())
+            .with_context(|| format!("no master at {addr}"))?;
+        Ok(&mut self.nodes[i])
+    }
+
+    /// Stops the master at `addr`: SIGTERM (it resigns) when `graceful`,
+    /// else SIGKILL (as a crash).
+    pub async fn stop_master(&mut self, addr: SocketAddr, graceful: bool) -> anyhow::Result<()> {
+        let node = self.master_at(addr)?;
+        if graceful {
+            if let Some(pid) = node.child.id().and_then(|p| i32::try_from(p).ok()) {
+                use nix::sys::signal::{Signal, kill};
+                kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM)?;
+            }
+        } else {
+            node.child.start_kill()?;
+        }
+        node.child.wait().await?;
+        Ok(())
+    }
+
+    /// Starts the master that was at `addr` again, on that address.
+    pub async fn restart_master(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the stoa binary")?;
+        let node = self.master_at(addr)?;
+        let mut args = node.args.clone();
+        if let Some(i) = args.iter().position(|a| a == "--listen") {
+            args[i + 1] = addr.to_string();
+        }
+        let logs = node.log.parent().map(Path::to_path_buf).unwrap_or_default();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let name = node.name.clone();
+        *node = spawn(&exe, &name, &logs, &args)?;
+        Ok(())
+    }
+
     /// Stops every process of the cluster, executors included (etcd
     /// last: a stopping leader resigns through it).
     pub async fn stop(mut self) {
@@ -267,6 +314,7 @@ fn spawn(exe: &Path, name: &str, logs: &Path, args: &[&str]) -> anyhow::Result<N
         name: name.to_string(),
         child,
         log,
+        args: args.iter().map(|a| a.to_string()).collect(),
         work_dir: None,
     })
 }

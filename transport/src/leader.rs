@@ -12,6 +12,9 @@ use anyhow::Context as _;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::sync::{Arc, Mutex};
 
+/// How long a master may take to answer a handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The channel a standby master serves: nothing but "not the leader".
 pub const ALPN_STANDBY: &[u8] = b"stoa-standby/1";
 
@@ -153,10 +156,16 @@ async fn connect_one(
     master: SocketAddr,
     config: quinn::ClientConfig,
 ) -> anyhow::Result<quinn::Connection> {
-    let conn = endpoint
+    let connecting = endpoint
         .connect_with(config, master, MASTER_NAME)
-        .context("cannot start a connection")?
+        .context("cannot start a connection")?;
+    // A master that does not answer is not waited for longer than this
+    // (QUIC's own limit is the idle timeout, twice over): the others are
+    // being tried meanwhile, and a failover waits on the slowest.
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
+        .map_err(|_| anyhow::anyhow!("no answer within {HANDSHAKE_TIMEOUT:?}"))
+        .and_then(|c| c.map_err(anyhow::Error::from))
         .with_context(|| format!("QUIC handshake with the master at {master} failed"))?;
     let alpn = conn
         .handshake_data()
@@ -181,10 +190,11 @@ async fn connect_one(
     Ok(conn)
 }
 
-/// Connects to the master that leads: the one last found leading first,
-/// then each given, following a standby's word on who leads. One pass;
-/// callers retry with [`crate::reconnect_delays`] (an election takes a
-/// moment).
+/// Connects to the master that leads, trying every master at once (a
+/// dead one costs a handshake timeout; tried in turn, a dead leader
+/// first would add that to every failover) and following a standby's
+/// word on who leads to a master not in the list. One pass; callers
+/// retry with [`crate::reconnect_delays`] (an election takes a moment).
 pub async fn connect_leader(
     endpoint: &quinn::Endpoint,
     masters: &Masters,
@@ -200,28 +210,34 @@ pub async fn connect_leader_conn(
     masters: &Masters,
     config: quinn::ClientConfig,
 ) -> anyhow::Result<quinn::Connection> {
-    let mut queue: std::collections::VecDeque<SocketAddr> = masters.candidates().into();
-    // Redirects followed, bounded: standbys that disagree (one elected
-    // while another still names the old leader) must not loop forever.
-    let mut hops = 0;
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut tried = std::collections::HashSet::new();
+    let attempt = |attempts: &mut tokio::task::JoinSet<_>, addr: SocketAddr| {
+        let (endpoint, config) = (endpoint.clone(), config.clone());
+        attempts.spawn(async move { (addr, connect_one(&endpoint, addr, config).await) });
+    };
+    for addr in masters.candidates() {
+        tried.insert(addr);
+        attempt(&mut attempts, addr);
+    }
     let mut last = None;
-    while let Some(addr) = queue.pop_front() {
-        match connect_one(endpoint, addr, config.clone()).await {
-            Ok(connected) => {
+    while let Some(joined) = attempts.join_next().await {
+        let Ok((addr, result)) = joined else { continue };
+        match result {
+            // The others are dropped with `attempts`: their connections
+            // close.
+            Ok(conn) => {
                 masters.found(Some(addr));
-                return Ok(connected);
+                return Ok(conn);
             }
             Err(e) => {
                 if let Some(NotLeader {
                     leader: Some(leader),
                     ..
                 }) = e.downcast_ref::<NotLeader>()
-                    && hops < 2 * masters.all().len()
-                    && *leader != addr
+                    && tried.insert(*leader)
                 {
-                    hops += 1;
-                    queue.retain(|a| a != leader);
-                    queue.push_front(*leader);
+                    attempt(&mut attempts, *leader);
                 }
                 last = Some(e);
             }
