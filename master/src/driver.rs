@@ -177,10 +177,15 @@ pub async fn run(
                 .await?;
                 match ended {
                     Ended::Shutdown => {
+                        // New handshakes hear "not the leader" from now
+                        // on (none is served any more), the lease goes,
+                        // and a standby takes over at once.
+                        endpoint.set_server_config(Some(standby_config.clone()));
                         etcd.resign(&leadership).await;
                         break;
                     }
                     Ended::Deposed(why) => {
+                        endpoint.set_server_config(Some(standby_config.clone()));
                         tracing::error!(
                             error = format!("{why:#}"),
                             "no longer the leader; every connection closed, standing by"

@@ -211,18 +211,36 @@ pub async fn connect_leader_conn(
     config: quinn::ClientConfig,
 ) -> anyhow::Result<quinn::Connection> {
     let mut attempts = tokio::task::JoinSet::new();
-    let mut tried = std::collections::HashSet::new();
-    let attempt = |attempts: &mut tokio::task::JoinSet<_>, addr: SocketAddr| {
+    // Attempts per master in this pass, and those under way.
+    let mut tries: std::collections::HashMap<SocketAddr, u32> = Default::default();
+    let mut under_way = std::collections::HashSet::new();
+    let mut attempt = |attempts: &mut tokio::task::JoinSet<_>,
+                       under_way: &mut std::collections::HashSet<SocketAddr>,
+                       addr: SocketAddr,
+                       after: std::time::Duration| {
+        let n = tries.entry(addr).or_insert(0);
+        if *n >= ASKS_PER_PASS || !under_way.insert(addr) {
+            return;
+        }
+        *n += 1;
         let (endpoint, config) = (endpoint.clone(), config.clone());
-        attempts.spawn(async move { (addr, connect_one(&endpoint, addr, config).await) });
+        attempts.spawn(async move {
+            tokio::time::sleep(after).await;
+            (addr, connect_one(&endpoint, addr, config).await)
+        });
     };
     for addr in masters.candidates() {
-        tried.insert(addr);
-        attempt(&mut attempts, addr);
+        attempt(
+            &mut attempts,
+            &mut under_way,
+            addr,
+            std::time::Duration::ZERO,
+        );
     }
     let mut last = None;
     while let Some(joined) = attempts.join_next().await {
         let Ok((addr, result)) = joined else { continue };
+        under_way.remove(&addr);
         match result {
             // The others are dropped with `attempts`: their connections
             // close.
@@ -231,13 +249,23 @@ pub async fn connect_leader_conn(
                 return Ok(conn);
             }
             Err(e) => {
-                if let Some(NotLeader {
-                    leader: Some(leader),
-                    ..
-                }) = e.downcast_ref::<NotLeader>()
-                    && tried.insert(*leader)
-                {
-                    attempt(&mut attempts, *leader);
+                match e.downcast_ref::<NotLeader>() {
+                    // Follow the word on who leads, at once.
+                    Some(NotLeader {
+                        leader: Some(leader),
+                        ..
+                    }) => attempt(
+                        &mut attempts,
+                        &mut under_way,
+                        *leader,
+                        std::time::Duration::ZERO,
+                    ),
+                    // An election is under way: ask this standby again
+                    // shortly (it may be the one elected).
+                    Some(NotLeader { leader: None, .. }) => {
+                        attempt(&mut attempts, &mut under_way, addr, ASK_AGAIN)
+                    }
+                    None => {}
                 }
                 last = Some(e);
             }
@@ -248,6 +276,11 @@ pub async fn connect_leader_conn(
         .unwrap_or_else(|| anyhow::anyhow!("no master given"))
         .context(format!("no master leads among {masters} yet")))
 }
+
+/// While no master leads, a standby is asked again this often, at most
+/// [`ASKS_PER_PASS`] times in one pass (about a handshake timeout).
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(50);
+const ASKS_PER_PASS: u32 = 20;
 
 #[cfg(test)]
 mod tests {
