@@ -120,16 +120,6 @@ pub fn not_leader_reason(leader: Option<&str>) -> Vec<u8> {
     leader.unwrap_or_default().as_bytes().to_vec()
 }
 
-/// If `conn` was closed for not leading, where the leader is.
-pub fn redirect(conn: &quinn::Connection) -> Option<Option<SocketAddr>> {
-    match conn.close_reason()? {
-        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close::NOT_LEADER => {
-            Some(std::str::from_utf8(&c.reason).ok()?.parse().ok())
-        }
-        _ => None,
-    }
-}
-
 /// Connects to one master on one channel and opens the connection's
 /// stream; a standby is a [`NotLeader`] error.
 pub async fn connect(
@@ -274,7 +264,9 @@ pub async fn connect_leader_conn(
     masters.found(None);
     Err(last
         .unwrap_or_else(|| anyhow::anyhow!("no master given"))
-        .context(format!("no master leads among {masters} yet")))
+        .context(format!(
+            "no master leads among {masters} yet; check that they run and reach their registry (an election takes up to a lease's time)"
+        )))
 }
 
 /// While no master leads, a standby is asked again this often, at most

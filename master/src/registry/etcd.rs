@@ -153,21 +153,30 @@ impl EtcdStore {
     pub async fn load(&self) -> anyhow::Result<Registry> {
         let mut r = Registry::default();
         for table in Table::ALL {
-            let prefix = self.table_prefix(table);
-            let rows = self
-                .timed(
-                    self.client
-                        .kv_client()
-                        .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-                )
-                .await?;
-            for kv in rows.kvs() {
-                let key = kv.key_str().context(CORRUPT)?;
-                let id = key.strip_prefix(&prefix).context(CORRUPT)?;
-                rows::load_row(&mut r, table, id, kv.value())?;
+            for (id, value) in self.table(table).await? {
+                rows::load_row(&mut r, table, &id, &value)?;
             }
         }
         Ok(r)
+    }
+
+    /// Every row of `table`: each entity's id and its encoding.
+    async fn table(&self, table: Table) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let prefix = self.table_prefix(table);
+        let all = self
+            .timed(
+                self.client
+                    .kv_client()
+                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let mut rows = Vec::new();
+        for kv in all.kvs() {
+            let key = kv.key_str().context(CORRUPT)?;
+            let id = key.strip_prefix(&prefix).context(CORRUPT)?;
+            rows.push((id.to_string(), kv.value().to_vec()));
+        }
+        Ok(rows)
     }
 
     /// The masters' secret (the key of hosted schedulers' tokens and of
@@ -271,18 +280,9 @@ impl EtcdStore {
         {
             return Ok(());
         }
-        let all = self
-            .timed(
-                self.client
-                    .kv_client()
-                    .get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
         let mut rows = Vec::new();
-        for kv in all.kvs() {
-            let key = kv.key_str().context(CORRUPT)?;
-            let id = key.strip_prefix(&prefix).context(CORRUPT)?;
-            rows.push((decode::<u64>(kv.value())?, id.to_string()));
+        for (id, value) in self.table(table).await? {
+            rows.push((decode::<u64>(&value)?, id));
         }
         let ops = rows::excess_tombstones(rows)
             .into_iter()
