@@ -165,6 +165,7 @@ pub async fn run(
             }
         };
         delays = stoa_transport::reconnect_delays();
+        stoa_transport::watch_leader(&endpoint, &config.master, &client, &conn);
         let (msgs_tx, mut msgs_rx) = mpsc::channel::<MasterToAgent>(1024);
         let reader = tokio::spawn(read_loop(receiver, msgs_tx));
         let side = tokio::spawn(serve_side_streams(
@@ -213,7 +214,12 @@ pub async fn run(
         reader.abort();
         side.abort();
         state.agent.handle_disconnected(now());
-        tracing::warn!(reason = ?conn.close_reason(), "lost the master; reconnecting");
+        let back_in = stoa_transport::leader::spread(stoa_transport::leader::AGENT_RETURN_SPREAD);
+        tracing::warn!(reason = ?conn.close_reason(), ?back_in, "lost the master; reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(back_in) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
     }
 }
 

@@ -138,7 +138,6 @@ async fn measure(args: &FailoverArgs, cluster: &mut LocalCluster) -> anyhow::Res
     for round in 0..args.rounds {
         let leader: SocketAddr = etcd.leader().await?.context("no master leads")?.parse()?;
         let stopped = Instant::now();
-        drop(session);
         // Timed from the signal, not from the process's exit (a stopping
         // master lets its connections drain first).
         let stop = cluster.stop_master(leader, args.graceful);
@@ -158,7 +157,14 @@ async fn measure(args: &FailoverArgs, cluster: &mut LocalCluster) -> anyhow::Res
             }
             stopped.elapsed()
         };
+        let old = session;
         let first_offer = async {
+            // The scheduler learns of the failover as a real one does: its
+            // link ends (closed by the watch on the standbys, or timed
+            // out), and it subscribes again.
+            let mut old = old;
+            while let Ok(Some(_)) = old.next_event().await {}
+            drop(old);
             let mut session = loop {
                 match SchedulerSession::subscribe(&client, info.clone()).await {
                     Ok(s) => break s,
@@ -232,6 +238,7 @@ async fn fake_agent(
             continue;
         };
         delays = stoa_transport::reconnect_delays();
+        stoa_transport::watch_leader(&endpoint, &masters, &tls, &conn);
         let (tx, mut rx) = mpsc::channel::<MasterToAgent>(256);
         let reader = tokio::spawn(async move {
             while let Ok(Some(msg)) = receiver.recv::<MasterToAgent>().await {
@@ -271,6 +278,9 @@ async fn fake_agent(
         reader.abort();
         conn.close(stoa_transport::close::NORMAL, b"");
         core.handle_disconnected(now());
+        // As the agent daemon does.
+        let back_in = stoa_transport::leader::spread(stoa_transport::leader::AGENT_RETURN_SPREAD);
+        tokio::time::sleep(back_in).await;
     }
 }
 

@@ -115,7 +115,7 @@ struct MasterArgs {
     /// Milliseconds a leader's etcd lease lives without renewal: a leader
     /// that dies is replaced this long after (etcd raises it to 1.5 times
     /// its election timeout, 2 s with etcd's defaults).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 1_000)]
     etcd_lease_ttl_ms: u64,
     /// Milliseconds one call to etcd may take.
     #[arg(long, default_value_t = 1_000)]

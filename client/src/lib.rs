@@ -82,7 +82,8 @@ impl SchedulerSession {
         let tls = stoa_transport::client_config(&identity, ALPN_SCHEDULER)?;
         let endpoint = stoa_transport::client_endpoint(config.master.first())?;
         let (conn, mut sender, mut receiver) =
-            stoa_transport::connect_leader(&endpoint, &config.master, tls).await?;
+            stoa_transport::connect_leader(&endpoint, &config.master, tls.clone()).await?;
+        stoa_transport::watch_leader(&endpoint, &config.master, &tls, &conn);
         let call = match &config.hosted {
             None => Call::Subscribe { framework },
             Some((task_id, token)) => Call::SubscribeHosted {

@@ -19,8 +19,8 @@ use stoa_proto::side::SideRequest;
 use stoa_proto::{AgentToMaster, Call, Time, framing};
 use stoa_transport::side::{ArtifactStore, serve_artifacts};
 use stoa_transport::{
-    ALPN_AGENT, ALPN_ARTIFACTS, ALPN_OPERATOR, ALPN_SCHEDULER, ALPN_STANDBY, FrameReceiver,
-    FrameSender, Identity, close,
+    ALPN_AGENT, ALPN_ARTIFACTS, ALPN_OPERATOR, ALPN_SCHEDULER, FrameReceiver, FrameSender,
+    Identity, close,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -107,7 +107,7 @@ pub async fn run(
         &identity,
         &[ALPN_AGENT, ALPN_SCHEDULER, ALPN_OPERATOR, ALPN_ARTIFACTS],
     )?;
-    let standby_config = stoa_transport::server_config(&identity, &[ALPN_STANDBY])?;
+    let standby_config = stoa_transport::standby_server_config(&identity)?;
     let secret = store.secret().await?;
     let endpoint = stoa_transport::server_endpoint(standby_config.clone(), config.listen, &secret)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -140,12 +140,21 @@ pub async fn run(
                     "with an etcd registry, give --advertise (the address clients reach this master at): {addr} is not one"
                 );
             }
+            // Who leads, as etcd proclaims it, for the standby channel's
+            // answers (kept through terms: a query held while this master
+            // is elected hears that it leads).
+            let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
+            let follower = {
+                let etcd = etcd.clone();
+                tokio::spawn(async move { etcd.follow_leader(leader_tx).await })
+            };
+            let _follower = AbortOnDrop(follower);
             let mut delays = stoa_transport::reconnect_delays();
             loop {
                 endpoint.set_server_config(Some(standby_config.clone()));
                 tracing::info!(%advertise, "standing by: campaigning to lead");
                 let term = tokio::select! {
-                    term = stand_by(&endpoint, etcd, advertise) => term,
+                    term = stand_by(&endpoint, etcd, advertise, leader_rx.clone()) => term,
                     _ = &mut shutdown => break,
                 };
                 let (mut lease, leadership) = match term {
@@ -206,8 +215,9 @@ async fn stand_by(
     endpoint: &quinn::Endpoint,
     etcd: &EtcdStore,
     advertise: SocketAddr,
+    leader: tokio::sync::watch::Receiver<Option<SocketAddr>>,
 ) -> anyhow::Result<(Lease, Leadership)> {
-    let redirects = tokio::spawn(redirect_loop(endpoint.clone(), etcd.clone()));
+    let redirects = tokio::spawn(redirect_loop(endpoint.clone(), leader));
     let won = async {
         let mut lease = etcd.grant_lease().await?;
         let address = advertise.to_string();
@@ -223,33 +233,18 @@ async fn stand_by(
     won
 }
 
-/// A standby's accept loop: each connection is closed at once, with the
-/// leader's address (asked of etcd at most every 100 ms) as the reason.
-async fn redirect_loop(endpoint: quinn::Endpoint, etcd: EtcdStore) {
-    let mut known: Option<(Instant, Option<String>)> = None;
+/// A standby's accept loop: each connection is answered with who leads
+/// (see [`stoa_transport::leader::LeaderQuery`]).
+async fn redirect_loop(
+    endpoint: quinn::Endpoint,
+    leader: tokio::sync::watch::Receiver<Option<SocketAddr>>,
+) {
     let refusals = Arc::new(RefusalLog::default());
     while let Some(incoming) = endpoint.accept().await {
-        let fresh = known
-            .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < Duration::from_millis(100));
-        if !fresh {
-            let leader = etcd.leader().await.unwrap_or_else(|e| {
-                tracing::warn!(error = format!("{e:#}"), "cannot ask etcd who leads");
-                None
-            });
-            known = Some((Instant::now(), leader));
-        }
-        let reason = stoa_transport::leader::not_leader_reason(
-            known.as_ref().and_then(|(_, l)| l.as_deref()),
-        );
-        let refusals = refusals.clone();
+        let (refusals, leader) = (refusals.clone(), leader.clone());
         tokio::spawn(async move {
             match incoming.await {
-                Ok(conn) => {
-                    conn.close(close::NOT_LEADER, &reason);
-                    // Keep the connection until the close is sent.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-                }
+                Ok(conn) => stoa_transport::leader::answer_query(conn, leader).await,
                 Err(e) => {
                     if let Some(unlogged) = refusals.note(Instant::now()) {
                         tracing::info!(error = %e, refused_since_last_line = unlogged, "handshake refused");
@@ -257,6 +252,15 @@ async fn redirect_loop(endpoint: quinn::Endpoint, etcd: EtcdStore) {
                 }
             }
         });
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -322,7 +326,7 @@ async fn lead(
             biased;
             input = rx.recv() => {
                 let Some(input) = input else { break Ended::Shutdown };
-                handle(&mut master, &mut peers, &out, input, now).await
+                handle_batch(&mut master, &mut peers, &out, input, &mut rx, now).await
             }
             _ = sleep_until(deadline) => {
                 master.handle_timeout(now());
@@ -353,6 +357,31 @@ async fn lead(
         }
     }
     Ok(ended)
+}
+
+/// Inputs handled together before their registry writes go out as one.
+/// While one write is in flight the next inputs queue up; handling them
+/// together makes their writes one transaction (a group commit), so a
+/// thousand agents re-registering with a new leader cost a few writes,
+/// not a thousand in a row.
+const INPUT_BATCH: usize = 1024;
+
+/// Handles `first` and whatever else is already queued, up to
+/// [`INPUT_BATCH`] inputs.
+async fn handle_batch(
+    master: &mut Master,
+    peers: &mut HashMap<ConnId, Peer>,
+    out: &Out<'_>,
+    first: Input,
+    rx: &mut mpsc::Receiver<Input>,
+    now: impl Fn() -> Time + Copy,
+) -> anyhow::Result<()> {
+    handle(master, peers, out, first, now).await?;
+    for _ in 1..INPUT_BATCH {
+        let Ok(input) = rx.try_recv() else { break };
+        handle(master, peers, out, input, now).await?;
+    }
+    Ok(())
 }
 
 /// Handles one input from a connection.

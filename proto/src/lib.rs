@@ -15,6 +15,7 @@ pub mod operator;
 pub mod resources;
 pub mod role;
 pub mod side;
+pub mod standby;
 pub mod task;
 pub mod time;
 

@@ -87,7 +87,7 @@ fn a_standby_names_the_leader_and_a_resigning_leader_hands_over_at_once() -> any
     assert_ne!(next, leader);
     assert!(
         handover < Duration::from_millis(1_500),
-        "elected {handover:?} after the stop (the lease is 2 s)"
+        "elected {handover:?} after the stop (the lease is 1 s)"
     );
     // The stopped master comes back as a standby.
     cluster.restart_master(leader)?;

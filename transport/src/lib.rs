@@ -14,9 +14,11 @@ pub mod side;
 pub mod tls;
 
 pub use framed::{FrameReceiver, FrameSender, RecvError};
-pub use leader::{ALPN_STANDBY, Masters, NotLeader, connect, connect_leader, connect_leader_conn};
+pub use leader::{
+    ALPN_STANDBY, Masters, NotLeader, connect, connect_leader, connect_leader_conn, watch_leader,
+};
 pub use side::ArtifactStore;
-pub use tls::{Identity, client_config, server_config};
+pub use tls::{Identity, client_config, server_config, standby_server_config};
 
 /// Channel of agents talking to the master.
 pub const ALPN_AGENT: &[u8] = b"stoa-agent/1";
@@ -67,7 +69,7 @@ pub fn server_endpoint(
     secret: &[u8; 32],
 ) -> std::io::Result<quinn::Endpoint> {
     let reset = quinn::EndpointConfig::new(std::sync::Arc::new(ResetKey::derive(secret)));
-    let socket = std::net::UdpSocket::bind(addr)?;
+    let socket = udp_socket(addr)?;
     quinn::Endpoint::new(
         reset,
         Some(config),
@@ -126,7 +128,48 @@ pub fn client_endpoint(remote: std::net::SocketAddr) -> std::io::Result<quinn::E
     }
     .parse()
     .map_err(std::io::Error::other)?;
-    quinn::Endpoint::client(bind)
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(bind)?,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// Bytes of socket buffer each endpoint asks for. One endpoint carries
+/// every link of a process: a master's thousand agents, or a thousand
+/// handshakes at once when they return to a new leader. With Linux's
+/// default (208 KiB) such a burst overflows the buffer, the packets are
+/// dropped, and handshakes wait out retransmissions and time out with
+/// the CPU idle; a failover of 1,000 agents took 7 s for that alone.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// A UDP socket bound to `addr` with buffers of [`SOCKET_BUFFER`], or as
+/// much as the kernel allows (`net.core.rmem_max` and `wmem_max`; said
+/// once in the log when they limit it).
+fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // As std binds "[::]": both families, where the system allows.
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    // Linux reports twice what it grants (the rest is its bookkeeping).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if granted < SOCKET_BUFFER {
+        SAID.call_once(|| {
+            tracing::info!(
+                granted,
+                wanted = SOCKET_BUFFER,
+                "the UDP receive buffer is smaller than asked for; with many agents, raise net.core.rmem_max (sysctl) to avoid dropped packets"
+            );
+        });
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Channel of operators (the `stoa` CLI) talking to the master.

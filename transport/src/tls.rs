@@ -75,9 +75,22 @@ pub const KEEP_ALIVE: Duration = Duration::from_millis(250);
 pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1_500);
 
 fn transport() -> Arc<quinn::TransportConfig> {
+    transport_with(KEEP_ALIVE, IDLE_TIMEOUT)
+}
+
+/// The links that only wait for news of a new leader (see
+/// [`crate::leader::watch_leader`]): each client holds one to a standby
+/// for as long as it is connected, so they prove themselves alive rarely.
+/// A lost one is noticed late and replaced; the link to the leader keeps
+/// its own, fast timeout.
+pub fn watch_transport() -> Arc<quinn::TransportConfig> {
+    transport_with(Duration::from_secs(2), Duration::from_secs(8))
+}
+
+fn transport_with(keep_alive: Duration, idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+    t.keep_alive_interval(Some(keep_alive));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
     Arc::new(t)
@@ -86,6 +99,21 @@ fn transport() -> Arc<quinn::TransportConfig> {
 /// A server that accepts only clients holding a certificate from the
 /// cluster CA, on the given channels.
 pub fn server_config(id: &Identity, alpns: &[&[u8]]) -> anyhow::Result<quinn::ServerConfig> {
+    server_config_with(id, alpns, transport())
+}
+
+/// A standby master's server: only [`crate::ALPN_STANDBY`], with the idle
+/// timeout of [`watch_transport`] so that a query held open (no traffic
+/// but its client's rare keep-alives) lives.
+pub fn standby_server_config(id: &Identity) -> anyhow::Result<quinn::ServerConfig> {
+    server_config_with(id, &[crate::ALPN_STANDBY], watch_transport())
+}
+
+fn server_config_with(
+    id: &Identity,
+    alpns: &[&[u8]],
+    transport: Arc<quinn::TransportConfig>,
+) -> anyhow::Result<quinn::ServerConfig> {
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider())
             .build()
@@ -98,7 +126,7 @@ pub fn server_config(id: &Identity, alpns: &[&[u8]]) -> anyhow::Result<quinn::Se
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport);
     Ok(config)
 }
 

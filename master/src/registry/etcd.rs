@@ -16,6 +16,7 @@ use etcd_client::{
     TxnOp,
 };
 use rand_core::TryRngCore as _;
+use std::net::SocketAddr;
 use std::time::Duration;
 use stoa_master_core::registry::{Registry, SCHEMA_VERSION, Write};
 
@@ -46,7 +47,7 @@ pub struct EtcdTimings {
 impl Default for EtcdTimings {
     fn default() -> Self {
         EtcdTimings {
-            lease_ttl: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
         }
     }
@@ -340,6 +341,31 @@ impl EtcdStore {
             // etcd answers "election: no leader" as an error.
             Err(e) if e.to_string().contains("no leader") => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps `leader` naming the master that leads, as etcd proclaims
+    /// each election; never returns. A key deleted with no successor yet
+    /// leaves the last name (etcd tells of leaders, not of their end).
+    pub async fn follow_leader(&self, leader: tokio::sync::watch::Sender<Option<SocketAddr>>) {
+        let parse = |value: Option<&str>| value.and_then(|v| v.parse::<SocketAddr>().ok());
+        loop {
+            match self.leader().await {
+                Ok(now) => {
+                    leader.send_replace(parse(now.as_deref()));
+                }
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "cannot ask etcd who leads"),
+            }
+            match self.client.election_client().observe(self.election()).await {
+                Ok(mut stream) => {
+                    while let Ok(Some(news)) = stream.message().await {
+                        let named = news.kv().and_then(|kv| kv.value_str().ok());
+                        leader.send_replace(parse(named));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot follow etcd's elections"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
