@@ -124,6 +124,12 @@ impl TestFramework {
         Ok(())
     }
 
+    /// Updates received (and acknowledged) but not yet taken, taken now:
+    /// a test that drops its framework keeps what it was told.
+    pub fn take_queued(&mut self) -> Vec<TaskStatus> {
+        self.backlog.drain(..).collect()
+    }
+
     /// The next task update (acknowledged).
     pub async fn next_update(&mut self) -> anyhow::Result<TaskStatus> {
         loop {

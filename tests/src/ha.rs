@@ -33,6 +33,17 @@ impl HaCluster {
     /// `resources` each; returns once a leader is elected and every agent
     /// has registered.
     pub fn start(masters: usize, agents: usize, resources: &str) -> anyhow::Result<HaCluster> {
+        HaCluster::start_on("127.0.0.1", masters, agents, resources)
+    }
+
+    /// [`HaCluster::start`] with the masters listening on `host` (e.g. a
+    /// veth address that a network namespace reaches).
+    pub fn start_on(
+        host: &str,
+        masters: usize,
+        agents: usize,
+        resources: &str,
+    ) -> anyhow::Result<HaCluster> {
         let dir = tempfile::tempdir()?;
         let certs = dir.path().join("certs");
         stoa_transport::certs::init(&certs, "test")?;
@@ -48,7 +59,7 @@ impl HaCluster {
             dir,
         };
         for i in 1..=masters {
-            let child = cluster.spawn_master(i, "127.0.0.1:0")?;
+            let child = cluster.spawn_master(i, &format!("{host}:0"))?;
             cluster.masters.push(Some(child));
             let addr = wait_for_file(
                 &cluster.dir.path().join(format!("master-{i}.addr")),

@@ -72,3 +72,125 @@ fn a_cut_agent_is_unreachable_then_back_and_past_the_removal_timeout_gone() -> a
     }
     Ok(())
 }
+
+/// The frameworks the leader knows, asked from this side of the link.
+async fn frameworks(
+    client: &stoa_client::ClientConfig,
+) -> anyhow::Result<Vec<stoa_proto::operator::FrameworkStatus>> {
+    use stoa_proto::operator::{OperatorCall, OperatorReply};
+    match stoa_client::operator_call(client, &OperatorCall::GetFrameworks).await? {
+        OperatorReply::Frameworks(all) => Ok(all),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
+/// Polls the leader's frameworks until `ok` holds, within `limit`.
+async fn frameworks_until(
+    client: &stoa_client::ClientConfig,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&[stoa_proto::operator::FrameworkStatus]) -> bool,
+) -> anyhow::Result<Vec<stoa_proto::operator::FrameworkStatus>> {
+    let give_up = Instant::now() + limit;
+    loop {
+        if let Ok(all) = frameworks(client).await
+            && ok(&all)
+        {
+            return Ok(all);
+        }
+        if Instant::now() > give_up {
+            let now = frameworks(client).await;
+            anyhow::bail!("not {what} within {limit:?}; the leader knows {now:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A scheduler in a network namespace of its own, cut off from the
+/// leader; while it is cut off the leader is killed. Healed, it finds the
+/// new leader and subscribes again as the same framework, whose tasks
+/// ran on.
+#[test]
+fn a_scheduler_cut_off_from_the_leader_fails_over_to_the_same_framework() -> anyhow::Result<()> {
+    let net = stoa_tests::netns::NetNs::create()?;
+    let mut cluster = stoa_tests::HaCluster::start_on(&net.host_ip, 3, 1, "cpus:1;mem:512")?;
+    let log = std::fs::File::create(cluster.dir.path().join("scheduler.log"))?;
+    let mut scheduler = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.name])
+        .arg(stoa_tests::stoa_bin()?)
+        .args(["framework", "run"])
+        .arg(stoa_tests::wasm_path(
+            "service_scheduler",
+            "service-scheduler",
+        )?)
+        .args(["--master", &cluster.masters_arg(), "--certs"])
+        .arg(&cluster.certs)
+        .arg("--artifact")
+        .arg(format!(
+            "task={}",
+            stoa_tests::wasm_path("misbehave_task", "misbehave-task")?.display()
+        ))
+        .args(["--env", "SERVICE_INPUT=sleep:600000"])
+        .args(["--env", "SERVICE_INSTANCES=2"])
+        .args(["--failover-timeout", "120"])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut client = cluster.client();
+    client.identity = "operator".into();
+    let running = |all: &[stoa_proto::operator::FrameworkStatus]| {
+        all.len() == 1 && all[0].connected && all[0].tasks == 2
+    };
+    let outcome = (|| {
+        let before = rt.block_on(frameworks_until(
+            &client,
+            Duration::from_secs(60),
+            "running",
+            running,
+        ))?;
+        let id = before[0].id.clone();
+
+        net.cut()?;
+        rt.block_on(frameworks_until(
+            &client,
+            Duration::from_secs(10),
+            "disconnected",
+            |all| all.iter().all(|f| !f.connected),
+        ))?;
+        let old = cluster.leader()?;
+        cluster.kill_master(old)?;
+        // etcd names the killed master until its lease runs out.
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while cluster.leader()? == old {
+            anyhow::ensure!(Instant::now() < give_up, "no new leader within 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The new leader knows the framework from the registry; its
+        // scheduler is still cut off.
+        rt.block_on(frameworks_until(
+            &client,
+            Duration::from_secs(10),
+            "known",
+            |all| all.len() == 1 && all[0].id == id && !all[0].connected,
+        ))?;
+
+        net.heal()?;
+        let healed = Instant::now();
+        let after = rt.block_on(frameworks_until(
+            &client,
+            Duration::from_secs(30),
+            "back",
+            running,
+        ))?;
+        eprintln!("subscribed again {:?} after the heal", healed.elapsed());
+        assert_eq!(after[0].id, id, "the same framework, not a new one");
+        anyhow::Ok(())
+    })();
+    let _ = scheduler.kill();
+    let _ = scheduler.wait();
+    outcome.map_err(|e| e.context(cluster.logs()))?;
+    drop(cluster);
+    drop(net);
+    Ok(())
+}
