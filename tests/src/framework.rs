@@ -15,6 +15,9 @@ pub struct TestFramework {
     session: SchedulerSession,
     /// Updates that arrived while waiting for something else.
     backlog: VecDeque<TaskStatus>,
+    /// Offers that arrived while waiting for updates, kept for the next
+    /// launch (unanswered, an offer holds its agent's resources).
+    offers: VecDeque<stoa_proto::Offer>,
 }
 
 impl TestFramework {
@@ -29,6 +32,7 @@ impl TestFramework {
         Ok(TestFramework {
             session: SchedulerSession::subscribe(client, info).await?,
             backlog: VecDeque::new(),
+            offers: VecDeque::new(),
         })
     }
 
@@ -101,8 +105,13 @@ impl TestFramework {
     pub async fn launch_all(&mut self, tasks: Vec<TaskInfo>) -> anyhow::Result<()> {
         let mut pending: VecDeque<TaskInfo> = tasks.into();
         while !pending.is_empty() {
-            let Event::Offers { offers } = self.next_event().await? else {
-                continue;
+            let offers: Vec<_> = if self.offers.is_empty() {
+                let Event::Offers { offers } = self.next_event().await? else {
+                    continue;
+                };
+                offers
+            } else {
+                self.offers.drain(..).collect()
             };
             for offer in offers {
                 let mut left = offer.resources.clone();
@@ -136,7 +145,9 @@ impl TestFramework {
             if let Some(status) = self.backlog.pop_front() {
                 return Ok(status);
             }
-            self.next_event().await?;
+            if let Event::Offers { offers } = self.next_event().await? {
+                self.offers.extend(offers);
+            }
         }
     }
 

@@ -147,8 +147,23 @@ fn leader_after_leader_killed_loses_no_task() -> anyhow::Result<()> {
             info.id = Some(fw.id().clone());
             let ids: Vec<usize> = (0..per_round).map(|i| round * per_round + i).collect();
             let mut ran = std::collections::HashSet::new();
-            // In waves that one agent's executor holds at once.
+            // In waves that one agent's executor holds at once: a wave
+            // starts once the one before it has ended.
+            let mut previous: &[usize] = &[];
             for wave in ids.chunks(WAVE) {
+                while !previous
+                    .iter()
+                    .all(|i| all_ends.contains_key(&format!("sleeper-{i}")))
+                {
+                    let status = fw.next_update().await?;
+                    if status.state.is_terminal() {
+                        all_ends
+                            .entry(status.task_id.to_string())
+                            .or_default()
+                            .push(status.state);
+                    }
+                }
+                previous = wave;
                 fw.launch_all(
                     wave.iter()
                         .map(|i| sleeper(*i, &artifact, task_ms))
