@@ -10,6 +10,7 @@ mod machine;
 mod operator;
 mod scaffold;
 mod sim;
+mod token;
 mod up;
 
 use anyhow::Context as _;
@@ -64,6 +65,8 @@ enum Command {
     Frameworks(operator::ListArgs),
     /// End a framework: its tasks and hosted scheduler are killed.
     Teardown(operator::TeardownArgs),
+    /// Bearer tokens for the HTTP API.
+    Token(token::TokenArgs),
     /// Measure launch latency and throughput of wasm tasks on this machine.
     Bench(bench::BenchArgs),
     /// Sweep seeds of the deterministic simulator with injected faults,
@@ -86,6 +89,14 @@ struct MasterArgs {
     /// Write the bound address to this file (useful with port 0).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve the operator API over HTTP here (a loopback address, e.g.
+    /// 127.0.0.1:5051; port 0 picks one). Requests carry a bearer token
+    /// from `stoa token create`.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Write the HTTP API's bound address to this file.
+    #[arg(long)]
+    http_addr_file: Option<PathBuf>,
     /// Seconds of agent silence before it is unreachable.
     #[arg(long, default_value_t = 5)]
     agent_timeout: u64,
@@ -346,6 +357,8 @@ fn main() -> anyhow::Result<()> {
                     },
                     artifacts: a.artifacts,
                     max_artifact: a.max_artifact_mib << 20,
+                    http: a.http,
+                    http_addr_file: a.http_addr_file,
                     core,
                 };
                 stoa_master::driver::run(config, shutdown_signal()).await
@@ -431,6 +444,7 @@ fn main() -> anyhow::Result<()> {
             Command::Submit(a) => framework::submit(a).await,
             Command::Frameworks(a) => operator::frameworks(a).await,
             Command::Teardown(a) => operator::teardown(a).await,
+            Command::Token(a) => token::run(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Sim(a) => sim::run(a),
             Command::New(a) => scaffold::new(a),

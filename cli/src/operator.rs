@@ -84,7 +84,7 @@ pub async fn reserve(a: ReserveArgs, reserve: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn call(target: &Target, call: OperatorCall) -> anyhow::Result<OperatorReply> {
+pub(crate) async fn call(target: &Target, call: OperatorCall) -> anyhow::Result<OperatorReply> {
     let mut config = ClientConfig::new(target.master.clone(), &target.certs);
     config.identity = stoa_transport::OPERATOR_NAME.into();
     match stoa_client::operator_call(&config, &call).await? {

@@ -3,6 +3,7 @@
 //! cluster state of its own.
 
 use crate::core::{Channel, ConnId, Master, MasterConfig, Transmit};
+use crate::http::{ApiState, Published, TokenKey, token};
 use crate::refusal_log::RefusalLog;
 use crate::registry::etcd::{EtcdStore, EtcdTimings, Leadership, Lease};
 use crate::registry::file::FileStore;
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stoa_proto::operator::{OperatorCall, OperatorReply};
+use stoa_proto::operator::{Caller, OperatorCall, OperatorReply};
 use stoa_proto::side::SideRequest;
 use stoa_proto::{AgentToMaster, Call, Time, framing};
 use stoa_transport::side::{ArtifactStore, serve_artifacts};
@@ -48,7 +49,60 @@ pub struct DriverConfig {
     pub artifacts: PathBuf,
     /// Largest artifact accepted.
     pub max_artifact: u64,
+    /// Where to serve the HTTP API (plain HTTP: loopback addresses only).
+    pub http: Option<SocketAddr>,
+    /// Where to write the HTTP API's bound address (useful with port 0).
+    pub http_addr_file: Option<PathBuf>,
     pub core: MasterConfig,
+}
+
+/// Where the HTTP API hands calls to the core of the term being led.
+#[derive(Clone)]
+pub struct OperatorPort(mpsc::Sender<Input>);
+
+impl std::fmt::Debug for OperatorPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperatorPort")
+    }
+}
+
+impl OperatorPort {
+    /// The core's reply to `call` made as `caller`; `None` if the term
+    /// ended meanwhile.
+    pub async fn call(&self, caller: Caller, call: OperatorCall) -> Option<OperatorReply> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.0
+            .send(Input::Operator(caller, call, reply_tx))
+            .await
+            .ok()?;
+        reply_rx.await.ok()
+    }
+}
+
+/// What a term publishes for the HTTP API: its core, and its events.
+struct Publish {
+    port: tokio::sync::watch::Sender<Option<OperatorPort>>,
+    events: tokio::sync::broadcast::Sender<Arc<Published>>,
+    tokens: TokenKey,
+}
+
+impl Publish {
+    /// Passes the core's events after `*sent` to the stream's followers.
+    fn events(&self, master: &Master, sent: &mut u64) {
+        if master.last_event() == *sent {
+            return;
+        }
+        let instance: Arc<str> = master.instance().into();
+        for (event, audience) in master.events_since(*sent) {
+            // No follower is no error.
+            let _ = self.events.send(Arc::new(Published {
+                instance: instance.clone(),
+                event: event.clone(),
+                audience: audience.clone(),
+            }));
+        }
+        *sent = master.last_event();
+    }
 }
 
 /// What side streams need: the store and its limit.
@@ -62,7 +116,7 @@ enum Input {
     Connected(ConnId, Channel, Peer),
     Agent(ConnId, AgentToMaster),
     Scheduler(ConnId, Call),
-    Operator(OperatorCall, oneshot::Sender<OperatorReply>),
+    Operator(Caller, OperatorCall, oneshot::Sender<OperatorReply>),
     /// The peer broke the protocol; close it with this reason.
     Failed(ConnId, String),
     Disconnected(ConnId),
@@ -118,21 +172,42 @@ pub async fn run(
     }
     let advertise = config.advertise.unwrap_or(addr);
     tracing::info!(%addr, registry = %config.registry, "master listening");
+    // Who leads: etcd's word, for standbys' answers on either channel.
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
+    let (port, port_rx) = tokio::sync::watch::channel(None);
+    let (events, _) = tokio::sync::broadcast::channel(EVENTS_QUEUE);
+    let publish = Publish {
+        port,
+        events: events.clone(),
+        tokens: TokenKey::derive(&secret),
+    };
+    let _http = match config.http {
+        Some(http) => {
+            let api = ApiState {
+                core: port_rx,
+                leader: leader_rx.clone(),
+                events,
+                tokens: publish.tokens.clone(),
+            };
+            Some(AbortOnDrop(
+                serve_http(http, config.http_addr_file.as_deref(), api).await?,
+            ))
+        }
+        None => None,
+    };
     tokio::pin!(shutdown);
+    let process = Process {
+        config: &config,
+        store: &store,
+        endpoint: &endpoint,
+        publish: &publish,
+        secret,
+    };
     match &store {
         RegistryStore::File(_) => {
             endpoint.set_server_config(Some(leader_config));
             let never = std::future::pending();
-            lead(
-                &config,
-                &store,
-                None,
-                &endpoint,
-                secret,
-                never,
-                &mut shutdown,
-            )
-            .await?;
+            lead(&process, None, never, &mut shutdown).await?;
         }
         RegistryStore::Etcd(etcd) => {
             if advertise.ip().is_unspecified() {
@@ -143,7 +218,6 @@ pub async fn run(
             // Who leads, as etcd proclaims it, for the standby channel's
             // answers (kept through terms: a query held while this master
             // is elected hears that it leads).
-            let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
             let follower = {
                 let etcd = etcd.clone();
                 tokio::spawn(async move { etcd.follow_leader(leader_tx).await })
@@ -174,16 +248,7 @@ pub async fn run(
                 tracing::info!(%advertise, "elected leader");
                 endpoint.set_server_config(Some(leader_config.clone()));
                 let lost = lease.lost();
-                let ended = lead(
-                    &config,
-                    &store,
-                    Some(&leadership),
-                    &endpoint,
-                    secret,
-                    lost,
-                    &mut shutdown,
-                )
-                .await?;
+                let ended = lead(&process, Some(&leadership), lost, &mut shutdown).await?;
                 match ended {
                     Ended::Shutdown => {
                         // New handshakes hear "not the leader" from now
@@ -255,6 +320,37 @@ async fn redirect_loop(
     }
 }
 
+/// Events queued for each follower of the event stream; one that falls
+/// further behind is told it missed some.
+const EVENTS_QUEUE: usize = 4096;
+
+/// Binds the HTTP API to `addr` and serves it in a task of its own.
+async fn serve_http(
+    addr: SocketAddr,
+    addr_file: Option<&std::path::Path>,
+    api: ApiState,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--http {addr}: the API is served over plain HTTP, so only on a loopback address (e.g. 127.0.0.1:5051); reach it from elsewhere through an SSH tunnel or a TLS-terminating proxy"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve the HTTP API on {addr}"))?;
+    let bound = listener.local_addr()?;
+    if let Some(path) = addr_file {
+        std::fs::write(path, bound.to_string())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    tracing::info!(http = %bound, "serving the HTTP API at http://{bound}/api/v1/");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = crate::http::serve(listener, api).await {
+            tracing::error!(error = format!("{e:#}"), "the HTTP API stopped");
+        }
+    }))
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -264,18 +360,33 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What outlives a term: the master's configuration, registry, endpoint,
+/// what the HTTP API is given, and the masters' shared secret.
+#[derive(Clone, Copy)]
+struct Process<'a> {
+    config: &'a DriverConfig,
+    store: &'a RegistryStore,
+    endpoint: &'a quinn::Endpoint,
+    publish: &'a Publish,
+    secret: [u8; 32],
+}
+
 /// Leads: a fresh core restored from the registry, fed by every
 /// connection, until `shutdown` or `lost` (then every connection is
 /// closed, telling peers to find the new leader).
 async fn lead(
-    config: &DriverConfig,
-    store: &RegistryStore,
+    process: &Process<'_>,
     leader: Option<&Leadership>,
-    endpoint: &quinn::Endpoint,
-    secret: [u8; 32],
     lost: impl std::future::Future<Output = anyhow::Error>,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<Ended> {
+    let Process {
+        config,
+        store,
+        endpoint,
+        publish,
+        secret,
+    } = *process;
     let registry = store.load().await?;
     let artifacts = Artifacts {
         store: ArtifactStore::open(&config.artifacts).with_context(|| {
@@ -309,10 +420,17 @@ async fn lead(
     );
     master.restore(now(), registry);
     let (tx, mut rx) = mpsc::channel::<Input>(PEER_QUEUE);
+    publish.port.send_replace(Some(OperatorPort(tx.clone())));
     let acceptor = tokio::spawn(accept_loop(endpoint.clone(), tx, artifacts));
     let mut peers: HashMap<ConnId, Peer> = HashMap::new();
     tokio::pin!(lost);
-    let out = Out { store, leader };
+    let out = Out {
+        store,
+        leader,
+        tokens: &publish.tokens,
+    };
+    let mut published = 0;
+    publish.events(&master, &mut published);
 
     let ended = loop {
         let deadline = master
@@ -336,7 +454,11 @@ async fn lead(
             _ = &mut *shutdown => break Ended::Shutdown,
         };
         let written = match step {
-            Ok(()) => out.write(&mut master, &mut peers, now).await,
+            Ok(()) => {
+                let written = out.write(&mut master, &mut peers, now).await;
+                publish.events(&master, &mut published);
+                written
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = written {
@@ -350,6 +472,7 @@ async fn lead(
         }
     };
     acceptor.abort();
+    publish.port.send_replace(None);
     if let Ended::Deposed(_) = &ended {
         // Peers reconnect to whoever leads next.
         for (_, peer) in peers.drain() {
@@ -404,6 +527,7 @@ async fn handle(
         Input::Agent(id, msg) => master.handle_agent_message(now(), id, msg),
         Input::Scheduler(id, call) => master.handle_scheduler_call(now(), id, call),
         Input::Operator(
+            caller,
             OperatorCall::ReadLog {
                 framework_id,
                 task_id,
@@ -413,6 +537,11 @@ async fn handle(
             },
             reply,
         ) => match master.locate_task(&task_id, framework_id.as_ref()) {
+            Ok((framework_id, _)) if !master.visible(&caller, &framework_id) => {
+                let _ = reply.send(OperatorReply::Refused {
+                    message: format!("no task {task_id} is known to this master"),
+                });
+            }
             Ok((framework_id, agent)) => match peers.get(&agent) {
                 Some(peer) => {
                     let request = SideRequest::ReadLog {
@@ -434,8 +563,31 @@ async fn handle(
                 let _ = reply.send(OperatorReply::Refused { message });
             }
         },
-        Input::Operator(call, reply) => {
-            let answer = master.handle_operator_call(now(), call);
+        Input::Operator(
+            Caller::Operator,
+            OperatorCall::CreateToken {
+                principal,
+                ttl_secs,
+            },
+            reply,
+        ) => {
+            let expires_unix = token::unix_now().saturating_add(ttl_secs);
+            let answer = match out.tokens.mint(&principal, expires_unix) {
+                Ok(token) => {
+                    tracing::info!(%principal, expires_unix, "API token created");
+                    OperatorReply::Token {
+                        token,
+                        expires_unix,
+                    }
+                }
+                Err(e) => OperatorReply::Refused {
+                    message: e.to_string(),
+                },
+            };
+            let _ = reply.send(answer);
+        }
+        Input::Operator(caller, call, reply) => {
+            let answer = master.handle_operator_call(now(), &caller, call);
             // The reply may tell of a registry change: it waits for the
             // change to be durable.
             out.write(master, peers, now).await?;
@@ -461,6 +613,9 @@ async fn handle(
 struct Out<'a> {
     store: &'a RegistryStore,
     leader: Option<&'a Leadership>,
+    /// Signs the HTTP API's tokens (an operator's call the driver
+    /// answers: the core holds no secrets).
+    tokens: &'a TokenKey,
 }
 
 impl Out<'_> {
@@ -710,7 +865,11 @@ async fn serve_operator(conn: quinn::Connection, id: ConnId, tx: mpsc::Sender<In
             }
         };
         let (reply_tx, reply_rx) = oneshot::channel();
-        if tx.send(Input::Operator(call, reply_tx)).await.is_err() {
+        if tx
+            .send(Input::Operator(Caller::Operator, call, reply_tx))
+            .await
+            .is_err()
+        {
             return;
         }
         let Ok(reply) = reply_rx.await else { return };

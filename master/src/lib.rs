@@ -9,5 +9,6 @@
 pub use stoa_master_core as core;
 pub mod driver;
 pub mod etcd_server;
+pub mod http;
 pub mod refusal_log;
 pub mod registry;

@@ -2,10 +2,11 @@
 //! operators, each answered by one reply. Only a certificate issued as
 //! `operator` may use it.
 
-use crate::ids::{AgentId, FrameworkId, TaskId};
+use crate::ids::{AgentId, FrameworkId, OfferId, TaskId};
 use crate::resources::Resources;
 use crate::role::Role;
 use crate::side::{LogChunk, LogStream};
+use crate::task::TaskState;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +49,224 @@ pub enum OperatorCall {
     Teardown {
         framework_id: FrameworkId,
     },
+    /// The cluster at a glance.
+    GetSummary,
+    GetAgents,
+    /// Tasks the master holds, in (framework, task) order, filtered and
+    /// paged.
+    GetTasks(TaskQuery),
+    /// Offers made and not yet answered.
+    GetOffers,
+    /// Kills one task, as its scheduler could. `framework_id` is needed
+    /// only when two frameworks use the task id.
+    KillTask {
+        framework_id: Option<FrameworkId>,
+        task_id: TaskId,
+    },
+    /// Events after `after` (a sequence number of this leader's), oldest
+    /// first, at most `limit`.
+    GetEvents {
+        after: Option<u64>,
+        limit: u32,
+    },
+    /// A bearer token for the HTTP API, acting as `principal`, valid for
+    /// `ttl_secs`.
+    CreateToken {
+        principal: String,
+        ttl_secs: u64,
+    },
+}
+
+impl OperatorCall {
+    /// What the call does, for messages ("set a role's weight").
+    pub fn what(&self) -> &'static str {
+        match self {
+            OperatorCall::SetWeight { .. } => "set a role's weight",
+            OperatorCall::SetQuota { .. } => "set a role's quota",
+            OperatorCall::GetRoles => "list roles",
+            OperatorCall::Reserve { .. } => "reserve resources",
+            OperatorCall::Unreserve { .. } => "unreserve resources",
+            OperatorCall::ReadLog { .. } => "read a task's log",
+            OperatorCall::GetFrameworks => "list frameworks",
+            OperatorCall::Teardown { .. } => "tear a framework down",
+            OperatorCall::GetSummary => "see the cluster's summary",
+            OperatorCall::GetAgents => "list agents",
+            OperatorCall::GetTasks(_) => "list tasks",
+            OperatorCall::GetOffers => "list offers",
+            OperatorCall::KillTask { .. } => "kill a task",
+            OperatorCall::GetEvents { .. } => "follow events",
+            OperatorCall::CreateToken { .. } => "create tokens",
+        }
+    }
+}
+
+/// Who makes a call: the operator sees and does everything; any other
+/// principal (a tenant, as its frameworks subscribe) sees its own
+/// frameworks and their tasks and may end them, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Caller {
+    Operator,
+    Principal(String),
+}
+
+impl Caller {
+    /// The principal that the operator certificate and tokens name.
+    pub const OPERATOR: &'static str = "operator";
+
+    pub fn from_principal(name: &str) -> Caller {
+        if name == Caller::OPERATOR {
+            Caller::Operator
+        } else {
+            Caller::Principal(name.to_string())
+        }
+    }
+
+    /// May this caller see a framework of `principal`?
+    pub fn sees(&self, principal: Option<&str>) -> bool {
+        match self {
+            Caller::Operator => true,
+            Caller::Principal(me) => principal == Some(me.as_str()),
+        }
+    }
+}
+
+/// A page of tasks: filters, and where the previous page ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskQuery {
+    pub framework: Option<FrameworkId>,
+    pub agent: Option<AgentId>,
+    pub state: Option<TaskState>,
+    /// The last task of the previous page.
+    pub after: Option<(FrameworkId, TaskId)>,
+    /// At most this many (capped at [`TaskQuery::MAX_LIMIT`]).
+    pub limit: u32,
+}
+
+impl TaskQuery {
+    pub const DEFAULT_LIMIT: u32 = 100;
+    pub const MAX_LIMIT: u32 = 1_000;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub framework_id: FrameworkId,
+    pub task_id: TaskId,
+    pub agent_id: AgentId,
+    pub state: TaskState,
+    /// Launched on revocable resources: may be preempted.
+    pub revocable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskView>,
+    /// Give as `after` for the next page; `None` on the last.
+    pub next: Option<(FrameworkId, TaskId)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub id: AgentId,
+    pub hostname: String,
+    pub connected: bool,
+    pub unreachable: bool,
+    /// Everything it offers the cluster.
+    pub total: Resources,
+    /// What nobody holds (neither offered nor used).
+    pub free: Resources,
+    /// Tasks not yet ended on it.
+    pub tasks: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferStatus {
+    pub id: OfferId,
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub resources: Resources,
+    /// Milliseconds since it was made.
+    pub age_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// This leader's run (event ids are unique within it).
+    pub instance: String,
+    pub agents: usize,
+    pub connected_agents: usize,
+    pub frameworks: usize,
+    /// Tasks not yet ended, by state.
+    pub tasks: Vec<(TaskState, usize)>,
+    pub offers: usize,
+    pub total: Resources,
+    /// What nobody holds.
+    pub free: Resources,
+}
+
+/// Something that happened in the cluster, as the event stream tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterEvent {
+    /// Increasing within one leader's run ([`ClusterSummary::instance`]).
+    pub seq: u64,
+    /// Milliseconds since the leader's run began.
+    pub at_ms: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// This master began to lead (the first event of its run).
+    LeaderElected {
+        instance: String,
+    },
+    TaskUpdated {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        agent_id: Option<AgentId>,
+        state: TaskState,
+        reason: Option<String>,
+    },
+    AgentRegistered {
+        agent_id: AgentId,
+        hostname: String,
+    },
+    AgentUnreachable {
+        agent_id: AgentId,
+    },
+    AgentRemoved {
+        agent_id: AgentId,
+    },
+    FrameworkSubscribed {
+        framework_id: FrameworkId,
+        name: String,
+        role: Role,
+    },
+    FrameworkFailedOver {
+        framework_id: FrameworkId,
+    },
+    FrameworkDisconnected {
+        framework_id: FrameworkId,
+    },
+    FrameworkRemoved {
+        framework_id: FrameworkId,
+    },
+    /// A role's share changed: what its frameworks hold, by kind, after
+    /// an allocation run that gave it offers.
+    Allocated {
+        role: Role,
+        allocated: Vec<(String, u64)>,
+    },
+}
+
+/// Events after a point, and what the master still holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPage {
+    pub instance: String,
+    pub events: Vec<ClusterEvent>,
+    /// The oldest sequence number still held: a client that asked for an
+    /// older point has missed events.
+    pub oldest: u64,
 }
 
 /// One framework as operators see it.
@@ -94,5 +313,21 @@ pub enum OperatorReply {
     Roles(Vec<RoleStatus>),
     Log(LogChunk),
     Frameworks(Vec<FrameworkStatus>),
-    Refused { message: String },
+    Refused {
+        message: String,
+    },
+    Summary(ClusterSummary),
+    Agents(Vec<AgentStatus>),
+    Tasks(TaskPage),
+    Offers(Vec<OfferStatus>),
+    Events(EventPage),
+    Token {
+        token: String,
+        expires_unix: u64,
+    },
+    /// The caller may not do this (a tenant asking for an operator's
+    /// call, or about another tenant's framework).
+    Forbidden {
+        message: String,
+    },
 }

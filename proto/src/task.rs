@@ -299,7 +299,7 @@ pub struct TaskInfo {
 }
 
 /// Task states of Mesos 1.x (`mesos.proto`), partition-aware.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TaskState {
     Staging,
     Starting,

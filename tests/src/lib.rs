@@ -14,6 +14,7 @@ use stoa_client::ClientConfig;
 
 pub mod framework;
 pub mod ha;
+pub mod http;
 pub mod netns;
 pub use framework::TestFramework;
 pub use ha::HaCluster;
@@ -250,6 +251,17 @@ impl Cluster {
         ClientConfig::new(self.addr, &self.certs)
     }
 
+    /// The master's HTTP API, calling as `principal` (a token made with
+    /// `stoa token create`).
+    pub fn api(&self, principal: &str) -> anyhow::Result<http::Api> {
+        let addr = wait_for_file(
+            &self.dir.path().join("master.http"),
+            Duration::from_secs(20),
+        )?;
+        let token = http::create_token(&self.addr.to_string(), &self.certs, principal)?;
+        Ok(http::Api::new(&addr, Some(&token)))
+    }
+
     /// True while the master process runs.
     pub fn master_alive(&mut self) -> bool {
         matches!(self.master.try_wait(), Ok(None))
@@ -365,6 +377,8 @@ pub(crate) fn spawn_named_master(
     let mut command = Command::new(stoa_bin()?);
     command
         .args(["master", "--listen", listen, "--agent-timeout", "3"])
+        .args(["--http", "127.0.0.1:0", "--http-addr-file"])
+        .arg(dir.join(format!("{name}.http")))
         .arg("--certs")
         .arg(certs)
         .arg("--addr-file")

@@ -113,6 +113,10 @@ impl Master {
         let due = now + self.config.agent_timeout;
         self.timers.set(Timer::Heartbeat(id.clone()), due);
         tracing::info!(agent = %id, hostname = %self.agents[&id].info.hostname, resources = %self.agents[&id].info.resources, "agent registered");
+        self.event(EventKind::AgentRegistered {
+            agent_id: id.clone(),
+            hostname: self.agents[&id].info.hostname.clone(),
+        });
         self.outbox.push_back(Transmit::ToAgent(
             conn,
             MasterToAgent::Registered {
@@ -378,6 +382,9 @@ impl Master {
         }
         self.timers.cancel(&Timer::Heartbeat(id.clone()));
         tracing::warn!(agent = %id, "agent disconnected; its tasks are unreachable");
+        self.event(EventKind::AgentUnreachable {
+            agent_id: id.clone(),
+        });
         self.rescind_agent_offers(id);
         self.allocator.set_agent_active(id, false);
         let keys = self.tasks.on_agent(id, |t| !t.state.is_terminal());
@@ -413,6 +420,9 @@ impl Master {
             return;
         }
         tracing::warn!(agent = %id, "agent unreachable past the removal timeout; removing it");
+        self.event(EventKind::AgentRemoved {
+            agent_id: id.clone(),
+        });
         let keys = self.tasks.on_agent(id, |_| true);
         for key in keys {
             let Some(task) = self.tasks.get(&key) else {

@@ -131,8 +131,19 @@ impl Master {
             });
             batches.entry(plan.framework).or_default().push(offer);
         }
+        let mut roles = std::collections::BTreeSet::new();
         for (fw, offers) in batches {
+            roles.extend(self.frameworks.get(&fw).map(|f| f.info.role.clone()));
             self.send_to_framework(&fw, Event::Offers { offers });
+        }
+        for role in roles {
+            let allocated = self
+                .allocator
+                .role_allocation(&role)
+                .iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            self.event(EventKind::Allocated { role, allocated });
         }
         self.preempt();
     }

@@ -102,6 +102,11 @@ impl Master {
             .write(Write::Framework(id.clone(), Some(Box::new(info.clone()))));
         self.allocator.add_framework(id.clone(), spec);
         tracing::info!(framework = %id, name = %info.name, role = %info.role, "framework subscribed");
+        let subscribed = EventKind::FrameworkSubscribed {
+            framework_id: id.clone(),
+            name: info.name.clone(),
+            role: info.role.clone(),
+        };
         self.connections.bind(conn, Peer::Framework(id.clone()));
         self.frameworks.insert(
             id.clone(),
@@ -111,6 +116,7 @@ impl Master {
                 disconnected_at: None,
             },
         );
+        self.event_of(&id, subscribed);
         self.subscribed(now, conn, id);
     }
 
@@ -168,6 +174,12 @@ impl Master {
         self.allocator.update_framework(&id, spec);
         self.allocator.set_framework_active(&id, true);
         tracing::info!(framework = %id, "scheduler failed over");
+        self.event_of(
+            &id,
+            EventKind::FrameworkFailedOver {
+                framework_id: id.clone(),
+            },
+        );
         self.connections.bind(conn, Peer::Framework(id.clone()));
         if self.registry.state().frameworks.get(&id) != Some(&info) {
             self.registry
@@ -291,6 +303,12 @@ impl Master {
         fw.conn = None;
         fw.disconnected_at = Some(now);
         tracing::info!(framework = %id, failover_timeout_ms = fw.info.failover_timeout_ms, "scheduler disconnected");
+        self.event_of(
+            id,
+            EventKind::FrameworkDisconnected {
+                framework_id: id.clone(),
+            },
+        );
         self.arm_failover(id);
         self.rescind_framework_offers(id);
         self.allocator.set_framework_active(id, false);
@@ -319,6 +337,12 @@ impl Master {
 
     /// Forgets a framework: its offers go back, its tasks are killed.
     pub(super) fn remove_framework(&mut self, now: Time, id: &FrameworkId) {
+        self.event_of(
+            id,
+            EventKind::FrameworkRemoved {
+                framework_id: id.clone(),
+            },
+        );
         self.rescind_framework_offers(id);
         let keys = self.tasks.of_framework(id, |_| true);
         for key in keys {

@@ -14,6 +14,7 @@ pub mod acl;
 mod agents;
 mod allocation;
 mod connections;
+pub mod events;
 mod frameworks;
 pub mod hosted;
 mod index;
@@ -25,6 +26,7 @@ mod restore;
 mod status_updates;
 mod tasks;
 mod timers;
+mod views;
 
 use connections::{Connections, Peer};
 use offers::{OfferEntry, Offers};
@@ -40,6 +42,7 @@ use stoa_allocator::{
 };
 use stoa_allocator::{Limit, Quota};
 use stoa_proto::messages::{OfferConstraint, Refusal, RunningTask, message_too_large};
+use stoa_proto::operator::EventKind;
 use stoa_proto::operator::{OperatorCall, OperatorReply, RoleStatus};
 use stoa_proto::{
     AgentId, AgentInfo, AgentToMaster, Call, Event, FrameworkId, FrameworkInfo, MasterToAgent,
@@ -179,6 +182,10 @@ pub struct Master {
     /// Who holds what; owns filters and fairness.
     allocator: Allocator,
     registry: Journal,
+    /// Recent events for the operator API's stream.
+    events: events::EventLog,
+    /// The time of the input being handled, for stamping events.
+    clock: Time,
     /// Agents' heartbeat and removal deadlines, frameworks' failover
     /// deadlines.
     timers: Timers,
@@ -237,6 +244,8 @@ impl Master {
             tasks: Tasks::default(),
             offers: Offers::default(),
             registry: Journal::default(),
+            events: events::EventLog::default(),
+            clock: Time::ZERO,
             timers: Timers::default(),
             recovering: std::collections::BTreeSet::new(),
             reregister_passed: false,
@@ -258,6 +267,25 @@ impl Master {
             tasks: self.tasks.len(),
             offers: self.offers.len(),
         }
+    }
+
+    /// The last event's sequence number (0 before any).
+    pub fn last_event(&self) -> u64 {
+        self.events.last()
+    }
+
+    /// Events after `after`, each with who may see it, for the driver to
+    /// pass to the event stream's followers.
+    pub fn events_since(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = &(stoa_proto::operator::ClusterEvent, events::Audience)> {
+        self.events.since(after)
+    }
+
+    /// The run this master leads (event ids are unique within it).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The registry as this master holds it: what is durable once the
@@ -307,6 +335,7 @@ impl Master {
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        self.clock = now;
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Heartbeat(id) => self.heartbeat_due(now, id),
@@ -364,6 +393,7 @@ impl Master {
     }
 
     pub fn handle_disconnected(&mut self, now: Time, conn: ConnId) {
+        self.clock = now;
         match self.connections.close(conn) {
             Some(Peer::Agent(id)) => self.agent_lost(now, &id),
             Some(Peer::Framework(id)) => self.scheduler_lost(now, &id),
@@ -374,6 +404,7 @@ impl Master {
     /// A message from an agent. `conn` must have been opened on
     /// [`Channel::Agent`].
     pub fn handle_agent_message(&mut self, now: Time, conn: ConnId, msg: AgentToMaster) {
+        self.clock = now;
         let peer = self.connections.peer(conn).cloned();
         match (peer, msg) {
             (
@@ -444,6 +475,7 @@ impl Master {
     /// A call from a scheduler. `conn` must have been opened on
     /// [`Channel::Scheduler`].
     pub fn handle_scheduler_call(&mut self, now: Time, conn: ConnId, call: Call) {
+        self.clock = now;
         let peer = self.connections.peer(conn).cloned();
         match (peer, call) {
             (Some(Peer::Pending(Channel::Scheduler)), Call::Subscribe { framework }) => {
@@ -548,9 +580,38 @@ impl Master {
 
     /// Sends an event to a framework's scheduler if it is connected.
     fn send_to_framework(&mut self, fw: &FrameworkId, event: Event) {
+        if let Event::Update { status, .. } = &event {
+            self.event_of(
+                fw,
+                EventKind::TaskUpdated {
+                    framework_id: fw.clone(),
+                    task_id: status.task_id.clone(),
+                    agent_id: status.agent_id.clone(),
+                    state: status.state,
+                    reason: status.reason.map(|r| r.to_string()),
+                },
+            );
+        }
         if let Some(conn) = self.frameworks.get(fw).and_then(|f| f.conn) {
             self.send_to_scheduler(conn, event);
         }
+    }
+
+    /// Records an event that the operator sees.
+    fn event(&mut self, kind: EventKind) {
+        self.events
+            .push(self.clock, events::Audience::Operator, kind);
+    }
+
+    /// Records an event about framework `fw`, seen by the operator and
+    /// by the framework's principal.
+    fn event_of(&mut self, fw: &FrameworkId, kind: EventKind) {
+        let principal = self
+            .frameworks
+            .get(fw)
+            .and_then(|f| f.info.principal.clone());
+        self.events
+            .push(self.clock, events::Audience::Principal(principal), kind);
     }
 
     fn request_allocation(&mut self, now: Time) {

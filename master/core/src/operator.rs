@@ -2,6 +2,7 @@
 //! teardown, the role and framework lists, and where a task's logs are.
 
 use super::*;
+use stoa_proto::operator::Caller;
 
 impl Master {
     /// An operator's request. The reply is only to be sent after the
@@ -67,7 +68,51 @@ impl Master {
             .collect()
     }
 
-    pub fn handle_operator_call(&mut self, now: Time, call: OperatorCall) -> OperatorReply {
+    pub fn handle_operator_call(
+        &mut self,
+        now: Time,
+        caller: &Caller,
+        call: OperatorCall,
+    ) -> OperatorReply {
+        self.clock = now;
+        // What a tenant may ask: about its own frameworks and their tasks.
+        let call = match (caller, call) {
+            (Caller::Operator, call) => call,
+            (
+                _,
+                call @ (OperatorCall::GetFrameworks
+                | OperatorCall::GetSummary
+                | OperatorCall::GetTasks(_)
+                | OperatorCall::GetEvents { .. }
+                | OperatorCall::ReadLog { .. }),
+            ) => call,
+            (_, OperatorCall::Teardown { framework_id }) if self.visible(caller, &framework_id) => {
+                OperatorCall::Teardown { framework_id }
+            }
+            (
+                _,
+                OperatorCall::KillTask {
+                    framework_id,
+                    task_id,
+                },
+            ) => OperatorCall::KillTask {
+                framework_id,
+                task_id,
+            },
+            (_, OperatorCall::Teardown { framework_id }) => {
+                return OperatorReply::Refused {
+                    message: format!("no framework {framework_id} is known to this master"),
+                };
+            }
+            (Caller::Principal(who), call) => {
+                return OperatorReply::Forbidden {
+                    message: format!(
+                        "{who} may not {}: only the operator may; a tenant sees and ends its own frameworks and tasks",
+                        call.what()
+                    ),
+                };
+            }
+        };
         let result = match call {
             OperatorCall::SetWeight { role, weight } => self
                 .allocator
@@ -131,7 +176,67 @@ impl Master {
                     ))
                 }
             }
-            OperatorCall::GetFrameworks => return OperatorReply::Frameworks(self.framework_list()),
+            OperatorCall::GetFrameworks => {
+                let mut all = self.framework_list();
+                all.retain(|f| caller.sees(f.principal.as_deref()));
+                return OperatorReply::Frameworks(all);
+            }
+            OperatorCall::GetSummary => {
+                return OperatorReply::Summary(self.cluster_summary(caller));
+            }
+            OperatorCall::GetAgents => return OperatorReply::Agents(self.agent_list()),
+            OperatorCall::GetTasks(query) => {
+                return OperatorReply::Tasks(self.task_page(caller, &query));
+            }
+            OperatorCall::GetOffers => return OperatorReply::Offers(self.offer_list(now)),
+            OperatorCall::GetEvents { after, limit } => {
+                let limit = usize::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
+                return OperatorReply::Events(self.events.page(
+                    &self.instance,
+                    caller,
+                    after,
+                    limit,
+                ));
+            }
+            OperatorCall::KillTask {
+                framework_id,
+                task_id,
+            } => {
+                let candidates: Vec<FrameworkId> = self
+                    .tasks
+                    .iter()
+                    .filter(|((f, t), task)| {
+                        *t == task_id
+                            && !task.state.is_terminal()
+                            && framework_id.as_ref().is_none_or(|w| w == f)
+                            && self.visible(caller, f)
+                    })
+                    .map(|((f, _), _)| f.clone())
+                    .collect();
+                match candidates.as_slice() {
+                    [fw] => {
+                        tracing::info!(framework = %fw, task = %task_id, "an operator killed a task");
+                        let fw = fw.clone();
+                        self.kill(&fw, task_id);
+                        Ok(())
+                    }
+                    [] => Err(format!("no running task {task_id} is known to this master")),
+                    several => Err(format!(
+                        "{} frameworks run a task {task_id}; name one (framework ids: {})",
+                        several.len(),
+                        several
+                            .iter()
+                            .map(|f| f.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
+            }
+            OperatorCall::CreateToken { .. } => {
+                return OperatorReply::Refused {
+                    message: "tokens are made by the master's driver, not its core".into(),
+                };
+            }
             OperatorCall::Teardown { framework_id } => {
                 if self.frameworks.contains_key(&framework_id) {
                     tracing::info!(framework = %framework_id, "an operator tore the framework down");

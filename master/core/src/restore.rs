@@ -12,6 +12,14 @@ impl Master {
     /// frameworks come back with their schedulers away, their failover
     /// timeouts counted from `now`.
     pub fn restore(&mut self, now: Time, registry: Registry) {
+        self.clock = now;
+        self.events.push(
+            now,
+            crate::events::Audience::Everyone,
+            EventKind::LeaderElected {
+                instance: self.instance.clone(),
+            },
+        );
         for (role, weight) in &registry.weights {
             if let Err(e) = self.allocator.set_weight(role, *weight) {
                 tracing::error!(%role, "registry holds a bad weight: {e}");

@@ -156,6 +156,7 @@ fn recovered_tasks_count_against_their_roles_quota_after_a_restart() {
     let (mut m, fw, info) = running_framework();
     let reply = m.handle_operator_call(
         t(1),
+        &stoa_proto::operator::Caller::Operator,
         OperatorCall::SetQuota {
             role: "eng".parse().expect("role"),
             guarantee: Resources::new(),

@@ -682,6 +682,7 @@ fn a_role_below_its_guarantee_gets_resources_by_preemption() {
     // A guarantee elsewhere makes batch's resources revocable.
     let reply = m.handle_operator_call(
         t(0),
+        &stoa_proto::operator::Caller::Operator,
         OperatorCall::SetQuota {
             role: "tiny".parse().expect("role"),
             guarantee: "cpus:0.001".parse().expect("r"),
@@ -709,6 +710,7 @@ fn a_role_below_its_guarantee_gets_resources_by_preemption() {
 
     let reply = m.handle_operator_call(
         t(2),
+        &stoa_proto::operator::Caller::Operator,
         OperatorCall::SetQuota {
             role: "prod".parse().expect("role"),
             guarantee: "cpus:1;mem:256".parse().expect("r"),

@@ -1,0 +1,133 @@
+//! What the operator API shows: the cluster's summary, agents, tasks and
+//! offers, each as the caller may see it.
+
+use super::*;
+use stoa_proto::operator::{
+    AgentStatus, Caller, ClusterSummary, OfferStatus, TaskPage, TaskQuery, TaskView,
+};
+
+impl Master {
+    /// May `caller` see framework `fw`?
+    pub fn visible(&self, caller: &Caller, fw: &FrameworkId) -> bool {
+        self.frameworks
+            .get(fw)
+            .is_some_and(|f| caller.sees(f.info.principal.as_deref()))
+            || *caller == Caller::Operator
+    }
+
+    pub(super) fn cluster_summary(&self, caller: &Caller) -> ClusterSummary {
+        let mut by_state: BTreeMap<TaskState, usize> = BTreeMap::new();
+        for ((fw, _), task) in self.tasks.iter() {
+            if !task.state.is_terminal() && self.visible(caller, fw) {
+                *by_state.entry(task.state).or_default() += 1;
+            }
+        }
+        let (mut total, mut free) = (Resources::new(), Resources::new());
+        for id in self.agents.keys() {
+            if let Some((t, f)) = self.allocator.agent_books(id) {
+                total = total.checked_add(&t).unwrap_or(total);
+                free = free.checked_add(&f).unwrap_or(free);
+            }
+        }
+        ClusterSummary {
+            instance: self.instance.clone(),
+            agents: self.agents.len(),
+            connected_agents: self.agents.values().filter(|a| a.conn.is_some()).count(),
+            frameworks: self
+                .frameworks
+                .keys()
+                .filter(|f| self.visible(caller, f))
+                .count(),
+            tasks: by_state.into_iter().collect(),
+            offers: match caller {
+                Caller::Operator => self.offers.len(),
+                Caller::Principal(_) => self
+                    .offers
+                    .values()
+                    .filter(|o| self.visible(caller, &o.offer.framework_id))
+                    .count(),
+            },
+            total,
+            free,
+        }
+    }
+
+    pub(super) fn agent_list(&self) -> Vec<AgentStatus> {
+        self.agents
+            .iter()
+            .map(|(id, a)| {
+                let (total, free) = self
+                    .allocator
+                    .agent_books(id)
+                    .unwrap_or_else(|| (a.info.resources.clone(), Resources::new()));
+                AgentStatus {
+                    id: id.clone(),
+                    hostname: a.info.hostname.clone(),
+                    connected: a.conn.is_some(),
+                    unreachable: a.unreachable_since.is_some(),
+                    total,
+                    free,
+                    tasks: self.tasks.on_agent(id, |t| !t.state.is_terminal()).len(),
+                }
+            })
+            .collect()
+    }
+
+    /// A page of tasks in (framework, task) order.
+    pub(super) fn task_page(&self, caller: &Caller, query: &TaskQuery) -> TaskPage {
+        let limit = match query.limit {
+            0 => TaskQuery::DEFAULT_LIMIT,
+            n => n.min(TaskQuery::MAX_LIMIT),
+        } as usize;
+        let mut keys: Vec<&(FrameworkId, TaskId)> = self
+            .tasks
+            .iter()
+            .filter(|(key, t)| {
+                query.framework.as_ref().is_none_or(|f| *f == key.0)
+                    && query.agent.as_ref().is_none_or(|a| *a == t.agent)
+                    && query.state.is_none_or(|s| s == t.state)
+                    && query.after.as_ref().is_none_or(|after| *key > after)
+                    && self.visible(caller, &key.0)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        keys.sort_unstable();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let tasks: Vec<TaskView> = keys
+            .iter()
+            .filter_map(|key| {
+                let t = self.tasks.get(key)?;
+                Some(TaskView {
+                    framework_id: key.0.clone(),
+                    task_id: key.1.clone(),
+                    agent_id: t.agent.clone(),
+                    state: t.state,
+                    revocable: t.revocable,
+                })
+            })
+            .collect();
+        let next = more
+            .then(|| {
+                tasks
+                    .last()
+                    .map(|t| (t.framework_id.clone(), t.task_id.clone()))
+            })
+            .flatten();
+        TaskPage { tasks, next }
+    }
+
+    pub(super) fn offer_list(&self, now: Time) -> Vec<OfferStatus> {
+        self.offers
+            .values()
+            .map(|o| OfferStatus {
+                id: o.offer.id,
+                framework_id: o.offer.framework_id.clone(),
+                agent_id: o.offer.agent_id.clone(),
+                resources: o.offer.resources.clone(),
+                age_ms: u64::try_from(now.saturating_since(o.made_at).as_millis())
+                    .unwrap_or(u64::MAX),
+            })
+            .collect()
+    }
+}
