@@ -110,7 +110,7 @@ fn env_or(name: &str, default: usize) -> usize {
 
 /// Leader after leader killed while tasks run: `STOA_SOAK_KILLS` rounds
 /// of `STOA_SOAK_TASKS` tasks, each sleeping `STOA_SOAK_TASK_MS` (3, 6
-/// and 3,000 in the suite; docs/operations.md gives the long run). Each
+/// and 3,000 in the suite; docs/benchmarks.md gives the long run). Each
 /// round launches its tasks, waits until every one has run (RUNNING, or
 /// already ended), kills the leader, follows the framework to the next
 /// one and brings the killed master back as a standby. Every task must
