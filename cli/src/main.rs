@@ -4,6 +4,7 @@
 mod artifact;
 mod bench;
 mod bench_failover;
+mod cluster;
 mod connect;
 mod framework;
 mod machine;
@@ -67,6 +68,14 @@ enum Command {
     Teardown(operator::TeardownArgs),
     /// Bearer tokens for the HTTP API.
     Token(token::TokenArgs),
+    /// List tasks, filtered (and redrawn with --watch).
+    Ps(cluster::PsArgs),
+    /// List agents: state, tasks, free and total resources.
+    Agents(cluster::AgentsArgs),
+    /// Kill one task.
+    Kill(cluster::KillArgs),
+    /// Follow the cluster's events.
+    Events(cluster::EventsArgs),
     /// Measure launch latency and throughput of wasm tasks on this machine.
     Bench(bench::BenchArgs),
     /// Sweep seeds of the deterministic simulator with injected faults,
@@ -445,6 +454,10 @@ fn main() -> anyhow::Result<()> {
             Command::Frameworks(a) => operator::frameworks(a).await,
             Command::Teardown(a) => operator::teardown(a).await,
             Command::Token(a) => token::run(a).await,
+            Command::Ps(a) => cluster::ps(a).await,
+            Command::Agents(a) => cluster::agents(a).await,
+            Command::Kill(a) => cluster::kill(a).await,
+            Command::Events(a) => cluster::events(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Sim(a) => sim::run(a),
             Command::New(a) => scaffold::new(a),

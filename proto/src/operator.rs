@@ -213,8 +213,9 @@ pub struct ClusterEvent {
     pub kind: EventKind,
 }
 
+/// On the wire, externally tagged (postcard needs that); in JSON, as
+/// [`ClusterEvent::to_json`] gives it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     /// This master began to lead (the first event of its run).
     LeaderElected {
@@ -257,6 +258,42 @@ pub enum EventKind {
         role: Role,
         allocated: Vec<(String, u64)>,
     },
+}
+
+impl ClusterEvent {
+    /// The event as the HTTP API and `stoa events --json` give it:
+    /// `{"seq", "at_ms", "type": "task_updated", …the kind's fields}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut out = serde_json::json!({ "seq": self.seq, "at_ms": self.at_ms });
+        // Externally tagged: `{"TaskUpdated": {…}}`.
+        if let Ok(serde_json::Value::Object(tagged)) = serde_json::to_value(&self.kind) {
+            for (variant, fields) in tagged {
+                out["type"] = serde_json::Value::String(snake_case(&variant));
+                if let serde_json::Value::Object(fields) = fields {
+                    for (k, v) in fields {
+                        out[k] = v;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `TaskUpdated` → `task_updated`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Events after a point, and what the master still holds.
@@ -330,4 +367,39 @@ pub enum OperatorReply {
     Forbidden {
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_cross_the_wire_and_read_flat_in_json() {
+        let event = ClusterEvent {
+            seq: 7,
+            at_ms: 1_500,
+            kind: EventKind::TaskUpdated {
+                framework_id: FrameworkId::new("f").expect("id"),
+                task_id: TaskId::new("t").expect("id"),
+                agent_id: None,
+                state: TaskState::Running,
+                reason: None,
+            },
+        };
+        let page = OperatorReply::Events(EventPage {
+            instance: "i".into(),
+            events: vec![event.clone()],
+            oldest: 1,
+        });
+        let bytes = postcard::to_allocvec(&page).expect("encodes");
+        assert_eq!(
+            postcard::from_bytes::<OperatorReply>(&bytes).expect("decodes"),
+            page
+        );
+        let json = event.to_json();
+        assert_eq!(json["type"], "task_updated");
+        assert_eq!(json["task_id"], "t");
+        assert_eq!(json["state"], "Running");
+        assert_eq!(json["seq"], 7);
+    }
 }

@@ -316,6 +316,36 @@ pub enum TaskState {
     Unknown,
 }
 
+impl std::str::FromStr for TaskState {
+    type Err = String;
+
+    /// A state as people write it: `running`, `RUNNING` or `Running`.
+    fn from_str(s: &str) -> Result<TaskState, String> {
+        const ALL: [TaskState; 13] = [
+            TaskState::Staging,
+            TaskState::Starting,
+            TaskState::Running,
+            TaskState::Killing,
+            TaskState::Finished,
+            TaskState::Failed,
+            TaskState::Killed,
+            TaskState::Error,
+            TaskState::Lost,
+            TaskState::Dropped,
+            TaskState::Unreachable,
+            TaskState::Gone,
+            TaskState::Unknown,
+        ];
+        ALL.into_iter()
+            .find(|state| format!("{state:?}").eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!(
+                    "invalid task state {s:?}: give staging, starting, running, killing, finished, failed, killed, error, lost, dropped, unreachable, gone or unknown"
+                )
+            })
+    }
+}
+
 impl TaskState {
     /// A terminal state is final: the task's resources are free again.
     pub fn is_terminal(self) -> bool {

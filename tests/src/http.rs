@@ -174,7 +174,7 @@ impl Events {
             let e = self.next_event()?;
             if e.event == kind {
                 let data: Value = serde_json::from_str(&e.data)?;
-                if matches(&data["kind"]) {
+                if matches(&data) {
                     return Ok(e);
                 }
             }

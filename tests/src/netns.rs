@@ -35,15 +35,21 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl NetNs {
-    /// A namespace named after this process, with 10.201.N.1 on this side
-    /// and 10.201.N.2 inside (N from the pid, so that test processes
-    /// running at once do not meet).
+    /// A namespace named after this process and the how-manieth it is in
+    /// it, on a /30 of 10.201.N.0/24 (N from the pid, the /30 from the
+    /// count), so that test processes and tests running at once do not
+    /// meet.
     pub fn create() -> anyhow::Result<NetNs> {
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60;
         let id = std::process::id();
         let subnet = id % 250 + 1;
-        let name = format!("stoa-part-{id}");
-        let (host_if, ns_if) = (format!("sph{id}"), format!("spn{id}"));
-        let (host_ip, ns_ip) = (format!("10.201.{subnet}.1"), format!("10.201.{subnet}.2"));
+        let name = format!("stoa-part-{id}-{n}");
+        let (host_if, ns_if) = (format!("sph{id}x{n}"), format!("spn{id}x{n}"));
+        let (host_ip, ns_ip) = (
+            format!("10.201.{subnet}.{}", n * 4 + 1),
+            format!("10.201.{subnet}.{}", n * 4 + 2),
+        );
         ip(&["netns", "add", &name])?;
         let ns = NetNs {
             name: name.clone(),

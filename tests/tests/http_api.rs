@@ -220,3 +220,75 @@ fn the_openapi_description_names_every_route_and_each_answers() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// `stoa ps`, `stoa agents`, `stoa kill` and `stoa events` over the
+/// operator channel's same calls.
+#[test]
+fn the_everyday_commands_list_kill_and_follow() -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let cluster = Cluster::start(1, "cpus:2;mem:1024")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut events = cluster.stoa_child(&["events", "--json"])?;
+    let mut fw = rt.block_on(async {
+        let digest = stoa_client::upload_artifact(&cluster.client(), &misbehave_wasm()?).await?;
+        let mut fw = TestFramework::subscribe(&cluster.client(), "cli").await?;
+        fw.launch_all(vec![sleeper(0, &Artifact::Stored(digest), 60_000)])
+            .await?;
+        fw.wait_for("sleeper-0", TaskState::Running).await?;
+        anyhow::Ok(fw)
+    })?;
+    let stdout = |out: std::process::Output| -> anyhow::Result<Value> {
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let ps = stdout(cluster.stoa(&["ps", "--json", "--state", "running"])?)?;
+    assert_eq!(ps[0]["task_id"], "sleeper-0", "{ps}");
+    let none = stdout(cluster.stoa(&["ps", "--json", "--state", "finished"])?)?;
+    assert_eq!(none, json!([]));
+    let bad = cluster.stoa(&["ps", "--state", "sleepy"])?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("give staging"));
+    let agents = stdout(cluster.stoa(&["agents", "--json"])?)?;
+    assert_eq!(agents[0]["tasks"], 1, "{agents}");
+    let table = cluster.stoa(&["agents"])?;
+    assert!(String::from_utf8_lossy(&table.stdout).contains("connected"));
+
+    let killed = cluster.stoa(&["kill", "sleeper-0"])?;
+    assert!(
+        killed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    rt.block_on(fw.wait_for("sleeper-0", TaskState::Killed))?;
+    let again = cluster.stoa(&["kill", "sleeper-0"])?;
+    assert!(
+        !again.status.success(),
+        "a task that ended cannot be killed"
+    );
+
+    // The follower saw the task go from RUNNING to KILLED.
+    let lines = std::io::BufReader::new(
+        events
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    );
+    let mut states = Vec::new();
+    for line in lines.lines() {
+        let e: Value = serde_json::from_str(&line?)?;
+        if e["task_id"] == "sleeper-0" {
+            states.push(e["state"].as_str().unwrap_or("").to_string());
+            if states.last().map(String::as_str) == Some("Killed") {
+                break;
+            }
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(states.contains(&"Running".to_string()), "{states:?}");
+    Ok(())
+}

@@ -181,7 +181,11 @@ fn answer(reply: OperatorReply) -> Result<Response, ApiError> {
         OperatorReply::Summary(v) => json!(v),
         OperatorReply::Agents(v) => json!(v),
         OperatorReply::Offers(v) => json!(v),
-        OperatorReply::Events(v) => json!(v),
+        OperatorReply::Events(v) => json!({
+            "instance": v.instance,
+            "oldest": v.oldest,
+            "events": v.events.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+        }),
         OperatorReply::Tasks(page) => json!({
             "tasks": page.tasks,
             "next": page.next.map(|(f, t)| json!({ "after_framework": f, "after_task": t })),
@@ -263,19 +267,6 @@ where
         .map_err(|e| ApiError::bad_request(format!("invalid {what} {s:?}: {e}")))
 }
 
-/// A task state as the API writes it (`running`, `RUNNING`, `Running`).
-fn parse_state(s: &str) -> Result<TaskState, ApiError> {
-    let mut name = s.to_ascii_lowercase();
-    if let Some(first) = name.get_mut(0..1) {
-        first.make_ascii_uppercase();
-    }
-    serde_json::from_value(Value::String(name)).map_err(|_| {
-        ApiError::bad_request(format!(
-            "invalid task state {s:?}: give one of staging, starting, running, killing, finished, failed, killed, error, lost, dropped, unreachable, gone, unknown"
-        ))
-    })
-}
-
 #[derive(Debug, Deserialize)]
 struct TasksParams {
     framework: Option<String>,
@@ -314,7 +305,11 @@ async fn tasks(
             .as_deref()
             .map(|a| parse::<AgentId>("agent id", a))
             .transpose()?,
-        state: p.state.as_deref().map(parse_state).transpose()?,
+        state: p
+            .state
+            .as_deref()
+            .map(|s| s.parse::<TaskState>().map_err(ApiError::bad_request))
+            .transpose()?,
         after,
         limit: p.limit.unwrap_or(TaskQuery::DEFAULT_LIMIT),
     };

@@ -37,15 +37,12 @@ fn resume_point(headers: &HeaderMap, params: &EventsParams) -> Option<(String, u
 }
 
 fn sse_event(instance: &str, event: &ClusterEvent) -> Event {
-    let kind = serde_json::to_value(&event.kind)
-        .ok()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "event".into());
+    let json = event.to_json();
+    let kind = json["type"].as_str().unwrap_or("event").to_string();
     Event::default()
         .id(format!("{instance}.{}", event.seq))
         .event(kind)
-        .json_data(event)
-        .unwrap_or_else(|_| Event::default().comment("an event that did not encode"))
+        .data(json.to_string())
 }
 
 pub async fn stream(
