@@ -55,6 +55,8 @@ pub struct LocalCluster {
     agent_ids: Vec<String>,
     /// The masters' registry, when there are several; stopped after them.
     etcd: Option<stoa_master::etcd_server::EtcdServer>,
+    /// Each master's HTTP API (host:port), in the order of `addr`.
+    pub http: Vec<String>,
 }
 
 impl LocalCluster {
@@ -89,6 +91,7 @@ impl LocalCluster {
         };
         let mut nodes = Vec::new();
         let mut addr_files = Vec::new();
+        let mut http_files = Vec::new();
         for i in 0..masters {
             let name = if masters == 1 {
                 "master".to_string()
@@ -97,6 +100,8 @@ impl LocalCluster {
             };
             let addr_file = dir.join(format!("{name}.addr"));
             let _ = std::fs::remove_file(&addr_file);
+            let http_file = dir.join(format!("{name}.http"));
+            let _ = std::fs::remove_file(&http_file);
             let port = u16::try_from(usize::from(listen.port()) + i)
                 .ok()
                 .filter(|_| listen.port() != 0)
@@ -117,10 +122,18 @@ impl LocalCluster {
                     &registry,
                     "--artifacts",
                     path(&dir.join("artifacts"))?,
+                    // The API on the same port number, over TCP, as Mesos
+                    // serves its HTTP API beside its own protocol; on
+                    // loopback, since it is plain HTTP.
+                    "--http",
+                    &SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port).to_string(),
+                    "--http-addr-file",
+                    path(&http_file)?,
                 ],
             )?;
             nodes.push(master);
             addr_files.push(addr_file);
+            http_files.push(http_file);
         }
         let started = async {
             let mut addrs = Vec::new();
@@ -128,6 +141,10 @@ impl LocalCluster {
                 addrs.push(wait_for(file, &mut nodes, Duration::from_secs(20)).await?);
             }
             let addr = addrs.join(",");
+            let mut http = Vec::new();
+            for file in &http_files {
+                http.push(wait_for(file, &mut nodes, Duration::from_secs(20)).await?);
+            }
             for i in 1..=agents {
                 let name = format!("agent-{i}");
                 let work = dir.join(&name);
@@ -166,11 +183,12 @@ impl LocalCluster {
                     .await?,
                 );
             }
-            anyhow::Ok((addr, agent_ids))
+            anyhow::Ok((addr, agent_ids, http))
         }
         .await;
         match started {
-            Ok((addr, agent_ids)) => Ok(LocalCluster {
+            Ok((addr, agent_ids, http)) => Ok(LocalCluster {
+                http,
                 addr,
                 certs,
                 nodes,
@@ -252,8 +270,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let per_agent = share_of_machine(args.agents)?;
     let mut cluster =
         LocalCluster::start(&dir, args.masters, args.agents, args.listen, &per_agent).await?;
+    let token = operator_token(&cluster).await;
     let reported = (|| {
-        report(&args, &dir, &cluster, &per_agent)?;
+        report(&args, &dir, &cluster, &per_agent, &token?)?;
         if let Some(ready) = &args.ready_file {
             std::fs::write(ready, &cluster.addr)
                 .with_context(|| format!("cannot write {}", ready.display()))?;
@@ -385,11 +404,30 @@ async fn stop(nodes: &mut [Node]) {
     }
 }
 
+/// How long the token `stoa up` prints stays valid.
+const LOCAL_TOKEN_TTL_SECS: u64 = 30 * 86_400;
+
+/// A token for the local operator, to call the HTTP API with.
+async fn operator_token(cluster: &LocalCluster) -> anyhow::Result<String> {
+    let masters: stoa_transport::Masters = cluster.addr.parse().map_err(anyhow::Error::msg)?;
+    let mut client = stoa_client::ClientConfig::new(masters, &cluster.certs);
+    client.identity = stoa_transport::OPERATOR_NAME.into();
+    let call = stoa_proto::operator::OperatorCall::CreateToken {
+        principal: stoa_proto::operator::Caller::OPERATOR.into(),
+        ttl_secs: LOCAL_TOKEN_TTL_SECS,
+    };
+    match stoa_client::operator_call(&client, &call).await? {
+        stoa_proto::operator::OperatorReply::Token { token, .. } => Ok(token),
+        other => bail!("the master answered {other:?} when asked for a token"),
+    }
+}
+
 fn report(
     args: &UpArgs,
     dir: &Path,
     cluster: &LocalCluster,
     per_agent: &stoa_proto::Resources,
+    token: &str,
 ) -> anyhow::Result<()> {
     let (addr, nodes, agent_ids) = (&cluster.addr, &cluster.nodes, &cluster.agent_ids);
     let (masters, agents) = nodes.split_at(cluster.masters);
@@ -412,6 +450,8 @@ fn report(
             "etcd": cluster.etcd.as_ref().map(|e| e.endpoint()),
             "agents": agents,
             "certs": certs,
+            "http": cluster.http.first().map(|h| format!("http://{h}/api/v1/")),
+            "token": token,
         });
         println!("{out}");
     } else {
@@ -439,6 +479,19 @@ fn report(
             );
         }
         println!("  certs    {}", certs.display());
+        if let Some(http) = cluster.http.first() {
+            println!(
+                "  api      http://{http}/api/v1/  (every master serves one; the leader answers)"
+            );
+            println!("  token    {token}");
+            println!(
+                "see it:   curl -H 'Authorization: Bearer {token}' http://{http}/api/v1/summary"
+            );
+            println!(
+                "          stoa ps --master {addr} --certs {}",
+                certs.display()
+            );
+        }
         println!("run a framework against it, e.g.:");
         println!(
             "  cargo run --release -p hello-scheduler -- --master {addr} --certs {}",
