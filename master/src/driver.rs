@@ -4,6 +4,7 @@
 
 use crate::core::{Channel, ConnId, Master, MasterConfig, Transmit};
 use crate::http::{ApiState, Published, TokenKey, token};
+use crate::metrics::Metrics;
 use crate::refusal_log::RefusalLog;
 use crate::registry::etcd::{EtcdStore, EtcdTimings, Leadership, Lease};
 use crate::registry::file::FileStore;
@@ -84,6 +85,7 @@ struct Publish {
     port: tokio::sync::watch::Sender<Option<OperatorPort>>,
     events: tokio::sync::broadcast::Sender<Arc<Published>>,
     tokens: TokenKey,
+    metrics: Arc<Metrics>,
 }
 
 impl Publish {
@@ -180,6 +182,7 @@ pub async fn run(
         port,
         events: events.clone(),
         tokens: TokenKey::derive(&secret),
+        metrics: Arc::new(Metrics::new()),
     };
     let _http = match config.http {
         Some(http) => {
@@ -188,6 +191,7 @@ pub async fn run(
                 leader: leader_rx.clone(),
                 events,
                 tokens: publish.tokens.clone(),
+                metrics: publish.metrics.clone(),
             };
             Some(AbortOnDrop(
                 serve_http(http, config.http_addr_file.as_deref(), api).await?,
@@ -428,11 +432,14 @@ async fn lead(
         store,
         leader,
         tokens: &publish.tokens,
+        metrics: &publish.metrics,
     };
+    publish.metrics.leader_change();
     let mut published = 0;
     publish.events(&master, &mut published);
 
     let ended = loop {
+        let step_began = Instant::now();
         let deadline = master
             .poll_timeout()
             .map(|t| start + Duration::from_micros(t.as_micros()));
@@ -457,6 +464,9 @@ async fn lead(
             Ok(()) => {
                 let written = out.write(&mut master, &mut peers, now).await;
                 publish.events(&master, &mut published);
+                publish
+                    .metrics
+                    .apply(master.take_measures(), step_began.elapsed());
                 written
             }
             Err(e) => Err(e),
@@ -616,6 +626,7 @@ struct Out<'a> {
     /// Signs the HTTP API's tokens (an operator's call the driver
     /// answers: the core holds no secrets).
     tokens: &'a TokenKey,
+    metrics: &'a Metrics,
 }
 
 impl Out<'_> {
@@ -634,10 +645,14 @@ impl Out<'_> {
             if ready.is_empty() {
                 return Ok(());
             }
-            self.store
-                .apply(self.leader, ready.writes())
-                .await
-                .context("cannot write the registry")?;
+            if !ready.writes().is_empty() {
+                let began = Instant::now();
+                self.store
+                    .apply(self.leader, ready.writes())
+                    .await
+                    .context("cannot write the registry")?;
+                self.metrics.registry_write(began.elapsed());
+            }
             let dropped = flush(master.advance(ready), peers);
             for id in dropped {
                 master.handle_disconnected(now(), id);

@@ -10,5 +10,6 @@ pub use stoa_master_core as core;
 pub mod driver;
 pub mod etcd_server;
 pub mod http;
+pub mod metrics;
 pub mod refusal_log;
 pub mod registry;

@@ -292,3 +292,76 @@ fn the_everyday_commands_list_kill_and_follow() -> anyhow::Result<()> {
     assert!(states.contains(&"Running".to_string()), "{states:?}");
     Ok(())
 }
+
+/// A metric's value in Prometheus text (the first line that starts with
+/// `name` and contains every label given).
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.split([' ', '{']).next() == Some(name) && labels.iter().all(|lb| l.contains(lb))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn each_metric_family_moves_when_its_event_happens() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, "cpus:2;mem:1024")?;
+    let operator = cluster.api("operator")?;
+    let scrape = || -> anyhow::Result<String> {
+        let addr = std::fs::read_to_string(cluster.dir.path().join("master.http"))?;
+        Ok(ureq::get(&format!("http://{addr}/metrics"))
+            .call()?
+            .into_string()?)
+    };
+    let before = scrape()?;
+    assert_eq!(
+        metric(&before, "stoa_master_leader_changes_total", &[]),
+        Some(1.0),
+        "{before}"
+    );
+    assert_eq!(
+        metric(&before, "stoa_master_agents_connected", &[]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&before, "stoa_master_tasks_ended_total", &[]), None);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let digest = stoa_client::upload_artifact(&cluster.client(), &misbehave_wasm()?).await?;
+        let artifact = Artifact::Stored(digest);
+        let mut fw = TestFramework::subscribe(&cluster.client(), "metrics").await?;
+        fw.launch_all(vec![
+            sleeper(0, &artifact, 60_000),
+            sleeper(1, &artifact, 10),
+        ])
+        .await?;
+        fw.wait_for("sleeper-0", TaskState::Running).await?;
+        fw.wait_for("sleeper-1", TaskState::Finished).await?;
+        fw.kill("sleeper-0").await?;
+        fw.wait_for("sleeper-0", TaskState::Killed).await?;
+        anyhow::Ok(())
+    })?;
+    let after = scrape()?;
+    let at_least = |name: &str, labels: &[&str], n: f64| {
+        let v = metric(&after, name, labels);
+        assert!(
+            v.is_some_and(|v| v >= n),
+            "{name}{labels:?} = {v:?}:\n{after}"
+        );
+    };
+    at_least("stoa_master_offers_total", &["outcome=\"sent\""], 1.0);
+    at_least("stoa_master_offers_total", &["outcome=\"accepted\""], 1.0);
+    at_least(
+        "stoa_master_tasks_ended_total",
+        &["state=\"finished\""],
+        1.0,
+    );
+    at_least("stoa_master_tasks_ended_total", &["state=\"killed\""], 1.0);
+    at_least("stoa_master_launch_latency_seconds_count", &[], 2.0);
+    at_least("stoa_master_allocation_runs_total", &[], 1.0);
+    at_least("stoa_master_allocation_run_seconds_count", &[], 1.0);
+    at_least("stoa_master_registry_write_seconds_count", &[], 1.0);
+    drop(operator);
+    Ok(())
+}

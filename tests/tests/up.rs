@@ -19,7 +19,10 @@ fn stoa_up_gives_the_api_and_a_token_that_works() -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let outcome = (|| {
-        let stdout = up.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let stdout = up
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
         let mut line = String::new();
         std::io::BufReader::new(stdout).read_line(&mut line)?;
         let report: serde_json::Value = serde_json::from_str(&line)?;

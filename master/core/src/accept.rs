@@ -36,7 +36,12 @@ impl Master {
             .iter()
             .any(|id| self.offers.get(id).is_some_and(|o| o.offer.revocable));
         let (agent, mut pool) = match self.take_offers(fw, &offer_ids) {
-            Ok(Some(taken)) => taken,
+            Ok(Some(taken)) => {
+                self.measures.push(crate::measures::Measure::OffersAccepted(
+                    offer_ids.len() as u64
+                ));
+                taken
+            }
             Ok(None) => {
                 return self.drop_all(fw, launches(operations), "ACCEPT named no offers".into());
             }
@@ -231,6 +236,7 @@ impl Master {
                 preempting: false,
                 terminal_update: None,
                 kill_requested: false,
+                launched_at: self.clock,
             },
         );
         self.outbox.push_back(Transmit::ToAgent(

@@ -289,6 +289,7 @@ impl Master {
                 preempting: false,
                 terminal_update: None,
                 kill_requested: false,
+                launched_at: self.clock,
             },
         );
         false

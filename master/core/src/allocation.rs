@@ -25,6 +25,7 @@ impl Master {
         };
         let (fw, agent) = (&entry.offer.framework_id, &entry.offer.agent_id);
         self.allocator.recover(fw, agent, &entry.allocation, None);
+        self.measures.push(crate::measures::Measure::OfferRescinded);
         self.send_to_framework(&entry.offer.framework_id, Event::Rescind { offer_id });
     }
 
@@ -35,6 +36,9 @@ impl Master {
         offer_ids: Vec<OfferId>,
         refuse_ms: Option<u64>,
     ) {
+        self.measures.push(crate::measures::Measure::OffersDeclined(
+            offer_ids.len() as u64
+        ));
         for id in offer_ids {
             if self
                 .offers
@@ -131,6 +135,9 @@ impl Master {
             });
             batches.entry(plan.framework).or_default().push(offer);
         }
+        let made = batches.values().map(|o| o.len() as u64).sum();
+        self.measures
+            .push(crate::measures::Measure::AllocationRun { offers: made });
         let mut roles = std::collections::BTreeSet::new();
         for (fw, offers) in batches {
             roles.extend(self.frameworks.get(&fw).map(|f| f.info.role.clone()));

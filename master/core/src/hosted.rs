@@ -456,6 +456,7 @@ impl Master {
                 preempting: false,
                 terminal_update: None,
                 kill_requested: false,
+                launched_at: self.clock,
             },
         );
         if let Some(conn) = self.agents.get(&agent).and_then(|a| a.conn) {

@@ -18,6 +18,7 @@ pub mod events;
 mod frameworks;
 pub mod hosted;
 mod index;
+pub mod measures;
 mod offers;
 mod operator;
 mod recent;
@@ -184,6 +185,8 @@ pub struct Master {
     registry: Journal,
     /// Recent events for the operator API's stream.
     events: events::EventLog,
+    /// What happened since the driver last looked, for its metrics.
+    measures: measures::Measures,
     /// The time of the input being handled, for stamping events.
     clock: Time,
     /// Agents' heartbeat and removal deadlines, frameworks' failover
@@ -245,6 +248,7 @@ impl Master {
             offers: Offers::default(),
             registry: Journal::default(),
             events: events::EventLog::default(),
+            measures: measures::Measures::default(),
             clock: Time::ZERO,
             timers: Timers::default(),
             recovering: std::collections::BTreeSet::new(),
@@ -267,6 +271,11 @@ impl Master {
             tasks: self.tasks.len(),
             offers: self.offers.len(),
         }
+    }
+
+    /// What was measured since the last call, for the driver's metrics.
+    pub fn take_measures(&mut self) -> Vec<measures::Measure> {
+        self.measures.take()
     }
 
     /// The last event's sequence number (0 before any).
@@ -581,6 +590,12 @@ impl Master {
     /// Sends an event to a framework's scheduler if it is connected.
     fn send_to_framework(&mut self, fw: &FrameworkId, event: Event) {
         if let Event::Update { status, .. } = &event {
+            if status.state.is_terminal() {
+                self.measures.push(measures::Measure::TaskEnded {
+                    state: status.state,
+                    reason: status.reason.map(|r| r.to_string()),
+                });
+            }
             self.event_of(
                 fw,
                 EventKind::TaskUpdated {

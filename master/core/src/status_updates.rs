@@ -86,6 +86,13 @@ impl Master {
                 status.message = "preempted for a role below its quota guarantee".into();
             }
             let state = status.state;
+            if state == TaskState::Running
+                && matches!(task.state, TaskState::Staging | TaskState::Starting)
+            {
+                self.measures.push(crate::measures::Measure::LaunchLatency(
+                    now.saturating_since(task.launched_at),
+                ));
+            }
             self.release_task(&key, state, Some(update_id));
             if state.is_terminal() {
                 self.request_allocation(now);

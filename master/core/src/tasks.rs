@@ -29,6 +29,9 @@ pub(crate) struct TaskEntry {
     /// A kill was asked for: sent again if its agent comes back from an
     /// unreachable spell with the task still running.
     pub(crate) kill_requested: bool,
+    /// When the accept that launched it was handled (for the launch
+    /// latency metric; a task recovered from an agent: when it was).
+    pub(crate) launched_at: stoa_proto::Time,
 }
 
 /// Tasks and their indexes. An entry's agent and revocability never

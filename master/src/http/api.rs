@@ -38,6 +38,26 @@ pub const ROUTES: &[&str] = &[
 
 const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
+/// Prometheus's conventional path, outside the API's versioned tree.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Prometheus metrics: counts and timings of the whole cluster, no ids
+/// and no names, so served without a token (as scrapers expect).
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let summary = match s.call(&Caller::Operator, OperatorCall::GetSummary).await {
+        Ok(OperatorReply::Summary(summary)) => Some(summary),
+        _ => None,
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(summary.as_ref()),
+    )
+        .into_response()
+}
+
 pub fn router(state: ApiState) -> Router {
     let r = |i: usize| ROUTES[i];
     Router::new()
@@ -55,6 +75,7 @@ pub fn router(state: ApiState) -> Router {
         .route(r(11), post(reserve).delete(unreserve))
         .route(r(12), get(offers))
         .route(r(13), get(super::events::stream))
+        .route(METRICS_PATH, get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

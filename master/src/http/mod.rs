@@ -38,6 +38,7 @@ pub struct ApiState {
     /// Events as the leader publishes them.
     pub events: broadcast::Sender<Arc<Published>>,
     pub tokens: TokenKey,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for ApiState {
