@@ -155,6 +155,7 @@ mod tests {
             preempting: false,
             terminal_update: None,
             kill_requested: false,
+            launched_at: stoa_proto::Time::ZERO,
         }
     }
 
