@@ -1690,6 +1690,7 @@ fn messages_go_to_a_running_task_and_back_from_it_only() {
 }
 
 mod faults;
+mod views;
 
 /// A task id may be used again once its end was acknowledged; the new
 /// task's updates reach its scheduler like any other's (the memory of the

@@ -1,0 +1,87 @@
+//! What the operator API shows each caller: a tenant sees its own
+//! frameworks and tasks and nothing of anyone else's.
+
+use super::*;
+use stoa_proto::operator::{Caller, EventKind, OperatorCall, OperatorReply, TaskQuery};
+
+fn tasks(m: &mut Master, caller: &Caller) -> Vec<String> {
+    match m.handle_operator_call(t(2), caller, OperatorCall::GetTasks(TaskQuery::default())) {
+        OperatorReply::Tasks(page) => page.tasks.iter().map(|t| t.task_id.to_string()).collect(),
+        other => panic!("expected tasks, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_tenant_sees_and_ends_only_its_own() {
+    let (mut m, _, offer) = cluster_with(MasterConfig::default(), Some("team-a"));
+    launch(&mut m, offer.id, vec![task("a-1", "cpus:1;mem:64")]);
+    drain(&mut m);
+    let (owner, stranger) = (
+        Caller::from_principal("team-a"),
+        Caller::from_principal("team-b"),
+    );
+    assert_eq!(tasks(&mut m, &Caller::Operator), ["a-1"]);
+    assert_eq!(tasks(&mut m, &owner), ["a-1"]);
+    assert!(tasks(&mut m, &stranger).is_empty());
+    let frameworks = |m: &mut Master, c: &Caller| match m.handle_operator_call(
+        t(2),
+        c,
+        OperatorCall::GetFrameworks,
+    ) {
+        OperatorReply::Frameworks(f) => f.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(frameworks(&mut m, &owner), 1);
+    assert_eq!(frameworks(&mut m, &stranger), 0);
+    // Another's task reads as unknown, not as forbidden.
+    let kill = |task: &str| OperatorCall::KillTask {
+        framework_id: None,
+        task_id: task.parse().expect("id"),
+    };
+    assert!(matches!(
+        m.handle_operator_call(t(2), &stranger, kill("a-1")),
+        OperatorReply::Refused { message } if message.contains("no running task")
+    ));
+    assert!(drain(&mut m).is_empty(), "nothing was sent to the agent");
+    // An operator's call is forbidden to a tenant, and says why.
+    assert!(matches!(
+        m.handle_operator_call(t(2), &owner, OperatorCall::GetAgents),
+        OperatorReply::Forbidden { message } if message.contains("only the operator")
+    ));
+    // Its own task it may kill: the kill goes to the agent.
+    assert_eq!(
+        m.handle_operator_call(t(2), &owner, kill("a-1")),
+        OperatorReply::Done
+    );
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Transmit::ToAgent(AGENT, MasterToAgent::KillTask { .. })]
+    ));
+    // Events: the stranger sees the leader's election at most.
+    let events = |m: &mut Master, c: &Caller| match m.handle_operator_call(
+        t(2),
+        c,
+        OperatorCall::GetEvents {
+            after: None,
+            limit: 100,
+        },
+    ) {
+        OperatorReply::Events(page) => page.events,
+        other => panic!("{other:?}"),
+    };
+    assert!(events(&mut m, &stranger).is_empty());
+    let own = events(&mut m, &owner);
+    assert!(
+        own.iter()
+            .any(|e| matches!(&e.kind, EventKind::FrameworkSubscribed { .. }))
+    );
+    assert!(
+        !own.iter()
+            .any(|e| matches!(&e.kind, EventKind::AgentRegistered { .. }))
+    );
+    assert!(
+        events(&mut m, &Caller::Operator)
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::AgentRegistered { .. }))
+    );
+}
