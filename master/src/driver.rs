@@ -94,6 +94,11 @@ impl Publish {
         if master.last_event() == *sent {
             return;
         }
+        if self.events.receiver_count() == 0 {
+            // Nobody follows: a follower that comes reads what is kept.
+            *sent = master.last_event();
+            return;
+        }
         let instance: Arc<str> = master.instance().into();
         for (event, audience) in master.events_since(*sent) {
             // No follower is no error.
