@@ -70,6 +70,20 @@ pub fn server_endpoint(
 ) -> std::io::Result<quinn::Endpoint> {
     let reset = quinn::EndpointConfig::new(std::sync::Arc::new(ResetKey::derive(secret)));
     let socket = udp_socket(addr)?;
+    // Linux reports twice what it grants (the rest is its bookkeeping).
+    // A server carries many links: say when the kernel limits its buffer
+    // (clients, with one link each, need not hear it).
+    let granted = socket2::SockRef::from(&socket)
+        .recv_buffer_size()
+        .unwrap_or(0)
+        / 2;
+    if granted < SOCKET_BUFFER {
+        tracing::info!(
+            granted,
+            wanted = SOCKET_BUFFER,
+            "the UDP receive buffer is smaller than asked for; with many agents, raise net.core.rmem_max (sysctl) to avoid dropped packets"
+        );
+    }
     quinn::Endpoint::new(
         reset,
         Some(config),
@@ -145,8 +159,7 @@ pub fn client_endpoint(remote: std::net::SocketAddr) -> std::io::Result<quinn::E
 const SOCKET_BUFFER: usize = 8 << 20;
 
 /// A UDP socket bound to `addr` with buffers of [`SOCKET_BUFFER`], or as
-/// much as the kernel allows (`net.core.rmem_max` and `wmem_max`; said
-/// once in the log when they limit it).
+/// much as the kernel allows (`net.core.rmem_max` and `wmem_max`).
 fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -156,18 +169,6 @@ fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket
     }
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    // Linux reports twice what it grants (the rest is its bookkeeping).
-    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
-    static SAID: std::sync::Once = std::sync::Once::new();
-    if granted < SOCKET_BUFFER {
-        SAID.call_once(|| {
-            tracing::info!(
-                granted,
-                wanted = SOCKET_BUFFER,
-                "the UDP receive buffer is smaller than asked for; with many agents, raise net.core.rmem_max (sysctl) to avoid dropped packets"
-            );
-        });
-    }
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
