@@ -110,6 +110,13 @@ pub async fn stream(
             }
         }
     });
+    // The stream ends with this master's term: a client reconnects and
+    // finds the next leader's (resuming is then a `gap`).
+    let mut core = s.core.clone();
+    let term_ends = async move {
+        let _ = core.wait_for(Option::is_none).await;
+    };
+    let follow = follow.take_until(Box::pin(term_ends));
     Ok(Sse::new(stream::iter(first).chain(follow)).keep_alive(KeepAlive::default()))
 }
 
