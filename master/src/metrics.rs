@@ -46,6 +46,8 @@ pub struct Metrics {
     frameworks: Gauge,
     tasks: Family<StateLabels, Gauge>,
     offers_outstanding: Gauge,
+    schedulers_connected: Gauge,
+    unacknowledged: Gauge,
 }
 
 /// Buckets from 100 µs to about 26 s.
@@ -75,6 +77,8 @@ impl Metrics {
             frameworks: Gauge::default(),
             tasks: Family::default(),
             offers_outstanding: Gauge::default(),
+            schedulers_connected: Gauge::default(),
+            unacknowledged: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -125,6 +129,16 @@ impl Metrics {
                 "offers_outstanding",
                 "Offers made and not yet answered",
                 m.offers_outstanding.clone(),
+            );
+            r.register(
+                "schedulers_connected",
+                "Frameworks whose scheduler is connected",
+                m.schedulers_connected.clone(),
+            );
+            r.register(
+                "updates_unacknowledged",
+                "Task ends not yet acknowledged by their scheduler",
+                m.unacknowledged.clone(),
             );
         }
         m
@@ -177,6 +191,8 @@ impl Metrics {
             self.agents_connected.set(n(s.connected_agents));
             self.frameworks.set(n(s.frameworks));
             self.offers_outstanding.set(n(s.offers));
+            self.schedulers_connected.set(n(s.schedulers_connected));
+            self.unacknowledged.set(n(s.unacknowledged));
             self.tasks.clear();
             for (state, count) in &s.tasks {
                 let labels = StateLabels {

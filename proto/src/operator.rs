@@ -201,6 +201,11 @@ pub struct ClusterSummary {
     pub total: Resources,
     /// What nobody holds.
     pub free: Resources,
+    /// Frameworks whose scheduler is connected now.
+    pub schedulers_connected: usize,
+    /// Tasks that ended and whose end their scheduler has not yet
+    /// acknowledged (the agent keeps resending it until it does).
+    pub unacknowledged: usize,
 }
 
 /// Something that happened in the cluster, as the event stream tells it.

@@ -338,11 +338,27 @@ fn each_metric_family_moves_when_its_event_happens() -> anyhow::Result<()> {
         .await?;
         fw.wait_for("sleeper-0", TaskState::Running).await?;
         fw.wait_for("sleeper-1", TaskState::Finished).await?;
+        let during = scrape()?;
+        assert_eq!(
+            metric(&during, "stoa_master_schedulers_connected", &[]),
+            Some(1.0),
+            "{during}"
+        );
         fw.kill("sleeper-0").await?;
         fw.wait_for("sleeper-0", TaskState::Killed).await?;
         anyhow::Ok(())
     })?;
     let after = scrape()?;
+    // The framework is gone now; while it ran, its scheduler counted.
+    assert_eq!(
+        metric(&after, "stoa_master_schedulers_connected", &[]),
+        Some(0.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(&after, "stoa_master_updates_unacknowledged", &[]),
+        Some(0.0)
+    );
     let at_least = |name: &str, labels: &[&str], n: f64| {
         let v = metric(&after, name, labels);
         assert!(

@@ -17,8 +17,14 @@ impl Master {
 
     pub(super) fn cluster_summary(&self, caller: &Caller) -> ClusterSummary {
         let mut by_state: BTreeMap<TaskState, usize> = BTreeMap::new();
+        let mut unacknowledged = 0;
         for ((fw, _), task) in self.tasks.iter() {
-            if !task.state.is_terminal() && self.visible(caller, fw) {
+            if !self.visible(caller, fw) {
+                continue;
+            }
+            if task.state.is_terminal() {
+                unacknowledged += 1;
+            } else {
                 *by_state.entry(task.state).or_default() += 1;
             }
         }
@@ -49,6 +55,12 @@ impl Master {
             },
             total,
             free,
+            schedulers_connected: self
+                .frameworks
+                .iter()
+                .filter(|(id, f)| f.conn.is_some() && self.visible(caller, id))
+                .count(),
+            unacknowledged,
         }
     }
 
