@@ -405,6 +405,7 @@ pub fn watch_leader(
             loop {
                 let standby = &standbys[turn % standbys.len()];
                 turn += 1;
+                let asked = tokio::time::Instant::now();
                 let elected = match connect_one(&endpoint, *standby, config.clone(), &ask).await {
                     // It serves the client's own channel: it leads now.
                     Ok(c) => {
@@ -424,6 +425,12 @@ pub fn watch_leader(
                 };
                 if let Some(new) = elected {
                     return new;
+                }
+                // A standby that answers at once without news (it could
+                // not hold the question: stopping, or of another version)
+                // is not asked again in a tight loop.
+                if asked.elapsed() < Duration::from_secs(1) {
+                    tokio::time::sleep(HANDSHAKE_TIMEOUT).await;
                 }
             }
         };

@@ -98,16 +98,21 @@ struct ResetKey(hmac::Hmac<sha2::Sha256>);
 
 impl ResetKey {
     fn derive(secret: &[u8; 32]) -> ResetKey {
-        use hmac::Mac as _;
-        let mut kdf = <hmac::Hmac<sha2::Sha256>>::new_from_slice(secret)
-            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        kdf.update(b"stoa: QUIC stateless reset key");
-        let key = kdf.finalize().into_bytes();
-        ResetKey(
-            <hmac::Hmac<sha2::Sha256>>::new_from_slice(&key)
-                .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length")),
-        )
+        ResetKey(derived_key(secret, "QUIC stateless reset key"))
     }
+}
+
+/// An HMAC-SHA256 keyed with a key derived from the masters' shared
+/// `secret` for one `purpose`, never with the secret itself: a key for one
+/// use cannot be turned to another.
+pub fn derived_key(secret: &[u8; 32], purpose: &str) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac as _;
+    let mut kdf = <hmac::Hmac<sha2::Sha256>>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    kdf.update(format!("stoa: {purpose}").as_bytes());
+    let key = kdf.finalize().into_bytes();
+    <hmac::Hmac<sha2::Sha256>>::new_from_slice(&key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"))
 }
 
 impl quinn::crypto::HmacKey for ResetKey {

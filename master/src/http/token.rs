@@ -40,14 +40,7 @@ impl TokenKey {
     /// The key for `secret`, the masters' shared secret (never the
     /// secret itself: another use of it cannot be turned into tokens).
     pub fn derive(secret: &[u8; 32]) -> TokenKey {
-        let mut kdf = <Hmac<Sha256>>::new_from_slice(secret)
-            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        kdf.update(b"stoa: HTTP API token key");
-        let key = kdf.finalize().into_bytes();
-        TokenKey(
-            <Hmac<Sha256>>::new_from_slice(&key)
-                .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length")),
-        )
+        TokenKey(stoa_transport::derived_key(secret, "HTTP API token key"))
     }
 
     fn sign(&self, body: &str) -> String {
