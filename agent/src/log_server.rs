@@ -5,10 +5,14 @@
 use crate::exec::task_dir::TaskDir;
 use crate::work_dir::WorkDir;
 use std::time::Duration;
-use stoa_proto::side::{SideReply, SideRequest};
+use stoa_proto::side::{MAX_LOG_WAIT_MS, SideReply, SideRequest};
 use stoa_proto::{FrameworkId, TaskId};
 use stoa_transport::{FrameReceiver, FrameSender};
 use tokio::sync::mpsc;
+
+/// How often a waiting log read looks for more: a follower sees a line
+/// within this of its being written, at one `stat` per tick.
+const FOLLOW_TICK: Duration = Duration::from_millis(50);
 
 /// A log reader's question to the agent's loop: has this task ended?
 pub(crate) type EndedQuery = (FrameworkId, TaskId, tokio::sync::oneshot::Sender<bool>);
@@ -31,26 +35,42 @@ pub(crate) async fn serve_side_streams(
                     stream,
                     offset,
                     max_len,
+                    wait_ms,
                 })) => {
                     let dir = TaskDir::existing(&layout.task(&framework_id, &task_id));
-                    // Asked before reading: see `TaskDir::read_log`.
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    if ended
-                        .send((framework_id, task_id.clone(), tx))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let Ok(task_ended) = rx.await else { return };
-                    match dir.read_log(stream, offset, max_len, task_ended) {
-                        Ok(chunk) => SideReply::Log(chunk),
-                        Err(e) => SideReply::Refused {
-                            message: format!(
-                                "no {} for task {task_id} on this agent: {e} (an ephemeral wasm task keeps no logs)",
-                                stream.file_name()
-                            ),
-                        },
+                    let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_LOG_WAIT_MS)));
+                    let until = tokio::time::Instant::now() + wait;
+                    loop {
+                        // Asked before reading: see `TaskDir::read_log`.
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if ended
+                            .send((framework_id.clone(), task_id.clone(), tx))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let Ok(task_ended) = rx.await else { return };
+                        match dir.read_log(stream, offset, max_len, task_ended) {
+                            // Nothing new on a running task: look again
+                            // soon, until the reader's wait is over.
+                            Ok(chunk)
+                                if chunk.data.is_empty()
+                                    && !chunk.task_ended
+                                    && tokio::time::Instant::now() + FOLLOW_TICK <= until =>
+                            {
+                                tokio::time::sleep(FOLLOW_TICK).await;
+                            }
+                            Ok(chunk) => break SideReply::Log(chunk),
+                            Err(e) => {
+                                break SideReply::Refused {
+                                    message: format!(
+                                        "no {} for task {task_id} on this agent: {e} (an ephemeral wasm task keeps no logs)",
+                                        stream.file_name()
+                                    ),
+                                };
+                            }
+                        }
                     }
                 }
                 Ok(Some(other)) => SideReply::Refused {

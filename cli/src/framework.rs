@@ -235,7 +235,16 @@ async fn run_here(a: RunArgs) -> anyhow::Result<()> {
         implicit_acks: false,
         reconnect_for: Duration::from_secs(c.failover_timeout.max(10)),
     };
-    let framework_id = stoa_client::scheduler::run(&config, info, &mut scheduler, options).await?;
+    // Ctrl-C closes the connection at once; the framework fails over
+    // (its tasks run on for its failover timeout).
+    let framework_id = stoa_client::scheduler::run_until(
+        &config,
+        info,
+        &mut scheduler,
+        options,
+        crate::shutdown_signal(),
+    )
+    .await?;
     if let Some(failure) = scheduler.failure() {
         anyhow::bail!("framework {framework_id}: {failure}");
     }

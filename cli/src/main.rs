@@ -7,6 +7,7 @@ mod bench_failover;
 mod cluster;
 mod connect;
 mod framework;
+mod logs;
 mod machine;
 mod operator;
 mod scaffold;
@@ -53,7 +54,7 @@ enum Command {
     /// Upload wasm binaries to the master's artifact store.
     Artifact(artifact::ArtifactArgs),
     /// Print a task's stdout or stderr, optionally following it.
-    Logs(operator::LogsArgs),
+    Logs(logs::LogsArgs),
     /// Run one framework's tasks (started by an agent, not by hand).
     Executor(ExecutorArgs),
     /// Run a wasm framework: its scheduler component hosted here.
@@ -447,7 +448,7 @@ fn main() -> anyhow::Result<()> {
             Command::Reserve(a) => operator::reserve(a, true).await,
             Command::Unreserve(a) => operator::reserve(a, false).await,
             Command::Artifact(a) => artifact::run(a).await,
-            Command::Logs(a) => operator::logs(a).await,
+            Command::Logs(a) => logs::logs(a).await,
             Command::Executor(a) => executor(a).await,
             Command::Framework(a) => framework::run(a).await,
             Command::Submit(a) => framework::submit(a).await,

@@ -1,5 +1,7 @@
 //! Operator commands: roles, weights and quotas, through the master's
-//! operator channel with the `operator` certificate.
+//! operator channel. The `operator` certificate may do everything; any
+//! other certificate of the cluster (`--identity NAME`) is a tenant that
+//! sees and ends only its own frameworks and tasks.
 
 use anyhow::bail;
 use std::path::PathBuf;
@@ -13,9 +15,21 @@ pub struct Target {
     /// to the one that leads.
     #[arg(long, default_value = "127.0.0.1:5050", env = "STOA_MASTER")]
     master: stoa_transport::Masters,
-    /// Directory with ca.pem, operator.pem and operator.key.
+    /// Directory with ca.pem and the certificate to present.
     #[arg(long, default_value = ".stoa/certs", env = "STOA_CERTS")]
     certs: PathBuf,
+    /// Certificate to present: `operator`, or a tenant's (who then sees
+    /// only its own frameworks and tasks).
+    #[arg(long, default_value = "operator", env = "STOA_IDENTITY")]
+    identity: String,
+}
+
+impl Target {
+    pub fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.master.clone(), &self.certs);
+        config.identity = self.identity.clone();
+        config
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,10 +99,14 @@ pub async fn reserve(a: ReserveArgs, reserve: bool) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn call(target: &Target, call: OperatorCall) -> anyhow::Result<OperatorReply> {
-    let mut config = ClientConfig::new(target.master.clone(), &target.certs);
-    config.identity = stoa_transport::OPERATOR_NAME.into();
-    match stoa_client::operator_call(&config, &call).await? {
+    refused_is_error(stoa_client::operator_call(&target.config(), &call).await?)
+}
+
+/// A refusal or a forbidden call, as an error that says why.
+pub(crate) fn refused_is_error(reply: OperatorReply) -> anyhow::Result<OperatorReply> {
+    match reply {
         OperatorReply::Refused { message } => bail!("the master refused: {message}"),
+        OperatorReply::Forbidden { message } => bail!("forbidden: {message}"),
         reply => Ok(reply),
     }
 }
@@ -173,60 +191,6 @@ pub async fn quota(a: QuotaArgs) -> anyhow::Result<()> {
         println!("quota of {} set", a.role);
     }
     Ok(())
-}
-
-#[derive(Debug, clap::Args)]
-pub struct LogsArgs {
-    #[command(flatten)]
-    target: Target,
-    /// The task's id.
-    task: stoa_proto::TaskId,
-    /// The task's framework, if two frameworks used the same task id.
-    #[arg(long)]
-    framework: Option<stoa_proto::FrameworkId>,
-    /// Print stderr instead of stdout.
-    #[arg(long)]
-    stderr: bool,
-    /// Keep printing what the task writes until it ends.
-    #[arg(long, short)]
-    follow: bool,
-}
-
-/// How often `--follow` asks for more.
-const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
-
-pub async fn logs(a: LogsArgs) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use stoa_proto::side::{LogStream, MAX_LOG_CHUNK};
-    let stream = if a.stderr {
-        LogStream::Stderr
-    } else {
-        LogStream::Stdout
-    };
-    let mut offset = 0;
-    let mut out = std::io::stdout().lock();
-    loop {
-        let request = OperatorCall::ReadLog {
-            framework_id: a.framework.clone(),
-            task_id: a.task.clone(),
-            stream,
-            offset,
-            max_len: MAX_LOG_CHUNK,
-        };
-        let OperatorReply::Log(chunk) = call(&a.target, request).await? else {
-            bail!("the master answered something other than a log chunk");
-        };
-        out.write_all(&chunk.data)?;
-        out.flush()?;
-        offset = chunk.next_offset;
-        if !chunk.data.is_empty() {
-            continue;
-        }
-        if !a.follow || chunk.task_ended {
-            return Ok(());
-        }
-        tokio::time::sleep(FOLLOW_POLL).await;
-    }
 }
 
 #[derive(Debug, clap::Args)]

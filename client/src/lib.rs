@@ -59,7 +59,7 @@ pub struct Refused {
 #[derive(Debug)]
 pub struct SchedulerSession {
     // Kept so the endpoint's socket lives as long as the session.
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     sender: FrameSender,
     receiver: FrameReceiver,
@@ -95,7 +95,7 @@ impl SchedulerSession {
         sender.send(&call).await.context("cannot send SUBSCRIBE")?;
         match receiver.recv::<Event>().await {
             Ok(Some(Event::Subscribed { framework_id, .. })) => Ok(SchedulerSession {
-                _endpoint: endpoint,
+                endpoint,
                 conn,
                 sender,
                 receiver,
@@ -216,30 +216,76 @@ impl SchedulerSession {
             .finish_and_flush(std::time::Duration::from_secs(1))
             .await;
         self.conn.close(stoa_transport::close::NORMAL, b"done");
+        // The close is sent by the endpoint: give it the moment it takes,
+        // as the process may exit next.
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.endpoint.wait_idle()).await;
     }
 }
 
+/// Longest a closing client waits for its close to go out.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// One request to the master's operator channel, answered by one reply.
-/// Needs the `operator` certificate (`ClientConfig::identity`).
+/// The operator certificate may make every call; any other certificate
+/// of the cluster is a tenant, answered about its own frameworks only.
 pub async fn operator_call(
     config: &ClientConfig,
     call: &stoa_proto::operator::OperatorCall,
 ) -> anyhow::Result<stoa_proto::operator::OperatorReply> {
-    let identity = Identity::load(&config.certs, &config.identity)?;
-    let tls = stoa_transport::client_config(&identity, stoa_transport::ALPN_OPERATOR)?;
-    let endpoint = stoa_transport::client_endpoint(config.master.first())?;
-    let (conn, mut sender, mut receiver) =
-        stoa_transport::connect_leader(&endpoint, &config.master, tls).await?;
-    sender.send(call).await.context("cannot send the request")?;
-    let reply = receiver.recv().await;
-    conn.close(stoa_transport::close::NORMAL, b"done");
-    match reply {
-        Ok(Some(reply)) => Ok(reply),
-        Ok(None) | Err(_) => bail!(
-            "the master closed the operator connection ({:?}); operator commands need the operator certificate ({}/operator.pem)",
-            conn.close_reason(),
-            config.certs.display()
-        ),
+    let mut session = OperatorSession::connect(config).await?;
+    let reply = session.call(call).await;
+    session.close();
+    reply
+}
+
+/// A connection to the operator channel for several calls in turn (a log
+/// follower's reads, a run's views), so each costs no handshake.
+#[derive(Debug)]
+pub struct OperatorSession {
+    // Kept so the endpoint's socket lives as long as the session.
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    sender: FrameSender,
+    receiver: FrameReceiver,
+    certs: PathBuf,
+}
+
+impl OperatorSession {
+    pub async fn connect(config: &ClientConfig) -> anyhow::Result<Self> {
+        let identity = Identity::load(&config.certs, &config.identity)?;
+        let tls = stoa_transport::client_config(&identity, stoa_transport::ALPN_OPERATOR)?;
+        let endpoint = stoa_transport::client_endpoint(config.master.first())?;
+        let (conn, sender, receiver) =
+            stoa_transport::connect_leader(&endpoint, &config.master, tls).await?;
+        Ok(OperatorSession {
+            _endpoint: endpoint,
+            conn,
+            sender,
+            receiver,
+            certs: config.certs.clone(),
+        })
+    }
+
+    pub async fn call(
+        &mut self,
+        call: &stoa_proto::operator::OperatorCall,
+    ) -> anyhow::Result<stoa_proto::operator::OperatorReply> {
+        self.sender
+            .send(call)
+            .await
+            .context("cannot send the request")?;
+        match self.receiver.recv().await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) | Err(_) => bail!(
+                "the master closed the operator connection ({:?}); give a certificate of the cluster ({}) with --identity",
+                self.conn.close_reason(),
+                self.certs.display()
+            ),
+        }
+    }
+
+    pub fn close(self) {
+        self.conn.close(stoa_transport::close::NORMAL, b"done");
     }
 }
 
@@ -300,7 +346,8 @@ async fn request(config: &ClientConfig, what: &str, call: &Call) -> anyhow::Resu
 
 /// Uploads a binary to the master's artifact store (channel
 /// `stoa-artifacts/1`); returns its digest, for `Artifact::Stored`.
-/// Uploading what the store already has is cheap to repeat and harmless.
+/// What the store already has is not sent again: the master is asked
+/// first.
 pub async fn upload_artifact(
     config: &ClientConfig,
     bytes: &[u8],
@@ -309,7 +356,12 @@ pub async fn upload_artifact(
     let tls = stoa_transport::client_config(&identity, stoa_transport::ALPN_ARTIFACTS)?;
     let endpoint = stoa_transport::client_endpoint(config.master.first())?;
     let conn = stoa_transport::connect_leader_conn(&endpoint, &config.master, tls).await?;
-    let result = stoa_transport::side::put_artifact(&conn, bytes).await;
+    // What the store holds already is not sent again.
+    let digest = stoa_proto::Digest::of(bytes);
+    let result = match stoa_transport::side::has_artifact(&conn, digest).await {
+        Ok(Some(_)) => Ok(digest),
+        _ => stoa_transport::side::put_artifact(&conn, bytes).await,
+    };
     conn.close(stoa_transport::close::NORMAL, b"done");
     endpoint.wait_idle().await;
     result

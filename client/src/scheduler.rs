@@ -189,15 +189,36 @@ const MISSED_HEARTBEATS: u32 = 5;
 /// the framework id.
 pub async fn run(
     config: &ClientConfig,
-    mut info: FrameworkInfo,
+    info: FrameworkInfo,
     scheduler: &mut dyn Scheduler,
     options: DriverOptions,
 ) -> anyhow::Result<FrameworkId> {
+    run_until(config, info, scheduler, options, std::future::pending()).await
+}
+
+/// [`run`], until `stop` completes too (Ctrl-C): then the connection is
+/// closed at once, so the master sees the scheduler leave without waiting
+/// for a timeout, and the framework fails over or, with no failover
+/// timeout, ends. Errs if `stop` came before the first SUBSCRIBED.
+pub async fn run_until(
+    config: &ClientConfig,
+    mut info: FrameworkInfo,
+    scheduler: &mut dyn Scheduler,
+    options: DriverOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<FrameworkId> {
+    tokio::pin!(stop);
     let mut calls = Calls::default();
     let mut timers: BTreeMap<u64, Instant> = BTreeMap::new();
     loop {
         let failing_over = info.id.is_some();
-        let mut session = connect(config, &info, &options).await?;
+        let mut session = tokio::select! {
+            session = connect(config, &info, &options) => session?,
+            () = &mut stop => match info.id {
+                Some(id) => return Ok(id),
+                None => bail!("stopped before the master answered"),
+            },
+        };
         let framework_id = session.framework_id().clone();
         info.id = Some(framework_id.clone());
         tracing::info!(framework = %framework_id, "subscribed");
@@ -219,6 +240,10 @@ pub async fn run(
             let next_timer = timers.values().min().copied();
             let event = tokio::select! {
                 event = tokio::time::timeout(silence, session.next_event()) => event,
+                () = &mut stop => {
+                    session.finish().await;
+                    return Ok(framework_id);
+                }
                 () = crate::sleep_until(next_timer) => {
                     let now = Instant::now();
                     let due: Vec<u64> = timers.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id).collect();

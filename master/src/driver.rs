@@ -549,14 +549,10 @@ async fn handle(
                 stream,
                 offset,
                 max_len,
+                wait_ms,
             },
             reply,
-        ) => match master.locate_task(&task_id, framework_id.as_ref()) {
-            Ok((framework_id, _)) if !master.visible(&caller, &framework_id) => {
-                let _ = reply.send(OperatorReply::Refused {
-                    message: format!("no task {task_id} is known to this master"),
-                });
-            }
+        ) => match master.locate_task(&caller, &task_id, framework_id.as_ref()) {
             Ok((framework_id, agent)) => match peers.get(&agent) {
                 Some(peer) => {
                     let request = SideRequest::ReadLog {
@@ -565,6 +561,7 @@ async fn handle(
                         stream,
                         offset,
                         max_len,
+                        wait_ms: wait_ms.min(stoa_proto::side::MAX_LOG_WAIT_MS),
                     };
                     tokio::spawn(read_log(peer.conn.clone(), request, reply));
                 }
@@ -861,16 +858,23 @@ async fn serve(
 
 /// An operator connection: one reply per request, only for the holder of
 /// the operator certificate.
+/// The operator channel: typed calls from the CLI. Any certificate the
+/// cluster CA signed may call; the core answers a principal other than the
+/// operator as a tenant (its own frameworks and tasks only), as the HTTP
+/// API does for tokens.
 async fn serve_operator(conn: quinn::Connection, id: ConnId, tx: mpsc::Sender<Input>) {
-    let name = stoa_transport::peer_name(&conn);
-    if name.as_deref() != Some(stoa_transport::OPERATOR_NAME) {
-        tracing::warn!(conn = id.0, peer = ?name, "refused an operator connection without the operator certificate");
+    let Some(name) = stoa_transport::peer_name(&conn) else {
+        tracing::warn!(
+            conn = id.0,
+            "refused an operator connection without a certificate name"
+        );
         conn.close(
             close::REFUSED,
-            b"the operator channel needs the operator certificate",
+            b"the operator channel needs a certificate from the cluster CA",
         );
         return;
-    }
+    };
+    let caller = Caller::from_principal(&name);
     let Ok((send, recv)) = conn.accept_bi().await else {
         return;
     };
@@ -886,7 +890,7 @@ async fn serve_operator(conn: quinn::Connection, id: ConnId, tx: mpsc::Sender<In
         };
         let (reply_tx, reply_rx) = oneshot::channel();
         if tx
-            .send(Input::Operator(Caller::Operator, call, reply_tx))
+            .send(Input::Operator(caller.clone(), call, reply_tx))
             .await
             .is_err()
         {

@@ -37,12 +37,15 @@ pub enum OperatorCall {
     },
     /// Part of a task's stdout or stderr, read from its agent.
     /// `framework_id` is needed only when two frameworks used the task id.
+    /// `wait_ms` (at most [`crate::side::MAX_LOG_WAIT_MS`]): how long the
+    /// agent may hold a read that finds nothing new on a running task.
     ReadLog {
         framework_id: Option<FrameworkId>,
         task_id: TaskId,
         stream: LogStream,
         offset: u64,
         max_len: u32,
+        wait_ms: u32,
     },
     GetFrameworks,
     /// Ends a framework: its tasks (and its hosted scheduler) are killed.

@@ -37,14 +37,23 @@ pub enum SideRequest {
     /// Agent → master: send the bytes of `digest`.
     FetchArtifact { digest: Digest },
     /// Master → agent: up to `max_len` bytes of a task's log from `offset`.
+    /// With nothing there yet and the task still running, the agent waits
+    /// up to `wait_ms` for more before it answers (a follower's long poll).
     ReadLog {
         framework_id: FrameworkId,
         task_id: TaskId,
         stream: LogStream,
         offset: u64,
         max_len: u32,
+        wait_ms: u32,
     },
+    /// Client → master: is `digest` stored? Answered `Artifact { len }` or
+    /// `Refused`; an upload of what is stored can be skipped.
+    HasArtifact { digest: Digest },
 }
+
+/// Longest a log read may wait for more ([`SideRequest::ReadLog`]).
+pub const MAX_LOG_WAIT_MS: u32 = 10_000;
 
 /// Part of a task's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -145,6 +145,17 @@ pub enum Sandbox {
     /// agent no file-system work, which for a task of a few tens of
     /// microseconds is most of what running it costs.
     Ephemeral,
+    /// A directory that holds only the task's stdout and stderr (for
+    /// `stoa logs`): nothing is preopened, so the task sees no files, as
+    /// a program run by `wasmtime run` without `--dir`.
+    LogsOnly,
+}
+
+impl Sandbox {
+    /// Whether the task gets a directory preopened as `/`.
+    pub fn preopens(self) -> bool {
+        self == Sandbox::Directory
+    }
 }
 
 /// Bytes of an ephemeral task's stderr kept for its failure message.

@@ -2,7 +2,7 @@
 //! the master, refused when invalid or from a non-operator certificate,
 //! visible, and survive a master restart through the registry.
 
-use stoa_proto::operator::OperatorCall;
+use stoa_proto::operator::{OperatorCall, OperatorReply};
 use stoa_tests::Cluster;
 
 fn ok(out: std::process::Output) -> anyhow::Result<String> {
@@ -93,26 +93,37 @@ fn weights_and_quotas_are_set_shown_and_survive_a_master_restart() -> anyhow::Re
 }
 
 #[test]
-fn only_the_operator_certificate_may_use_the_operator_channel() -> anyhow::Result<()> {
+fn a_tenant_certificate_gets_a_tenant_view_of_the_operator_channel() -> anyhow::Result<()> {
     let c = Cluster::start(0, "cpus:1;mem:64")?;
     let rt = tokio::runtime::Runtime::new()?;
-    // The scheduler certificate ("client") is refused.
+    // The scheduler certificate ("client") is a tenant: operator-only
+    // calls are forbidden, and it sees only its own frameworks (none).
     let as_client = rt.block_on(stoa_client::operator_call(
         &c.client(),
         &OperatorCall::GetRoles,
-    ));
+    ))?;
+    match as_client {
+        OperatorReply::Forbidden { message } => {
+            assert!(message.contains("client may not list roles"), "{message}")
+        }
+        other => panic!("a tenant could list roles: {other:?}"),
+    }
+    let frameworks = rt.block_on(stoa_client::operator_call(
+        &c.client(),
+        &OperatorCall::GetFrameworks,
+    ))?;
     assert!(
-        as_client.is_err(),
-        "a scheduler certificate could call the operator channel"
+        matches!(&frameworks, OperatorReply::Frameworks(f) if f.is_empty()),
+        "{frameworks:?}"
     );
     let mut operator = c.client();
     operator.identity = "operator".into();
-    assert!(
+    assert!(matches!(
         rt.block_on(stoa_client::operator_call(
             &operator,
             &OperatorCall::GetRoles
-        ))
-        .is_ok()
-    );
+        ))?,
+        OperatorReply::Roles(_)
+    ));
     Ok(())
 }

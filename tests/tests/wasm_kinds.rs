@@ -102,16 +102,119 @@ fn exit_codes_are_reported() -> anyhow::Result<()> {
             &command(bytes, &["exit", "7"], "", TaskLimits::default()),
             &s.dir,
         );
-        assert_eq!(
-            end,
-            TaskEvent::Ended {
-                state: TaskState::Failed,
-                reason: Reason::NonZeroExit,
-                message: format!("exited with code {code}"),
-                exit_code: Some(code),
+        assert_eq!(end, exited_with(code), "{kind}");
+    }
+    Ok(())
+}
+
+fn exited_with(code: i32) -> TaskEvent {
+    TaskEvent::Ended {
+        state: TaskState::Failed,
+        reason: Reason::NonZeroExit,
+        message: format!("exited with code {code}"),
+        exit_code: Some(code),
+    }
+}
+
+/// A command component that calls `wasi:cli/exit.exit-with-code(N)`, as a
+/// toolchain that carries exit codes builds one.
+fn exits_with_code_component(code: u8) -> anyhow::Result<Vec<u8>> {
+    let text = format!(
+        r#"(component
+            (import "wasi:cli/exit@0.2.12" (instance $exit
+                (export "exit-with-code" (func (param "status-code" u8)))))
+            (core func $exit_with_code (canon lower (func $exit "exit-with-code")))
+            (core module $m
+                (import "host" "exit-with-code" (func $exit (param i32)))
+                (func (export "run") (result i32)
+                    (call $exit (i32.const {code}))
+                    (i32.const 0)))
+            (core instance $i (instantiate $m
+                (with "host" (instance (export "exit-with-code" (func $exit_with_code))))))
+            (func $run (result (result)) (canon lift (core func $i "run")))
+            (instance $run_instance (export "run" (func $run)))
+            (export "wasi:cli/run@0.2.6" (instance $run_instance)))"#
+    );
+    Ok(wat::parse_str(text)?)
+}
+
+#[test]
+fn a_command_component_exit_code_is_reported_exactly() -> anyhow::Result<()> {
+    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    for code in [0u8, 3, 42, 255] {
+        let s = sandbox()?;
+        let task = command(
+            exits_with_code_component(code)?,
+            &[],
+            "",
+            TaskLimits::default(),
+        );
+        let end = run(&rt, &task, &s.dir);
+        let want = match code {
+            0 => TaskEvent::Finished {
+                output: Vec::new(),
+                exit_code: Some(0),
             },
+            code => exited_with(i32::from(code)),
+        };
+        assert_eq!(end, want, "exit-with-code({code})");
+    }
+    Ok(())
+}
+
+/// The environment is the launch's and nothing else: no variables added,
+/// none dropped (not even ones named like Stoa's own).
+#[test]
+fn the_environment_is_exactly_the_launchs() -> anyhow::Result<()> {
+    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    for (kind, bytes) in both_kinds()? {
+        let s = sandbox()?;
+        let mut task = command(bytes, &["env"], "", TaskLimits::default());
+        if let TaskKind::Wasm(w) = &mut task.kind {
+            w.env = vec![
+                ("GREETING".into(), "hi".into()),
+                ("STOA_TASK_ID".into(), "mine".into()),
+                ("EMPTY".into(), String::new()),
+            ];
+        }
+        let end = run(&rt, &task, &s.dir);
+        assert!(matches!(end, TaskEvent::Finished { .. }), "{kind}: {end:?}");
+        assert_eq!(
+            log(&s.dir, LogStream::Stdout),
+            "EMPTY=\nGREETING=hi\nSTOA_TASK_ID=mine\n",
             "{kind}"
         );
+    }
+    Ok(())
+}
+
+/// Without a preopened directory a program sees no files, yet its stdout
+/// and stderr are kept, as `wasmtime run` without `--dir` prints them.
+#[test]
+fn a_task_without_a_preopen_keeps_its_logs() -> anyhow::Result<()> {
+    let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    for (kind, bytes) in both_kinds()? {
+        let s = sandbox()?;
+        let mut echo = command(bytes.clone(), &["echo", "a"], "in", TaskLimits::default());
+        let mut write = command(bytes, &["write", "f.txt", "x"], "", TaskLimits::default());
+        for task in [&mut echo, &mut write] {
+            if let TaskKind::Wasm(w) = &mut task.kind {
+                w.sandbox = stoa_proto::Sandbox::LogsOnly;
+            }
+        }
+        let end = run(&rt, &echo, &s.dir);
+        assert!(matches!(end, TaskEvent::Finished { .. }), "{kind}: {end:?}");
+        assert_eq!(log(&s.dir, LogStream::Stdout), "a | hi | in\n", "{kind}");
+        let end = run(&rt, &write, &s.dir);
+        // Exit code 2, which wasip2's Rust standard library reports as 1.
+        let code = if kind == "preview-1 module" { 2 } else { 1 };
+        assert_eq!(end, exited_with(code), "{kind}");
+        assert!(
+            log(&s.dir, LogStream::Stderr).contains("cannot write f.txt"),
+            "{kind}: {}",
+            log(&s.dir, LogStream::Stderr)
+        );
+        assert!(!s.dir.sandbox().join("f.txt").exists(), "{kind}");
     }
     Ok(())
 }

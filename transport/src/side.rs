@@ -142,6 +142,19 @@ pub async fn put_artifact(conn: &quinn::Connection, bytes: &[u8]) -> anyhow::Res
     }
 }
 
+/// Whether the master's store holds `digest` (its length if so).
+pub async fn has_artifact(conn: &quinn::Connection, digest: Digest) -> anyhow::Result<Option<u64>> {
+    let (send, recv) = conn.open_bi().await?;
+    let mut send = FrameSender::new(send);
+    send.send(&SideRequest::HasArtifact { digest }).await?;
+    send.finish();
+    match FrameReceiver::new(recv).recv::<SideReply>().await? {
+        Some(SideReply::Artifact { len }) => Ok(Some(len)),
+        Some(SideReply::Refused { .. }) => Ok(None),
+        other => anyhow::bail!("unexpected answer to an artifact query: {other:?}"),
+    }
+}
+
 /// Fetches `digest` from the master into `store`.
 pub async fn fetch_artifact(
     conn: &quinn::Connection,
@@ -213,6 +226,14 @@ pub async fn serve_artifacts(
                 }
                 Err(_) => SideReply::Refused {
                     message: format!("the master has no artifact {digest}; upload it first"),
+                },
+            }
+        }
+        SideRequest::HasArtifact { digest } => {
+            match tokio::fs::metadata(store.path(digest)).await {
+                Ok(meta) if meta.is_file() => SideReply::Artifact { len: meta.len() },
+                _ => SideReply::Refused {
+                    message: format!("the master has no artifact {digest}"),
                 },
             }
         }

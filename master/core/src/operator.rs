@@ -12,24 +12,41 @@ impl Master {
     /// frameworks used the same task id.
     pub fn locate_task(
         &self,
+        caller: &Caller,
         task: &TaskId,
         framework: Option<&FrameworkId>,
     ) -> Result<(FrameworkId, ConnId), String> {
-        let matches =
-            |(f, t): &(FrameworkId, TaskId)| t == task && framework.is_none_or(|w| w == f);
-        let found = self
+        // Only frameworks the caller may see count: another tenant's task
+        // of the same id neither answers nor makes the id ambiguous.
+        let matches = |(f, t): &(FrameworkId, TaskId)| {
+            t == task && framework.is_none_or(|w| w == f) && self.visible(caller, f)
+        };
+        let mut found: Vec<(FrameworkId, AgentId)> = Vec::new();
+        let placed = self
             .placements
             .newest_first()
-            .find(|(key, _)| matches(key))
-            .map(|((f, _), a)| (f.clone(), a.clone()))
-            .or_else(|| {
-                self.tasks
-                    .iter()
-                    .find(|(key, _)| matches(key))
-                    .map(|((f, _), t)| (f.clone(), t.agent.clone()))
-            });
-        let Some((framework_id, agent)) = found else {
-            return Err(format!("no task {task} is known to this master"));
+            .filter(|(key, _)| matches(key));
+        let held = self
+            .tasks
+            .iter()
+            .filter(|(key, _)| matches(key))
+            .map(|(key, t)| (key, &t.agent));
+        for ((f, _), agent) in placed.chain(held) {
+            if !found.iter().any(|(known, _)| known == f) {
+                found.push((f.clone(), agent.clone()));
+            }
+        }
+        let (framework_id, agent) = match found.len() {
+            0 => return Err(format!("no task {task} is known to this master")),
+            1 => found.swap_remove(0),
+            _ => {
+                let names: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+                return Err(format!(
+                    "task id {task} is used by {} frameworks ({}): name one with --framework",
+                    names.len(),
+                    names.join(", ")
+                ));
+            }
         };
         match self.agents.get(&agent).and_then(|a| a.conn) {
             Some(conn) => Ok((framework_id, conn)),

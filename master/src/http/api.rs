@@ -365,6 +365,7 @@ struct LogParams {
     stream: Option<String>,
     offset: Option<u64>,
     max_len: Option<u32>,
+    wait_ms: Option<u32>,
 }
 
 async fn log(
@@ -392,6 +393,10 @@ async fn log(
         stream,
         offset: p.offset.unwrap_or(0),
         max_len: p.max_len.unwrap_or(64 * 1024).min(1 << 20),
+        wait_ms: p
+            .wait_ms
+            .unwrap_or(0)
+            .min(stoa_proto::side::MAX_LOG_WAIT_MS),
     };
     call(&s, &c, call_).await
 }

@@ -81,6 +81,14 @@ struct ComponentCtx {
     /// Where `stoa:task/messages` reads and sends; a task run without one
     /// (tests, benchmarks) has nobody to talk to.
     mail: Option<Mailbox>,
+    /// What `stoa:task/context.task-id` answers.
+    task_id: String,
+}
+
+impl bindings::stoa::task::context::Host for ComponentCtx {
+    fn task_id(&mut self) -> String {
+        self.task_id.clone()
+    }
 }
 
 impl bindings::stoa::task::messages::Host for ComponentCtx {
@@ -323,6 +331,10 @@ impl WasmRuntime {
             &mut components,
             |cx| cx,
         )?;
+        bindings::stoa::task::context::add_to_linker::<_, HasSelf<ComponentCtx>>(
+            &mut components,
+            |cx| cx,
+        )?;
         let mut modules = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |cx: &mut ModuleCtx| &mut cx.wasi)?;
         let io = tokio::runtime::Builder::new_multi_thread()
@@ -547,12 +559,9 @@ impl WasmRuntime {
             .allow_ip_name_lookup(false);
         let mut argv = vec![task.name.clone()];
         argv.extend(wasm.args.iter().cloned());
-        builder
-            .args(&argv)
-            .env("STOA_TASK_ID", task.task_id.as_str());
-        for (k, v) in wasm.env.iter().filter(|(k, _)| !k.starts_with("STOA_")) {
-            builder.env(k, v);
-        }
+        // The environment is exactly the launch's, as `wasmtime run --env`
+        // gives it: a task learns its id from `stoa:task/context`.
+        builder.args(&argv).envs(&wasm.env);
         if command {
             builder.stdin(MemoryInputPipe::new(wasm.input.clone()));
         }
@@ -566,12 +575,12 @@ impl WasmRuntime {
                 let opened = (|| {
                     let out = dir.open_log(LogStream::Stdout, self.config.log_limit)?;
                     let err = dir.open_log(LogStream::Stderr, self.config.log_limit)?;
-                    builder
-                        .stdout(out)
-                        .stderr(err)
-                        .env("STOA_SANDBOX", "/")
-                        .preopened_dir(dir.sandbox(), "/", FsPerms::ReadWrite)
-                        .map_err(std::io::Error::other)?;
+                    builder.stdout(out).stderr(err);
+                    if wasm.sandbox.preopens() {
+                        builder
+                            .preopened_dir(dir.sandbox(), "/", FsPerms::ReadWrite)
+                            .map_err(std::io::Error::other)?;
+                    }
                     Ok::<_, std::io::Error>(())
                 })();
                 if let Err(e) = opened {
@@ -600,7 +609,13 @@ impl WasmRuntime {
         };
         let fuel = task.limits.fuel.unwrap_or(u64::MAX);
         let limits = (TaskLimiter::new(memory), fuel, watch);
-        let run = self.execute(&program, (builder, mail), limits, &wasm.input, on_running);
+        let run = self.execute(
+            &program,
+            (builder, mail, task.task_id.as_str()),
+            limits,
+            &wasm.input,
+            on_running,
+        );
         let deadline = async {
             match timeout {
                 Some(t) => {
@@ -642,7 +657,7 @@ impl WasmRuntime {
     async fn execute(
         &self,
         program: &Program,
-        (mut builder, mail): (WasiCtxBuilder, Option<Mailbox>),
+        (mut builder, mail, task_id): (WasiCtxBuilder, Option<Mailbox>, &str),
         (limiter, fuel, watch): (TaskLimiter, u64, Watch),
         input: &[u8],
         on_running: impl FnOnce(),
@@ -655,6 +670,7 @@ impl WasmRuntime {
             table: ResourceTable::new(),
             limiter,
             mail,
+            task_id: task_id.to_string(),
         };
         Ok(match program {
             Program::Task(pre) => {
