@@ -62,6 +62,15 @@ pub(crate) async fn serve_side_streams(
                                 tokio::time::sleep(FOLLOW_TICK).await;
                             }
                             Ok(chunk) => break SideReply::Log(chunk),
+                            // A task just launched may not have its
+                            // directory yet.
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::NotFound
+                                    && !task_ended
+                                    && tokio::time::Instant::now() + FOLLOW_TICK <= until =>
+                            {
+                                tokio::time::sleep(FOLLOW_TICK).await;
+                            }
                             Err(e) => {
                                 break SideReply::Refused {
                                     message: format!(

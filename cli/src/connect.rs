@@ -18,6 +18,11 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// The certificate name this command presents.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
     pub fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new(self.master.clone(), &self.certs);
         config.identity = self.identity.clone();

@@ -10,6 +10,7 @@ mod framework;
 mod logs;
 mod machine;
 mod operator;
+mod run;
 mod scaffold;
 mod sim;
 mod token;
@@ -53,6 +54,9 @@ enum Command {
     Unreserve(operator::ReserveArgs),
     /// Upload wasm binaries to the master's artifact store.
     Artifact(artifact::ArtifactArgs),
+    /// Run a wasm program as one task (or N) and stream its output, without
+    /// a scheduler of your own; exits with the program's exit code.
+    Run(run::RunArgs),
     /// Print a task's stdout or stderr, optionally following it.
     Logs(logs::LogsArgs),
     /// Run one framework's tasks (started by an agent, not by hand).
@@ -313,15 +317,38 @@ async fn shutdown_signal() {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors are printed as one line of causes; the backtrace only when
+/// asked for with `STOA_BACKTRACE=1`.
+fn main() -> std::process::ExitCode {
+    match run_command(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if std::env::var_os("STOA_BACKTRACE").is_some_and(|v| v == "1") {
+                eprintln!("{}", e.backtrace());
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
     // The simulator's own trace is its output; the cores' logs, a line per
-    // event of thousands of simulated runs, would drown it (RUST_LOG still
-    // turns them on).
-    init_tracing(if matches!(cli.command, Command::Sim(_)) {
-        "off"
-    } else {
-        "info"
+    // event of thousands of simulated runs, would drown it. Commands whose
+    // output is for people or scripts log only warnings (RUST_LOG still
+    // turns the rest on).
+    init_tracing(match cli.command {
+        Command::Sim(_) => "off",
+        Command::Run(_)
+        | Command::Logs(_)
+        | Command::Ps(_)
+        | Command::Agents(_)
+        | Command::Kill(_)
+        | Command::Events(_)
+        | Command::Token(_)
+        | Command::Roles(_)
+        | Command::Frameworks(_) => "warn",
+        _ => "info",
     });
     // The daemons' cores are single-threaded state machines: one thread
     // serves each with no wake-ups across threads (a launch crosses
@@ -448,6 +475,7 @@ fn main() -> anyhow::Result<()> {
             Command::Reserve(a) => operator::reserve(a, true).await,
             Command::Unreserve(a) => operator::reserve(a, false).await,
             Command::Artifact(a) => artifact::run(a).await,
+            Command::Run(a) => run::run(a).await,
             Command::Logs(a) => logs::logs(a).await,
             Command::Executor(a) => executor(a).await,
             Command::Framework(a) => framework::run(a).await,

@@ -52,6 +52,12 @@ pub use bindings::Guest as Task;
 /// Exports a type implementing [`Task`] as the component's `run`.
 pub use bindings::export_task;
 
+/// This task's id, as its scheduler named it in the launch. (The
+/// environment holds only what the launch gave.)
+pub fn task_id() -> String {
+    bindings::stoa::task::context::task_id()
+}
+
 /// Talking with the scheduler while a task runs: [`messages::receive`]
 /// waits for the next MESSAGE the scheduler sent this task,
 /// [`messages::send`] sends one back (a MESSAGE event naming the task).

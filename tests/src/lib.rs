@@ -222,7 +222,7 @@ impl Cluster {
     }
 
     /// `stoa ARGS --master ADDR --certs DIR`, ready to run.
-    fn stoa_command(&self, args: &[&str]) -> anyhow::Result<Command> {
+    pub fn stoa_command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut command = Command::new(stoa_bin()?);
         command
             .args(args)
@@ -465,4 +465,26 @@ fn built(target: &str, file: &str, package: &str) -> anyhow::Result<Vec<u8>> {
             path.display()
         )
     })
+}
+
+/// A command component that calls `wasi:cli/exit.exit-with-code(N)`, as a
+/// toolchain that carries exit codes builds one.
+pub fn exit_with_code_component(code: u8) -> anyhow::Result<Vec<u8>> {
+    let text = format!(
+        r#"(component
+            (import "wasi:cli/exit@0.2.12" (instance $exit
+                (export "exit-with-code" (func (param "status-code" u8)))))
+            (core func $exit_with_code (canon lower (func $exit "exit-with-code")))
+            (core module $m
+                (import "host" "exit-with-code" (func $exit (param i32)))
+                (func (export "run") (result i32)
+                    (call $exit (i32.const {code}))
+                    (i32.const 0)))
+            (core instance $i (instantiate $m
+                (with "host" (instance (export "exit-with-code" (func $exit_with_code))))))
+            (func $run (result (result)) (canon lift (core func $i "run")))
+            (instance $run_instance (export "run" (func $run)))
+            (export "wasi:cli/run@0.2.6" (instance $run_instance)))"#
+    );
+    Ok(wat::parse_str(text)?)
 }

@@ -116,35 +116,13 @@ fn exited_with(code: i32) -> TaskEvent {
     }
 }
 
-/// A command component that calls `wasi:cli/exit.exit-with-code(N)`, as a
-/// toolchain that carries exit codes builds one.
-fn exits_with_code_component(code: u8) -> anyhow::Result<Vec<u8>> {
-    let text = format!(
-        r#"(component
-            (import "wasi:cli/exit@0.2.12" (instance $exit
-                (export "exit-with-code" (func (param "status-code" u8)))))
-            (core func $exit_with_code (canon lower (func $exit "exit-with-code")))
-            (core module $m
-                (import "host" "exit-with-code" (func $exit (param i32)))
-                (func (export "run") (result i32)
-                    (call $exit (i32.const {code}))
-                    (i32.const 0)))
-            (core instance $i (instantiate $m
-                (with "host" (instance (export "exit-with-code" (func $exit_with_code))))))
-            (func $run (result (result)) (canon lift (core func $i "run")))
-            (instance $run_instance (export "run" (func $run)))
-            (export "wasi:cli/run@0.2.6" (instance $run_instance)))"#
-    );
-    Ok(wat::parse_str(text)?)
-}
-
 #[test]
 fn a_command_component_exit_code_is_reported_exactly() -> anyhow::Result<()> {
     let rt = WasmRuntime::new().map_err(|e| anyhow::anyhow!("{e:#}"))?;
     for code in [0u8, 3, 42, 255] {
         let s = sandbox()?;
         let task = command(
-            exits_with_code_component(code)?,
+            stoa_tests::exit_with_code_component(code)?,
             &[],
             "",
             TaskLimits::default(),
