@@ -499,6 +499,14 @@ impl Allocator {
             .unwrap_or_default()
     }
 
+    /// What a framework holds (offered or used).
+    pub fn framework_allocation(&self, id: &FrameworkId) -> Quantities {
+        self.frameworks
+            .get(id)
+            .map(|f| self.tree.allocated(f.node).clone())
+            .unwrap_or_default()
+    }
+
     // ---- allocations -----------------------------------------------------
 
     /// Resources on `agent` stop being held by `framework` (declined,

@@ -404,6 +404,11 @@ async fn stop(nodes: &mut [Node]) {
     }
 }
 
+/// The web UI's address, with the operator's token for the page to use.
+fn ui_url(http: impl std::fmt::Display, token: &str) -> String {
+    format!("http://{http}{}#token={token}", stoa_master::http::UI_PATH)
+}
+
 /// How long the token `stoa up` prints stays valid.
 const LOCAL_TOKEN_TTL_SECS: u64 = 30 * 86_400;
 
@@ -451,6 +456,7 @@ fn report(
             "agents": agents,
             "certs": certs,
             "http": cluster.http.first().map(|h| format!("http://{h}/api/v1/")),
+            "ui": cluster.http.first().map(|h| ui_url(h, token)),
             "token": token,
         });
         println!("{out}");
@@ -480,23 +486,18 @@ fn report(
         }
         println!("  certs    {}", certs.display());
         if let Some(http) = cluster.http.first() {
+            println!("  ui       {}", ui_url(http, token));
             println!(
                 "  api      http://{http}/api/v1/  (every master serves one; the leader answers)"
             );
             println!("  token    {token}");
-            println!(
-                "see it:   curl -H 'Authorization: Bearer {token}' http://{http}/api/v1/summary"
-            );
-            println!(
-                "          stoa ps --master {addr} --certs {}",
-                certs.display()
-            );
         }
-        println!("run a framework against it, e.g.:");
-        println!(
-            "  cargo run --release -p hello-scheduler -- --master {addr} --certs {}",
-            certs.display()
-        );
+        let certs = certs.display();
+        println!("next:");
+        println!("  open the ui above in a browser, or look from here:");
+        println!("  stoa ps --master {addr} --certs {certs}");
+        println!("  run a program on the cluster:");
+        println!("  stoa run PROGRAM.wasm --master {addr} --certs {certs} -- ARGS");
         println!("stop with Ctrl-C");
     }
     Ok(())

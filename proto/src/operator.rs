@@ -209,6 +209,11 @@ pub struct ClusterSummary {
     /// Tasks that ended and whose end their scheduler has not yet
     /// acknowledged (the agent keeps resending it until it does).
     pub unacknowledged: usize,
+    /// Tasks launched and ended so far (for rates): the operator counts
+    /// all since this master began to lead; a tenant, those of its
+    /// frameworks.
+    pub tasks_launched: u64,
+    pub tasks_ended: u64,
 }
 
 /// Something that happened in the cluster, as the event stream tells it.
@@ -325,6 +330,8 @@ pub struct FrameworkStatus {
     pub connected: bool,
     /// Tasks not yet ended, its hosted scheduler's excluded.
     pub tasks: usize,
+    /// What it holds (offered or used), by kind.
+    pub allocated: Vec<(String, u64)>,
     /// Set when the master hosts its scheduler.
     pub hosted: Option<HostedStatus>,
 }

@@ -57,6 +57,16 @@ impl Api {
         }
     }
 
+    /// The address it calls (`HOST:PORT`).
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// The bearer token it calls with.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The same API with another token (or none).
     pub fn with_token(&self, token: Option<&str>) -> Api {
         Api {

@@ -40,6 +40,13 @@ fn stoa_up_gives_the_api_and_a_token_that_works() -> anyhow::Result<()> {
         let api = stoa_tests::http::Api::new(addr, Some(token));
         let summary = api.ok("/api/v1/summary")?;
         assert_eq!(summary["agents"], 1, "{summary}");
+        // The UI's address carries the same token for the page.
+        let ui = report["ui"].as_str().unwrap_or_default();
+        assert_eq!(ui, format!("http://{addr}/ui/#token={token}"), "{report}");
+        let page = ureq::get(&format!("http://{addr}/ui/"))
+            .call()?
+            .into_string()?;
+        assert!(page.contains("<title>Stoa</title>"), "{page}");
         anyhow::Ok(())
     })();
     // Stopped as Ctrl-C stops it: it stops its nodes.

@@ -239,6 +239,7 @@ impl Master {
                 launched_at: self.clock,
             },
         );
+        self.count_task(fw, |c| c.launched += 1);
         self.outbox.push_back(Transmit::ToAgent(
             conn,
             MasterToAgent::RunTask {

@@ -114,6 +114,7 @@ impl Master {
                 conn: Some(conn),
                 info,
                 disconnected_at: None,
+                counts: TaskCounts::default(),
             },
         );
         self.event_of(&id, subscribed);

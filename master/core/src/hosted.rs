@@ -14,7 +14,7 @@
 //! and reconciles. An instance ending well (FINISHED) ends the hosting; a
 //! scheduler that subscribes from elsewhere takes the framework off hosting.
 
-use super::{Master, TaskEntry, Transmit};
+use super::{Master, TaskCounts, TaskEntry, Transmit};
 use crate::registry::{HostedRecord, Write};
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -132,6 +132,7 @@ impl Master {
                 conn: None,
                 info: submission.framework.clone(),
                 disconnected_at: None,
+                counts: TaskCounts::default(),
             },
         );
         tracing::info!(framework = %id, name = %submission.framework.name, "framework submitted; hosting its scheduler");
@@ -495,6 +496,7 @@ impl Master {
                     conn: None,
                     info: record.submission.framework.clone(),
                     disconnected_at: None,
+                    counts: TaskCounts::default(),
                 },
             );
             let since = record.current.is_some().then_some(Time::ZERO);

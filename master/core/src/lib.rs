@@ -140,6 +140,24 @@ struct FrameworkEntry {
     /// Set while the scheduler is away; the framework is torn down once
     /// `failover_timeout_ms` has passed since.
     disconnected_at: Option<Time>,
+    counts: TaskCounts,
+}
+
+/// Tasks launched and ended, counted up since this master began to lead:
+/// rates for the operator's views come from their growth.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TaskCounts {
+    launched: u64,
+    ended: u64,
+}
+
+impl TaskCounts {
+    fn add(self, other: TaskCounts) -> TaskCounts {
+        TaskCounts {
+            launched: self.launched + other.launched,
+            ended: self.ended + other.ended,
+        }
+    }
 }
 
 /// What one round of inputs produced, for the driver (after raft-rs
@@ -187,6 +205,8 @@ pub struct Master {
     events: events::EventLog,
     /// What happened since the driver last looked, for its metrics.
     measures: measures::Measures,
+    /// Every framework's [`TaskCounts`] together, those gone included.
+    counts: TaskCounts,
     /// The time of the input being handled, for stamping events.
     clock: Time,
     /// Agents' heartbeat and removal deadlines, frameworks' failover
@@ -249,6 +269,7 @@ impl Master {
             registry: Journal::default(),
             events: events::EventLog::default(),
             measures: measures::Measures::default(),
+            counts: TaskCounts::default(),
             clock: Time::ZERO,
             timers: Timers::default(),
             recovering: std::collections::BTreeSet::new(),

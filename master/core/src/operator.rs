@@ -74,6 +74,12 @@ impl Master {
                 principal: f.info.principal.clone(),
                 connected: f.conn.is_some(),
                 tasks: running(id),
+                allocated: self
+                    .allocator
+                    .framework_allocation(id)
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
                 hosted: self
                     .hosted
                     .get(id)

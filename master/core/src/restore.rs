@@ -46,6 +46,7 @@ impl Master {
                             conn: None,
                             info: info.clone(),
                             disconnected_at: Some(now),
+                            counts: TaskCounts::default(),
                         },
                     );
                     self.arm_failover(id);

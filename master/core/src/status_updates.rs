@@ -132,6 +132,15 @@ impl Master {
             task.terminal_update = update;
             let (agent, allocation) = (task.agent.clone(), std::mem::take(&mut task.allocation));
             self.allocator.recover(&key.0, &agent, &allocation, None);
+            self.count_task(&key.0, |c| c.ended += 1);
+        }
+    }
+
+    /// Counts a launch or an end of one of `fw`'s tasks.
+    pub(super) fn count_task(&mut self, fw: &FrameworkId, count: impl Fn(&mut TaskCounts)) {
+        count(&mut self.counts);
+        if let Some(f) = self.frameworks.get_mut(fw) {
+            count(&mut f.counts);
         }
     }
 

@@ -28,6 +28,16 @@ impl Master {
                 *by_state.entry(task.state).or_default() += 1;
             }
         }
+        // The operator counts every task since this master began to lead;
+        // a tenant, the tasks of its frameworks still known.
+        let counts = match caller {
+            Caller::Operator => self.counts,
+            Caller::Principal(_) => self
+                .frameworks
+                .iter()
+                .filter(|(id, _)| self.visible(caller, id))
+                .fold(TaskCounts::default(), |sum, (_, f)| sum.add(f.counts)),
+        };
         let (mut total, mut free) = (Resources::new(), Resources::new());
         for id in self.agents.keys() {
             if let Some((t, f)) = self.allocator.agent_books(id) {
@@ -61,6 +71,8 @@ impl Master {
                 .filter(|(id, f)| f.conn.is_some() && self.visible(caller, id))
                 .count(),
             unacknowledged,
+            tasks_launched: counts.launched,
+            tasks_ended: counts.ended,
         }
     }
 

@@ -76,6 +76,7 @@ pub fn router(state: ApiState) -> Router {
         .route(r(12), get(offers))
         .route(r(13), get(super::events::stream))
         .route(METRICS_PATH, get(metrics))
+        .merge(super::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -9,6 +9,9 @@ pub mod token;
 
 mod api;
 mod events;
+mod ui;
+
+pub use ui::UI_PATH;
 
 use crate::driver::OperatorPort;
 pub use api::ROUTES;

@@ -85,3 +85,32 @@ fn a_tenant_sees_and_ends_only_its_own() {
             .any(|e| matches!(&e.kind, EventKind::AgentRegistered { .. }))
     );
 }
+
+#[test]
+fn launches_and_ends_are_counted_once_each_and_per_caller() {
+    let (mut m, _, offer) = cluster_with(MasterConfig::default(), Some("team-a"));
+    launch(
+        &mut m,
+        offer.id,
+        vec![task("a-1", "cpus:1;mem:64"), task("a-2", "cpus:1;mem:64")],
+    );
+    drain(&mut m);
+    let update = |n, id: &str, state| {
+        status_update(&offer.framework_id, &TaskId::new(id).expect("id"), n, state)
+    };
+    m.handle_agent_message(t(2), AGENT, update(1, "a-1", TaskState::Finished));
+    // The agent resends the end until it is acknowledged: one end still.
+    m.handle_agent_message(t(3), AGENT, update(1, "a-1", TaskState::Finished));
+    drain(&mut m);
+    let counts = |m: &mut Master, c: &Caller| match m.handle_operator_call(
+        t(4),
+        c,
+        OperatorCall::GetSummary,
+    ) {
+        OperatorReply::Summary(s) => (s.tasks_launched, s.tasks_ended),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(counts(&mut m, &Caller::Operator), (2, 1));
+    assert_eq!(counts(&mut m, &Caller::from_principal("team-a")), (2, 1));
+    assert_eq!(counts(&mut m, &Caller::from_principal("team-b")), (0, 0));
+}
