@@ -8,12 +8,14 @@ use crate::core::{Action, Agent, TaskEvent};
 use crate::deadline::sleep_until;
 use crate::executors::{Containment, Executors, FromExecutor, Launcher};
 use crate::log_server::{EndedQuery, serve_side_streams};
+use crate::metrics::AgentMetrics;
 use crate::trash::Trash;
 pub use crate::work_dir::WorkDir;
 use crate::work_dir::task_dirs;
 use anyhow::Context as _;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stoa_proto::executor::{AgentToExecutor, CgroupPaths, ExecutorToAgent};
 use stoa_proto::{
@@ -52,6 +54,8 @@ pub struct DriverConfig {
     /// CPU (thousandths) and memory (MiB) an executor may use beyond its
     /// wasm tasks' resources.
     pub executor_overhead: (u64, u64),
+    /// What the agent counts, for `--metrics`.
+    pub metrics: Arc<AgentMetrics>,
 }
 
 /// Everything the loop reacts to besides the master's messages.
@@ -287,6 +291,9 @@ impl State {
             }
         }
         self.trash.empty();
+        let metrics = &self.config.metrics;
+        metrics.apply(self.agent.take_measures());
+        metrics.set_counts(self.executors.count(), self.agent.active_tasks());
         let msgs = std::iter::from_fn(|| self.agent.poll_transmit());
         if let Err(e) = sender.send_many(msgs).await {
             tracing::warn!(error = format!("{e:#}"), "cannot send to the master");
@@ -311,12 +318,17 @@ impl State {
     /// back through `fetched_tx` to the core.
     fn fetch(&self, conn: &quinn::Connection, digest: Digest) {
         let (conn, store, done) = (conn.clone(), self.store.clone(), self.fetched_tx.clone());
-        let max = self.config.max_artifact;
+        let (max, metrics) = (self.config.max_artifact, self.config.metrics.clone());
         tracing::info!(%digest, "fetching an artifact from the master");
         tokio::spawn(async move {
             let result = fetch_artifact(&conn, digest, &store, max)
                 .await
                 .map_err(|e| format!("cannot fetch {digest} from the master: {e:#}"));
+            let bytes = result
+                .as_ref()
+                .ok()
+                .map(|()| std::fs::metadata(store.path(digest)).map_or(0, |m| m.len()));
+            metrics.fetched(bytes);
             let _ = done.send((digest, result));
         });
     }
@@ -449,6 +461,9 @@ impl State {
                 ExecutorToAgent::Undelivered { task_id, message } => {
                     self.agent.undelivered(framework_id, task_id, &message)
                 }
+                ExecutorToAgent::Stats(stats) => {
+                    self.config.metrics.executor_stats(&framework_id, stats)
+                }
                 ExecutorToAgent::Hello { .. } => {}
             },
             FromExecutor::Gone {
@@ -456,6 +471,9 @@ impl State {
                 generation,
             } => {
                 let (current, leaf) = self.executors.ended(&framework_id, generation);
+                if current {
+                    self.config.metrics.executor_gone(&framework_id);
+                }
                 if let Some(leaf) = leaf {
                     self.remove_cgroup(framework_id.as_str(), &leaf);
                 }

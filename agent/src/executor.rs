@@ -26,12 +26,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use stoa_proto::executor::{
-    AgentToExecutor, CgroupPaths, ExecutorTask, ExecutorToAgent, TaskEvent,
+    AgentToExecutor, CgroupPaths, ExecutorStats, ExecutorTask, ExecutorToAgent, TaskEvent,
 };
 use stoa_proto::{FrameworkId, Reason, TaskId, TaskInfo, TaskKind, TaskState};
 use stoa_transport::framed::io;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
+
+/// How often the executor reports its runtime's numbers to the agent.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -108,6 +111,10 @@ async fn serve(
     let (outbox_tx, mut outbox_rx) = mpsc::channel::<Outgoing>(OUTBOX_LEN);
     let mut generation = 0u64;
     let mut alone_since = Some(std::time::Instant::now());
+    // The runtime's numbers, reported to the agent while they change.
+    let mut reported = ExecutorStats::default();
+    let mut report = tokio::time::interval(STATS_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let give_up = alone_since.map(|t| t + config.recovery_timeout);
@@ -127,6 +134,8 @@ async fn serve(
                     continue;
                 }
                 tracing::info!(tasks = tasks.len(), "agent connected");
+                // A new agent process starts from nothing: tell it all.
+                reported = ExecutorStats::default();
                 tokio::spawn(read_agent(generation, read, msgs_tx.clone()));
                 alone_since = None;
             }
@@ -174,6 +183,13 @@ async fn serve(
             }
             Some((task_id, data)) = outbox_rx.recv(), if link.is_attached() => {
                 link.send(&ExecutorToAgent::Message { task_id, data });
+            }
+            _ = report.tick(), if link.is_attached() => {
+                let stats = runtime.executor_stats();
+                if stats != reported {
+                    link.send(&ExecutorToAgent::Stats(stats));
+                    reported = stats;
+                }
             }
             _ = sleep_until(give_up) => {
                 tracing::warn!(timeout = ?config.recovery_timeout, "no agent came back; killing tasks and exiting");

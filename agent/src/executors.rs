@@ -246,6 +246,11 @@ impl Executors {
         self.running.contains_key(framework)
     }
 
+    /// How many executors run.
+    pub fn count(&self) -> usize {
+        self.running.len()
+    }
+
     /// Reconnects to every executor still alive from an earlier agent
     /// process and returns what each holds. Directories whose executor is
     /// gone are removed.

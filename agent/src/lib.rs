@@ -15,5 +15,6 @@ pub mod executor;
 pub mod executor_dir;
 pub mod executors;
 mod log_server;
+pub mod metrics;
 pub mod trash;
 pub mod work_dir;

@@ -226,6 +226,13 @@ struct AgentArgs {
     /// Memory in MiB an executor may use beyond its wasm tasks' own.
     #[arg(long, default_value_t = 256)]
     executor_mem_mib: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 0.0.0.0:5052; port 0 picks one). They hold counts only, no ids.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Write the metrics server's bound address to this file.
+    #[arg(long)]
+    metrics_addr_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -448,7 +455,21 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 if !(0.0..=1e6).contains(&a.executor_cpus) {
                     anyhow::bail!("--executor-cpus must be between 0 and 1000000");
                 }
+                let metrics = std::sync::Arc::new(stoa_agent::metrics::AgentMetrics::new());
+                if let Some(addr) = a.metrics {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+                    let bound = listener.local_addr()?;
+                    if let Some(file) = &a.metrics_addr_file {
+                        std::fs::write(file, bound.to_string())
+                            .with_context(|| format!("cannot write {}", file.display()))?;
+                    }
+                    tracing::info!(%bound, "serving metrics at /metrics");
+                    tokio::spawn(stoa_agent::metrics::serve(listener, metrics.clone()));
+                }
                 let config = stoa_agent::driver::DriverConfig {
+                    metrics,
                     master: a.master,
                     certs: a.certs,
                     info,

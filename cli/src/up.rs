@@ -272,7 +272,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         LocalCluster::start(&dir, args.masters, args.agents, args.listen, &per_agent).await?;
     let token = operator_token(&cluster).await;
     let reported = (|| {
-        report(&args, &dir, &cluster, &per_agent, &token?)?;
+        let token = token?;
+        report(&args, &dir, &cluster, &per_agent, &token)?;
+        // For scripts (./dev up) that point people at the page.
+        if let Some(http) = cluster.http.first() {
+            let ui = dir.join("ui.url");
+            std::fs::write(&ui, ui_url(http, &token))
+                .with_context(|| format!("cannot write {}", ui.display()))?;
+        }
         if let Some(ready) = &args.ready_file {
             std::fs::write(ready, &cluster.addr)
                 .with_context(|| format!("cannot write {}", ready.display()))?;

@@ -41,6 +41,7 @@ pub struct Metrics {
     allocation_seconds: Histogram,
     registry_write_seconds: Histogram,
     leader_changes: Counter,
+    updates_resent: Counter,
     agents: Gauge,
     agents_connected: Gauge,
     frameworks: Gauge,
@@ -72,6 +73,7 @@ impl Metrics {
             allocation_seconds: seconds(),
             registry_write_seconds: seconds(),
             leader_changes: Counter::default(),
+            updates_resent: Counter::default(),
             agents: Gauge::default(),
             agents_connected: Gauge::default(),
             frameworks: Gauge::default(),
@@ -116,6 +118,11 @@ impl Metrics {
                 "leader_changes",
                 "Times this master began to lead",
                 m.leader_changes.clone(),
+            );
+            r.register(
+                "status_update_retries",
+                "Status updates an agent sent again, their acknowledgement not having reached it",
+                m.updates_resent.clone(),
             );
             r.register("agents", "Agents admitted", m.agents.clone());
             r.register(
@@ -171,6 +178,9 @@ impl Metrics {
                     self.tasks_ended.get_or_create(&labels).inc();
                 }
                 Measure::LaunchLatency(d) => self.launch_latency.observe(d.as_secs_f64()),
+                Measure::UpdateResent => {
+                    self.updates_resent.inc();
+                }
             }
         }
     }

@@ -123,4 +123,27 @@ pub enum ExecutorToAgent {
         task_id: TaskId,
         message: String,
     },
+    /// What the executor's wasm runtime has done, for the agent's
+    /// metrics: sent about once a second while it changes.
+    Stats(ExecutorStats),
+}
+
+/// An executor's wasm runtime in numbers. Counters count up from the
+/// executor's start; gauges are as of sending.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorStats {
+    /// Pooled instance slots (one per running component task) in use.
+    pub pool_slots_in_use: u64,
+    /// Pooled linear memories in use.
+    pub pool_memories_in_use: u64,
+    /// Binaries compiled (misses of the compiled-code cache).
+    pub compiled: u64,
+    /// Binaries loaded from the compiled-code cache (hits).
+    pub loaded: u64,
+    /// Cache entries evicted to keep it under its size.
+    pub evicted: u64,
+    /// Cache entries found corrupt and rebuilt.
+    pub corrupt: u64,
+    /// Fuel burnt by the tasks that ended.
+    pub fuel_consumed: u64,
 }

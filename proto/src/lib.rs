@@ -10,6 +10,7 @@
 pub mod executor;
 pub mod framing;
 pub mod ids;
+pub mod measures;
 pub mod messages;
 pub mod operator;
 pub mod resources;

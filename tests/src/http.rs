@@ -191,3 +191,15 @@ impl Events {
         }
     }
 }
+
+/// A metric's value in Prometheus text (the first line that starts with
+/// `name` and contains every label given).
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.split([' ', '{']).next() == Some(name) && labels.iter().all(|lb| l.contains(lb))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 use stoa_proto::{Artifact, TaskState};
+use stoa_tests::http::metric;
 use stoa_tests::{Cluster, TestFramework, misbehave_wasm, sleeper};
 
 /// The framework's principal: the name in the test client certificate.
@@ -291,18 +292,6 @@ fn the_everyday_commands_list_kill_and_follow() -> anyhow::Result<()> {
     let _ = events.wait();
     assert!(states.contains(&"Running".to_string()), "{states:?}");
     Ok(())
-}
-
-/// A metric's value in Prometheus text (the first line that starts with
-/// `name` and contains every label given).
-fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.split([' ', '{']).next() == Some(name) && labels.iter().all(|lb| l.contains(lb))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]

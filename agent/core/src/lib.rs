@@ -11,6 +11,7 @@
 mod executor_load;
 mod executors;
 mod fetches;
+pub mod measures;
 mod sandboxes;
 mod status_updates;
 
@@ -128,6 +129,7 @@ pub struct Agent {
     updates: StatusUpdates,
     outbox: VecDeque<AgentToMaster>,
     actions: VecDeque<Action>,
+    measures: measures::Measures,
 }
 
 impl Agent {
@@ -154,6 +156,7 @@ impl Agent {
             updates: StatusUpdates::starting_at(first_update),
             outbox: VecDeque::new(),
             actions: VecDeque::new(),
+            measures: measures::Measures::default(),
         }
     }
 
@@ -181,6 +184,11 @@ impl Agent {
     /// Status updates not yet acknowledged.
     pub fn pending_updates(&self) -> usize {
         self.updates.len()
+    }
+
+    /// Tasks that ended since the last call, for the driver's metrics.
+    pub fn take_measures(&mut self) -> Vec<measures::Measure> {
+        self.measures.take()
     }
 
     pub fn poll_transmit(&mut self) -> Option<AgentToMaster> {
@@ -302,9 +310,8 @@ impl Agent {
                     Duration::from_millis(heartbeat_interval_ms.clamp(10, 60_000));
                 self.next_heartbeat = Some(now + self.heartbeat_interval);
                 // Everything unacknowledged goes out again on the new connection.
-                for msg in self.updates.resend_all(now) {
-                    self.outbox.push_back(msg);
-                }
+                let all = self.updates.resend_all(now);
+                self.send_again(all);
             }
             MasterToAgent::Refused { message } => {
                 self.refused = Some(message);
@@ -432,6 +439,13 @@ impl Agent {
                     .into();
         }
         task.state = status.state;
+        if status.state.is_terminal() {
+            self.measures.push(measures::Measure::TaskEnded {
+                native: task.native,
+                state: status.state,
+                reason: status.reason,
+            });
+        }
         if status.state.is_terminal() && task.native {
             self.actions.push_back(Action::RemoveCgroup {
                 framework_id: framework_id.clone(),
@@ -630,9 +644,17 @@ impl Agent {
             self.outbox.push_back(AgentToMaster::Heartbeat);
             self.next_heartbeat = Some(now + self.heartbeat_interval);
         }
-        for msg in self.updates.due(now) {
-            self.outbox.push_back(msg);
+        let due = self.updates.due(now);
+        self.send_again(due);
+    }
+
+    /// Status updates going out again, unacknowledged.
+    fn send_again(&mut self, updates: Vec<AgentToMaster>) {
+        if !updates.is_empty() {
+            self.measures
+                .push(measures::Measure::UpdatesResent(updates.len() as u64));
         }
+        self.outbox.extend(updates);
     }
 
     /// Out of touch with the master for most of its removal timeout: the

@@ -5,10 +5,6 @@
 use std::time::Duration;
 use stoa_proto::TaskState;
 
-/// The most measures held between two drains (the driver drains after
-/// every input; this bounds a driver that stopped doing so).
-const HELD: usize = 1 << 16;
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum Measure {
     /// An allocation run, and how many offers it made.
@@ -25,19 +21,10 @@ pub enum Measure {
     },
     /// From the accept that launched a task to its agent's RUNNING.
     LaunchLatency(Duration),
+    /// An agent sent a status update again (its acknowledgement had not
+    /// reached it).
+    UpdateResent,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Measures(Vec<Measure>);
-
-impl Measures {
-    pub(crate) fn push(&mut self, m: Measure) {
-        if self.0.len() < HELD {
-            self.0.push(m);
-        }
-    }
-
-    pub(crate) fn take(&mut self) -> Vec<Measure> {
-        std::mem::take(&mut self.0)
-    }
-}
+/// What the core holds for its driver.
+pub(crate) type Measures = stoa_proto::measures::Measures<Measure>;

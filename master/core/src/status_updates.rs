@@ -51,6 +51,15 @@ impl Master {
     ) {
         status.agent_id = Some(agent.clone());
         let key = (framework_id.clone(), status.task_id.clone());
+        // An agent resends an update until its acknowledgement comes: the
+        // end it already sent, or an older one that came after the end.
+        if self.tasks.get(&key).is_some_and(|t| {
+            t.agent == agent
+                && t.state.is_terminal()
+                && (t.terminal_update == Some(update_id) || !status.state.is_terminal())
+        }) {
+            self.measures.push(crate::measures::Measure::UpdateResent);
+        }
         if hosted::is_instance(&status.task_id) {
             // The master's own task: acknowledged here, never relayed.
             if self.tasks.get(&key).is_some_and(|t| t.agent == agent) {

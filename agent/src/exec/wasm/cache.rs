@@ -117,6 +117,8 @@ pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
 pub struct CompiledCache {
     dir: PathBuf,
     max_bytes: u64,
+    /// Entries removed to keep the cache under `max_bytes`.
+    evicted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a lookup found.
@@ -133,11 +135,20 @@ impl CompiledCache {
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> std::io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        Ok(CompiledCache { dir, max_bytes })
+        Ok(CompiledCache {
+            dir,
+            max_bytes,
+            evicted: Default::default(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Entries evicted so far to keep the cache under its size.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The entry's path for `digest` compiled by `engine`.
@@ -201,6 +212,8 @@ impl CompiledCache {
             }
             if path != keep {
                 self.remove(&path);
+                self.evicted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 total = total.saturating_sub(len);
             }
         }

@@ -234,6 +234,7 @@ pub struct WasmRuntime {
     compiled: AtomicU64,
     loaded: AtomicU64,
     corrupt: AtomicU64,
+    fuel_consumed: AtomicU64,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -367,6 +368,7 @@ impl WasmRuntime {
             compiled: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
+            fuel_consumed: AtomicU64::new(0),
         })
     }
 
@@ -678,7 +680,9 @@ impl WasmRuntime {
                 let mut store = self.store(ctx, |c| &mut c.limiter, fuel, watch)?;
                 let instance = pre.instantiate_async(&mut store).await.map_err(classify)?;
                 on_running();
-                match instance.call_run(&mut store, input).await {
+                let run = instance.call_run(&mut store, input).await;
+                self.count_fuel(&store, fuel);
+                match run {
                     Ok(Ok(output)) if output.len() > MAX_TASK_OUTPUT => ended(
                         TaskState::Failed,
                         Reason::OutputTooLarge,
@@ -701,6 +705,7 @@ impl WasmRuntime {
                 let command = pre.instantiate_async(&mut store).await.map_err(classify)?;
                 on_running();
                 let run = command.wasi_cli_run().call_run(&mut store).await;
+                self.count_fuel(&store, fuel);
                 exited(run.map(|r| if r.is_ok() { 0 } else { 1 }))
             }
             Program::Preview1(pre) => {
@@ -720,9 +725,35 @@ impl WasmRuntime {
                             format!("`_start` is not a function of no arguments: {e:#}"),
                         )
                     })?;
-                exited(start.call_async(&mut store, ()).await.map(|()| 0))
+                let run = start.call_async(&mut store, ()).await;
+                self.count_fuel(&store, fuel);
+                exited(run.map(|()| 0))
             }
         })
+    }
+
+    /// Adds what a task that ran to its own end burnt of its `fuel`. (A
+    /// task stopped from outside, by a kill or its timeout, is not
+    /// counted: its store goes with it.)
+    fn count_fuel<T>(&self, store: &Store<T>, fuel: u64) {
+        let left = store.get_fuel().unwrap_or(fuel);
+        self.fuel_consumed
+            .fetch_add(fuel.saturating_sub(left), Ordering::Relaxed);
+    }
+
+    /// What this runtime has done so far, for its executor's report.
+    pub fn executor_stats(&self) -> stoa_proto::executor::ExecutorStats {
+        let pool = self.engine.pooling_allocator_metrics();
+        let compiles = self.stats();
+        stoa_proto::executor::ExecutorStats {
+            pool_slots_in_use: pool.as_ref().map_or(0, |p| p.component_instances()),
+            pool_memories_in_use: pool.as_ref().map_or(0, |p| p.memories() as u64),
+            compiled: compiles.compiled,
+            loaded: compiles.loaded,
+            evicted: self.config.cache.as_ref().map_or(0, CompiledCache::evicted),
+            corrupt: compiles.corrupt,
+            fuel_consumed: self.fuel_consumed.load(Ordering::Relaxed),
+        }
     }
 
     /// A store with the task's limiter, fuel and epoch watch.
