@@ -14,6 +14,7 @@ mod run;
 mod scaffold;
 mod sim;
 mod token;
+mod top;
 mod up;
 
 use anyhow::Context as _;
@@ -75,6 +76,9 @@ enum Command {
     Token(token::TokenArgs),
     /// List tasks, filtered (and redrawn with --watch).
     Ps(cluster::PsArgs),
+    /// A live terminal view: allocation by role and framework, task rates,
+    /// agents.
+    Top(top::TopArgs),
     /// List agents: state, tasks, free and total resources.
     Agents(cluster::AgentsArgs),
     /// Kill one task.
@@ -90,6 +94,12 @@ enum Command {
     New(scaffold::NewArgs),
     /// Build a task or scheduler crate into a wasm32-wasip2 component.
     Build(scaffold::BuildArgs),
+    /// Print a shell's completion script, e.g. `stoa completions bash >
+    /// /etc/bash_completion.d/stoa`, or `source <(stoa completions zsh)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -345,11 +355,12 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
     // output is for people or scripts log only warnings (RUST_LOG still
     // turns the rest on).
     init_tracing(match cli.command {
-        Command::Sim(_) => "off",
+        Command::Sim(_) | Command::Completions { .. } => "off",
         Command::Run(_)
         | Command::Logs(_)
         | Command::Ps(_)
         | Command::Agents(_)
+        | Command::Top(_)
         | Command::Kill(_)
         | Command::Events(_)
         | Command::Token(_)
@@ -506,12 +517,18 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             Command::Token(a) => token::run(a).await,
             Command::Ps(a) => cluster::ps(a).await,
             Command::Agents(a) => cluster::agents(a).await,
+            Command::Top(a) => top::top(a).await,
             Command::Kill(a) => cluster::kill(a).await,
             Command::Events(a) => cluster::events(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Sim(a) => sim::run(a),
             Command::New(a) => scaffold::new(a),
             Command::Build(a) => tokio::task::spawn_blocking(move || scaffold::build(a)).await?,
+            Command::Completions { shell } => {
+                use clap::CommandFactory as _;
+                clap_complete::generate(shell, &mut Cli::command(), "stoa", &mut std::io::stdout());
+                Ok(())
+            }
         }
     })
 }
