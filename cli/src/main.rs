@@ -121,6 +121,15 @@ struct MasterArgs {
     /// Write the HTTP API's bound address to this file.
     #[arg(long)]
     http_addr_file: Option<PathBuf>,
+    /// Serve the operator API and web UI over HTTPS here, with the
+    /// master's certificate from the cluster CA (any address, e.g.
+    /// 0.0.0.0:5443). Callers send a bearer token or present a client
+    /// certificate of the CA.
+    #[arg(long)]
+    https: Option<SocketAddr>,
+    /// Write the HTTPS API's bound address to this file.
+    #[arg(long)]
+    https_addr_file: Option<PathBuf>,
     /// Seconds of agent silence before it is unreachable.
     #[arg(long, default_value_t = 5)]
     agent_timeout: u64,
@@ -414,6 +423,8 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                     max_artifact: a.max_artifact_mib << 20,
                     http: a.http,
                     http_addr_file: a.http_addr_file,
+                    https: a.https,
+                    https_addr_file: a.https_addr_file,
                     core,
                 };
                 stoa_master::driver::run(config, shutdown_signal()).await

@@ -54,6 +54,11 @@ pub struct DriverConfig {
     pub http: Option<SocketAddr>,
     /// Where to write the HTTP API's bound address (useful with port 0).
     pub http_addr_file: Option<PathBuf>,
+    /// Where to serve the API over HTTPS (the master's certificate; any
+    /// address).
+    pub https: Option<SocketAddr>,
+    /// Where to write the HTTPS API's bound address.
+    pub https_addr_file: Option<PathBuf>,
     pub core: MasterConfig,
 }
 
@@ -189,21 +194,23 @@ pub async fn run(
         tokens: TokenKey::derive(&secret),
         metrics: Arc::new(Metrics::new()),
     };
-    let _http = match config.http {
-        Some(http) => {
-            let api = ApiState {
-                core: port_rx,
-                leader: leader_rx.clone(),
-                events,
-                tokens: publish.tokens.clone(),
-                metrics: publish.metrics.clone(),
-            };
-            Some(AbortOnDrop(
-                serve_http(http, config.http_addr_file.as_deref(), api).await?,
-            ))
-        }
-        None => None,
+    let api = ApiState {
+        core: port_rx,
+        leader: leader_rx.clone(),
+        events,
+        tokens: publish.tokens.clone(),
+        metrics: publish.metrics.clone(),
     };
+    let mut _apis = Vec::new();
+    if let Some(addr) = config.http {
+        let file = config.http_addr_file.as_deref();
+        _apis.push(AbortOnDrop(serve_api(addr, file, api.clone(), None).await?));
+    }
+    if let Some(addr) = config.https {
+        let tls = stoa_transport::https_server_config(&identity)?;
+        let file = config.https_addr_file.as_deref();
+        _apis.push(AbortOnDrop(serve_api(addr, file, api, Some(tls)).await?));
+    }
     tokio::pin!(shutdown);
     let process = Process {
         config: &config,
@@ -333,29 +340,36 @@ async fn redirect_loop(
 /// further behind is told it missed some.
 const EVENTS_QUEUE: usize = 4096;
 
-/// Binds the HTTP API to `addr` and serves it in a task of its own.
-async fn serve_http(
+/// Binds the API to `addr` and serves it in a task of its own: over TLS
+/// with `tls`, else over plain HTTP (then on a loopback address only).
+async fn serve_api(
     addr: SocketAddr,
     addr_file: Option<&std::path::Path>,
     api: ApiState,
+    tls: Option<rustls::ServerConfig>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    if !addr.ip().is_loopback() {
+    if tls.is_none() && !addr.ip().is_loopback() {
         anyhow::bail!(
-            "--http {addr}: the API is served over plain HTTP, so only on a loopback address (e.g. 127.0.0.1:5051); reach it from elsewhere through an SSH tunnel or a TLS-terminating proxy"
+            "--http {addr}: plain HTTP is served only on a loopback address (e.g. 127.0.0.1:5051); serve other addresses over TLS with --https {addr}"
         );
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot serve the HTTP API on {addr}"))?;
+        .with_context(|| format!("cannot serve the API on {addr}"))?;
     let bound = listener.local_addr()?;
     if let Some(path) = addr_file {
         std::fs::write(path, bound.to_string())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    tracing::info!(http = %bound, "serving the HTTP API at http://{bound}/api/v1/");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%bound, "serving the API at {scheme}://{bound}/api/v1/ and the UI at {scheme}://{bound}/ui/");
     Ok(tokio::spawn(async move {
-        if let Err(e) = crate::http::serve(listener, api).await {
-            tracing::error!(error = format!("{e:#}"), "the HTTP API stopped");
+        let served = match tls {
+            Some(tls) => crate::http::tls::serve(listener, tls, api).await,
+            None => crate::http::serve(listener, api).await,
+        };
+        if let Err(e) = served {
+            tracing::error!(error = format!("{e:#}"), "the {scheme} API stopped");
         }
     }))
 }

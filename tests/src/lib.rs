@@ -379,6 +379,8 @@ pub(crate) fn spawn_named_master(
         .args(["master", "--listen", listen, "--agent-timeout", "3"])
         .args(["--http", "127.0.0.1:0", "--http-addr-file"])
         .arg(dir.join(format!("{name}.http")))
+        .args(["--https", "127.0.0.1:0", "--https-addr-file"])
+        .arg(dir.join(format!("{name}.https")))
         .arg("--certs")
         .arg(certs)
         .arg("--addr-file")

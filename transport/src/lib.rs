@@ -18,7 +18,7 @@ pub use leader::{
     ALPN_STANDBY, Masters, NotLeader, connect, connect_leader, connect_leader_conn, watch_leader,
 };
 pub use side::ArtifactStore;
-pub use tls::{Identity, client_config, server_config, standby_server_config};
+pub use tls::{Identity, client_config, https_server_config, server_config, standby_server_config};
 
 /// Channel of agents talking to the master.
 pub const ALPN_AGENT: &[u8] = b"stoa-agent/1";
@@ -180,7 +180,7 @@ fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket
 
 /// Channel of operators (the `stoa` CLI) talking to the master.
 pub const ALPN_OPERATOR: &[u8] = b"stoa-op/1";
-/// The certificate name the operator channel requires.
+/// The certificate name of the operator, who may make every call.
 pub const OPERATOR_NAME: &str = "operator";
 
 /// The common name of the certificate a peer presented, if any. The
@@ -190,7 +190,13 @@ pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    cert_name(certs.first()?)
+}
+
+/// The common name a certificate was issued to (`stoa certs --issue
+/// NAME`): the principal of whoever presents it.
+pub fn cert_name(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let name = cert
         .subject()
         .iter_common_name()

@@ -145,3 +145,22 @@ pub fn client_config(id: &Identity, alpn: &[u8]) -> anyhow::Result<quinn::Client
     config.transport_config(transport());
     Ok(config)
 }
+
+/// The HTTPS server of the operator API: the node's certificate from the
+/// cluster CA, TLS 1.2 or 1.3, HTTP/2 or 1.1. A client certificate from
+/// the CA is asked for but not required: one that presents it is that
+/// principal; one that does not must send a bearer token.
+pub fn https_server_config(id: &Identity) -> anyhow::Result<rustls::ServerConfig> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider())
+            .allow_unauthenticated()
+            .build()
+            .context("cannot build the client certificate verifier")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .context("the node's certificate and key do not match")?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}

@@ -164,7 +164,7 @@ impl IntoResponse for ApiError {
 /// The caller a request's bearer token names.
 pub struct Authed(pub Caller);
 
-const TOKEN_HINT: &str = "create a token with `stoa token create --principal NAME` and send it as the header `Authorization: Bearer TOKEN`";
+const TOKEN_HINT: &str = "create a token with `stoa token create --principal NAME` and send it as the header `Authorization: Bearer TOKEN`, or (over HTTPS) present a client certificate of the cluster CA";
 
 impl FromRequestParts<ApiState> for Authed {
     type Rejection = ApiError;
@@ -174,6 +174,14 @@ impl FromRequestParts<ApiState> for Authed {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
+        // Over HTTPS, a client certificate of the cluster CA names the
+        // caller (a token, if sent as well, is what counts).
+        if header.is_none()
+            && let Some(super::tls::ClientCert(Some(principal))) =
+                parts.extensions.get::<super::tls::ClientCert>()
+        {
+            return Ok(Authed(Caller::from_principal(principal)));
+        }
         let Some(header) = header else {
             return Err(
                 ApiError::new(StatusCode::UNAUTHORIZED, "no bearer token given").hint(TOKEN_HINT),

@@ -3,12 +3,14 @@
 //! of the term being led, the same calls the QUIC operator channel
 //! carries, made as the caller its bearer token names.
 //!
-//! Served on plain HTTP only on a loopback address (see `--http`).
+//! Served on plain HTTP only on a loopback address (see `--http`), and
+//! over HTTPS with the cluster CA's certificates anywhere (`--https`).
 
 pub mod token;
 
 mod api;
 mod events;
+pub mod tls;
 mod ui;
 
 pub use ui::UI_PATH;
