@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stoa_proto::executor::{AgentToExecutor, CgroupPaths, ExecutorToAgent};
 use stoa_proto::{
-    AgentId, AgentInfo, Artifact, CommandTask, Digest, FrameworkId, MasterToAgent, Reason, TaskId,
-    TaskInfo, TaskKind, TaskState, Time,
+    AgentId, AgentInfo, CommandTask, Digest, FrameworkId, MasterToAgent, Reason, TaskId, TaskInfo,
+    TaskKind, TaskState, Time,
 };
 use stoa_transport::side::{ArtifactStore, fetch_artifact};
 use stoa_transport::{ALPN_AGENT, FrameReceiver, FrameSender, Identity, Masters};
@@ -304,11 +304,9 @@ impl State {
 
     /// Hands a task to its framework's executor, once its artifact is here.
     fn launch(&mut self, now: Time, framework_id: FrameworkId, task: Box<TaskInfo>) {
-        if let Some(Artifact::Stored(digest)) = task.kind.artifact()
-            && !self.store.contains(*digest)
-        {
+        if let Some(digest) = task.kind.missing_artifact(|d| self.store.contains(d)) {
             // The core queues it and asks for the fetch.
-            self.agent.artifact_missing(now, framework_id, task);
+            self.agent.artifact_missing(now, framework_id, task, digest);
             return;
         }
         self.start(now, framework_id, task);

@@ -395,9 +395,33 @@ fn launch(
             Ok(dir) => dir,
             Err(event) => return link.report(task_id, event),
         };
+        if let (TaskKind::Wasm(wasm), Some(dir)) = (&info.kind, &dir)
+            && !wasm.files.is_empty()
+            && let Err(message) = place_files(&runtime, &wasm.files, dir).await
+        {
+            let event = TaskEvent::ended(TaskState::Error, Reason::ArtifactUnavailable, message);
+            return link.report(task_id, event);
+        }
         let end = run_wasm(&runtime, &info, dir.as_ref(), &kill, mail, &link).await;
         end.report(&link, task_id);
     });
+}
+
+/// Places a task's files in its sandbox, off the task threads (copies
+/// and unpacking are file-system work).
+async fn place_files(
+    runtime: &WasmRuntime,
+    files: &[stoa_proto::TaskFile],
+    dir: &TaskDir,
+) -> Result<(), String> {
+    let store = runtime
+        .artifacts()
+        .ok_or("this executor has no artifact store to take files from")?
+        .to_path_buf();
+    let (files, sandbox) = (files.to_vec(), dir.sandbox());
+    tokio::task::spawn_blocking(move || crate::exec::files::place(&files, &store, &sandbox))
+        .await
+        .map_err(|e| format!("placing the task's files failed: {e}"))?
 }
 
 /// Runs a wasm task and returns its end, reporting RUNNING when the task

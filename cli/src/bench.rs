@@ -227,6 +227,7 @@ impl Bench<'_> {
                 args: Vec::new(),
                 env: Vec::new(),
                 sandbox: self.sandbox,
+                files: Vec::new(),
             }),
             limits: TaskLimits {
                 fuel: Some(100_000_000),

@@ -19,8 +19,9 @@ use stoa_client::scheduler::{Calls, DriverOptions, Scheduler};
 use stoa_client::{ClientConfig, OperatorSession};
 use stoa_proto::side::LogStream;
 use stoa_proto::{
-    Artifact, Digest, FrameworkId, FrameworkInfo, Offer, Reason, Resources, Role, Sandbox, TaskId,
-    TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus, UpdateId, WasmTask,
+    Artifact, Digest, FrameworkId, FrameworkInfo, Offer, Reason, Resources, Role, Sandbox,
+    SandboxPath, TaskFile, TaskId, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus, UpdateId,
+    WasmTask,
 };
 use tokio::sync::mpsc;
 
@@ -65,6 +66,15 @@ pub struct RunArgs {
     /// and stderr are kept either way.
     #[arg(long)]
     dir: bool,
+    /// NAME=PATH: upload the file PATH and place it at NAME in each task's
+    /// directory before the task starts (repeatable; implies --dir).
+    #[arg(long = "file", value_parser = crate::framework::key_value)]
+    files: Vec<(String, String)>,
+    /// DIR=ARCHIVE: upload a tar archive (gzip-compressed or not) and
+    /// unpack it into DIR in each task's directory before the task starts
+    /// (repeatable; implies --dir).
+    #[arg(long = "extract", value_parser = crate::framework::key_value)]
+    archives: Vec<(String, String)>,
     /// Launch and return at once, printing the framework and task ids; the
     /// run goes on in the background (follow it with `stoa logs -f`).
     #[arg(long)]
@@ -204,6 +214,22 @@ async fn prepare(a: &RunArgs, config: &ClientConfig) -> anyhow::Result<(Launch, 
     let digest = stoa_client::upload_artifact(config, &bytes)
         .await
         .with_context(|| format!("cannot upload {}", a.program.display()))?;
+    let mut files = Vec::new();
+    let wanted = a.files.iter().map(|f| (f, false));
+    for ((name, path), extract) in wanted.chain(a.archives.iter().map(|f| (f, true))) {
+        let path_in_sandbox: SandboxPath = name
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--file {name}={path}: {e}"))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+        let artifact = stoa_client::upload_artifact(config, &bytes)
+            .await
+            .with_context(|| format!("cannot upload {path}"))?;
+        files.push(TaskFile {
+            path: path_in_sandbox,
+            artifact,
+            extract,
+        });
+    }
     let name = a.name.clone().unwrap_or_else(|| {
         a.program
             .file_stem()
@@ -221,11 +247,12 @@ async fn prepare(a: &RunArgs, config: &ClientConfig) -> anyhow::Result<(Launch, 
             input,
             args: a.args.clone(),
             env: a.env.clone(),
-            sandbox: if a.dir {
+            sandbox: if a.dir || !files.is_empty() {
                 Sandbox::Directory
             } else {
                 Sandbox::LogsOnly
             },
+            files,
         },
         limits: TaskLimits {
             fuel: a.fuel,

@@ -30,7 +30,7 @@ pub use resources::{Attributes, ParseError, PortRange, Resources};
 pub use role::{Role, RoleError};
 pub use task::{
     Artifact, CommandTask, DEFAULT_KILL_GRACE_MS, Digest, EPHEMERAL_STDERR_TAIL, HealthCheck,
-    HostedScheduler, Reason, Sandbox, TaskInfo, TaskKind, TaskLimits, TaskState, TaskStatus,
-    WasmTask,
+    HostedScheduler, Reason, Sandbox, SandboxPath, TaskFile, TaskInfo, TaskKind, TaskLimits,
+    TaskState, TaskStatus, WasmTask,
 };
 pub use time::Time;

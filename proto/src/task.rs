@@ -128,6 +128,70 @@ pub struct WasmTask {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub sandbox: Sandbox,
+    /// Placed in the task's directory before it starts: needs
+    /// [`Sandbox::Directory`].
+    pub files: Vec<TaskFile>,
+}
+
+/// A file placed in a task's directory before it starts, as Mesos's
+/// fetcher places a URI: an artifact of the master's store, copied to
+/// `path` under the sandbox, or with `extract` unpacked into the
+/// directory `path` (a tar archive, gzip-compressed or not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFile {
+    pub path: SandboxPath,
+    pub artifact: Digest,
+    pub extract: bool,
+}
+
+/// A path inside a task's sandbox: relative, of plain names only (no
+/// `..`, no `.`, no root), so it cannot point outside.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SandboxPath(String);
+
+/// Longest [`SandboxPath`], in bytes.
+pub const MAX_SANDBOX_PATH: usize = 1024;
+
+impl TryFrom<String> for SandboxPath {
+    type Error = String;
+
+    fn try_from(path: String) -> Result<Self, String> {
+        if path.is_empty() || path.len() > MAX_SANDBOX_PATH || path.contains('\0') {
+            return Err(format!(
+                "a sandbox path must be 1 to {MAX_SANDBOX_PATH} bytes without NUL, not {path:?}"
+            ));
+        }
+        let plain = std::path::Path::new(&path)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || path.starts_with('/') || path.split('/').any(|part| part == ".") {
+            return Err(format!(
+                "{path:?} is not a plain relative path inside the sandbox (no `/` at the start, no `.` or `..`)"
+            ));
+        }
+        Ok(SandboxPath(path))
+    }
+}
+
+impl std::str::FromStr for SandboxPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        SandboxPath::try_from(s.to_string())
+    }
+}
+
+impl From<SandboxPath> for String {
+    fn from(p: SandboxPath) -> String {
+        p.0
+    }
+}
+
+impl SandboxPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Whether a wasm task gets a directory on its agent.
@@ -237,6 +301,7 @@ macro_rules! wasm_from_wit {
             args: w.args.clone(),
             env: w.env.clone(),
             sandbox: $sandbox,
+            files: Vec::new(),
         }
     }};
 }
@@ -275,7 +340,25 @@ impl TaskKind {
             args: Vec::new(),
             env: Vec::new(),
             sandbox: Sandbox::Directory,
+            files: Vec::new(),
         })
+    }
+
+    /// The first artifact of the master's store the task needs (its
+    /// program, then its files) that `here` says is not at hand.
+    pub fn missing_artifact(&self, here: impl Fn(Digest) -> bool) -> Option<Digest> {
+        let program = match self.artifact() {
+            Some(Artifact::Stored(digest)) => Some(*digest),
+            _ => None,
+        };
+        let files = match self {
+            TaskKind::Wasm(w) => w.files.as_slice(),
+            _ => &[],
+        };
+        program
+            .into_iter()
+            .chain(files.iter().map(|f| f.artifact))
+            .find(|d| !here(*d))
     }
 
     /// Whether the task has a directory on its agent: every task but an
@@ -577,5 +660,28 @@ impl TaskStatus {
     pub fn on(mut self, agent_id: AgentId) -> Self {
         self.agent_id = Some(agent_id);
         self
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn the_program_is_fetched_before_the_files_and_what_is_here_is_skipped() {
+        let (program, a, b) = (Digest::of(b"p"), Digest::of(b"a"), Digest::of(b"b"));
+        let file = |d| TaskFile {
+            path: "f".parse().expect("path"),
+            artifact: d,
+            extract: false,
+        };
+        let mut kind = TaskKind::wasm(Artifact::Stored(program), Vec::new());
+        if let TaskKind::Wasm(w) = &mut kind {
+            w.files = vec![file(a), file(b)];
+        }
+        assert_eq!(kind.missing_artifact(|_| false), Some(program));
+        assert_eq!(kind.missing_artifact(|d| d == program), Some(a));
+        assert_eq!(kind.missing_artifact(|d| d != b), Some(b));
+        assert_eq!(kind.missing_artifact(|_| true), None);
     }
 }

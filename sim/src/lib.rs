@@ -963,11 +963,10 @@ impl Sim {
     fn perform(&mut self, i: usize, now: Time, action: Action) {
         match action {
             Action::Launch { framework_id, task } => {
-                if let Some(stoa_proto::Artifact::Stored(digest)) = task.kind.artifact()
-                    && !self.agents[i].artifacts.contains(digest)
-                {
+                let artifacts = &self.agents[i].artifacts;
+                if let Some(digest) = task.kind.missing_artifact(|d| artifacts.contains(&d)) {
                     if let Some(core) = self.agents[i].core.as_mut() {
-                        core.artifact_missing(now, framework_id, task);
+                        core.artifact_missing(now, framework_id, task, digest);
                     }
                     self.drain_agent(i);
                     return;

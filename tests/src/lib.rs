@@ -74,6 +74,7 @@ pub fn sleeper(i: usize, artifact: &stoa_proto::Artifact, ms: u64) -> stoa_proto
             args: Vec::new(),
             env: Vec::new(),
             sandbox: Sandbox::Directory,
+            files: Vec::new(),
         }),
         limits: TaskLimits {
             fuel: None,

@@ -24,6 +24,7 @@ fn task(id: &str, input: &str, mem_mib: u64, limits: TaskLimits, artifact: &Arti
             args: Vec::new(),
             env: Vec::new(),
             sandbox: Sandbox::Directory,
+            files: Vec::new(),
         }),
         limits,
     }

@@ -20,6 +20,7 @@ fn task(id: &str, artifact: Artifact, input: &str, args: &[&str]) -> TaskInfo {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
             sandbox: Sandbox::Directory,
+            files: Vec::new(),
         }),
         limits: TaskLimits {
             fuel: None,

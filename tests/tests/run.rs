@@ -6,7 +6,7 @@
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use stoa_proto::operator::{OperatorCall, OperatorReply};
 use stoa_tests::{Cluster, wasm_path};
@@ -319,6 +319,50 @@ fn a_detached_run_goes_on_and_its_owner_follows_its_logs() -> anyhow::Result<()>
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains(&format!("no task {task} is known")),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn files_and_archives_are_placed_in_the_task_directory_before_it_starts() -> anyhow::Result<()> {
+    let c = Cluster::start(1, "cpus:2;mem:1024")?;
+    let component = wasm_path("wasi-cli", "wasi-cli")?;
+    let component = component.to_string_lossy();
+    let src = c.dir.path().join("src");
+    std::fs::create_dir_all(src.join("data/sub"))?;
+    std::fs::write(src.join("app.conf"), "threads = 4\n")?;
+    std::fs::write(src.join("data/sub/words.txt"), "alpha beta\n")?;
+    let archive = c.dir.path().join("data.tar.gz");
+    let tarred = Command::new("tar")
+        .arg("czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(src.join("data"))
+        .arg(".")
+        .status()?;
+    assert!(tarred.success());
+    let conf = format!("conf/app.conf={}", src.join("app.conf").display());
+    let data = format!("data={}", archive.display());
+    for (path, want) in [
+        ("conf/app.conf", "threads = 4\n"),
+        ("data/sub/words.txt", "alpha beta\n"),
+    ] {
+        let out = run(
+            &c,
+            &[&*component, "--file", &conf, "--extract", &data],
+            &["read", path],
+        )?;
+        assert_eq!(out.status.code(), Some(0), "{path}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), want, "{path}");
+    }
+    // A path out of the sandbox is refused before anything runs.
+    let escape = format!("../x={}", src.join("app.conf").display());
+    let out = run(&c, &[&*component, "--file", &escape], &["read", "x"])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not a plain relative path"),
         "{}",
         text(&out.stderr)
     );

@@ -74,6 +74,7 @@ fn the_ui_shows_the_cluster_a_new_task_and_its_log_in_a_browser() -> anyhow::Res
                 args: vec!["ticks".into(), "600".into()],
                 env: Vec::new(),
                 sandbox: Sandbox::Directory,
+                files: Vec::new(),
             }),
             limits: TaskLimits::default(),
         };

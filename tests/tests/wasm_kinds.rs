@@ -25,6 +25,7 @@ fn command(bytes: Vec<u8>, args: &[&str], input: &str, limits: TaskLimits) -> Ta
             args: args.iter().map(|a| a.to_string()).collect(),
             env: vec![("GREETING".into(), "hi".into())],
             sandbox: stoa_proto::Sandbox::Directory,
+            files: Vec::new(),
         }),
         limits,
     }

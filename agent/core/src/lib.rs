@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use stoa_proto::messages::RunningTask;
 use stoa_proto::{
-    AgentId, AgentInfo, AgentToMaster, Artifact, Digest, FrameworkId, MasterToAgent, Reason,
-    Resources, TaskId, TaskInfo, TaskState, TaskStatus, Time,
+    AgentId, AgentInfo, AgentToMaster, Digest, FrameworkId, MasterToAgent, Reason, Resources,
+    TaskId, TaskInfo, TaskState, TaskStatus, Time,
 };
 
 /// Work for the executor.
@@ -455,16 +455,20 @@ impl Agent {
         self.send_update(now, framework_id, status);
     }
 
-    /// The driver could not start `task` of an [`Action::Launch`]: its
-    /// stored artifact is not at hand. The launch waits (the scheduler
-    /// hears TASK_STARTING) and the artifact is fetched, once for every
-    /// launch that needs it ([`Action::Fetch`]); a launch without a stored
-    /// artifact is started again as it is.
-    pub fn artifact_missing(&mut self, now: Time, framework_id: FrameworkId, task: Box<TaskInfo>) {
-        let Some(Artifact::Stored(digest)) = task.kind.artifact().cloned() else {
-            self.launch(framework_id, task);
-            return;
-        };
+    /// The driver could not start `task` of an [`Action::Launch`]: an
+    /// artifact of the master's store it needs, `digest` (its program or
+    /// one of its files, [`TaskKind::missing_artifact`]), is not at hand.
+    /// The launch waits (the scheduler hears TASK_STARTING) and the
+    /// artifact is fetched, once for every launch that needs it
+    /// ([`Action::Fetch`]); the launch then comes back to the driver, which
+    /// may find the next one missing.
+    pub fn artifact_missing(
+        &mut self,
+        now: Time,
+        framework_id: FrameworkId,
+        task: Box<TaskInfo>,
+        digest: Digest,
+    ) {
         self.executors.stopped(now, &framework_id, &task.task_id);
         if let Some(record) = self
             .tasks

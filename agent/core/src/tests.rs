@@ -355,7 +355,7 @@ fn launch_missing(a: &mut Agent, id: &str, digest: stoa_proto::Digest) -> Vec<Ac
     loop {
         match next_action(a) {
             Some(Action::Launch { framework_id, task }) => {
-                a.artifact_missing(t(1), framework_id, task);
+                a.artifact_missing(t(1), framework_id, task, digest);
                 return others;
             }
             Some(other) => others.push(other),

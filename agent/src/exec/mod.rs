@@ -6,6 +6,7 @@
 //! `stderr_tail` keeps what an ephemeral task (one without a directory)
 //! last wrote to stderr.
 
+pub mod files;
 pub mod hosted;
 pub mod kill;
 pub mod link;

@@ -140,6 +140,15 @@ impl Master {
         if matches!(&task.kind, TaskKind::Command(c) if c.argv.is_empty()) {
             return invalid("a command task needs argv[0], the program to run".into());
         }
+        if let TaskKind::Wasm(w) = &task.kind
+            && !w.files.is_empty()
+            && !w.sandbox.preopens()
+        {
+            return invalid(
+                "files are placed in the task's directory: give the task one (sandbox Directory)"
+                    .into(),
+            );
+        }
         if let Some(message) = self.forbidden(fw, task) {
             return Err((Reason::NotAuthorized, message));
         }

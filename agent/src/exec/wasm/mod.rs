@@ -21,7 +21,7 @@ use crate::exec::task_dir::{DEFAULT_LOG_LIMIT, TaskDir};
 use cache::{Code, CompiledCache, Origin};
 use limits::{CpuShare, Footprint, Stopped, TaskClock, TaskLimiter, Tick, Watch};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -496,6 +496,12 @@ impl WasmRuntime {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(code)
+    }
+
+    /// Where the agent keeps the artifacts it fetched, if this runtime
+    /// reads any.
+    pub fn artifacts(&self) -> Option<&Path> {
+        self.config.artifacts.as_deref()
     }
 
     /// The cache of compiled code, if this runtime keeps one.

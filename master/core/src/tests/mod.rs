@@ -1747,3 +1747,33 @@ fn an_agent_is_unreachable_a_full_timeout_after_its_last_word() {
     assert_eq!(m.summary().connected_agents, 0);
     assert!(drain(&mut m).contains(&Transmit::Close(AGENT, "missed heartbeats".into())));
 }
+
+#[test]
+fn files_without_a_directory_to_place_them_in_are_refused() {
+    let (mut m, _, offer) = cluster();
+    let mut t = task("with-files", "cpus:1;mem:32");
+    if let TaskKind::Wasm(w) = &mut t.kind {
+        w.sandbox = stoa_proto::Sandbox::LogsOnly;
+        w.files = vec![stoa_proto::TaskFile {
+            path: "conf.txt".parse().expect("path"),
+            artifact: stoa_proto::Digest::of(b"conf"),
+            extract: false,
+        }];
+    }
+    launch(&mut m, offer.id, vec![t]);
+    let out = drain(&mut m);
+    assert!(
+        out.iter().any(
+            |x| matches!(x, Transmit::ToScheduler(_, Event::Update { status, .. })
+            if status.state == TaskState::Error
+                && status.reason == Some(Reason::TaskInvalid)
+                && status.message.contains("files are placed in the task's directory"))
+        ),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter()
+            .any(|x| matches!(x, Transmit::ToAgent(_, MasterToAgent::RunTask { .. }))),
+        "{out:?}"
+    );
+}
