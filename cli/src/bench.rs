@@ -22,7 +22,7 @@ use stoa_proto::{
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
-    /// Another benchmark than launches (default): `failover`.
+    /// Another benchmark than launches (default): `failover`, `api`.
     #[command(subcommand)]
     kind: Option<BenchKind>,
     /// The hello task component to launch.
@@ -59,6 +59,9 @@ enum BenchKind {
     /// Time a master failover: three masters on etcd, many agents, a
     /// framework; the leader stopped round after round.
     Failover(crate::bench_failover::FailoverArgs),
+    /// The operator API with 100,000 tasks running: page latencies, the
+    /// web UI's cost to the master, the event stream's rate.
+    Api(crate::bench_api::ApiArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -77,8 +80,10 @@ impl From<SandboxArg> for Sandbox {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
-    if let Some(BenchKind::Failover(f)) = a.kind {
-        return crate::bench_failover::run(f).await;
+    match a.kind {
+        Some(BenchKind::Failover(f)) => return crate::bench_failover::run(f).await,
+        Some(BenchKind::Api(api)) => return crate::bench_api::run(api).await,
+        None => {}
     }
     if a.samples == 0 || a.tasks == 0 {
         bail!("--samples and --tasks must be at least 1");

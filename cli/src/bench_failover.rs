@@ -78,27 +78,12 @@ async fn measure(args: &FailoverArgs, cluster: &mut LocalCluster) -> anyhow::Res
         EtcdTimings::default(),
     )
     .await?;
-    // Agents: one endpoint (one socket) for all of them.
-    let identity = Identity::load(&cluster.certs, "agent")?;
-    let tls = stoa_transport::client_config(&identity, ALPN_AGENT)?;
-    let endpoint = stoa_transport::client_endpoint(masters.first())?;
-    let registrations = Arc::new(
-        (0..args.agents)
-            .map(|_| AtomicU64::new(0))
-            .collect::<Vec<_>>(),
-    );
-    let epoch = Instant::now();
     let progress = crate::bench::progress(args.agents as u64, "agents");
-    let mut agents = Vec::new();
-    for i in 0..args.agents {
-        agents.push(tokio::spawn(fake_agent(
-            i,
-            endpoint.clone(),
-            masters.clone(),
-            tls.clone(),
-            (registrations.clone(), epoch),
-        )));
-    }
+    let FakeAgents {
+        handles: agents,
+        registered: registrations,
+        epoch,
+    } = FakeAgents::spawn(args.agents, &masters, &cluster.certs, "cpus:1;mem:1024")?;
     let all_since = |since: Instant| {
         let floor = u64::try_from(since.duration_since(epoch).as_micros()).unwrap_or(0);
         registrations
@@ -211,20 +196,65 @@ async fn measure(args: &FailoverArgs, cluster: &mut LocalCluster) -> anyhow::Res
     Ok(rounds)
 }
 
-/// An agent: the real core over its own connection to the leader, its
-/// executor simulated (a launched task runs, and never ends). Stamps
-/// `registered[i]` (µs since `epoch`) at each registration.
+/// Agents held by this process, each the real agent core over its own
+/// QUIC connection to the leader (one endpoint, one socket, for all).
+pub(crate) struct FakeAgents {
+    pub handles: Vec<tokio::task::JoinHandle<()>>,
+    /// When each last registered (µs since `epoch`; 0 before the first).
+    pub registered: Arc<Vec<AtomicU64>>,
+    pub epoch: Instant,
+}
+
+impl FakeAgents {
+    /// Starts `n` agents offering `resources` each, with the agent
+    /// certificate in `certs`.
+    pub(crate) fn spawn(
+        n: usize,
+        masters: &Masters,
+        certs: &std::path::Path,
+        resources: &str,
+    ) -> anyhow::Result<FakeAgents> {
+        let identity = Identity::load(certs, "agent")?;
+        let tls = stoa_transport::client_config(&identity, ALPN_AGENT)?;
+        let endpoint = stoa_transport::client_endpoint(masters.first())?;
+        let registered = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+        let epoch = Instant::now();
+        let handles = (0..n)
+            .map(|i| {
+                tokio::spawn(fake_agent(
+                    i,
+                    endpoint.clone(),
+                    masters.clone(),
+                    tls.clone(),
+                    (registered.clone(), epoch),
+                    resources.to_string(),
+                ))
+            })
+            .collect();
+        Ok(FakeAgents {
+            handles,
+            registered,
+            epoch,
+        })
+    }
+}
+
+/// An agent offering `resources`: the real core over its own connection
+/// to the leader, its executor simulated (a launched task runs until it
+/// is killed). Stamps `registered[i]` (µs since `epoch`) at each
+/// registration.
 async fn fake_agent(
     i: usize,
     endpoint: quinn::Endpoint,
     masters: Masters,
     tls: quinn::ClientConfig,
     (registered, epoch): (Arc<Vec<AtomicU64>>, Instant),
+    resources: String,
 ) {
     let info = AgentInfo {
         reservations: Vec::new(),
         hostname: format!("bench-{i}"),
-        resources: "cpus:1;mem:1024".parse().unwrap_or_default(),
+        resources: resources.parse().unwrap_or_default(),
         attributes: Attributes::default(),
     };
     let now = move || Time::from_micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(0));
@@ -251,8 +281,25 @@ async fn fake_agent(
         let mut was_registered = false;
         loop {
             while let Some(action) = core.poll_action() {
-                if let Action::Launch { framework_id, task } = action {
-                    core.handle_task_event(now(), framework_id, task.task_id, TaskEvent::Running);
+                match action {
+                    Action::Launch { framework_id, task } => core.handle_task_event(
+                        now(),
+                        framework_id,
+                        task.task_id,
+                        TaskEvent::Running,
+                    ),
+                    Action::Kill {
+                        framework_id,
+                        task_id,
+                    } => {
+                        let killed = TaskEvent::ended(
+                            stoa_proto::TaskState::Killed,
+                            stoa_proto::Reason::KilledByScheduler,
+                            "killed",
+                        );
+                        core.handle_task_event(now(), framework_id, task_id, killed)
+                    }
+                    _ => {}
                 }
             }
             let out: Vec<_> = std::iter::from_fn(|| core.poll_transmit()).collect();

@@ -3,6 +3,7 @@
 
 mod artifact;
 mod bench;
+mod bench_api;
 mod bench_failover;
 mod cluster;
 mod connect;

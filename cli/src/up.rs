@@ -60,6 +60,11 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
+    /// The process id of master `i` (in the order of `addr`).
+    pub fn master_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[..self.masters].get(i).and_then(|n| n.child.id())
+    }
+
     /// Starts `masters` masters from `listen` on and `agents` agents
     /// offering `per_agent` each, state under `dir`; returns once every
     /// agent has registered.
@@ -420,7 +425,7 @@ fn ui_url(http: impl std::fmt::Display, token: &str) -> String {
 const LOCAL_TOKEN_TTL_SECS: u64 = 30 * 86_400;
 
 /// A token for the local operator, to call the HTTP API with.
-async fn operator_token(cluster: &LocalCluster) -> anyhow::Result<String> {
+pub(crate) async fn operator_token(cluster: &LocalCluster) -> anyhow::Result<String> {
     let masters: stoa_transport::Masters = cluster.addr.parse().map_err(anyhow::Error::msg)?;
     let mut client = stoa_client::ClientConfig::new(masters, &cluster.certs);
     client.identity = stoa_transport::OPERATOR_NAME.into();

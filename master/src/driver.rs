@@ -5,6 +5,7 @@
 use crate::core::{Channel, ConnId, Master, MasterConfig, Transmit};
 use crate::http::{ApiState, Published, TokenKey, token};
 use crate::metrics::Metrics;
+use crate::peer_queue::{Outgoing, PeerQueue, PeerQueueRx, peer_queue};
 use crate::refusal_log::RefusalLog;
 use crate::registry::etcd::{EtcdStore, EtcdTimings, Leadership, Lease};
 use crate::registry::file::FileStore;
@@ -26,8 +27,8 @@ use stoa_transport::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-/// Frames queued for one peer before it counts as too slow and is dropped.
-const PEER_QUEUE: usize = 16 * 1024;
+/// Inputs queued for the master's loop (connections wait beyond it).
+const INPUT_QUEUE: usize = 16 * 1024;
 /// Bytes of queued frames a peer's writer gathers into one write.
 const WRITE_BATCH: usize = 64 << 10;
 
@@ -134,14 +135,8 @@ enum Input {
     Disconnected(ConnId),
 }
 
-enum Outgoing {
-    Frame(Vec<u8>),
-    /// Flush what is queued, then close with this reason.
-    Close(String),
-}
-
 struct Peer {
-    out: mpsc::Sender<Outgoing>,
+    out: PeerQueue,
     conn: quinn::Connection,
 }
 
@@ -337,8 +332,9 @@ async fn redirect_loop(
 }
 
 /// Events queued for each follower of the event stream; one that falls
-/// further behind is told it missed some.
-const EVENTS_QUEUE: usize = 4096;
+/// further behind is told it missed some. Enough for a burst of tens of
+/// thousands of task ends (each event is shared, not copied, per follower).
+const EVENTS_QUEUE: usize = 1 << 16;
 
 /// Binds the API to `addr` and serves it in a task of its own: over TLS
 /// with `tls`, else over plain HTTP (then on a loopback address only).
@@ -442,7 +438,7 @@ async fn lead(
         "registry loaded"
     );
     master.restore(now(), registry);
-    let (tx, mut rx) = mpsc::channel::<Input>(PEER_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     publish.port.send_replace(Some(OperatorPort(tx.clone())));
     let acceptor = tokio::spawn(accept_loop(endpoint.clone(), tx, artifacts));
     let mut peers: HashMap<ConnId, Peer> = HashMap::new();
@@ -696,7 +692,7 @@ fn flush(transmits: Vec<Transmit>, peers: &mut HashMap<ConnId, Peer>) -> Vec<Con
         };
         let Some(peer) = peers.get(&id) else { continue };
         let closing = matches!(out, Outgoing::Close(_));
-        if peer.out.try_send(out).is_err() && !closing {
+        if !peer.out.push(out) && !closing {
             tracing::warn!(conn = id.0, "peer is not reading; dropping it");
             if let Some(peer) = peers.remove(&id) {
                 peer.conn.close(close::REFUSED, b"too slow");
@@ -819,7 +815,7 @@ async fn serve(
             return;
         }
     };
-    let (out_tx, out_rx) = mpsc::channel(PEER_QUEUE);
+    let (out_tx, out_rx) = peer_queue();
     tokio::spawn(write_loop(conn.clone(), FrameSender::new(send), out_rx));
     let side = tokio::spawn(serve_side_streams(
         conn.clone(),
@@ -917,11 +913,7 @@ async fn serve_operator(conn: quinn::Connection, id: ConnId, tx: mpsc::Sender<In
     }
 }
 
-async fn write_loop(
-    conn: quinn::Connection,
-    mut send: FrameSender,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
+async fn write_loop(conn: quinn::Connection, mut send: FrameSender, mut rx: PeerQueueRx) {
     while let Some(first) = rx.recv().await {
         // Whatever else is queued goes in the same write.
         let mut frames = Vec::new();
@@ -933,7 +925,7 @@ async fn write_loop(
                 None => break None,
             }
             next = (frames.len() < WRITE_BATCH)
-                .then(|| rx.try_recv().ok())
+                .then(|| rx.try_recv())
                 .flatten();
         };
         if !frames.is_empty() && send.send_raw(&frames).await.is_err() {

@@ -11,5 +11,6 @@ pub mod driver;
 pub mod etcd_server;
 pub mod http;
 pub mod metrics;
+mod peer_queue;
 pub mod refusal_log;
 pub mod registry;

@@ -65,7 +65,16 @@ fn cluster_with_agent_metrics(
         1,
         resources,
         None,
-        &["--metrics", "127.0.0.1:0", "--metrics-addr-file", &addr_arg],
+        // No room in the compiled-code cache: a second program evicts the
+        // first.
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--metrics-addr-file",
+            &addr_arg,
+            "--cache-mib",
+            "0",
+        ],
     )?;
     let agent = Scraper(std::fs::read_to_string(&addr_file)?.trim().to_string());
     Ok((c, agent, files))
@@ -94,10 +103,12 @@ fn each_agent_metric_family_moves_when_its_event_happens() -> anyhow::Result<()>
     let fw = rt.block_on(async {
         let digest = stoa_client::upload_artifact(&c.client(), &misbehave_wasm()?).await?;
         let artifact = Artifact::Stored(digest);
+        let hello = Artifact::inline(stoa_tests::hello_wasm()?);
         let mut fw = TestFramework::subscribe(&c.client(), "metrics").await?;
         let limits = |fuel, timeout_ms| TaskLimits { fuel, timeout_ms };
         fw.launch_all(vec![
             task("sleeps", "sleep:60000", 32, limits(None, None), &artifact),
+            task("greets", "world", 32, limits(None, None), &hello),
             task("finishes", "sleep:10", 32, limits(None, None), &artifact),
             task(
                 "spins",
@@ -118,6 +129,7 @@ fn each_agent_metric_family_moves_when_its_event_happens() -> anyhow::Result<()>
         .await?;
         fw.wait_for("sleeps", TaskState::Running).await?;
         for (id, state) in [
+            ("greets", TaskState::Finished),
             ("finishes", TaskState::Finished),
             ("spins", TaskState::Failed),
             ("grows", TaskState::Failed),
@@ -145,13 +157,17 @@ fn each_agent_metric_family_moves_when_its_event_happens() -> anyhow::Result<()>
             &["kind=\"wasm\"", "state=\"finished\""],
         ),
         ("stoa_agent_fetches_total", &["outcome=\"done\""]),
-        ("stoa_agent_compile_cache_misses_total", &[]),
+        ("stoa_agent_compile_cache_evictions_total", &[]),
     ] {
         assert!(
             at_least(&after, name, labels, 1.0),
             "{name}{labels:?}:\n{after}"
         );
     }
+    assert!(
+        at_least(&after, "stoa_agent_compile_cache_misses_total", &[], 2.0),
+        "{after}"
+    );
     assert!(
         at_least(&after, "stoa_agent_fetch_bytes_total", &[], 10_000.0),
         "{after}"

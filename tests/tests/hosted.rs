@@ -222,6 +222,13 @@ fn a_hosted_service_scales_up_and_down_when_told() -> anyhow::Result<()> {
         "stoa-scheduler-1",
         &["scaling from 1 to 4", "scaling from 4 to 2"],
     )?;
+    // The same log, named by its framework rather than its instance.
+    let by_framework = cluster.stoa(&["logs", "--framework", &id, "--stderr"])?;
+    assert!(
+        String::from_utf8_lossy(&by_framework.stdout).contains("scaling from 4 to 2"),
+        "{}",
+        String::from_utf8_lossy(&by_framework.stderr)
+    );
     // Only the framework's principal may message it.
     let out = cluster.stoa(&[
         "framework",

@@ -153,7 +153,33 @@ fn a_command_runs_in_its_sandbox_with_its_logs_and_exit_code() -> anyhow::Result
 
 #[test]
 fn over_its_memory_a_task_fails_with_memory_limit() -> anyhow::Result<()> {
-    let cluster = cluster()?;
+    // The agent counts the kernel's kill in its metrics.
+    let files = tempfile::tempdir()?;
+    let metrics_file = files.path().join("agent.metrics");
+    let metrics_arg = metrics_file.to_string_lossy().into_owned();
+    let cluster = Cluster::start_with(
+        1,
+        "cpus:2;mem:2048",
+        Some(ACLS),
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--metrics-addr-file",
+            &metrics_arg,
+        ],
+    )?;
+    let oom_kills = || -> anyhow::Result<Option<f64>> {
+        let addr = std::fs::read_to_string(&metrics_file)?;
+        let text = ureq::get(&format!("http://{}/metrics", addr.trim()))
+            .call()?
+            .into_string()?;
+        Ok(stoa_tests::http::metric(
+            &text,
+            "stoa_agent_cgroup_oom_kills_total",
+            &[],
+        ))
+    };
+    assert_eq!(oom_kills()?, Some(0.0));
     runtime()?
         .block_on(async {
             let mut fw = TestFramework::subscribe(&cluster.client(), "hungry").await?;
@@ -167,6 +193,7 @@ fn over_its_memory_a_task_fails_with_memory_limit() -> anyhow::Result<()> {
             let failed = fw.wait_for("hungry", TaskState::Failed).await?;
             assert_eq!(failed.reason, Some(Reason::MemoryLimit), "{failed:?}");
             assert!(failed.message.contains("64 MiB"), "{}", failed.message);
+            assert_eq!(oom_kills()?, Some(1.0));
             fw.teardown().await
         })
         .map_err(|e| e.context(cluster.logs()))

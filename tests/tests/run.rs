@@ -368,3 +368,47 @@ fn files_and_archives_are_placed_in_the_task_directory_before_it_starts() -> any
     );
     Ok(())
 }
+
+/// Two of a tenant's frameworks used one task id: `stoa logs` says so and
+/// asks which; another tenant's task of that id is neither found nor
+/// counted.
+#[test]
+fn an_ambiguous_task_id_asks_for_its_framework() -> anyhow::Result<()> {
+    let c = Cluster::start(1, "cpus:4;mem:1024")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let artifact = stoa_proto::Artifact::inline(stoa_tests::misbehave_wasm()?);
+    let (first, _second, _keep) = rt.block_on(async {
+        let mut a = stoa_tests::TestFramework::subscribe(&c.client(), "one").await?;
+        let mut b = stoa_tests::TestFramework::subscribe(&c.client(), "two").await?;
+        for fw in [&mut a, &mut b] {
+            fw.launch_all(vec![stoa_tests::sleeper(0, &artifact, 60_000)])
+                .await?;
+            fw.wait_for("sleeper-0", stoa_proto::TaskState::Running)
+                .await?;
+        }
+        anyhow::Ok((a.id().clone(), b.id().clone(), (a, b)))
+    })?;
+    let out = c.stoa(&["logs", "sleeper-0", "--identity", "client"])?;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("used by 2 frameworks"), "{err}");
+    assert!(err.contains("--framework"), "{err}");
+    let out = c.stoa(&[
+        "logs",
+        "sleeper-0",
+        "--identity",
+        "client",
+        "--framework",
+        first.as_str(),
+    ])?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Another tenant sees neither.
+    stoa_transport::certs::issue(&c.certs, "bob", &[])?;
+    let out = c.stoa(&["logs", "sleeper-0", "--identity", "bob"])?;
+    assert!(
+        text(&out.stderr).contains("no task sleeper-0 is known"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}

@@ -271,10 +271,10 @@ impl Master {
     /// it started) is booked with what it holds.
     pub(super) fn book_reported(&mut self, agent: &AgentId, r: &RunningTask) -> bool {
         let key = (r.framework_id.clone(), r.task_id.clone());
-        if let Some(task) = self.tasks.get_mut(&key) {
+        if let Some(task) = self.tasks.get(&key) {
             let back = task.state == TaskState::Unreachable;
             if back {
-                task.state = r.state;
+                self.tasks.set_state(&key, r.state);
             }
             return back;
         }
@@ -400,9 +400,7 @@ impl Master {
             );
         }
         for key in keys {
-            if let Some(task) = self.tasks.get_mut(&key) {
-                task.state = TaskState::Unreachable;
-            }
+            self.tasks.set_state(&key, TaskState::Unreachable);
             let status = TaskStatus::new(key.1.clone(), TaskState::Unreachable)
                 .because(Reason::AgentDisconnected, "lost contact with the agent")
                 .on(id.clone());

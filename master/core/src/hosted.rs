@@ -44,6 +44,17 @@ pub fn is_instance(task: &TaskId) -> bool {
     task.as_str().starts_with(INSTANCE_PREFIX)
 }
 
+/// The ids of `fw`'s tasks that are instances of its hosted scheduler:
+/// they sort together, so only they are visited.
+pub(crate) fn instance_ids_of<'a>(
+    tasks: &'a crate::tasks::Tasks,
+    fw: &FrameworkId,
+) -> impl Iterator<Item = &'a TaskId> + 'a {
+    let from =
+        TaskId::new(INSTANCE_PREFIX).map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
+    tasks.ids_of(fw, from).take_while(|id| is_instance(id))
+}
+
 /// A hosted framework's supervision state.
 #[derive(Debug)]
 pub(crate) struct Hosted {

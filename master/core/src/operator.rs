@@ -58,12 +58,23 @@ impl Master {
 
     /// Every framework, as `stoa frameworks` shows it.
     pub fn framework_list(&self) -> Vec<stoa_proto::operator::FrameworkStatus> {
+        // From the book's counts, less the hosted scheduler's own
+        // instances (their ids sort together, so only they are visited).
         let running = |fw: &FrameworkId| {
-            self.tasks
-                .of_framework(fw, |t| !t.state.is_terminal())
-                .iter()
-                .filter(|(_, task)| !hosted::is_instance(task))
-                .count()
+            let live: usize = self
+                .tasks
+                .states_of(fw)
+                .filter(|(s, _)| !s.is_terminal())
+                .map(|(_, n)| n)
+                .sum();
+            let instances = hosted::instance_ids_of(&self.tasks, fw)
+                .filter(|id| {
+                    self.tasks
+                        .get(&(fw.clone(), (*id).clone()))
+                        .is_some_and(|t| !t.state.is_terminal())
+                })
+                .count();
+            live - instances
         };
         self.frameworks
             .iter()

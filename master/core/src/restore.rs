@@ -85,6 +85,7 @@ impl Master {
     /// every agent, what offers and live tasks hold plus what is free is
     /// the agent's total. For the simulator and tests; walks the cluster.
     pub fn check_books(&self) -> Result<(), String> {
+        self.tasks.counts_hold()?;
         let mut held: BTreeMap<&AgentId, Resources> = BTreeMap::new();
         let offers = self.offers.values().map(|o| {
             (

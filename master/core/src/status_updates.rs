@@ -132,11 +132,13 @@ impl Master {
         state: TaskState,
         update: Option<UpdateId>,
     ) {
+        let Some(was) = self.tasks.set_state(key, state) else {
+            return;
+        };
         let Some(task) = self.tasks.get_mut(key) else {
             return;
         };
-        let was_terminal = task.state.is_terminal();
-        task.state = state;
+        let was_terminal = was.is_terminal();
         if state.is_terminal() && !was_terminal {
             task.terminal_update = update;
             let (agent, allocation) = (task.agent.clone(), std::mem::take(&mut task.allocation));

@@ -1,10 +1,13 @@
 //! The master's book of tasks: every task it knows, with indexes by agent
 //! and by framework and the set of tasks on revocable resources, so that
 //! an input about one agent or one framework costs time in proportion to
-//! its own tasks, never to all tasks in the cluster.
+//! its own tasks, never to all tasks in the cluster; and counts of tasks
+//! by framework and state and of live tasks by agent, so that the
+//! operator's views (polled each second by every open web UI) cost time
+//! in proportion to frameworks and agents, not tasks.
 
 use crate::index::{file, unfile};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use stoa_allocator::Allocation;
 use stoa_proto::{AgentId, FrameworkId, TaskId, TaskState, UpdateId};
 
@@ -18,6 +21,7 @@ pub(crate) struct TaskEntry {
     /// Where its resources came from; given back to the allocator when the
     /// task ends.
     pub(crate) allocation: Allocation,
+    /// Changed only through [`Tasks::set_state`], which keeps the counts.
     pub(crate) state: TaskState,
     /// Launched on revocable resources: may be preempted.
     pub(crate) revocable: bool,
@@ -47,6 +51,11 @@ pub(crate) struct Tasks {
     by_agent: HashMap<AgentId, BTreeSet<TaskKey>>,
     by_framework: HashMap<FrameworkId, BTreeSet<TaskId>>,
     revocable: BTreeSet<TaskKey>,
+    /// Tasks of each framework by state (ended ones still in the book
+    /// included).
+    states: HashMap<FrameworkId, BTreeMap<TaskState, usize>>,
+    /// Tasks not yet ended on each agent.
+    live_on_agent: HashMap<AgentId, usize>,
 }
 
 impl Tasks {
@@ -80,6 +89,7 @@ impl Tasks {
         if entry.revocable {
             self.revocable.insert(key.clone());
         }
+        self.count(&key.0, &entry.agent, entry.state, 1);
         self.entries.insert(key, entry);
     }
 
@@ -88,7 +98,102 @@ impl Tasks {
         unfile(&mut self.by_agent, &entry.agent, key);
         unfile(&mut self.by_framework, &key.0, &key.1);
         self.revocable.remove(key);
+        self.count(&key.0, &entry.agent, entry.state, -1);
         Some(entry)
+    }
+
+    /// Moves a task to `state`; returns the state it was in.
+    pub(crate) fn set_state(&mut self, key: &TaskKey, state: TaskState) -> Option<TaskState> {
+        let entry = self.entries.get_mut(key)?;
+        let (was, agent) = (entry.state, entry.agent.clone());
+        entry.state = state;
+        self.count(&key.0, &agent, was, -1);
+        self.count(&key.0, &agent, state, 1);
+        Some(was)
+    }
+
+    /// Adds (`by` 1) or takes away (`by` -1) one task of `fw` on `agent`
+    /// in `state` from the counts.
+    fn count(&mut self, fw: &FrameworkId, agent: &AgentId, state: TaskState, by: isize) {
+        let by_state = self.states.entry(fw.clone()).or_default();
+        let n = by_state.entry(state).or_default();
+        *n = n.saturating_add_signed(by);
+        if *n == 0 {
+            by_state.remove(&state);
+            if by_state.is_empty() {
+                self.states.remove(fw);
+            }
+        }
+        if !state.is_terminal() {
+            let live = self.live_on_agent.entry(agent.clone()).or_default();
+            *live = live.saturating_add_signed(by);
+            if *live == 0 {
+                self.live_on_agent.remove(agent);
+            }
+        }
+    }
+
+    /// How many of `fw`'s tasks are in each state.
+    pub(crate) fn states_of(&self, fw: &FrameworkId) -> impl Iterator<Item = (TaskState, usize)> {
+        self.states
+            .get(fw)
+            .into_iter()
+            .flatten()
+            .map(|(s, n)| (*s, *n))
+    }
+
+    /// Tasks not yet ended on `agent`.
+    pub(crate) fn live_on(&self, agent: &AgentId) -> usize {
+        self.live_on_agent.get(agent).copied().unwrap_or(0)
+    }
+
+    /// Frameworks with tasks in the book, in order.
+    pub(crate) fn frameworks(&self) -> Vec<&FrameworkId> {
+        let mut all: Vec<&FrameworkId> = self.by_framework.keys().collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// `fw`'s task ids from `from` on, in order.
+    pub(crate) fn ids_of<'a>(
+        &'a self,
+        fw: &FrameworkId,
+        from: std::ops::Bound<TaskId>,
+    ) -> impl Iterator<Item = &'a TaskId> + 'a {
+        self.by_framework
+            .get(fw)
+            .into_iter()
+            .flat_map(move |ids| ids.range((from.clone(), std::ops::Bound::Unbounded)))
+    }
+
+    /// Whether the counts agree with the book (for checks): each is
+    /// recounted from the entries.
+    pub(crate) fn counts_hold(&self) -> Result<(), String> {
+        let mut states: HashMap<FrameworkId, BTreeMap<TaskState, usize>> = HashMap::new();
+        let mut live: HashMap<AgentId, usize> = HashMap::new();
+        for ((fw, _), t) in &self.entries {
+            *states
+                .entry(fw.clone())
+                .or_default()
+                .entry(t.state)
+                .or_default() += 1;
+            if !t.state.is_terminal() {
+                *live.entry(t.agent.clone()).or_default() += 1;
+            }
+        }
+        if states != self.states {
+            return Err(format!(
+                "task counts by state {:?} differ from the book's {states:?}",
+                self.states
+            ));
+        }
+        if live != self.live_on_agent {
+            return Err(format!(
+                "live tasks by agent {:?} differ from the book's {live:?}",
+                self.live_on_agent
+            ));
+        }
+        Ok(())
     }
 
     /// Keys of the tasks on `agent` that `pred` selects, collected so the

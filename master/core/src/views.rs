@@ -16,16 +16,19 @@ impl Master {
     }
 
     pub(super) fn cluster_summary(&self, caller: &Caller) -> ClusterSummary {
+        // From the book's counts: the cost follows frameworks, not tasks.
         let mut by_state: BTreeMap<TaskState, usize> = BTreeMap::new();
         let mut unacknowledged = 0;
-        for ((fw, _), task) in self.tasks.iter() {
+        for fw in self.tasks.frameworks() {
             if !self.visible(caller, fw) {
                 continue;
             }
-            if task.state.is_terminal() {
-                unacknowledged += 1;
-            } else {
-                *by_state.entry(task.state).or_default() += 1;
+            for (state, n) in self.tasks.states_of(fw) {
+                if state.is_terminal() {
+                    unacknowledged += n;
+                } else {
+                    *by_state.entry(state).or_default() += n;
+                }
             }
         }
         // The operator counts every task since this master began to lead;
@@ -91,7 +94,7 @@ impl Master {
                     unreachable: a.unreachable_since.is_some(),
                     total,
                     free,
-                    tasks: self.tasks.on_agent(id, |t| !t.state.is_terminal()).len(),
+                    tasks: self.tasks.live_on(id),
                 }
             })
             .collect()
@@ -103,28 +106,45 @@ impl Master {
             0 => TaskQuery::DEFAULT_LIMIT,
             n => n.min(TaskQuery::MAX_LIMIT),
         } as usize;
-        let mut keys: Vec<&(FrameworkId, TaskId)> = self
-            .tasks
-            .iter()
-            .filter(|(key, t)| {
-                query.framework.as_ref().is_none_or(|f| *f == key.0)
-                    && query.agent.as_ref().is_none_or(|a| *a == t.agent)
+        // In (framework, task) order from the page's start, taking only
+        // what the page needs: a first page costs the same whatever the
+        // number of tasks.
+        let start = query.after.as_ref();
+        let mut keys: Vec<(&FrameworkId, &TaskId)> = Vec::with_capacity(limit + 1);
+        'frameworks: for fw in self.tasks.frameworks() {
+            if start.is_some_and(|(after, _)| fw < after)
+                || query.framework.as_ref().is_some_and(|f| f != fw)
+                || !self.visible(caller, fw)
+            {
+                continue;
+            }
+            let from = match start {
+                Some((after, id)) if after == fw => std::ops::Bound::Excluded(id.clone()),
+                _ => std::ops::Bound::Unbounded,
+            };
+            for id in self.tasks.ids_of(fw, from) {
+                let Some(t) = self.tasks.get(&(fw.clone(), id.clone())) else {
+                    continue;
+                };
+                if query.agent.as_ref().is_none_or(|a| *a == t.agent)
                     && query.state.is_none_or(|s| s == t.state)
-                    && query.after.as_ref().is_none_or(|after| *key > after)
-                    && self.visible(caller, &key.0)
-            })
-            .map(|(key, _)| key)
-            .collect();
-        keys.sort_unstable();
+                {
+                    keys.push((fw, id));
+                    if keys.len() > limit {
+                        break 'frameworks;
+                    }
+                }
+            }
+        }
         let more = keys.len() > limit;
         keys.truncate(limit);
         let tasks: Vec<TaskView> = keys
             .iter()
-            .filter_map(|key| {
-                let t = self.tasks.get(key)?;
+            .filter_map(|(fw, id)| {
+                let t = self.tasks.get(&((*fw).clone(), (*id).clone()))?;
                 Some(TaskView {
-                    framework_id: key.0.clone(),
-                    task_id: key.1.clone(),
+                    framework_id: (*fw).clone(),
+                    task_id: (*id).clone(),
                     agent_id: t.agent.clone(),
                     state: t.state,
                     revocable: t.revocable,
