@@ -65,8 +65,10 @@ struct Figures {
     /// Master CPU per UI poll, and at rest per second.
     ui_poll_cpu_ms: f64,
     idle_cpu_ms_per_s: f64,
-    /// Ends the framework heard per second, and events the follower got
-    /// per second, over the same kill of every task.
+    /// Ends the framework heard per second killing every task with nobody
+    /// following the event stream, and with one follower; the events the
+    /// follower got per second.
+    baseline_ends_per_s: f64,
     ends_per_s: f64,
     events_per_s: f64,
     events_seen: u64,
@@ -126,41 +128,7 @@ async fn measure(args: &ApiArgs, cluster: &LocalCluster) -> anyhow::Result<Figur
     let client = ClientConfig::new(masters.clone(), &cluster.certs);
     let info = FrameworkInfo::new("api-bench", "bench".parse()?);
     let mut session = SchedulerSession::subscribe(&client, info).await?;
-    let each: Resources = "cpus:1;mem:1".parse()?;
-    let progress = crate::bench::progress(args.tasks as u64, "tasks running");
-    let (mut launched, mut running) = (0usize, 0usize);
-    while running < args.tasks {
-        let mut calls = Vec::new();
-        for event in burst(&mut session).await? {
-            match event {
-                Event::Offers { offers } => {
-                    for offer in offers {
-                        let fit = (offer.resources.millicpus() / 1000) as usize;
-                        let n = fit.min(args.tasks - launched);
-                        let tasks: Vec<TaskInfo> = (launched..launched + n)
-                            .map(|i| task(i, &each))
-                            .collect::<anyhow::Result<_>>()?;
-                        launched += n;
-                        calls.push(Call::Accept {
-                            offer_ids: vec![offer.id],
-                            operations: vec![stoa_proto::Operation::Launch { tasks }],
-                            refuse_ms: None,
-                        });
-                    }
-                }
-                Event::Update { status, ack } => {
-                    if status.state == TaskState::Running {
-                        running += 1;
-                    }
-                    calls.extend(acknowledgement(status, ack));
-                }
-                _ => {}
-            }
-        }
-        progress.set_position(running as u64);
-        session.calls(calls).await?;
-    }
-    progress.finish_and_clear();
+    fill(&mut session, "t", args.tasks).await?;
 
     // Latencies, over HTTP as the CLI and the UI call.
     let api = Api {
@@ -226,7 +194,10 @@ async fn measure(args: &ApiArgs, cluster: &LocalCluster) -> anyhow::Result<Figur
     let mut latencies = latencies;
     latencies.push(ui_latency);
 
-    // The event stream while every task is killed.
+    // Killing every task, first with nobody following the event stream
+    // (the baseline), then again, filled anew, with one follower.
+    let baseline_ends_per_s = kill_all(&mut session, "t", args.tasks).await?;
+    fill(&mut session, "u", args.tasks).await?;
     let seen = Arc::new(AtomicU64::new(0));
     let gap = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let last_event = Arc::new(std::sync::Mutex::new(None::<Instant>));
@@ -238,31 +209,7 @@ async fn measure(args: &ApiArgs, cluster: &LocalCluster) -> anyhow::Result<Figur
     // Let the follower catch up with what is kept before the kills.
     let start_seen = wait_quiet(&seen).await;
     let killed_at = Instant::now();
-    session
-        .calls((0..args.tasks).map(|i| Call::Kill {
-            task_id: TaskId::new(format!("t{i}")).expect("a valid id"),
-        }))
-        .await?;
-    let mut ended = 0usize;
-    let mut last_end = killed_at;
-    let give_up = killed_at + Duration::from_secs(120);
-    while ended < args.tasks {
-        let events = tokio::time::timeout_at(give_up.into(), burst(&mut session))
-            .await
-            .context("the kills did not all end within 120 s")??;
-        let mut acks = Vec::new();
-        for event in events {
-            if let Event::Update { status, ack } = event {
-                if status.state.is_terminal() {
-                    ended += 1;
-                    last_end = Instant::now();
-                }
-                acks.extend(acknowledgement(status, ack));
-            }
-        }
-        session.calls(acks).await?;
-    }
-    let ends_per_s = ended as f64 / last_end.duration_since(killed_at).as_secs_f64();
+    let ends_per_s = kill_all(&mut session, "u", args.tasks).await?;
     let end_seen = wait_quiet(&seen).await;
     let events_seen = end_seen - start_seen;
     let last = (*last_event.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or(killed_at);
@@ -278,6 +225,7 @@ async fn measure(args: &ApiArgs, cluster: &LocalCluster) -> anyhow::Result<Figur
         latencies,
         ui_poll_cpu_ms,
         idle_cpu_ms_per_s,
+        baseline_ends_per_s,
         ends_per_s,
         events_per_s,
         events_seen,
@@ -311,11 +259,93 @@ fn acknowledgement(
     })
 }
 
-fn task(i: usize, each: &Resources) -> anyhow::Result<TaskInfo> {
+/// Launches `n` tasks named `<prefix><i>` on whatever offers come, and
+/// waits until all run.
+async fn fill(session: &mut SchedulerSession, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let progress = crate::bench::progress(n as u64, "tasks running");
+    // Offers again, after a kill_all.
+    session.call(&Call::Revive).await?;
+    let (mut launched, mut running) = (0usize, 0usize);
+    while running < n {
+        let mut calls = Vec::new();
+        for event in burst(session).await? {
+            match event {
+                Event::Offers { offers } => {
+                    for offer in offers {
+                        let fit = (offer.resources.millicpus() / 1000) as usize;
+                        let take = fit.min(n - launched);
+                        let tasks: Vec<TaskInfo> = (launched..launched + take)
+                            .map(|i| task(prefix, i))
+                            .collect::<anyhow::Result<_>>()?;
+                        launched += take;
+                        calls.push(Call::Accept {
+                            offer_ids: vec![offer.id],
+                            operations: vec![stoa_proto::Operation::Launch { tasks }],
+                            refuse_ms: None,
+                        });
+                    }
+                }
+                Event::Update { status, ack } => {
+                    if status.state == TaskState::Running {
+                        running += 1;
+                    }
+                    calls.extend(acknowledgement(status, ack));
+                }
+                _ => {}
+            }
+        }
+        progress.set_position(running as u64);
+        session.calls(calls).await?;
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
+/// Kills the `n` tasks named `<prefix><i>` at once; returns the ends the
+/// framework heard per second.
+async fn kill_all(session: &mut SchedulerSession, prefix: &str, n: usize) -> anyhow::Result<f64> {
+    // No offers meanwhile: what the kills free waits for the next fill.
+    session.call(&Call::Suppress).await?;
+    let killed_at = Instant::now();
+    session
+        .calls((0..n).map(|i| Call::Kill {
+            task_id: TaskId::new(format!("{prefix}{i}")).expect("a valid id"),
+        }))
+        .await?;
+    let (mut ended, mut last_end) = (0usize, killed_at);
+    let give_up = killed_at + Duration::from_secs(120);
+    while ended < n {
+        let events = tokio::time::timeout_at(give_up.into(), burst(session))
+            .await
+            .context("the kills did not all end within 120 s")??;
+        let mut calls = Vec::new();
+        for event in events {
+            match event {
+                Event::Update { status, ack } => {
+                    if status.state.is_terminal() {
+                        ended += 1;
+                        last_end = Instant::now();
+                    }
+                    calls.extend(acknowledgement(status, ack));
+                }
+                // Made before the suppression took hold.
+                Event::Offers { offers } => calls.push(Call::Decline {
+                    offer_ids: offers.iter().map(|o| o.id).collect(),
+                    refuse_ms: Some(0),
+                }),
+                _ => {}
+            }
+        }
+        session.calls(calls).await?;
+    }
+    Ok(ended as f64 / last_end.duration_since(killed_at).as_secs_f64().max(1e-3))
+}
+
+fn task(prefix: &str, i: usize) -> anyhow::Result<TaskInfo> {
     Ok(TaskInfo {
-        task_id: TaskId::new(format!("t{i}"))?,
+        task_id: TaskId::new(format!("{prefix}{i}"))?,
         name: String::new(),
-        resources: each.clone(),
+        resources: Resources::new().with_millicpus(1000).with_mem_mib(1),
         kind: TaskKind::wasm(Artifact::inline(Vec::new()), Vec::new()),
         limits: TaskLimits::default(),
     })
@@ -436,7 +466,11 @@ fn report(args: &ApiArgs, f: &Figures) -> anyhow::Result<()> {
         f.ui_poll_cpu_ms, f.idle_cpu_ms_per_s
     );
     println!(
-        "  kill every task: ends {:.0}/s to the framework, events {:.0}/s to a follower ({} events{})",
+        "  kill every task, nobody following the events: ends {:.0}/s to the framework",
+        f.baseline_ends_per_s
+    );
+    println!(
+        "  kill every task, one follower: ends {:.0}/s to the framework, events {:.0}/s to the follower ({} events{})",
         f.ends_per_s,
         f.events_per_s,
         f.events_seen,

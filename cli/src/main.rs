@@ -371,6 +371,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         | Command::Ps(_)
         | Command::Agents(_)
         | Command::Top(_)
+        | Command::Bench(_)
         | Command::Kill(_)
         | Command::Events(_)
         | Command::Token(_)
