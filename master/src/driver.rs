@@ -199,12 +199,12 @@ pub async fn run(
     let mut _apis = Vec::new();
     if let Some(addr) = config.http {
         let file = config.http_addr_file.as_deref();
-        _apis.push(AbortOnDrop(serve_api(addr, file, api.clone(), None).await?));
+        _apis.push(serve_api(addr, file, api.clone(), None)?);
     }
     if let Some(addr) = config.https {
         let tls = stoa_transport::https_server_config(&identity)?;
         let file = config.https_addr_file.as_deref();
-        _apis.push(AbortOnDrop(serve_api(addr, file, api, Some(tls)).await?));
+        _apis.push(serve_api(addr, file, api, Some(tls))?);
     }
     tokio::pin!(shutdown);
     let process = Process {
@@ -336,22 +336,28 @@ async fn redirect_loop(
 /// thousands of task ends (each event is shared, not copied, per follower).
 const EVENTS_QUEUE: usize = 1 << 16;
 
-/// Binds the API to `addr` and serves it in a task of its own: over TLS
-/// with `tls`, else over plain HTTP (then on a loopback address only).
-async fn serve_api(
+/// Binds the API to `addr` and serves it on a thread of its own: over
+/// TLS with `tls`, else over plain HTTP (then on a loopback address only).
+///
+/// Its own thread, not the core's: encoding JSON for pages and event
+/// streams would otherwise take the one thread the core runs on (a
+/// follower of the event stream cost a burst of task ends 40 % of the
+/// master's throughput when it shared it). The core is reached through
+/// the same queue either way.
+fn serve_api(
     addr: SocketAddr,
     addr_file: Option<&std::path::Path>,
     api: ApiState,
     tls: Option<rustls::ServerConfig>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<ApiThread> {
     if tls.is_none() && !addr.ip().is_loopback() {
         anyhow::bail!(
             "--http {addr}: plain HTTP is served only on a loopback address (e.g. 127.0.0.1:5051); serve other addresses over TLS with --https {addr}"
         );
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot serve the API on {addr}"))?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     if let Some(path) = addr_file {
         std::fs::write(path, bound.to_string())
@@ -359,15 +365,37 @@ async fn serve_api(
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%bound, "serving the API at {scheme}://{bound}/api/v1/ and the UI at {scheme}://{bound}/ui/");
-    Ok(tokio::spawn(async move {
-        let served = match tls {
-            Some(tls) => crate::http::tls::serve(listener, tls, api).await,
-            None => crate::http::serve(listener, api).await,
-        };
-        if let Err(e) = served {
-            tracing::error!(error = format!("{e:#}"), "the {scheme} API stopped");
-        }
-    }))
+    let (stop, stopped) = oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the API's runtime")?;
+    std::thread::Builder::new()
+        .name(format!("stoa-{scheme}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let served = async {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    match tls {
+                        Some(tls) => crate::http::tls::serve(listener, tls, api).await,
+                        None => crate::http::serve(listener, api).await,
+                    }
+                };
+                tokio::select! {
+                    served = served => if let Err(e) = served {
+                        tracing::error!(error = format!("{e:#}"), "the {scheme} API stopped");
+                    },
+                    _ = stopped => {}
+                }
+            });
+        })
+        .context("cannot start the API's thread")?;
+    Ok(ApiThread { _stop: stop })
+}
+
+/// The API's thread, stopped when this is dropped.
+struct ApiThread {
+    _stop: oneshot::Sender<()>,
 }
 
 /// Aborts a task when dropped.
