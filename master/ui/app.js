@@ -269,10 +269,18 @@ function renderFrameworks(frameworks) {
   ]));
 }
 
+// A role's reservations, summed over its agents.
+function reserved(r) {
+  const list = r.reservations || [];
+  if (!list.length) return '';
+  const total = list.reduce((sum, [, res]) => ({ cpus: sum.cpus + cpus(res), mem: sum.mem + mem(res) }), { cpus: 0, mem: 0 });
+  return `cpus ${fmt(total.cpus)}, mem ${fmt(total.mem, 0)} on ${list.length} agent${list.length > 1 ? 's' : ''}`;
+}
+
 function renderRoles(roles) {
   fillTable('roles', roles.map((r) => [
-    r.role, r.weight, r.guarantee && Object.keys(r.guarantee).length ? `cpus ${fmt(cpus(r.guarantee))}, mem ${mem(r.guarantee)}` : '',
-    r.limit ?? '', r.frameworks, fmt(amount(r.allocated, 'cpus') / 1000, 2), fmt(amount(r.allocated, 'mem'), 0),
+    r.role, r.weight, cpus(r.guarantee) || mem(r.guarantee) ? `cpus ${fmt(cpus(r.guarantee))}, mem ${mem(r.guarantee)}` : '',
+    r.limit ?? '', reserved(r), r.frameworks, fmt(amount(r.allocated, 'cpus') / 1000, 2), fmt(amount(r.allocated, 'mem'), 0),
   ]));
 }
 
