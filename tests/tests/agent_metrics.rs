@@ -176,6 +176,26 @@ fn each_agent_metric_family_moves_when_its_event_happens() -> anyhow::Result<()>
     agent.until("no executor once its framework is gone", |t| {
         metric(t, "stoa_agent_wasm_pool_slots_in_use", &[]) == Some(0.0)
     })?;
+    // Another framework's executor finds the last program compiled in
+    // the cache (the one entry it has room for).
+    rt.block_on(async {
+        let mut fw = TestFramework::subscribe(&c.client(), "again").await?;
+        let hello = Artifact::inline(stoa_tests::hello_wasm()?);
+        let misbehave = Artifact::inline(misbehave_wasm()?);
+        let none = TaskLimits::default();
+        fw.launch_all(vec![
+            task("hello-again", "world", 32, none, &hello),
+            task("misbehave-again", "sleep:10", 32, none, &misbehave),
+        ])
+        .await?;
+        for id in ["hello-again", "misbehave-again"] {
+            fw.wait_for(id, TaskState::Finished).await?;
+        }
+        fw.teardown().await
+    })?;
+    agent.until("a hit in the compiled-code cache", |t| {
+        at_least(t, "stoa_agent_compile_cache_hits_total", &[], 1.0)
+    })?;
     Ok(())
 }
 
@@ -208,9 +228,15 @@ fn status_update_retries_are_counted_by_agent_and_master() -> anyhow::Result<()>
                         })
                         .await?;
                 }
-                // Never acknowledged: it comes again.
+                // Never acknowledged: it comes again, and the master
+                // counts it as not yet acknowledged meanwhile.
                 Event::Update { status, .. } if status.state == TaskState::Finished => {
                     finished += 1;
+                    let text = master.text()?;
+                    anyhow::ensure!(
+                        metric(&text, "stoa_master_updates_unacknowledged", &[]) == Some(1.0),
+                        "the end is not counted as unacknowledged:\n{text}"
+                    );
                 }
                 _ => {}
             }
