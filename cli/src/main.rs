@@ -168,11 +168,19 @@ struct MasterArgs {
     /// Rescind offers not answered within this many seconds.
     #[arg(long)]
     offer_timeout: Option<u64>,
-    /// Access control list (JSON), e.g.
-    /// {"launch_native": [{"principals": ["ops"]}, {"roles": ["infra"]}]}.
-    /// Without one, no framework may launch native tasks.
+    /// Access control lists (JSON; reloaded on SIGHUP, a bad file refused
+    /// whole), e.g. {"default": "deny", "register_framework":
+    /// [{"principals": ["web"], "roles": ["web"]}], "launch_native":
+    /// [{"principals": ["ops"]}]}. See docs/security.md. Without one, any
+    /// principal may register frameworks, launch wasm tasks and upload;
+    /// nobody launches native tasks.
     #[arg(long)]
     acls: Option<PathBuf>,
+    /// What no ACL rule matched decides: allow (as for a local cluster) or
+    /// deny (for production: every framework, wasm launch and upload then
+    /// needs a rule). Overrides the file's "default".
+    #[arg(long, value_enum)]
+    acls_default: Option<AclsDefault>,
     /// Where uploaded artifacts are kept.
     #[arg(long, default_value = ".stoa/artifacts")]
     artifacts: PathBuf,
@@ -253,6 +261,12 @@ struct AgentArgs {
     /// Write the metrics server's bound address to this file.
     #[arg(long)]
     metrics_addr_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AclsDefault {
+    Allow,
+    Deny,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -393,25 +407,22 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.command {
             Command::Master(a) => {
-                let acls = match &a.acls {
-                    Some(path) => {
-                        let text = std::fs::read_to_string(path)
-                            .with_context(|| format!("cannot read --acls {}", path.display()))?;
-                        serde_json::from_str(&text).with_context(|| {
-                            format!("--acls {}: not a valid ACL", path.display())
-                        })?
-                    }
-                    None => Default::default(),
+                let acls = stoa_master::acl_file::AclSource {
+                    file: a.acls.clone(),
+                    default: a.acls_default.map(|d| match d {
+                        AclsDefault::Allow => stoa_master::core::acl::DefaultMode::Allow,
+                        AclsDefault::Deny => stoa_master::core::acl::DefaultMode::Deny,
+                    }),
                 };
                 let core = stoa_master::core::MasterConfig {
                     agent_timeout: Duration::from_secs(a.agent_timeout.max(1)),
                     agent_removal_timeout: Duration::from_secs(a.agent_removal_timeout.max(1)),
                     agent_reregister_timeout: Duration::from_secs(a.agent_reregister_timeout),
                     offer_timeout: a.offer_timeout.map(Duration::from_secs),
-                    acls,
                     ..Default::default()
                 };
                 let config = stoa_master::driver::DriverConfig {
+                    acls,
                     listen: a.listen,
                     advertise: a.advertise,
                     certs: a.certs,

@@ -2,6 +2,7 @@
 //! core's `handle_*` calls and sends what the core emits. It holds no
 //! cluster state of its own.
 
+use crate::core::acl::{Acls, Action, Object};
 use crate::core::{Channel, ConnId, Master, MasterConfig, Transmit};
 use crate::http::{ApiState, Published, TokenKey, token};
 use crate::metrics::Metrics;
@@ -60,6 +61,9 @@ pub struct DriverConfig {
     pub https: Option<SocketAddr>,
     /// Where to write the HTTPS API's bound address.
     pub https_addr_file: Option<PathBuf>,
+    /// Where the ACLs come from (reloaded on SIGHUP); they replace
+    /// `core.acls`.
+    pub acls: crate::acl_file::AclSource,
     pub core: MasterConfig,
 }
 
@@ -89,6 +93,8 @@ impl OperatorPort {
 /// What a term publishes for the HTTP API: its core, and its events.
 struct Publish {
     port: tokio::sync::watch::Sender<Option<OperatorPort>>,
+    /// The ACLs in force, for each new term's core and for uploads.
+    acls: Arc<tokio::sync::watch::Sender<Arc<Acls>>>,
     events: tokio::sync::broadcast::Sender<Arc<Published>>,
     tokens: TokenKey,
     metrics: Arc<Metrics>,
@@ -106,12 +112,15 @@ impl Publish {
             return;
         }
         let instance: Arc<str> = master.instance().into();
+        // The rules in force when the events happened decide who sees them.
+        let acls = Arc::new(master.acls().clone());
         for (event, audience) in master.events_since(*sent) {
             // No follower is no error.
             let _ = self.events.send(Arc::new(Published {
                 instance: instance.clone(),
                 event: event.clone(),
                 audience: audience.clone(),
+                acls: acls.clone(),
             }));
         }
         *sent = master.last_event();
@@ -123,10 +132,14 @@ impl Publish {
 struct Artifacts {
     store: ArtifactStore,
     max: u64,
+    /// Who may upload: the ACLs in force.
+    acls: tokio::sync::watch::Receiver<Arc<Acls>>,
 }
 
 enum Input {
     Connected(ConnId, Channel, Peer),
+    /// The ACL file was read again.
+    Acls(Arc<Acls>),
     Agent(ConnId, AgentToMaster),
     Scheduler(ConnId, Call),
     Operator(Caller, OperatorCall, oneshot::Sender<OperatorReply>),
@@ -183,8 +196,12 @@ pub async fn run(
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
     let (port, port_rx) = tokio::sync::watch::channel(None);
     let (events, _) = tokio::sync::broadcast::channel(EVENTS_QUEUE);
+    let acls = config.acls.load()?;
+    let (acls_tx, _) = tokio::sync::watch::channel(Arc::new(acls));
+    let acls_tx = Arc::new(acls_tx);
     let publish = Publish {
         port,
+        acls: acls_tx,
         events: events.clone(),
         tokens: TokenKey::derive(&secret),
         metrics: Arc::new(Metrics::new()),
@@ -206,6 +223,13 @@ pub async fn run(
         let file = config.https_addr_file.as_deref();
         _apis.push(serve_api(addr, file, api, Some(tls))?);
     }
+    let _reload = config.acls.file.is_some().then(|| {
+        AbortOnDrop(tokio::spawn(reload_acls_on_sighup(
+            config.acls.clone(),
+            publish.acls.clone(),
+            publish.port.subscribe(),
+        )))
+    });
     tokio::pin!(shutdown);
     let process = Process {
         config: &config,
@@ -398,6 +422,37 @@ struct ApiThread {
     _stop: oneshot::Sender<()>,
 }
 
+/// Reads the ACL file again at each SIGHUP: the new rules go to the core
+/// of the term being led and to the next term's; a file that does not
+/// parse is refused whole, and the rules in force stay.
+async fn reload_acls_on_sighup(
+    source: crate::acl_file::AclSource,
+    acls: Arc<tokio::sync::watch::Sender<Arc<Acls>>>,
+    port: tokio::sync::watch::Receiver<Option<OperatorPort>>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the ACLs are not reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match source.load() {
+            Ok(new) => {
+                let new = Arc::new(new);
+                acls.send_replace(new.clone());
+                let current = port.borrow().clone();
+                if let Some(OperatorPort(tx)) = current {
+                    let _ = tx.send(Input::Acls(new)).await;
+                }
+                tracing::info!("ACLs reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "the ACLs in force stay");
+            }
+        }
+    }
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -443,6 +498,7 @@ async fn lead(
             )
         })?,
         max: config.max_artifact,
+        acls: publish.acls.subscribe(),
     };
     let start = Instant::now();
     let now =
@@ -456,6 +512,7 @@ async fn lead(
     );
     let mut core = config.core.clone();
     core.secret = secret;
+    core.acls = (**process.publish.acls.borrow()).clone();
     let mut master = Master::new(core, &instance);
     tracing::info!(
         registry = %config.registry,
@@ -569,6 +626,7 @@ async fn handle(
     now: impl Fn() -> Time + Copy,
 ) -> anyhow::Result<()> {
     match input {
+        Input::Acls(acls) => master.set_acls((*acls).clone()),
         Input::Connected(id, channel, peer) => {
             let principal = stoa_transport::peer_name(&peer.conn);
             peers.insert(id, peer);
@@ -774,13 +832,24 @@ async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>, artifac
 }
 
 /// Serves the side streams a peer opens after its control stream (or, on
-/// the artifact channel, instead of one). Agents may only fetch.
+/// the artifact channel, instead of one). Agents may only fetch; others
+/// upload as the ACLs in force let their principal.
 async fn serve_side_streams(conn: quinn::Connection, artifacts: Artifacts, may_upload: bool) {
+    let principal = stoa_transport::peer_name(&conn);
     while let Ok((send, recv)) = conn.accept_bi().await {
         let artifacts = artifacts.clone();
+        let upload = if may_upload {
+            artifacts
+                .acls
+                .borrow()
+                .check(principal.as_deref(), Action::Upload, Object::Nothing)
+                .map_err(|denied| denied.to_string())
+        } else {
+            Err("an agent's connection only fetches artifacts".to_string())
+        };
         tokio::spawn(async move {
             if let Err(e) =
-                serve_artifacts(send, recv, &artifacts.store, artifacts.max, may_upload).await
+                serve_artifacts(send, recv, &artifacts.store, artifacts.max, upload).await
             {
                 tracing::debug!(error = format!("{e:#}"), "artifact stream ended badly");
             }

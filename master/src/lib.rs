@@ -7,6 +7,7 @@
 /// The sans-IO state machine, in its own crate so that nothing with I/O can
 /// creep into it.
 pub use stoa_master_core as core;
+pub mod acl_file;
 pub mod driver;
 pub mod etcd_server;
 pub mod http;

@@ -124,6 +124,14 @@ impl Caller {
         }
     }
 
+    /// The principal the caller acts as.
+    pub fn principal(&self) -> &str {
+        match self {
+            Caller::Operator => Caller::OPERATOR,
+            Caller::Principal(p) => p,
+        }
+    }
+
     /// May this caller see a framework of `principal`?
     pub fn sees(&self, principal: Option<&str>) -> bool {
         match self {

@@ -198,7 +198,7 @@ pub async fn serve_artifacts(
     recv: quinn::RecvStream,
     store: &ArtifactStore,
     max: u64,
-    may_upload: bool,
+    upload: Result<(), String>,
 ) -> anyhow::Result<()> {
     let mut send = FrameSender::new(send);
     let mut recv = FrameReceiver::new(recv);
@@ -206,15 +206,16 @@ pub async fn serve_artifacts(
         return Ok(());
     };
     let reply = match request {
-        SideRequest::PutArtifact { digest, len } if may_upload => {
-            match store.receive(digest, len, max, &mut recv.into_rest()).await {
+        SideRequest::PutArtifact { digest, len } => match upload {
+            Ok(()) => match store.receive(digest, len, max, &mut recv.into_rest()).await {
                 Ok(()) => {
                     tracing::info!(%digest, len, "artifact stored");
                     SideReply::Artifact { len }
                 }
                 Err(message) => SideReply::Refused { message },
-            }
-        }
+            },
+            Err(message) => SideReply::Refused { message },
+        },
         SideRequest::FetchArtifact { digest } => {
             match tokio::fs::File::open(store.path(digest)).await {
                 Ok(mut file) => {

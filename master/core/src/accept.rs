@@ -6,6 +6,7 @@
 //! this framework for `refuse_ms`.
 
 use super::{Master, TaskEntry, Transmit};
+use crate::acl;
 use std::collections::BTreeMap;
 use stoa_allocator::Allocation;
 use stoa_proto::messages::Refusal;
@@ -274,21 +275,22 @@ impl Master {
 
     /// Why the ACLs forbid `fw` to launch `task`, if they do.
     fn forbidden(&self, fw: &FrameworkId, task: &TaskInfo) -> Option<String> {
-        if !matches!(task.kind, TaskKind::Command(_)) {
-            return None;
-        }
+        let action = match task.kind {
+            TaskKind::Command(_) => acl::Action::LaunchNative,
+            TaskKind::Wasm(_) => acl::Action::LaunchWasm,
+            // The master's own (a hosted scheduler), refused elsewhere.
+            TaskKind::Scheduler(_) => return None,
+        };
         let info = &self.frameworks.get(fw)?.info;
-        let allowed = self
-            .config
+        self.config
             .acls
-            .may_launch_native(info.principal.as_deref(), &info.role);
-        (!allowed).then(|| {
-            format!(
-                "principal {} in role {} may not launch native tasks (see the master's --acls)",
-                info.principal.as_deref().unwrap_or("(none)"),
-                info.role
+            .check(
+                info.principal.as_deref(),
+                action,
+                acl::Object::Role(&info.role),
             )
-        })
+            .err()
+            .map(|denied| denied.to_string())
     }
 
     fn reserve(

@@ -20,11 +20,19 @@ pub enum Audience {
 }
 
 impl Audience {
-    pub fn admits(&self, caller: &Caller) -> bool {
+    /// May `caller` see the event, under `acls` (its own frameworks', and
+    /// others' where a rule lets it view them)?
+    pub fn admits(&self, caller: &Caller, acls: &crate::acl::Acls) -> bool {
         match self {
             Audience::Everyone => true,
             Audience::Operator => *caller == Caller::Operator,
-            Audience::Principal(p) => caller.sees(p.as_deref()),
+            Audience::Principal(p) => acls
+                .check(
+                    Some(caller.principal()),
+                    crate::acl::Action::View,
+                    crate::acl::Object::Owner(p.as_deref()),
+                )
+                .is_ok(),
         }
     }
 }
@@ -69,7 +77,7 @@ impl EventLog {
     pub(crate) fn page(
         &self,
         instance: &str,
-        caller: &Caller,
+        (caller, acls): (&Caller, &crate::acl::Acls),
         after: Option<u64>,
         limit: usize,
     ) -> EventPage {
@@ -78,7 +86,7 @@ impl EventLog {
         // arithmetic, not a search.
         let events = self
             .since(after.unwrap_or(0))
-            .filter(|(_, a)| a.admits(caller))
+            .filter(|(_, a)| a.admits(caller, acls))
             .take(limit)
             .map(|(e, _)| e.clone())
             .collect();
@@ -117,24 +125,59 @@ mod tests {
     fn pages_follow_on_and_each_caller_sees_its_own() {
         let log = log_of(10);
         assert_eq!(log.last(), 10);
-        let all = log.page("i", &Caller::Operator, None, 100);
+        let all = log.page(
+            "i",
+            (&Caller::Operator, &crate::acl::Acls::default()),
+            None,
+            100,
+        );
         assert_eq!(all.events.len(), 10);
         assert_eq!(all.oldest, 1);
-        let rest = log.page("i", &Caller::Operator, Some(7), 100);
+        let rest = log.page(
+            "i",
+            (&Caller::Operator, &crate::acl::Acls::default()),
+            Some(7),
+            100,
+        );
         let seqs: Vec<u64> = rest.events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [8, 9, 10]);
-        let tenant = log.page("i", &Caller::Principal("a".into()), None, 100);
+        let tenant = log.page(
+            "i",
+            (&Caller::Principal("a".into()), &crate::acl::Acls::default()),
+            None,
+            100,
+        );
         assert!(tenant.events.iter().all(|e| e.seq % 2 == 1), "{tenant:?}");
         assert_eq!(tenant.events.len(), 5);
-        let other = log.page("i", &Caller::Principal("b".into()), None, 100);
+        let other = log.page(
+            "i",
+            (&Caller::Principal("b".into()), &crate::acl::Acls::default()),
+            None,
+            100,
+        );
         assert!(other.events.is_empty());
-        assert_eq!(log.page("i", &Caller::Operator, None, 3).events.len(), 3);
+        assert_eq!(
+            log.page(
+                "i",
+                (&Caller::Operator, &crate::acl::Acls::default()),
+                None,
+                3
+            )
+            .events
+            .len(),
+            3
+        );
     }
 
     #[test]
     fn the_oldest_events_make_room_and_a_late_client_learns_it() {
         let log = log_of(KEPT + 5);
-        let page = log.page("i", &Caller::Operator, Some(2), 10);
+        let page = log.page(
+            "i",
+            (&Caller::Operator, &crate::acl::Acls::default()),
+            Some(2),
+            10,
+        );
         assert_eq!(page.oldest, 6, "five fell out");
         assert_eq!(page.events[0].seq, 6);
     }

@@ -67,6 +67,14 @@ impl Master {
         let Ok(spec) = spec else {
             return;
         };
+        if let Err(denied) = self.config.acls.check(
+            info.principal.as_deref(),
+            crate::acl::Action::RegisterFramework,
+            crate::acl::Object::Role(&info.role),
+        ) {
+            self.refuse_scheduler(conn, Refusal::NotAuthorized, denied.to_string());
+            return;
+        }
         let id = match info.id.clone() {
             Some(id) if self.frameworks.contains_key(&id) => {
                 return self.fail_over(now, conn, id, info, spec, hosted);

@@ -124,6 +124,17 @@ impl Master {
                 return self.refuse_scheduler(conn, Refusal::Invalid, message);
             }
         };
+        let principal = proven
+            .as_deref()
+            .or(submission.framework.principal.as_deref());
+        if let Err(denied) = self.config.acls.check(
+            principal,
+            crate::acl::Action::RegisterFramework,
+            crate::acl::Object::Role(&submission.framework.role),
+        ) {
+            let message = format!("SUBMIT refused: {denied}");
+            return self.refuse_scheduler(conn, Refusal::NotAuthorized, message);
+        }
         let Ok(id) = FrameworkId::new(self.fresh_id("f")) else {
             return self.refuse_scheduler(
                 conn,

@@ -109,44 +109,61 @@ impl Master {
         call: OperatorCall,
     ) -> OperatorReply {
         self.clock = now;
-        // What a tenant may ask: about its own frameworks and their tasks.
-        let call = match (caller, call) {
-            (Caller::Operator, call) => call,
-            (
-                _,
-                call @ (OperatorCall::GetFrameworks
-                | OperatorCall::GetSummary
-                | OperatorCall::GetTasks(_)
-                | OperatorCall::GetEvents { .. }
-                | OperatorCall::ReadLog { .. }),
-            ) => call,
-            (_, OperatorCall::Teardown { framework_id }) if self.visible(caller, &framework_id) => {
-                OperatorCall::Teardown { framework_id }
+        // What the caller may ask: reads are filtered to what it may view
+        // below; changes to roles go by the ACLs; ending another's
+        // framework or task needs a kill rule (and reads as unknown where
+        // the caller cannot even view it).
+        let principal = Some(caller.principal());
+        let acls = &self.config.acls;
+        let gate = match &call {
+            OperatorCall::GetFrameworks
+            | OperatorCall::GetSummary
+            | OperatorCall::GetTasks(_)
+            | OperatorCall::GetEvents { .. }
+            | OperatorCall::ReadLog { .. }
+            | OperatorCall::KillTask { .. } => Ok(()),
+            OperatorCall::SetWeight { role, .. } => {
+                acls.check(principal, acl::Action::SetWeight, acl::Object::Role(role))
             }
-            (
-                _,
-                OperatorCall::KillTask {
-                    framework_id,
-                    task_id,
-                },
-            ) => OperatorCall::KillTask {
-                framework_id,
-                task_id,
-            },
-            (_, OperatorCall::Teardown { framework_id }) => {
-                return OperatorReply::Refused {
-                    message: format!("no framework {framework_id} is known to this master"),
-                };
+            OperatorCall::SetQuota { role, .. } => {
+                acls.check(principal, acl::Action::SetQuota, acl::Object::Role(role))
             }
-            (Caller::Principal(who), call) => {
-                return OperatorReply::Forbidden {
-                    message: format!(
-                        "{who} may not {}: only the operator may; a tenant sees and ends its own frameworks and tasks",
-                        call.what()
-                    ),
-                };
+            OperatorCall::Reserve { role, .. } | OperatorCall::Unreserve { role, .. } => {
+                acls.check(principal, acl::Action::Reserve, acl::Object::Role(role))
+            }
+            OperatorCall::Teardown { framework_id } => {
+                if !self.visible(caller, framework_id) {
+                    return OperatorReply::Refused {
+                        message: format!("no framework {framework_id} is known to this master"),
+                    };
+                }
+                let owner = self
+                    .frameworks
+                    .get(framework_id)
+                    .and_then(|f| f.info.principal.as_deref());
+                acls.check(principal, acl::Action::Kill, acl::Object::Owner(owner))
+            }
+            OperatorCall::GetRoles
+            | OperatorCall::GetAgents
+            | OperatorCall::GetOffers
+            | OperatorCall::CreateToken { .. } => {
+                if *caller != Caller::Operator {
+                    return OperatorReply::Forbidden {
+                        message: format!(
+                            "{} may not {}: only the operator may; a tenant sees and ends its own frameworks and tasks",
+                            caller.principal(),
+                            call.what()
+                        ),
+                    };
+                }
+                Ok(())
             }
         };
+        if let Err(denied) = gate {
+            return OperatorReply::Forbidden {
+                message: denied.to_string(),
+            };
+        }
         let result = match call {
             OperatorCall::SetWeight { role, weight } => self
                 .allocator
@@ -212,7 +229,7 @@ impl Master {
             }
             OperatorCall::GetFrameworks => {
                 let mut all = self.framework_list();
-                all.retain(|f| caller.sees(f.principal.as_deref()));
+                all.retain(|f| self.may_view(caller, f.principal.as_deref()));
                 return OperatorReply::Frameworks(all);
             }
             OperatorCall::GetSummary => {
@@ -227,7 +244,7 @@ impl Master {
                 let limit = usize::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
                 return OperatorReply::Events(self.events.page(
                     &self.instance,
-                    caller,
+                    (caller, &self.config.acls),
                     after,
                     limit,
                 ));
@@ -249,7 +266,20 @@ impl Master {
                     .collect();
                 match candidates.as_slice() {
                     [fw] => {
-                        tracing::info!(framework = %fw, task = %task_id, "an operator killed a task");
+                        let owner = self
+                            .frameworks
+                            .get(fw)
+                            .and_then(|f| f.info.principal.as_deref());
+                        if let Err(denied) = self.config.acls.check(
+                            principal,
+                            acl::Action::Kill,
+                            acl::Object::Owner(owner),
+                        ) {
+                            return OperatorReply::Forbidden {
+                                message: denied.to_string(),
+                            };
+                        }
+                        tracing::info!(framework = %fw, task = %task_id, by = %caller.principal(), "a task killed through the operator API");
                         let fw = fw.clone();
                         self.kill(&fw, task_id);
                         Ok(())

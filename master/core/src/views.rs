@@ -7,12 +7,37 @@ use stoa_proto::operator::{
 };
 
 impl Master {
-    /// May `caller` see framework `fw`?
+    /// May `caller` see framework `fw`? Its own, and others' where the
+    /// ACLs let it view their owner's (the operator sees all).
     pub fn visible(&self, caller: &Caller, fw: &FrameworkId) -> bool {
-        self.frameworks
-            .get(fw)
-            .is_some_and(|f| caller.sees(f.info.principal.as_deref()))
-            || *caller == Caller::Operator
+        *caller == Caller::Operator
+            || self
+                .frameworks
+                .get(fw)
+                .is_some_and(|f| self.may_view(caller, f.info.principal.as_deref()))
+    }
+
+    /// May `caller` see what a framework of `owner` does?
+    pub fn may_view(&self, caller: &Caller, owner: Option<&str>) -> bool {
+        self.config
+            .acls
+            .check(
+                Some(caller.principal()),
+                acl::Action::View,
+                acl::Object::Owner(owner),
+            )
+            .is_ok()
+    }
+
+    /// The ACLs in force.
+    pub fn acls(&self) -> &acl::Acls {
+        &self.config.acls
+    }
+
+    /// Puts new ACLs in force (a reload of `--acls`); they decide every
+    /// call from now on.
+    pub fn set_acls(&mut self, acls: acl::Acls) {
+        self.config.acls = acls;
     }
 
     pub(super) fn cluster_summary(&self, caller: &Caller) -> ClusterSummary {

@@ -123,5 +123,5 @@ pub async fn stream(
 /// The event as `caller` may see it, if it follows what was sent.
 fn admit(caller: &Caller, instance: &str, last: u64, p: &Published) -> Option<Event> {
     let newer = *p.instance != *instance || p.event.seq > last;
-    (newer && p.audience.admits(caller)).then(|| sse_event(&p.instance, &p.event))
+    (newer && p.audience.admits(caller, &p.acls)).then(|| sse_event(&p.instance, &p.event))
 }

@@ -31,6 +31,8 @@ pub struct Published {
     pub instance: Arc<str>,
     pub event: ClusterEvent,
     pub audience: Audience,
+    /// The ACLs in force when it happened: who may view it.
+    pub acls: Arc<stoa_master_core::acl::Acls>,
 }
 
 /// What the API needs from the master process, shared by its handlers.

@@ -1689,6 +1689,7 @@ fn messages_go_to_a_running_task_and_back_from_it_only() {
     assert!(error(&message(&mut m, "t1", b"hi".to_vec()), "has ended"));
 }
 
+mod acls;
 mod faults;
 mod views;
 
