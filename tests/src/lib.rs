@@ -263,6 +263,13 @@ impl Cluster {
         Ok(http::Api::new(&addr, Some(&token)))
     }
 
+    /// Sends `signal` to the master process (SIGHUP: read the ACLs again).
+    pub fn signal_master(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.master.id())?);
+        nix::sys::signal::kill(pid, signal)?;
+        Ok(())
+    }
+
     /// True while the master process runs.
     pub fn master_alive(&mut self) -> bool {
         matches!(self.master.try_wait(), Ok(None))
