@@ -312,7 +312,30 @@ fn a_detached_run_goes_on_and_its_owner_follows_its_logs() -> anyhow::Result<()>
         first_at < follow_started.elapsed(),
         "the first line came only at the end"
     );
-    // Another tenant cannot read it.
+    // Once the run is over and its framework gone, its owner can still
+    // read what it wrote; another tenant cannot, then or before.
+    let rt = tokio::runtime::Runtime::new()?;
+    let started = Instant::now();
+    loop {
+        let reply = rt.block_on(stoa_client::operator_call(
+            &c.client(),
+            &OperatorCall::GetFrameworks,
+        ))?;
+        if matches!(&reply, OperatorReply::Frameworks(f) if f.is_empty()) {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "{reply:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = c
+        .stoa_command(&["logs", &task, "--identity", "client"])?
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).ends_with("tick 19\n"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = c
         .stoa_command(&["logs", &task, "--identity", "bob"])?
         .output()?;

@@ -229,7 +229,9 @@ pub struct Master {
     outbox: VecDeque<Transmit>,
     /// Where recent tasks ran, ended ones included: their sandboxes and
     /// logs outlive them on the agent.
-    placements: Recent<(FrameworkId, TaskId), AgentId>,
+    /// Where each recent task ran, and its framework's principal: its
+    /// logs stay readable by its owner after the framework is gone.
+    placements: Recent<(FrameworkId, TaskId), (AgentId, Option<String>)>,
     /// When connected schedulers are next sent HEARTBEAT.
     next_scheduler_heartbeat: Option<Time>,
     /// Frameworks whose schedulers the master runs (`stoa submit`).

@@ -17,19 +17,25 @@ impl Master {
         framework: Option<&FrameworkId>,
     ) -> Result<(FrameworkId, ConnId), String> {
         // Only frameworks the caller may see count: another tenant's task
-        // of the same id neither answers nor makes the id ambiguous.
-        let matches = |(f, t): &(FrameworkId, TaskId)| {
-            t == task && framework.is_none_or(|w| w == f) && self.visible(caller, f)
-        };
+        // of the same id neither answers nor makes the id ambiguous. A
+        // framework that is gone is judged by the owner it had.
+        let wanted = |(f, t): &(FrameworkId, TaskId)| t == task && framework.is_none_or(|w| w == f);
         let mut found: Vec<(FrameworkId, AgentId)> = Vec::new();
         let placed = self
             .placements
             .newest_first()
-            .filter(|(key, _)| matches(key));
+            .filter(|(key, (_, owner))| {
+                wanted(key)
+                    && match self.frameworks.get(&key.0) {
+                        Some(_) => self.visible(caller, &key.0),
+                        None => self.may_view(caller, owner.as_deref()),
+                    }
+            })
+            .map(|(key, (agent, _))| (key, agent));
         let held = self
             .tasks
             .iter()
-            .filter(|(key, _)| matches(key))
+            .filter(|(key, _)| wanted(key) && self.visible(caller, &key.0))
             .map(|(key, t)| (key, &t.agent));
         for ((f, _), agent) in placed.chain(held) {
             if !found.iter().any(|(known, _)| known == f) {

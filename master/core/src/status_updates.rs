@@ -14,7 +14,12 @@ impl Master {
     /// how that task ended no longer stands for it.
     pub(super) fn book_task(&mut self, key: (FrameworkId, TaskId), entry: TaskEntry) {
         self.ended.remove(&key);
-        self.placements.put(key.clone(), entry.agent.clone());
+        let owner = self
+            .frameworks
+            .get(&key.0)
+            .and_then(|f| f.info.principal.clone());
+        self.placements
+            .put(key.clone(), (entry.agent.clone(), owner));
         self.tasks.insert(key, entry);
     }
 
