@@ -30,8 +30,11 @@ use tokio::sync::mpsc;
 pub struct DriverConfig {
     /// The cluster's masters; the agent registers with the one that leads.
     pub master: Masters,
-    /// Directory with `ca.pem`, `agent.pem`, `agent.key`.
+    /// Directory with `ca.pem` and the agent's certificate.
     pub certs: PathBuf,
+    /// The certificate's name (`agent`, or `agent-7`): the master binds
+    /// the agent's id to it.
+    pub identity: String,
     pub info: AgentInfo,
     /// The agent's state: its id, executors, task directories, artifacts
     /// and compiled code. Created if missing.
@@ -83,7 +86,7 @@ pub async fn run(
     }
     let store = ArtifactStore::open(layout.artifacts())
         .with_context(|| format!("cannot create {}", layout.artifacts().display()))?;
-    let identity = Identity::load(&config.certs, "agent")?;
+    let identity = Identity::load(&config.certs, &config.identity)?;
     let client = stoa_transport::client_config(&identity, ALPN_AGENT)?;
     let endpoint = stoa_transport::client_endpoint(config.master.first())?;
     let id_file = config.work_dir.join("agent_id");

@@ -195,9 +195,15 @@ struct AgentArgs {
     /// registers with the one that leads.
     #[arg(long, default_value = "127.0.0.1:5050", env = "STOA_MASTER")]
     master: stoa_transport::Masters,
-    /// Directory with ca.pem, agent.pem and agent.key.
+    /// Directory with ca.pem and the agent's certificate.
     #[arg(long, default_value = ".stoa/certs")]
     certs: PathBuf,
+    /// The agent's certificate (NAME.pem, NAME.key in --certs): `agent`,
+    /// or one of its own from `stoa certs --issue agent-7`. The master
+    /// binds the agent's id to it: another certificate cannot take the
+    /// id over.
+    #[arg(long, default_value = "agent")]
+    identity: String,
     /// The agent's own state.
     #[arg(long, default_value = ".stoa/agent")]
     work_dir: PathBuf,
@@ -302,6 +308,9 @@ struct ExecutorArgs {
     /// Seconds to keep tasks running without an agent.
     #[arg(long, default_value_t = 900)]
     recovery_timeout: u64,
+    /// The agent's certificate, which hosted schedulers present.
+    #[arg(long, default_value = "agent")]
+    identity: String,
     /// The masters' addresses, for hosted schedulers.
     #[arg(long)]
     master: Option<stoa_transport::Masters>,
@@ -465,9 +474,16 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 // Executors may start in another directory than the agent's.
                 let certs = std::path::absolute(&a.certs)
                     .with_context(|| format!("--certs {}", a.certs.display()))?;
+                if !stoa_proto::messages::is_agent_principal(&a.identity) {
+                    anyhow::bail!(
+                        "--identity {}: an agent's certificate is named agent or agent-SOMETHING (stoa certs --issue agent-7)",
+                        a.identity
+                    );
+                }
                 let args = [
                     ("--master", a.master.to_string()),
                     ("--certs", certs.display().to_string()),
+                    ("--identity", a.identity.clone()),
                     ("--artifacts", work_dir.artifacts().display().to_string()),
                     ("--cache", work_dir.compiled().display().to_string()),
                     ("--cache-mib", a.cache_mib.to_string()),
@@ -505,6 +521,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 }
                 let config = stoa_agent::driver::DriverConfig {
                     metrics,
+                    identity: a.identity.clone(),
                     master: a.master,
                     certs: a.certs,
                     info,
@@ -596,7 +613,7 @@ async fn executor(a: ExecutorArgs) -> anyhow::Result<()> {
         recovery_timeout: Duration::from_secs(a.recovery_timeout),
         master: a.master.zip(a.certs).map(|(master, certs)| {
             let mut config = stoa_client::ClientConfig::new(master, certs);
-            config.identity = "agent".into();
+            config.identity = a.identity.clone();
             config
         }),
     })

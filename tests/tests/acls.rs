@@ -185,3 +185,50 @@ fn new_rules_are_read_on_sighup_and_a_bad_file_changes_nothing() -> anyhow::Resu
     assert!(bob_runs()?, "a bad file changed the rules");
     Ok(())
 }
+
+/// An agent id belongs to the certificate that registered it: an agent
+/// presenting another agent certificate with that id (a copied work
+/// directory, a stolen id) is refused; the rightful one comes back.
+#[test]
+fn an_agent_id_is_reclaimed_only_by_its_own_certificate() -> anyhow::Result<()> {
+    let mut c = Cluster::start(1, "cpus:1;mem:256")?;
+    let id = c.agent_id(1)?;
+    stoa_transport::certs::issue(&c.certs, "agent-9", &[])?;
+    c.restart_agent(1, &["--identity", "agent-9"])?;
+    let started = Instant::now();
+    while !c.logs().contains("may not take it over") {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "agent-9 took over {id}:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        c.logs().contains(&format!(
+            "agent id {id} was registered with certificate agent; certificate agent-9 may not take it over"
+        )),
+        "{}",
+        c.logs()
+    );
+    // Its own certificate takes it back.
+    c.restart_agent(1, &[])?;
+    let mut operator = c.client();
+    operator.identity = "operator".into();
+    let rt = tokio::runtime::Runtime::new()?;
+    let started = Instant::now();
+    loop {
+        let agents = rt.block_on(stoa_client::operator_call(
+            &operator,
+            &stoa_proto::operator::OperatorCall::GetAgents,
+        ))?;
+        if let stoa_proto::operator::OperatorReply::Agents(list) = &agents
+            && list.iter().any(|a| a.id.as_str() == id && a.connected)
+        {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(20), "{agents:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}

@@ -30,6 +30,17 @@ impl Master {
         Ok(())
     }
 
+    /// Tells an agent why it is refused and closes its connection.
+    fn refuse_agent(&mut self, conn: ConnId, message: String) {
+        self.outbox.push_back(Transmit::ToAgent(
+            conn,
+            MasterToAgent::Refused {
+                message: message.clone(),
+            },
+        ));
+        self.outbox.push_back(Transmit::Close(conn, message));
+    }
+
     pub(super) fn register_agent(
         &mut self,
         now: Time,
@@ -39,13 +50,7 @@ impl Master {
         tasks: Vec<RunningTask>,
     ) {
         if let Err(message) = check_hostname(&info.hostname) {
-            self.outbox.push_back(Transmit::ToAgent(
-                conn,
-                MasterToAgent::Refused {
-                    message: message.clone(),
-                },
-            ));
-            self.outbox.push_back(Transmit::Close(conn, message));
+            self.refuse_agent(conn, message);
             return;
         }
         // A removed agent starts anew under a new id; what it reports
@@ -69,6 +74,28 @@ impl Master {
                 }
             },
         };
+        // An agent id is its certificate's: another agent certificate may
+        // not take it over (with its tasks and reservations).
+        let principal = self.connections.principal(conn).cloned();
+        if let (Some(bound), Some(presented)) = (
+            self.registry.state().agent_principals.get(&id),
+            principal.as_ref(),
+        ) && bound != presented
+        {
+            let message = format!(
+                "agent id {id} was registered with certificate {bound}; certificate {presented} may not take it over (remove its work directory's agent_id to register anew)"
+            );
+            tracing::warn!(agent = %id, %bound, %presented, "refused an agent certificate reclaiming another's id");
+            self.refuse_agent(conn, message);
+            self.connections.close(conn);
+            return;
+        }
+        if let Some(principal) = principal
+            && self.registry.state().agent_principals.get(&id) != Some(&principal)
+        {
+            self.registry
+                .write(Write::AgentPrincipal(id.clone(), principal));
+        }
         // A second connection for the same agent replaces the first.
         if let Some(old) = self.agents.get(&id).and_then(|a| a.conn) {
             self.connections.close(old);
@@ -84,13 +111,7 @@ impl Master {
             let dynamic =
                 (self.registry.state().reservations.get(&id).cloned()).unwrap_or_default();
             if let Err(message) = self.add_agent_to_allocator(&id, &info, &dynamic) {
-                self.outbox.push_back(Transmit::ToAgent(
-                    conn,
-                    MasterToAgent::Refused {
-                        message: message.clone(),
-                    },
-                ));
-                self.outbox.push_back(Transmit::Close(conn, message));
+                self.refuse_agent(conn, message);
                 self.connections.close(conn);
                 return;
             }

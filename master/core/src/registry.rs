@@ -53,6 +53,9 @@ pub struct Registry {
     /// Agents removed (unreachable past the removal timeout), in order of
     /// removal (a sequence number): if one comes back it must start anew.
     pub removed_agents: BTreeMap<AgentId, u64>,
+    /// The certificate name each admitted agent registered with: only it
+    /// may reclaim the agent's id.
+    pub agent_principals: BTreeMap<AgentId, String>,
     /// Subscribed frameworks: id, principal, role, failover timeout.
     pub frameworks: BTreeMap<FrameworkId, FrameworkInfo>,
     /// Torn-down frameworks, in order of teardown: they may not subscribe
@@ -82,6 +85,8 @@ pub enum Write {
     Reservations(AgentId, BTreeMap<Role, Resources>),
     Hosted(FrameworkId, Option<Box<HostedRecord>>),
     Agent(AgentId, Option<Box<AgentInfo>>),
+    /// The certificate name an agent registered with.
+    AgentPrincipal(AgentId, String),
     /// The agent is removed: forgotten as admitted, remembered as removed
     /// (with a sequence number that orders removals).
     AgentRemoved(AgentId, u64),
@@ -109,9 +114,13 @@ impl Registry {
             ),
             Write::Hosted(fw, h) => set(&mut self.hosted, fw, h.as_deref().cloned()),
             Write::Agent(agent, info) => set(&mut self.agents, agent, info.as_deref().cloned()),
+            Write::AgentPrincipal(agent, principal) => {
+                set(&mut self.agent_principals, agent, Some(principal.clone()))
+            }
             Write::AgentRemoved(agent, seq) => {
                 self.agents.remove(agent);
                 self.reservations.remove(agent);
+                self.agent_principals.remove(agent);
                 self.removed_agents.insert(agent.clone(), *seq);
                 trim(&mut self.removed_agents);
             }

@@ -22,10 +22,11 @@ pub(crate) enum Table {
     RemovedAgents,
     Frameworks,
     TornDown,
+    AgentPrincipals,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 8] = [
+    pub(crate) const ALL: [Table; 9] = [
         Table::Weights,
         Table::Quotas,
         Table::Reservations,
@@ -34,6 +35,7 @@ impl Table {
         Table::RemovedAgents,
         Table::Frameworks,
         Table::TornDown,
+        Table::AgentPrincipals,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -46,6 +48,7 @@ impl Table {
             Table::RemovedAgents => "removed_agents",
             Table::Frameworks => "frameworks",
             Table::TornDown => "torn_down",
+            Table::AgentPrincipals => "agent_principals",
         }
     }
 
@@ -86,9 +89,15 @@ pub(crate) fn rows(w: &Write) -> anyhow::Result<Vec<Row>> {
         )?],
         Write::Hosted(fw, h) => vec![row(Table::Hosted, fw.as_str(), h.as_deref())?],
         Write::Agent(agent, info) => vec![row(Table::Agents, agent.as_str(), info.as_deref())?],
+        Write::AgentPrincipal(agent, principal) => vec![row(
+            Table::AgentPrincipals,
+            agent.as_str(),
+            Some(principal),
+        )?],
         Write::AgentRemoved(agent, seq) => vec![
             gone(Table::Agents, agent.as_str())?,
             gone(Table::Reservations, agent.as_str())?,
+            gone(Table::AgentPrincipals, agent.as_str())?,
             row(Table::RemovedAgents, agent.as_str(), Some(seq))?,
         ],
         Write::Framework(fw, info) => vec![row(Table::Frameworks, fw.as_str(), info.as_deref())?],
@@ -123,6 +132,9 @@ pub(crate) fn all_rows(r: &Registry) -> anyhow::Result<Vec<Row>> {
     }
     for (k, v) in &r.frameworks {
         out.push(row(Table::Frameworks, k.as_str(), Some(v))?);
+    }
+    for (k, v) in &r.agent_principals {
+        out.push(row(Table::AgentPrincipals, k.as_str(), Some(v))?);
     }
     for (k, v) in &r.torn_down {
         out.push(row(Table::TornDown, k.as_str(), Some(v))?);
@@ -159,6 +171,7 @@ pub(crate) fn load_row(
         Table::RemovedAgents => put!(r.removed_agents),
         Table::Frameworks => put!(r.frameworks),
         Table::TornDown => put!(r.torn_down),
+        Table::AgentPrincipals => put!(r.agent_principals),
     }
     Ok(())
 }

@@ -157,3 +157,46 @@ fn new_rules_decide_from_the_moment_they_are_set() {
     let out = subscribe_as(&mut m, ConnId(61), "team-b", "web");
     assert!(refused(&out, "the default is deny"), "{out:?}");
 }
+
+#[test]
+fn an_agent_id_is_bound_to_the_certificate_that_registered_it() {
+    let mut m = Master::new(MasterConfig::default(), "m");
+    let register = |m: &mut Master, conn: ConnId, cert: &str, id: Option<AgentId>| {
+        m.handle_connected(t(0), conn, Channel::Agent);
+        m.handle_authenticated(conn, cert.into());
+        let info = AgentInfo {
+            reservations: Vec::new(),
+            hostname: "h1".into(),
+            resources: "cpus:1;mem:64".parse().expect("r"),
+            attributes: Attributes::default(),
+        };
+        m.handle_agent_message(
+            t(0),
+            conn,
+            AgentToMaster::Register {
+                info,
+                agent_id: id,
+                tasks: vec![],
+            },
+        );
+        drain(m)
+    };
+    let id = match register(&mut m, ConnId(70), "agent-7", None).as_slice() {
+        [Transmit::ToAgent(_, MasterToAgent::Registered { agent_id, .. })] => agent_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    let out = register(&mut m, ConnId(71), "agent-9", Some(id.clone()));
+    assert!(
+        out.iter().any(
+            |x| matches!(x, Transmit::ToAgent(_, MasterToAgent::Refused { message })
+            if message.contains("certificate agent-9 may not take it over"))
+        ),
+        "{out:?}"
+    );
+    let out = register(&mut m, ConnId(72), "agent-7", Some(id));
+    assert!(
+        out.iter()
+            .any(|x| matches!(x, Transmit::ToAgent(_, MasterToAgent::Registered { .. }))),
+        "{out:?}"
+    );
+}
