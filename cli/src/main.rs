@@ -11,6 +11,7 @@ mod framework;
 mod logs;
 mod machine;
 mod operator;
+mod revoke;
 mod run;
 mod scaffold;
 mod sim;
@@ -75,6 +76,8 @@ enum Command {
     Teardown(operator::TeardownArgs),
     /// Bearer tokens for the HTTP API.
     Token(token::TokenArgs),
+    /// Refuse a token or a certificate from now on, on every master.
+    Revoke(revoke::RevokeArgs),
     /// List tasks, filtered (and redrawn with --watch).
     Ps(cluster::PsArgs),
     /// A live terminal view: allocation by role and framework, task rates,
@@ -556,6 +559,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             Command::Frameworks(a) => operator::frameworks(a).await,
             Command::Teardown(a) => operator::teardown(a).await,
             Command::Token(a) => token::run(a).await,
+            Command::Revoke(a) => revoke::revoke(a).await,
             Command::Ps(a) => cluster::ps(a).await,
             Command::Agents(a) => cluster::agents(a).await,
             Command::Top(a) => top::top(a).await,

@@ -25,6 +25,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// The directory of the cluster's certificates.
+    pub fn certs(&self) -> &std::path::Path {
+        &self.certs
+    }
+
     pub fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new(self.master.clone(), &self.certs);
         config.identity = self.identity.clone();

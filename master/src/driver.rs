@@ -95,12 +95,31 @@ struct Publish {
     port: tokio::sync::watch::Sender<Option<OperatorPort>>,
     /// The ACLs in force, for each new term's core and for uploads.
     acls: Arc<tokio::sync::watch::Sender<Arc<Acls>>>,
+    /// Revoked tokens and certificates, as the registry holds them: for
+    /// the connections and the API, which refuse them.
+    revoked: tokio::sync::watch::Sender<Arc<Revoked>>,
     events: tokio::sync::broadcast::Sender<Arc<Published>>,
     tokens: TokenKey,
     metrics: Arc<Metrics>,
 }
 
+/// Keys of revoked tokens and certificates ([`Revocation::key`]).
+///
+/// [`Revocation::key`]: stoa_proto::operator::Revocation::key
+pub type Revoked = std::collections::BTreeSet<String>;
+
 impl Publish {
+    /// Passes the core's revocations on when there are new ones (they only
+    /// grow); true if there were.
+    fn revocations(&self, master: &Master) -> bool {
+        if master.revoked().len() == self.revoked.borrow().len() {
+            return false;
+        }
+        let all: Revoked = master.revoked().keys().cloned().collect();
+        self.revoked.send_replace(Arc::new(all));
+        true
+    }
+
     /// Passes the core's events after `*sent` to the stream's followers.
     fn events(&self, master: &Master, sent: &mut u64) {
         if master.last_event() == *sent {
@@ -134,6 +153,8 @@ struct Artifacts {
     max: u64,
     /// Who may upload: the ACLs in force.
     acls: tokio::sync::watch::Receiver<Arc<Acls>>,
+    /// Certificates refused from now on.
+    revoked: tokio::sync::watch::Receiver<Arc<Revoked>>,
 }
 
 enum Input {
@@ -199,14 +220,17 @@ pub async fn run(
     let acls = config.acls.load()?;
     let (acls_tx, _) = tokio::sync::watch::channel(Arc::new(acls));
     let acls_tx = Arc::new(acls_tx);
+    let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(Arc::new(Revoked::new()));
     let publish = Publish {
         port,
         acls: acls_tx,
+        revoked: revoked_tx,
         events: events.clone(),
         tokens: TokenKey::derive(&secret),
         metrics: Arc::new(Metrics::new()),
     };
     let api = ApiState {
+        revoked: revoked_rx,
         core: port_rx,
         leader: leader_rx.clone(),
         events,
@@ -422,6 +446,19 @@ struct ApiThread {
     _stop: oneshot::Sender<()>,
 }
 
+/// Closes the connections of peers whose certificate was just revoked.
+fn close_revoked(peers: &HashMap<ConnId, Peer>, revoked: &Revoked) {
+    for (id, peer) in peers {
+        if let Some(serial) = stoa_transport::peer_serial(&peer.conn)
+            && revoked.contains(&format!("serial:{serial}"))
+        {
+            tracing::warn!(conn = id.0, %serial, "closing the connection of a revoked certificate");
+            peer.conn
+                .close(close::REFUSED, b"this certificate was revoked");
+        }
+    }
+}
+
 /// Reads the ACL file again at each SIGHUP: the new rules go to the core
 /// of the term being led and to the next term's; a file that does not
 /// parse is refused whole, and the rules in force stay.
@@ -499,6 +536,7 @@ async fn lead(
         })?,
         max: config.max_artifact,
         acls: publish.acls.subscribe(),
+        revoked: publish.revoked.subscribe(),
     };
     let start = Instant::now();
     let now =
@@ -537,6 +575,7 @@ async fn lead(
     publish.metrics.leader_change();
     let mut published = 0;
     publish.events(&master, &mut published);
+    publish.revocations(&master);
 
     let ended = loop {
         let step_began = Instant::now();
@@ -564,6 +603,9 @@ async fn lead(
             Ok(()) => {
                 let written = out.write(&mut master, &mut peers, now).await;
                 publish.events(&master, &mut published);
+                if publish.revocations(&master) {
+                    close_revoked(&peers, &publish.revoked.borrow());
+                }
                 publish
                     .metrics
                     .apply(master.take_measures(), step_began.elapsed());
@@ -874,6 +916,16 @@ async fn serve(
             return;
         }
     };
+    if let Some(serial) = stoa_transport::peer_serial(&conn)
+        && artifacts
+            .revoked
+            .borrow()
+            .contains(&format!("serial:{serial}"))
+    {
+        tracing::warn!(conn = id.0, %serial, peer = ?stoa_transport::peer_name(&conn), "refused a revoked certificate");
+        conn.close(close::REFUSED, b"this certificate was revoked");
+        return;
+    }
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())

@@ -78,6 +78,49 @@ pub enum OperatorCall {
         principal: String,
         ttl_secs: u64,
     },
+    /// From now on, refuse a token or a certificate (by its serial), on
+    /// every master.
+    Revoke(Revocation),
+}
+
+/// What [`OperatorCall::Revoke`] refuses from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Revocation {
+    /// A bearer token of the HTTP API, whole.
+    Token(String),
+    /// A certificate of the cluster CA, by its serial number (hex).
+    CertificateSerial(String),
+}
+
+impl Revocation {
+    /// The key the registry keeps it under, or why it is no revocation:
+    /// `token:<signature>` (a token's last part, which only its master
+    /// could make) or `serial:<lowercase hex>`.
+    pub fn key(&self) -> Result<String, String> {
+        match self {
+            Revocation::Token(token) => {
+                let signature = token
+                    .rsplit_once('.')
+                    .map(|(_, sig)| sig)
+                    .filter(|sig| sig.len() == 64 && sig.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or("not a token of the API (stoa1.PRINCIPAL.EXPIRY.SIGNATURE)")?;
+                Ok(format!("token:{}", signature.to_ascii_lowercase()))
+            }
+            Revocation::CertificateSerial(serial) => {
+                let serial = serial.trim().trim_start_matches("0x").replace(':', "");
+                if serial.is_empty()
+                    || serial.len() > 64
+                    || !serial.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(format!("{serial:?} is not a certificate serial in hex"));
+                }
+                // As a number: leading zeros do not count.
+                let digits = serial.trim_start_matches('0');
+                let digits = if digits.is_empty() { "0" } else { digits };
+                Ok(format!("serial:{}", digits.to_ascii_lowercase()))
+            }
+        }
+    }
 }
 
 impl OperatorCall {
@@ -99,6 +142,7 @@ impl OperatorCall {
             OperatorCall::KillTask { .. } => "kill a task",
             OperatorCall::GetEvents { .. } => "follow events",
             OperatorCall::CreateToken { .. } => "create tokens",
+            OperatorCall::Revoke(_) => "revoke tokens and certificates",
         }
     }
 }

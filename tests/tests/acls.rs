@@ -232,3 +232,61 @@ fn an_agent_id_is_reclaimed_only_by_its_own_certificate() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// A revoked token and a revoked certificate are refused from then on,
+/// also by a master started afterwards (the registry keeps them).
+#[test]
+fn a_revoked_token_or_certificate_is_refused_from_then_on() -> anyhow::Result<()> {
+    let mut c = Cluster::start(0, "cpus:1;mem:64")?;
+    stoa_transport::certs::issue(&c.certs, "bob", &[])?;
+    let token = stoa_tests::http::create_token(&c.addr.to_string(), &c.certs, "bob")?;
+    let http = std::fs::read_to_string(c.dir.path().join("master.http"))?;
+    let api = stoa_tests::http::Api::new(&http, Some(&token));
+    assert_eq!(api.get("/api/v1/frameworks")?.0, 200);
+    let ps = |c: &Cluster| -> anyhow::Result<std::process::Output> {
+        Ok(c.stoa_command(&["ps", "--identity", "bob"])?.output()?)
+    };
+    let refused = |c: &Cluster| -> anyhow::Result<()> {
+        let out = ps(c)?;
+        anyhow::ensure!(!out.status.success(), "bob's certificate still works");
+        anyhow::ensure!(
+            text(&out.stderr).contains("revoked"),
+            "{}",
+            text(&out.stderr)
+        );
+        Ok(())
+    };
+    assert!(ps(&c)?.status.success());
+
+    let revoke = |c: &Cluster, what: &[&str]| -> anyhow::Result<()> {
+        let out = c.stoa_command(&[&["revoke"], what].concat())?.output()?;
+        anyhow::ensure!(out.status.success(), "{}", text(&out.stderr));
+        Ok(())
+    };
+    revoke(&c, &["--token", &token])?;
+    let (status, body) = api.get("/api/v1/frameworks")?;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revoked"),
+        "{body}"
+    );
+    // Another token of the same principal still works.
+    let fresh = stoa_tests::http::create_token(&c.addr.to_string(), &c.certs, "bob")?;
+    assert_eq!(
+        api.with_token(Some(&fresh)).get("/api/v1/frameworks")?.0,
+        200
+    );
+
+    revoke(&c, &["--cert", "bob"])?;
+    refused(&c)?;
+    // Kept by the registry: a master started afterwards refuses it too.
+    c.restart_master()?;
+    refused(&c)?;
+    let http = std::fs::read_to_string(c.dir.path().join("master.http"))?;
+    let (status, _) = stoa_tests::http::Api::new(&http, Some(&token)).get("/api/v1/frameworks")?;
+    assert_eq!(status, 401);
+    Ok(())
+}

@@ -186,11 +186,34 @@ pub const OPERATOR_NAME: &str = "operator";
 /// The common name of the certificate a peer presented, if any. The
 /// handshake has already verified it against the cluster CA.
 pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
+    cert_name(&peer_cert(conn)?)
+}
+
+/// The certificate a peer presented, if any (verified in the handshake).
+fn peer_cert(conn: &quinn::Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    cert_name(certs.first()?)
+    certs.into_iter().next()
+}
+
+/// A certificate's serial number, as [`stoa_proto::operator::Revocation`]
+/// keys it: lowercase hex without leading zeros.
+pub fn cert_serial(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let hex = hex::encode(cert.tbs_certificate.raw_serial());
+    let digits = hex.trim_start_matches('0');
+    Some(if digits.is_empty() {
+        "0".into()
+    } else {
+        digits.to_string()
+    })
+}
+
+/// The serial of the certificate a peer presented, if any.
+pub fn peer_serial(conn: &quinn::Connection) -> Option<String> {
+    cert_serial(&peer_cert(conn)?)
 }
 
 /// The common name a certificate was issued to (`stoa certs --issue

@@ -152,7 +152,8 @@ impl Master {
             OperatorCall::GetRoles
             | OperatorCall::GetAgents
             | OperatorCall::GetOffers
-            | OperatorCall::CreateToken { .. } => {
+            | OperatorCall::CreateToken { .. }
+            | OperatorCall::Revoke(_) => {
                 if *caller != Caller::Operator {
                     return OperatorReply::Forbidden {
                         message: format!(
@@ -302,6 +303,13 @@ impl Master {
                     )),
                 }
             }
+            OperatorCall::Revoke(revocation) => revocation.key().map(|key| {
+                if !self.registry.state().revoked.contains_key(&key) {
+                    tracing::warn!(%key, "revoked");
+                    let seq = self.registry.state().revoked.len() as u64 + 1;
+                    self.registry.write(Write::Revoked(key, seq));
+                }
+            }),
             OperatorCall::CreateToken { .. } => {
                 return OperatorReply::Refused {
                     message: "tokens are made by the master's driver, not its core".into(),

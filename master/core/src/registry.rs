@@ -56,6 +56,11 @@ pub struct Registry {
     /// The certificate name each admitted agent registered with: only it
     /// may reclaim the agent's id.
     pub agent_principals: BTreeMap<AgentId, String>,
+    /// Revoked tokens and certificates ([`Revocation::key`]), with when
+    /// (unix seconds): refused from then on.
+    ///
+    /// [`Revocation::key`]: stoa_proto::operator::Revocation::key
+    pub revoked: BTreeMap<String, u64>,
     /// Subscribed frameworks: id, principal, role, failover timeout.
     pub frameworks: BTreeMap<FrameworkId, FrameworkInfo>,
     /// Torn-down frameworks, in order of teardown: they may not subscribe
@@ -87,6 +92,8 @@ pub enum Write {
     Agent(AgentId, Option<Box<AgentInfo>>),
     /// The certificate name an agent registered with.
     AgentPrincipal(AgentId, String),
+    /// A token or certificate revoked, and when.
+    Revoked(String, u64),
     /// The agent is removed: forgotten as admitted, remembered as removed
     /// (with a sequence number that orders removals).
     AgentRemoved(AgentId, u64),
@@ -116,6 +123,9 @@ impl Registry {
             Write::Agent(agent, info) => set(&mut self.agents, agent, info.as_deref().cloned()),
             Write::AgentPrincipal(agent, principal) => {
                 set(&mut self.agent_principals, agent, Some(principal.clone()))
+            }
+            Write::Revoked(key, at) => {
+                self.revoked.insert(key.clone(), *at);
             }
             Write::AgentRemoved(agent, seq) => {
                 self.agents.remove(agent);

@@ -29,6 +29,14 @@ impl Master {
             .is_ok()
     }
 
+    /// Tokens and certificates revoked ([`Revocation::key`]): refused by
+    /// the drivers from now on.
+    ///
+    /// [`Revocation::key`]: stoa_proto::operator::Revocation::key
+    pub fn revoked(&self) -> &BTreeMap<String, u64> {
+        &self.registry.state().revoked
+    }
+
     /// The ACLs in force.
     pub fn acls(&self) -> &acl::Acls {
         &self.config.acls

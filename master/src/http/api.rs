@@ -177,9 +177,16 @@ impl FromRequestParts<ApiState> for Authed {
         // Over HTTPS, a client certificate of the cluster CA names the
         // caller (a token, if sent as well, is what counts).
         if header.is_none()
-            && let Some(super::tls::ClientCert(Some(principal))) =
+            && let Some(super::tls::ClientCert(Some((principal, serial)))) =
                 parts.extensions.get::<super::tls::ClientCert>()
         {
+            if state.revoked.borrow().contains(&format!("serial:{serial}")) {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this client certificate was revoked",
+                )
+                .hint(TOKEN_HINT));
+            }
             return Ok(Authed(Caller::from_principal(principal)));
         }
         let Some(header) = header else {
@@ -198,6 +205,14 @@ impl FromRequestParts<ApiState> for Authed {
             .tokens
             .verify(token.trim(), super::token::unix_now())
             .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).hint(TOKEN_HINT))?;
+        let revoked = stoa_proto::operator::Revocation::Token(token.trim().to_string())
+            .key()
+            .is_ok_and(|key| state.revoked.borrow().contains(&key));
+        if revoked {
+            return Err(
+                ApiError::new(StatusCode::UNAUTHORIZED, "this token was revoked").hint(TOKEN_HINT),
+            );
+        }
         Ok(Authed(Caller::from_principal(&principal)))
     }
 }

@@ -46,6 +46,8 @@ pub struct ApiState {
     pub events: broadcast::Sender<Arc<Published>>,
     pub tokens: TokenKey,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Revoked tokens and certificates: refused.
+    pub revoked: watch::Receiver<Arc<crate::driver::Revoked>>,
 }
 
 impl std::fmt::Debug for ApiState {

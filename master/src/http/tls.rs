@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
 
-/// The principal named by the client certificate of the connection a
-/// request came on, if it presented one (verified against the CA).
+/// The client certificate of the connection a request came on, if it
+/// presented one (verified against the CA): its principal and serial.
 #[derive(Debug, Clone)]
-pub struct ClientCert(pub Option<String>);
+pub struct ClientCert(pub Option<(String, String)>);
 
 /// Longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,13 +48,18 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
-            let principal = stream
+            let cert = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .and_then(stoa_transport::cert_name);
-            let service = TowerToHyperService::new(router.layer(Extension(ClientCert(principal))));
+                .and_then(|c| {
+                    Some((
+                        stoa_transport::cert_name(c)?,
+                        stoa_transport::cert_serial(c)?,
+                    ))
+                });
+            let service = TowerToHyperService::new(router.layer(Extension(ClientCert(cert))));
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await

@@ -2,10 +2,12 @@
 //! a key derived from the masters' shared secret, so that every master
 //! of a cluster accepts them and a failover does not log anyone out.
 //!
-//! `stoa1.<principal, hex>.<expiry, unix seconds>.<HMAC-SHA256, hex>`.
+//! `stoa1.<principal, hex>.<expiry, unix seconds>.<nonce, hex>.<HMAC-SHA256, hex>`
+//! (tokens made before the nonce, without it, are still accepted).
 //! Signed, not stored: nothing to replicate, nothing to look up; a token
-//! ends at its expiry (revocation before that needs a list the masters
-//! share, which tenancy adds).
+//! ends at its expiry, or when it is revoked (`stoa revoke --token`: the
+//! registry keeps its signature). The nonce makes every token its own, so
+//! that revoking one revokes no other made in the same second.
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -51,8 +53,17 @@ impl TokenKey {
 
     /// A token for `principal` valid until `expires_unix`.
     pub fn mint(&self, principal: &str, expires_unix: u64) -> Result<String, TokenError> {
+        use rand_core::TryRngCore as _;
         check_principal(principal)?;
-        let body = format!("stoa1.{}.{expires_unix}", hex::encode(principal));
+        let mut nonce = [0u8; 8];
+        rand_core::OsRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|_| TokenError::Malformed)?;
+        let body = format!(
+            "stoa1.{}.{expires_unix}.{}",
+            hex::encode(principal),
+            hex::encode(nonce)
+        );
         let signature = self.sign(&body);
         Ok(format!("{body}.{signature}"))
     }
@@ -62,9 +73,14 @@ impl TokenKey {
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<String, TokenError> {
         let (body, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let mut parts = body.split('.');
-        let (Some("stoa1"), Some(principal), Some(expires), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // The nonce is optional: tokens made before it have none.
+        let (Some("stoa1"), Some(principal), Some(expires), _nonce, None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(TokenError::Malformed);
         };
         let signature = hex::decode(signature).map_err(|_| TokenError::Malformed)?;

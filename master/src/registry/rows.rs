@@ -23,10 +23,11 @@ pub(crate) enum Table {
     Frameworks,
     TornDown,
     AgentPrincipals,
+    Revoked,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 9] = [
+    pub(crate) const ALL: [Table; 10] = [
         Table::Weights,
         Table::Quotas,
         Table::Reservations,
@@ -36,6 +37,7 @@ impl Table {
         Table::Frameworks,
         Table::TornDown,
         Table::AgentPrincipals,
+        Table::Revoked,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -49,6 +51,7 @@ impl Table {
             Table::Frameworks => "frameworks",
             Table::TornDown => "torn_down",
             Table::AgentPrincipals => "agent_principals",
+            Table::Revoked => "revoked",
         }
     }
 
@@ -94,6 +97,7 @@ pub(crate) fn rows(w: &Write) -> anyhow::Result<Vec<Row>> {
             agent.as_str(),
             Some(principal),
         )?],
+        Write::Revoked(key, at) => vec![row(Table::Revoked, key, Some(at))?],
         Write::AgentRemoved(agent, seq) => vec![
             gone(Table::Agents, agent.as_str())?,
             gone(Table::Reservations, agent.as_str())?,
@@ -136,6 +140,9 @@ pub(crate) fn all_rows(r: &Registry) -> anyhow::Result<Vec<Row>> {
     for (k, v) in &r.agent_principals {
         out.push(row(Table::AgentPrincipals, k.as_str(), Some(v))?);
     }
+    for (k, v) in &r.revoked {
+        out.push(row(Table::Revoked, k, Some(v))?);
+    }
     for (k, v) in &r.torn_down {
         out.push(row(Table::TornDown, k.as_str(), Some(v))?);
     }
@@ -172,6 +179,9 @@ pub(crate) fn load_row(
         Table::Frameworks => put!(r.frameworks),
         Table::TornDown => put!(r.torn_down),
         Table::AgentPrincipals => put!(r.agent_principals),
+        Table::Revoked => {
+            r.revoked.insert(key.to_string(), decode(bytes)?);
+        }
     }
     Ok(())
 }

@@ -200,3 +200,49 @@ fn an_agent_id_is_bound_to_the_certificate_that_registered_it() {
         "{out:?}"
     );
 }
+
+#[test]
+fn only_the_operator_revokes_and_a_revocation_must_name_something() {
+    use stoa_proto::operator::Revocation;
+    let mut m = Master::new(MasterConfig::default(), "m");
+    let revoke = |m: &mut Master, who: &str, r: Revocation| {
+        m.handle_operator_call(t(1), &Caller::from_principal(who), OperatorCall::Revoke(r))
+    };
+    let token = format!("stoa1.626f62.99.00.{}", "ab".repeat(32));
+    assert!(matches!(
+        revoke(&mut m, "bob", Revocation::Token(token.clone())),
+        OperatorReply::Forbidden { .. }
+    ));
+    assert!(matches!(
+        revoke(&mut m, "operator", Revocation::Token("not a token".into())),
+        OperatorReply::Refused { .. }
+    ));
+    assert!(matches!(
+        revoke(
+            &mut m,
+            "operator",
+            Revocation::CertificateSerial("xyz".into())
+        ),
+        OperatorReply::Refused { .. }
+    ));
+    assert_eq!(
+        revoke(&mut m, "operator", Revocation::Token(token)),
+        OperatorReply::Done
+    );
+    assert_eq!(
+        revoke(
+            &mut m,
+            "operator",
+            Revocation::CertificateSerial("00:0A:1b".into())
+        ),
+        OperatorReply::Done
+    );
+    let keys: Vec<&String> = m.revoked().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            &"serial:a1b".to_string(),
+            &format!("token:{}", "ab".repeat(32))
+        ]
+    );
+}
