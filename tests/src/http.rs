@@ -102,6 +102,13 @@ impl Api {
         Api::finish(self.request(method, path).send_json(body))
     }
 
+    /// `METHOD path` without a body. (A body a handler does not read may
+    /// leave the server to close the connection after its answer, and a
+    /// pooled connection then fails the next request.)
+    pub fn bare(&self, method: &str, path: &str) -> anyhow::Result<Reply> {
+        Api::finish(self.request(method, path).call())
+    }
+
     /// `GET path`, which must answer 200; its body.
     pub fn ok(&self, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self.get(path)?;
