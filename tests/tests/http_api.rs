@@ -101,7 +101,7 @@ fn the_api_shows_the_cluster_and_acts_on_it_as_each_caller_may() -> anyhow::Resu
     assert_eq!(other.ok("/api/v1/summary")?["tasks"], json!([]));
     let (status, body) = other.send("POST", "/api/v1/tasks/sleeper-0/kill", json!({}))?;
     assert_eq!(status, 404, "{body}");
-    let (status, _) = other.send("DELETE", &format!("/api/v1/frameworks/{fw_id}"), json!({}))?;
+    let (status, _) = other.bare("DELETE", &format!("/api/v1/frameworks/{fw_id}"))?;
     assert_eq!(status, 404);
     let (status, _) = other.get("/api/v1/tasks/sleeper-0/log")?;
     assert_eq!(status, 404);
@@ -167,8 +167,7 @@ fn the_api_shows_the_cluster_and_acts_on_it_as_each_caller_may() -> anyhow::Resu
     assert_eq!(second.event, "framework_subscribed", "{second:?}");
 
     // Teardown by its tenant.
-    let (status, body) =
-        tenant.send("DELETE", &format!("/api/v1/frameworks/{fw_id}"), json!({}))?;
+    let (status, body) = tenant.bare("DELETE", &format!("/api/v1/frameworks/{fw_id}"))?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(operator.ok("/api/v1/frameworks")?, json!([]));
     Ok(())
