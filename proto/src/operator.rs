@@ -148,8 +148,8 @@ impl OperatorCall {
 }
 
 /// Who makes a call: the operator sees and does everything; any other
-/// principal (a tenant, as its frameworks subscribe) sees its own
-/// frameworks and their tasks and may end them, nothing else.
+/// principal (a tenant, as its frameworks subscribe) sees and ends its
+/// own frameworks and tasks, and what else the master's ACLs give it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Caller {
     Operator,
@@ -173,14 +173,6 @@ impl Caller {
         match self {
             Caller::Operator => Caller::OPERATOR,
             Caller::Principal(p) => p,
-        }
-    }
-
-    /// May this caller see a framework of `principal`?
-    pub fn sees(&self, principal: Option<&str>) -> bool {
-        match self {
-            Caller::Operator => true,
-            Caller::Principal(me) => principal == Some(me.as_str()),
         }
     }
 }
